@@ -1,0 +1,18 @@
+"""kp2d: KeyPointNet and IO-Net (Tang et al., *Neural Outlier Rejection for Self-Supervised Keypoint
+Learning*, ICLR 2020) — training, HPatches evaluation, inference and export in one package."""
+
+from kp2d.errors import CheckpointError, ConfigError, DataError, Kp2dError
+from kp2d.models import IONet, KeyPointNet, KeyPointNetOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "IONet",
+    "KeyPointNet",
+    "KeyPointNetOutput",
+    "Kp2dError",
+    "__version__",
+]

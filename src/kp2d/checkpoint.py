@@ -1,0 +1,262 @@
+"""Checkpoint files: the original's format ``{'config', 'state_dict'}`` read and written.
+
+- ``state_dict``: KeyPointNet weights with the original key layout (loads into the original code too).
+- ``config``: a dict with ``model.params`` (``use_color``, ``do_upsample``, ``do_cross``, ...) as the
+  original reads it; ours adds ``kp2d`` (the whole resolved :class:`~kp2d.config.Config`).
+- Training checkpoints add ``io_net_state_dict``, ``optimizer``, ``step``, ``epoch`` and RNG states.
+
+Original checkpoints whose config is a yacs ``CfgNode`` are read without yacs, through an unpickler that
+admits only tensors, containers and that one class. Files are written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+import types
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kp2d.config import Config, ModelConfig, config_from_dict
+from kp2d.errors import CheckpointError, ConfigError
+from kp2d.models import IONet, KeyPointNet
+
+__all__ = [
+    "Checkpoint",
+    "atomic_torch_save",
+    "build_keypoint_net",
+    "list_pretrained",
+    "load_checkpoint",
+    "load_keypoint_net",
+    "resolve_model_path",
+    "save_checkpoint",
+]
+
+_MODEL_PARAM_NAMES = ("use_color", "do_upsample", "do_cross", "with_io")
+
+
+class _YacsCfgNode(dict):
+    """Stand-in for ``yacs.config.CfgNode`` (a dict subclass) so its pickles load without yacs."""
+
+
+_ALLOWED_BUILTINS = {"set", "frozenset", "tuple", "list", "dict", "slice", "complex", "bool", "int", "float", "str"}
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    """Admits torch's own rebuild functions, containers, numpy scalars and yacs ``CfgNode``; nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = "builtins" if module == "__builtin__" else module  # protocol-2 pickles use the py2 name
+        if (module, name) == ("yacs.config", "CfgNode"):
+            return _YacsCfgNode
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if module == "builtins" and name in _ALLOWED_BUILTINS:
+            return super().find_class(module, name)
+        if module == "torch" or module.startswith("torch."):
+            return super().find_class(module, name)
+        if module.split(".")[0] == "numpy" and name in {"scalar", "dtype", "_reconstruct", "ndarray"}:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which kp2d does not load")
+
+
+_checkpoint_pickle = types.SimpleNamespace(
+    __name__="kp2d_checkpoint_pickle", Unpickler=_CheckpointUnpickler, load=pickle.load
+)
+
+
+def _to_plain(value: Any) -> Any:
+    """CfgNode / OrderedDict / tuples → plain dicts and lists (tensors untouched)."""
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _torch_load(path: Path) -> Any:
+    data = path.read_bytes()
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # e.g. a yacs CfgNode config: retry with the restricted unpickler below
+    except Exception as err:  # noqa: BLE001 - not a torch file at all
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint file (cannot unpickle it)") from None
+    try:
+        return torch.load(
+            io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_checkpoint_pickle
+        )
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read this checkpoint safely: {err}") from None
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        model: the network switches read from the file's config.
+        state_dict: KeyPointNet weights.
+        config: our full training config when the file has one (``None`` for the original's files).
+        io_net_state_dict: IO-Net weights, when saved.
+        extra: everything else in the file (optimizer state, step, epoch, RNG states, ...).
+    """
+
+    model: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    config: Config | None = None
+    io_net_state_dict: dict[str, torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _model_config_from(raw_config: Any, path: Path) -> tuple[ModelConfig, Config | None]:
+    config = _to_plain(raw_config) if raw_config is not None else {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: 'config' must be a mapping, got {type(raw_config).__name__}")
+    if "kp2d" in config:
+        try:
+            full = config_from_dict(config["kp2d"])
+        except ConfigError as err:
+            raise CheckpointError(f"{path}: invalid kp2d config in checkpoint: {err}") from None
+        return full.model, full
+    params = config.get("model", {}).get("params") if isinstance(config.get("model"), dict) else None
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{path}: checkpoint config has no 'model.params' section")
+    known = {k: bool(params[k]) for k in _MODEL_PARAM_NAMES if k in params}
+    return ModelConfig(**known), None
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint file (ours or the original's); errors name the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    raw = _torch_load(path)
+    if not isinstance(raw, dict) or "state_dict" not in raw:
+        keys = sorted(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{path}: not a KeyPointNet checkpoint (expected keys 'config' and 'state_dict', found {keys})")
+    state_dict = raw["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path}: 'state_dict' is not a mapping of tensors")
+    model, full = _model_config_from(raw.get("config"), path)
+    extra = {k: v for k, v in raw.items() if k not in ("config", "state_dict", "io_net_state_dict")}
+    return Checkpoint(model, dict(state_dict), full, raw.get("io_net_state_dict"), extra)
+
+
+def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
+    """A fresh (randomly initialised) KeyPointNet with the given switches."""
+    return KeyPointNet(
+        in_channels=3 if model.use_color else 1,
+        do_upsample=model.do_upsample,
+        do_cross=model.do_cross,
+        with_dropout=model.with_dropout,
+    )
+
+
+def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` that names missing, unexpected and mis-shaped keys in a :class:`CheckpointError`."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong_shape = [
+        f"{k} {tuple(state_dict[k].shape)} (expected {tuple(own[k].shape)})"
+        for k in own
+        if k in state_dict and state_dict[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:6])}{' …' if len(missing) > 6 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:6])}{' …' if len(unexpected) > 6 else ''}")
+    if wrong_shape:
+        problems.append(f"wrong shapes: {', '.join(wrong_shape[:4])}")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not fit {type(module).__name__}: " + "; ".join(problems))
+    module.load_state_dict(state_dict)
+
+
+def list_pretrained() -> list[str]:
+    """Names of the pretrained weights shipped in the package (``v0`` … ``v4`` when trained)."""
+    folder = resources.files("kp2d") / "weights"
+    return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".pt"))
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A pretrained name (``"v4"``) or a checkpoint path → the file to read."""
+    text = str(name_or_path)
+    shipped = resources.files("kp2d") / "weights" / f"{text}.pt"
+    if "/" not in text and not text.endswith((".pt", ".ckpt", ".pth")) and shipped.is_file():
+        return Path(str(shipped))
+    path = Path(text)
+    if path.is_file():
+        return path
+    if path.suffix or "/" in text:
+        raise CheckpointError(f"checkpoint not found: {path}")
+    available = ", ".join(list_pretrained()) or "none shipped in this install"
+    raise CheckpointError(f"unknown model '{text}': not a file and not a pretrained name ({available})")
+
+
+def load_keypoint_net(name_or_path: str | Path, device: str | torch.device = "cpu") -> KeyPointNet:
+    """KeyPointNet from a pretrained name or a checkpoint file, in eval mode, on ``device``."""
+    path = resolve_model_path(name_or_path)
+    checkpoint = load_checkpoint(path)
+    net = build_keypoint_net(checkpoint.model)
+    load_state_dict_strict(net, checkpoint.state_dict, str(path))
+    return net.to(device).eval()
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_config(config: Config) -> dict[str, Any]:
+    """The ``config`` entry we write: the original's ``model.params`` plus our full config."""
+    params = {
+        "use_color": config.model.use_color,
+        "do_upsample": config.model.do_upsample,
+        "do_cross": config.model.do_cross,
+        "with_io": config.model.with_io,
+        "descriptor_loss": config.loss.descriptor_loss,
+        "keypoint_loss_weight": config.loss.keypoint_loss_weight,
+        "descriptor_loss_weight": config.loss.descriptor_loss_weight,
+        "score_loss_weight": config.loss.score_loss_weight,
+        "keypoint_net_type": "KeypointNet",
+    }
+    return {"model": {"params": params}, "kp2d": config.to_dict()}
+
+
+def save_checkpoint(
+    path: str | Path,
+    config: Config,
+    keypoint_net: KeyPointNet,
+    io_net: IONet | None = None,
+    **extra: Any,
+) -> None:
+    """Write ``{'config', 'state_dict', 'io_net_state_dict'?, **extra}`` atomically."""
+    payload: dict[str, Any] = {
+        "config": checkpoint_config(config),
+        "state_dict": {k: v.detach().cpu() for k, v in keypoint_net.state_dict().items()},
+    }
+    if io_net is not None:
+        payload["io_net_state_dict"] = {k: v.detach().cpu() for k, v in io_net.state_dict().items()}
+    payload.update(extra)
+    atomic_torch_save(payload, path)

@@ -1,0 +1,60 @@
+"""``kp2d`` command line: one module per subcommand, each with ``add_parser(subparsers)``.
+
+A subcommand module sets ``func`` on its parser; ``func(args) -> int`` does the work and imports what it
+needs inside, so ``kp2d --help`` stays fast. A :class:`~kp2d.errors.Kp2dError` (a user mistake: missing
+file, bad option) is printed as one line and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from kp2d.errors import Kp2dError
+
+__all__ = ["main"]
+
+SUBCOMMANDS = ("train", "eval", "detect", "match", "export", "overfit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kp2d`` parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="kp2d", description="KeyPointNet / IO-Net: train, evaluate, detect, match, export."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"kp2d.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"kp2d.cli.{name}":
+                raise
+            continue
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kp2d`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except Kp2dError as err:
+        print(f"kp2d {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kp2d {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

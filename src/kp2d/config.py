@@ -1,0 +1,268 @@
+"""Typed, strict configuration: dataclasses filled from YAML presets (``v0`` … ``v4``) or user files.
+
+A user file may start with ``extends: v2`` (a preset name or another file) and then override fields;
+a key that is not a field is an error naming it. The resolved config is stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kp2d.errors import ConfigError
+
+__all__ = [
+    "AugmentationConfig",
+    "Config",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "list_presets",
+    "load_config",
+]
+
+
+@dataclass
+class ModelConfig:
+    """Network switches (the ablations V0–V4)."""
+
+    use_color: bool = True  # RGB input (False: 1-channel grayscale)
+    do_upsample: bool = True  # descriptor map at 1/4 resolution fused with the conv3b skip
+    do_cross: bool = True  # keypoints may move across cell borders
+    with_dropout: bool = True
+    with_io: bool = True  # train IO-Net and its loss
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and thresholds (SPEC §3)."""
+
+    keypoint_loss_weight: float = 1.0  # location loss and IO loss
+    descriptor_loss_weight: float = 2.0  # the descriptor term is 2 x this x the triplet loss
+    score_loss_weight: float = 1.0
+    descriptor_loss: bool = True
+    location_threshold: float = 4.0  # px: cells farther from any target keypoint are not used
+    relax_field: float = 4.0  # px: negatives must be farther than this in x or y
+    triplet_margin: float = 0.2
+    min_valid_cells: int = 20  # images with fewer valid cells are skipped by the descriptor loss
+    io_top_k: int = 300  # cells fed to IO-Net per image
+    io_selection: str = "lowest"  # "lowest" (the original code) or "highest" (the paper's text) scores
+    io_inlier_threshold: float = 4.0  # px
+    io_min_inliers: int = 10  # the IO loss is used when the batch has more inliers than this
+
+    def __post_init__(self) -> None:
+        if self.io_selection not in ("lowest", "highest"):
+            raise ConfigError(f"loss.io_selection must be 'lowest' or 'highest', got {self.io_selection!r}")
+
+
+@dataclass
+class AugmentationConfig:
+    """Homographic adaptation and photometric augmentation (SPEC §3)."""
+
+    image_shape: tuple[int, int] = (240, 320)  # (H, W)
+    horizontal_flip: float = 0.5  # probabilities
+    vertical_flip: float = 0.5
+    affine_degrees: float = 15.0
+    affine_translate: float = 0.1  # fraction of the image size
+    affine_scale: tuple[float, float] = (0.9, 1.1)
+    patch_ratio: float = 0.7
+    perspective_amplitude: float = 0.4
+    scaling_amplitude: float = 0.2
+    max_angle: float = math.pi / 4
+    channel_shuffle: float = 0.5  # shared by source and target
+    grayscale: float = 0.5  # shared by source and target
+    noise: float = 0.5  # per image
+    noise_std: float = 0.05  # of the full range
+    blur_kernels: tuple[int, ...] = (0, 1, 3, 5)  # drawn uniformly per image; 0 and 1 = no blur
+    jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.2, 0.05)  # brightness, contrast, saturation, hue
+    original_jitter_noop: bool = False  # True reproduces the original code, whose jitter does nothing
+
+    def __post_init__(self) -> None:
+        height, width = self.image_shape
+        if height % 8 or width % 8 or height < 32 or width < 32:
+            raise ConfigError(f"augmentation.image_shape must be multiples of 8, at least 32: {self.image_shape}")
+
+
+@dataclass
+class OptimConfig:
+    """Adam for KeyPointNet and IO-Net, step decay of the learning rate per epoch."""
+
+    learning_rate: float = 1e-3
+    io_learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    lr_decay: float = 0.5
+    lr_decay_epochs: int = 40
+    max_lr_decays: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """Loop, precision, logging and checkpointing."""
+
+    epochs: int = 50
+    batch_size: int = 8  # per process
+    seed: int = 42
+    num_workers: int = 2
+    precision: str = "auto"  # "fp32", "bf16", "fp16" (CUDA only) or "auto" (bf16 where fast, else fp32)
+    log_every: int = 10  # steps
+    checkpoint_every: int = 100  # steps; a checkpoint is also written at the end of each epoch
+    val_every: int = 1  # epochs; 0 disables HPatches validation
+    val_shape: tuple[int, int] = (320, 240)  # (W, H) for validation
+    val_top_k: int = 300
+    wandb: bool = False
+    wandb_project: str = "kp2d"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise ConfigError("train.batch_size and train.epochs must be positive")
+
+
+@dataclass
+class Config:
+    """Everything a training run needs; see the field dataclasses."""
+
+    name: str = "v4"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists for tuples): YAML- and ``torch.load(weights_only=True)``-safe."""
+        return _plain(asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field annotation (bool, int, float, str, tuple[...], dataclass)."""
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(annotation, value, where)
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(annotation, types.UnionType):  # pragma: no cover - not used by the fields today
+        return value
+    raise ConfigError(f"{where}: unsupported field type {annotation!r}")
+
+
+def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown config key '{key}' (allowed here: {', '.join(sorted(names))})")
+    kwargs = {
+        name: _coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a (partial) nested dict; missing fields take their defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
+    return _build(Config, data)
+
+
+def list_presets() -> list[str]:
+    """Names of the configs shipped inside the package (``v0`` … ``v4``)."""
+    folder = resources.files("kp2d") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a preset or a YAML file, following ``extends``; returns the merged raw dict."""
+    text_name = str(name_or_path)
+    if text_name in seen:
+        raise ConfigError(f"config 'extends' loops: {' -> '.join([*seen, text_name])}")
+    path = Path(text_name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+    else:
+        preset = resources.files("kp2d") / "configs" / f"{text_name}.yaml"
+        if not preset.is_file():
+            raise ConfigError(
+                f"unknown config '{text_name}': not a file and not a preset ({', '.join(list_presets())})"
+            )
+        text = preset.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{text_name}: invalid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{text_name}: a config must be a mapping of keys")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{text_name}: 'extends' must name a preset or a file")
+    parent_path = Path(parent)
+    if not parent_path.is_absolute() and path.parent != Path("") and (path.parent / parent).exists():
+        parent = str(path.parent / parent)
+    return _merge(_read_yaml(parent, (*seen, text_name)), data)
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a preset by name (``"v4"``) or a YAML file, then apply ``overrides`` (a nested dict)."""
+    data = _read_yaml(name_or_path)
+    if overrides:
+        data = _merge(data, overrides)
+    return config_from_dict(data)

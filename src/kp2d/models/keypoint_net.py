@@ -1,0 +1,191 @@
+"""KeyPointNet: keypoint score, sub-cell location and descriptor maps from one image (SPEC §1).
+
+The network file holds the network only: losses live in :mod:`kp2d.losses`, keypoint extraction in
+:mod:`kp2d.inference`. State-dict keys are those of the original checkpoints (``conv1a.0.weight``,
+``conv1a.1.running_mean``, ``convDb.weight``, ...), so they load unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kp2d.geometry import cell_centers, normalize_points
+
+__all__ = ["CELL", "KeyPointNet", "KeyPointNetOutput", "normalize_image", "sample_descriptors"]
+
+CELL = 8  # pixels per output cell (three 2x poolings)
+DESCRIPTOR_DIM = 256
+_IMAGE_MEAN = 0.5
+_IMAGE_SCALE = 0.225  # the published weights expect (img - 0.5) * 0.225 (multiplied, not divided)
+
+
+class KeyPointNetOutput(NamedTuple):
+    """Dense outputs of :class:`KeyPointNet` for ``(B, C, H, W)`` input, ``Hc = H/8``, ``Wc = W/8``.
+
+    Attributes:
+        score: ``(B, 1, Hc, Wc)`` keypoint score in [0, 1]; 0 on the border cells.
+        coord: ``(B, 2, Hc, Wc)`` keypoint position ``(x, y)`` in input pixels.
+        desc: ``(B, 256, Hd, Wd)`` dense descriptor map, ``(Hd, Wd) = (H/4, W/4)`` with upsampling,
+            else ``(Hc, Wc)``. Not normalised; see :func:`sample_descriptors`.
+    """
+
+    score: torch.Tensor
+    coord: torch.Tensor
+    desc: torch.Tensor
+
+
+def normalize_image(image: torch.Tensor) -> torch.Tensor:
+    """Map an image in [0, 1] to the network's input range: ``(image - 0.5) * 0.225``."""
+    return (image - _IMAGE_MEAN) * _IMAGE_SCALE
+
+
+def sample_descriptors(desc: torch.Tensor, coord: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinearly sample a dense descriptor map at pixel positions and L2-normalise.
+
+    Args:
+        desc: ``(B, C, Hd, Wd)`` dense descriptors covering an ``height x width`` image.
+        coord: ``(B, 2, h, w)`` pixel positions ``(x, y)`` (e.g. :attr:`KeyPointNetOutput.coord`).
+        height, width: input image size in pixels.
+
+    Returns:
+        ``(B, C, h, w)`` unit-norm descriptors.
+    """
+    grid = normalize_points(coord.permute(0, 2, 3, 1), height, width)
+    sampled = F.grid_sample(desc, grid.to(desc.dtype), mode="bilinear", align_corners=True)
+    return sampled / sampled.norm(p=2, dim=1, keepdim=True)
+
+
+def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 conv without bias followed by BatchNorm (keys ``.0.weight`` / ``.1.*`` as the original)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels, momentum=0.1),
+    )
+
+
+class KeyPointNet(nn.Module):
+    """Keypoint detector and descriptor (Tang et al., ICLR 2020).
+
+    Args:
+        in_channels: 3 for RGB input, 1 for grayscale.
+        do_upsample: descriptor head upsamples to 1/4 resolution and fuses the ``conv3b`` skip.
+        do_cross: keypoints may move up to one cell across the cell border (``r = 2``), else ``r = 1``.
+        with_dropout: ``Dropout2d(0.2)`` after each block (active in training mode only).
+
+    Input: ``(B, in_channels, H, W)`` images in [0, 1], ``H`` and ``W`` multiples of 8.
+    Output: :class:`KeyPointNetOutput` (dense maps, the same in training and eval mode).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        do_upsample: bool = True,
+        do_cross: bool = True,
+        with_dropout: bool = True,
+    ) -> None:
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        self.in_channels = in_channels
+        self.do_upsample = do_upsample
+        self.do_cross = do_cross
+        self.with_dropout = with_dropout
+        self.cross_ratio = 2.0 if do_cross else 1.0
+
+        c1, c2, c3, c4, c5, d1 = 32, 64, 128, 256, 256, 512
+        self.conv1a, self.conv1b = _conv_bn(in_channels, c1), _conv_bn(c1, c1)
+        self.conv2a, self.conv2b = _conv_bn(c1, c2), _conv_bn(c2, c2)
+        self.conv3a, self.conv3b = _conv_bn(c2, c3), _conv_bn(c3, c3)
+        self.conv4a, self.conv4b = _conv_bn(c3, c4), _conv_bn(c4, c4)
+        # score head
+        self.convDa = _conv_bn(c4, c4)
+        self.convDb = nn.Conv2d(c5, 1, kernel_size=3, padding=1)
+        # location head
+        self.convPa = _conv_bn(c4, c4)
+        self.convPb = nn.Conv2d(c5, 2, kernel_size=3, padding=1)
+        # descriptor head
+        self.convFa = _conv_bn(c4, c4)
+        self.convFb = _conv_bn(c4, d1)
+        self.convFaa = _conv_bn(c4, c5)
+        self.convFbb = nn.Conv2d(c5, DESCRIPTOR_DIM, kernel_size=3, padding=1)
+
+        self.relu = nn.LeakyReLU(0.01)
+        self.dropout = nn.Dropout2d(0.2) if with_dropout else nn.Identity()
+        self.pool = nn.MaxPool2d(2, 2)
+        self.upsample = nn.PixelShuffle(upscale_factor=2)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "v4", device: str | torch.device = "cpu") -> KeyPointNet:
+        """Load shipped weights by name (``"v0"`` … ``"v4"``) or a checkpoint file; eval mode, on ``device``."""
+        from kp2d.checkpoint import load_keypoint_net
+
+        return load_keypoint_net(name_or_path, device)
+
+    def extract(self, image, top_k: int | None = 1000, score_threshold: float = 0.0, nms_radius: int = 0):
+        """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.inference.extract`."""
+        from kp2d.inference import extract
+
+        return extract(self, image, top_k=top_k, score_threshold=score_threshold, nms_radius=nms_radius)
+
+    @property
+    def descriptor_stride(self) -> int:
+        """Pixels per descriptor-map cell: 4 with upsampling, else 8."""
+        return CELL // 2 if self.do_upsample else CELL
+
+    def _block(self, x: torch.Tensor, first: nn.Module, second: nn.Module) -> torch.Tensor:
+        return self.dropout(self.relu(second(self.relu(first(x)))))
+
+    def forward(self, image: torch.Tensor) -> KeyPointNetOutput:
+        """Dense score, keypoint and descriptor maps; see :class:`KeyPointNetOutput`."""
+        if image.dim() != 4 or image.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(image.shape)}"
+            )
+        _, _, height, width = image.shape
+        if height % CELL or width % CELL:
+            raise ValueError(f"image height and width must be multiples of {CELL}, got {height}x{width}")
+
+        x = normalize_image(image)
+        x = self.pool(self._block(x, self.conv1a, self.conv1b))
+        x = self.pool(self._block(x, self.conv2a, self.conv2b))
+        skip = self._block(x, self.conv3a, self.conv3b)
+        x = self._block(self.pool(skip), self.conv4a, self.conv4b)
+
+        score = self.convDb(self.dropout(self.relu(self.convDa(x)))).sigmoid()
+        score = score * _interior_mask(score)
+
+        offset = self.convPb(self.dropout(self.relu(self.convPa(x)))).tanh()
+        batch, _, rows, cols = offset.shape
+        half_cell = (CELL - 1) / 2.0
+        centers = cell_centers(batch, rows, cols, CELL, device=offset.device, dtype=offset.dtype)
+        coord = centers + offset * (self.cross_ratio * half_cell)
+        coord = torch.stack(
+            [coord[:, 0].clamp(0, width - 1), coord[:, 1].clamp(0, height - 1)], dim=1
+        )
+
+        feat = self.dropout(self.relu(self.convFa(x)))
+        if self.do_upsample:
+            feat = torch.cat([self.upsample(self.convFb(feat)), skip], dim=1)
+        desc = self.convFbb(self.relu(self.convFaa(feat)))
+        return KeyPointNetOutput(score, coord, desc)
+
+    def describe(self, image: torch.Tensor) -> KeyPointNetOutput:
+        """Like :meth:`forward`, with ``desc`` sampled at ``coord`` and L2-normalised: ``(B, 256, Hc, Wc)``.
+
+        This is the original's eval-mode output, whatever the module's mode.
+        """
+        out = self(image)
+        height, width = image.shape[-2:]
+        return out._replace(desc=sample_descriptors(out.desc, out.coord, height, width))
+
+
+def _interior_mask(score: torch.Tensor) -> torch.Tensor:
+    """``(1, 1, Hc, Wc)`` mask that is 0 on the first/last row and column of the cell grid, else 1."""
+    rows, cols = score.shape[-2:]
+    mask = torch.zeros(1, 1, rows, cols, dtype=score.dtype, device=score.device)
+    mask[..., 1:-1, 1:-1] = 1
+    return mask
