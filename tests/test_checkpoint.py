@@ -1,0 +1,112 @@
+import os
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+
+from kp2d.checkpoint import load_checkpoint, load_keypoint_net, save_checkpoint
+from kp2d.config import load_config
+from kp2d.errors import CheckpointError
+from kp2d.models import KeyPointNet
+
+
+def _fake_yacs_cfgnode():
+    """A class pickled as ``yacs.config.CfgNode`` (a dict subclass, as yacs has it), yacs not needed."""
+    module = types.ModuleType("yacs.config")
+
+    class CfgNode(dict):
+        pass
+
+    CfgNode.__module__ = "yacs.config"
+    CfgNode.__qualname__ = "CfgNode"
+    module.CfgNode = CfgNode
+    return module, CfgNode
+
+
+def test_original_checkpoint_with_yacs_config_loads_without_yacs(tmp_path, golden_forward, monkeypatch):
+    module, cfg_node = _fake_yacs_cfgnode()
+    monkeypatch.setitem(sys.modules, "yacs", types.ModuleType("yacs"))
+    monkeypatch.setitem(sys.modules, "yacs.config", module)
+    params = cfg_node(use_color=True, do_upsample=True, do_cross=True, with_io=True)
+    config = cfg_node(model=cfg_node(params=params))
+    config.__dict__["__immutable__"] = True  # yacs keeps its flags in the instance dict
+    path = tmp_path / "v4.ckpt"
+    torch.save({"config": config, "state_dict": golden_forward["state_dict"]}, path)
+    monkeypatch.delitem(sys.modules, "yacs.config")
+    monkeypatch.delitem(sys.modules, "yacs")
+
+    net = load_keypoint_net(path)
+    assert not net.training and net.do_upsample and net.do_cross
+    with torch.no_grad():
+        out = net.describe(golden_forward["image"])
+    torch.testing.assert_close(out.desc, golden_forward["v4"]["desc"], atol=1e-4, rtol=0)
+
+
+def test_round_trip_keeps_config_and_weights(tmp_path):
+    config = load_config("v2")
+    net = KeyPointNet(do_upsample=True, do_cross=True)
+    save_checkpoint(tmp_path / "a.ckpt", config, net, step=7)
+    checkpoint = load_checkpoint(tmp_path / "a.ckpt")
+    assert checkpoint.config == config
+    assert checkpoint.extra["step"] == 7
+    # the original's loader reads config['model']['params']
+    raw = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    assert raw["config"]["model"]["params"]["do_upsample"] is True
+    loaded = load_keypoint_net(tmp_path / "a.ckpt")
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path):
+    state = KeyPointNet().state_dict()
+    state.pop("convDb.bias")
+    state["head.extra"] = torch.zeros(1)
+    params = {"use_color": True, "do_upsample": True, "do_cross": True}
+    torch.save({"config": {"model": {"params": params}}, "state_dict": state}, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match=r"missing keys: convDb\.bias.*unexpected keys: head\.extra"):
+        load_keypoint_net(tmp_path / "bad.ckpt")
+
+
+def test_wrong_variant_names_shapes(tmp_path):
+    state = KeyPointNet(do_upsample=True).state_dict()
+    state["convFaa.0.weight"] = torch.zeros(256, 128, 3, 3)
+    params = {"use_color": True, "do_upsample": False, "do_cross": False}
+    torch.save({"config": {"model": {"params": params}}, "state_dict": state}, tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match="wrong shapes: convFaa.0.weight"):
+        load_keypoint_net(tmp_path / "bad.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [({"weights": 1}, "not a KeyPointNet checkpoint"), ({"state_dict": {}, "config": {}}, "model.params")],
+)
+def test_not_a_checkpoint(tmp_path, payload, message):
+    torch.save(payload, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_text_file_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "notes.pt")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo should-not-run",))
+
+
+def test_code_in_pickle_is_refused(tmp_path):
+    torch.save({"config": {}, "state_dict": {}, "x": _Payload()}, tmp_path / "evil.pt", pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(CheckpointError, match="does not load"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_unknown_name_and_missing_file():
+    with pytest.raises(CheckpointError, match="unknown model 'nope'"):
+        load_keypoint_net("nope")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_keypoint_net("/no/such/file.ckpt")

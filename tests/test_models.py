@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from kp2d.models import IONet, KeyPointNet, normalize_image
+
+
+@pytest.mark.parametrize(
+    ("variant", "do_upsample", "do_cross"), [("v4", True, True), ("v0", False, False)]
+)
+def test_keypointnet_matches_golden(golden_forward, variant, do_upsample, do_cross):
+    net = KeyPointNet(do_upsample=do_upsample, do_cross=do_cross)
+    net.load_state_dict(golden_forward["state_dict"])  # original key layout, loaded unchanged
+    net.eval()
+    expected = golden_forward[variant]
+    with torch.no_grad():
+        out = net.describe(golden_forward["image"])
+    torch.testing.assert_close(out.score, expected["score"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.coord, expected["coord"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.desc, expected["desc"], atol=1e-4, rtol=0)
+
+
+def test_normalization_matches_golden(golden_forward):
+    torch.testing.assert_close(normalize_image(golden_forward["image"]), golden_forward["normalized_input"])
+
+
+def test_output_shapes_and_border():
+    net = KeyPointNet().eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 64, 96))
+    assert out.score.shape == (2, 1, 8, 12)
+    assert out.coord.shape == (2, 2, 8, 12)
+    assert out.desc.shape == (2, 256, 16, 24)  # 1/4 resolution with upsampling
+    border = torch.ones(8, 12, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    assert (out.score[:, 0][:, border] == 0).all()
+    assert (out.score[:, 0][:, ~border] > 0).all()
+    assert out.coord[:, 0].min() >= 0 and out.coord[:, 0].max() <= 95
+    assert out.coord[:, 1].min() >= 0 and out.coord[:, 1].max() <= 63
+
+
+def test_keypoints_stay_near_their_cell():
+    for do_cross, reach in [(False, 3.5), (True, 7.0)]:
+        net = KeyPointNet(do_cross=do_cross, do_upsample=False).eval()
+        with torch.no_grad():
+            out = net(torch.rand(1, 3, 64, 64))
+        centers_x = torch.arange(8).float() * 8 + 3.5
+        offsets = (out.coord[0, 0] - centers_x).abs()
+        assert offsets.max() <= reach + 1e-4
+
+
+def test_dense_output_same_in_train_and_eval_shape():
+    net = KeyPointNet(with_dropout=False)
+    image = torch.rand(1, 3, 32, 32)
+    assert net.train()(image).desc.shape == net.eval()(image).desc.shape
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 60, 64), (1, 1, 64, 64), (3, 64, 64)])
+def test_bad_input_shape_raises(shape):
+    with pytest.raises(ValueError, match="shape|multiples"):
+        KeyPointNet()(torch.rand(*shape))
+
+
+def test_grayscale_network():
+    net = KeyPointNet(in_channels=1).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 32, 32)).score.shape == (1, 1, 4, 4)
+
+
+def test_ionet_shapes_and_original_keys(golden_dir):
+    golden = torch.load(golden_dir / "training_loss.pt", weights_only=False)
+    net = IONet()
+    net.load_state_dict(golden["io_net_state_dict"])
+    out = net.eval()(torch.randn(2, 5, 300, 1))
+    assert out.shape == (2, 1, 300, 1)
+    with pytest.raises(ValueError, match="correspondences"):
+        net(torch.randn(2, 4, 300, 1))
