@@ -2,6 +2,8 @@
 Learning*, ICLR 2020) — training, HPatches evaluation, inference and export in one package."""
 
 from kp2d.errors import CheckpointError, ConfigError, DataError, Kp2dError
+from kp2d.inference import Keypoints, extract
+from kp2d.matching import estimate_homography, match
 from kp2d.models import IONet, KeyPointNet, KeyPointNetOutput
 
 __version__ = "0.1.0"
@@ -13,6 +15,10 @@ __all__ = [
     "IONet",
     "KeyPointNet",
     "KeyPointNetOutput",
+    "Keypoints",
     "Kp2dError",
     "__version__",
+    "estimate_homography",
+    "extract",
+    "match",
 ]

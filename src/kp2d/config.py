@@ -116,6 +116,7 @@ class TrainConfig:
     precision: str = "auto"  # "fp32", "bf16", "fp16" (CUDA only) or "auto" (bf16 where fast, else fp32)
     log_every: int = 10  # steps
     checkpoint_every: int = 100  # steps; a checkpoint is also written at the end of each epoch
+    snapshot_every: int = 10  # epochs; keeps a weights-only epoch_NNN.ckpt (0: none)
     val_every: int = 1  # epochs; 0 disables HPatches validation
     val_shape: tuple[int, int] = (320, 240)  # (W, H) for validation
     val_top_k: int = 300

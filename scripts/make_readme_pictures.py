@@ -1,0 +1,175 @@
+"""Regenerate the README pictures (default folder ``docs/images/``).
+
+    python scripts/make_readme_pictures.py --model v4 [--hpatches-dir ../shared/data/hpatches] [--overfit]
+
+Writes
+- ``graffiti_1_4_matches.png``: matches on the real HPatches pair v_graffiti 1 -> 4, RANSAC/USAC inliers
+  green, outliers red, with the corner error against the ground-truth homography in the caption;
+- ``graffiti_1_scores.png`` / ``graffiti_1_keypoints.png``: score heat map and keypoints of image 1;
+- ``demo_matches.png``: the in-memory demo pair (``kp2d match --demo``);
+- with ``--overfit``: the over-fitting GIFs, by running ``kp2d overfit --out <folder>`` (a subcommand
+  added later; skipped with a notice while it does not exist).
+
+Images are resized to ``--width`` pixels wide (aspect kept) before detection, and the ground-truth
+homography is rescaled to match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from kp2d.checkpoint import load_keypoint_net
+from kp2d.demo import demo_pair
+from kp2d.errors import DataError, Kp2dError
+from kp2d.eval.metrics import corner_error
+from kp2d.geometry import scale_homography
+from kp2d.inference import extract, extract_with_score_map, load_image
+from kp2d.matching import estimate_homography, match
+from kp2d.runtime import resolve_device
+from kp2d.visualization import draw_keypoints, draw_matches, draw_score_heatmap, save_image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_HPATCHES = REPO_ROOT.parent / "shared" / "data" / "hpatches"
+log = logging.getLogger("make_readme_pictures")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="v4", help="pretrained name or checkpoint path (default: v4)")
+    parser.add_argument(
+        "--hpatches-dir", type=Path, default=DEFAULT_HPATCHES, help="folder holding v_graffiti/"
+    )
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "images", help="output folder")
+    parser.add_argument("--width", type=int, default=640, help="resize images to this width (0: keep)")
+    parser.add_argument("--top-k", type=int, default=1000)
+    parser.add_argument("--nms-radius", type=float, default=0.0)
+    parser.add_argument("--method", choices=("usac", "ransac"), default="usac")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-lines", type=int, default=300, help="match lines drawn at most (default: 300)")
+    parser.add_argument("--ext", choices=("png", "jpg"), default="png", help="picture format (default: png)")
+    parser.add_argument(
+        "--overfit", action="store_true", help="also make the over-fitting GIFs (kp2d overfit)"
+    )
+    return parser.parse_args(argv)
+
+
+def _resize(image: np.ndarray, width: int) -> np.ndarray:
+    if width <= 0 or image.shape[1] == width:
+        return image
+    height = round(image.shape[0] * width / image.shape[1])
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _image_file(sequence: Path, index: int) -> Path:
+    for suffix in (".ppm", ".png", ".jpg"):
+        if (sequence / f"{index}{suffix}").is_file():
+            return sequence / f"{index}{suffix}"
+    raise DataError(f"{sequence}: no image {index}.ppm/.png/.jpg")
+
+
+def graffiti_pictures(model, args: argparse.Namespace, target: int = 4) -> None:
+    sequence = args.hpatches_dir / "v_graffiti"
+    if not sequence.is_dir():
+        raise DataError(f"HPatches sequence not found: {sequence} (use --hpatches-dir)")
+    original0 = load_image(_image_file(sequence, 1))
+    original1 = load_image(_image_file(sequence, target))
+    image0, image1 = _resize(original0, args.width), _resize(original1, args.width)
+    size = lambda image: (image.shape[1], image.shape[0])  # noqa: E731
+    true_homography = scale_homography(
+        np.loadtxt(sequence / f"H_1_{target}"), size(original0), size(original1), size(image0)
+    )
+    if size(image0) != size(image1):
+        raise DataError("v_graffiti images of different sizes are not supported by this script")
+
+    options = {"top_k": args.top_k or None, "nms_radius": args.nms_radius}
+    kpts0, cell_scores = extract_with_score_map(model, image0, **options)
+    kpts1 = extract(model, image1, **options)
+    matches, _ = match(kpts0.descriptors, kpts1.descriptors)
+    homography, inliers = estimate_homography(kpts0.keypoints, kpts1.keypoints, matches, method=args.method)
+    error = corner_error(homography, true_homography, kpts0.image_size)
+    caption = (
+        f"v_graffiti 1 -> {target}: {len(matches)} matches, {int(inliers.sum())} inliers, "
+        f"corner error {error:.1f} px"
+    )
+    log.info(caption)
+
+    picture = draw_matches(
+        image0,
+        image1,
+        kpts0.keypoints,
+        kpts1.keypoints,
+        matches,
+        inliers,
+        text=caption,
+        max_lines=args.max_lines,
+    )
+    save_image(args.out / f"graffiti_1_{target}_matches.{args.ext}", picture)
+    save_image(args.out / f"graffiti_1_scores.{args.ext}", draw_score_heatmap(image0, cell_scores))
+    keypoints = kpts0.numpy()
+    save_image(
+        args.out / f"graffiti_1_keypoints.{args.ext}",
+        draw_keypoints(image0, keypoints["keypoints"], keypoints["scores"]),
+    )
+
+
+def demo_picture(model, args: argparse.Namespace) -> None:
+    pair = demo_pair()
+    options = {"top_k": args.top_k or None, "nms_radius": args.nms_radius}
+    kpts0, kpts1 = extract(model, pair.image0, **options), extract(model, pair.image1, **options)
+    matches, _ = match(kpts0.descriptors, kpts1.descriptors)
+    homography, inliers = estimate_homography(kpts0.keypoints, kpts1.keypoints, matches, method=args.method)
+    error = corner_error(homography, pair.homography, kpts0.image_size)
+    caption = f"{len(matches)} matches, {int(inliers.sum())} inliers, corner error {error:.1f} px"
+    log.info("demo: %s", caption)
+    picture = draw_matches(
+        pair.image0,
+        pair.image1,
+        kpts0.keypoints,
+        kpts1.keypoints,
+        matches,
+        inliers,
+        text=caption,
+        max_lines=args.max_lines,
+    )
+    save_image(args.out / f"demo_matches.{args.ext}", picture)
+
+
+def overfit_gifs(args: argparse.Namespace) -> None:
+    """Hook for the over-fitting GIFs: ``kp2d overfit --out <out>/overfit`` once that subcommand exists."""
+    if importlib.util.find_spec("kp2d.cli.overfit") is None:
+        log.warning("kp2d overfit is not available yet: no over-fitting GIFs made")
+        return
+    from kp2d.cli import main
+
+    status = main(["overfit", "--out", str(args.out / "overfit")])
+    if status:
+        raise Kp2dError(f"kp2d overfit failed with status {status}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        model = load_keypoint_net(args.model, resolve_device(args.device))
+        graffiti_pictures(model, args)
+        demo_picture(model, args)
+        if args.overfit:
+            overfit_gifs(args)
+    except Kp2dError as err:
+        print(f"make_readme_pictures: error: {err}", file=sys.stderr)
+        return 2
+    log.info("pictures in %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

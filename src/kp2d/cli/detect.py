@@ -1,0 +1,124 @@
+"""``kp2d detect IMAGE...``: keypoints, score heat map and descriptors of each image, written to a folder.
+
+For each image ``<stem>``: ``<stem>_keypoints.png`` (keypoints coloured by score), ``<stem>_scores.png``
+(cell scores over the image), ``<stem>.npz`` (``keypoints``, ``scores``, ``descriptors``, ``image_size``)
+and ``<stem>.json`` (keypoints, scores and image size).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_parser", "add_model_options", "run"]
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options shared with ``match`` (model, selection, device)."""
+    parser.add_argument(
+        "--model", default="v4", help="pretrained name (v0..v4) or checkpoint path (default: v4)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=1000, help="keypoints per image, 0 for all (default: 1000)"
+    )
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.0, help="keep keypoints with a higher score (default: 0)"
+    )
+    parser.add_argument(
+        "--nms-radius",
+        type=float,
+        default=0.0,
+        help="non-maximum suppression radius in pixels, 0 for none (default: 0)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``kp2d detect``."""
+    parser = subparsers.add_parser(
+        "detect",
+        help="detect and describe keypoints in images",
+        description="Detect and describe keypoints; write an overlay, a score heat map, .npz and .json "
+        "per image.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (png, jpg, ppm, ...)")
+    parser.add_argument("--out", default="kp2d_detect", help="output folder (default: kp2d_detect/)")
+    add_model_options(parser)
+    parser.set_defaults(func=run)
+
+
+def selection_options(args: argparse.Namespace) -> dict:
+    """``extract`` keyword arguments from the parsed options."""
+    from kp2d.errors import ConfigError
+
+    if args.top_k < 0:
+        raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
+    if args.nms_radius < 0:
+        raise ConfigError(f"--nms-radius must be >= 0, got {args.nms_radius}")
+    return {
+        "top_k": args.top_k or None,
+        "score_threshold": args.score_threshold,
+        "nms_radius": args.nms_radius,
+    }
+
+
+def _unique_stems(paths: list) -> list[str]:
+    """File stems, with ``-2``, ``-3``, ... appended to repeats so outputs do not overwrite each other."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+    return stems
+
+
+def run(args: argparse.Namespace) -> int:
+    """Detect in every image and write the files; returns the exit status."""
+    import json
+    import logging
+    from pathlib import Path
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from kp2d.checkpoint import load_keypoint_net
+    from kp2d.errors import DataError
+    from kp2d.inference import extract_with_score_map, load_image
+    from kp2d.runtime import resolve_device
+    from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
+
+    log = logging.getLogger("kp2d.detect")
+    options = selection_options(args)
+    paths = [Path(p) for p in args.images]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"image not found: {path}")
+    device = resolve_device(args.device)
+    model = load_keypoint_net(args.model, device)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    for path, stem in tqdm(
+        list(zip(paths, _unique_stems(paths), strict=True)), desc="detect", unit="image", disable=None
+    ):
+        image = load_image(path)
+        try:
+            keypoints, cell_scores = extract_with_score_map(model, image, **options)
+        except DataError as err:
+            raise DataError(f"{path}: {err}") from None
+        arrays = keypoints.numpy()
+        np.savez(out_dir / f"{stem}.npz", **arrays)
+        record = {
+            "image": str(path),
+            "image_size": list(keypoints.image_size),
+            "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
+            "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),
+        }
+        (out_dir / f"{stem}.json").write_text(json.dumps(record))
+        save_image(
+            out_dir / f"{stem}_keypoints.png", draw_keypoints(image, arrays["keypoints"], arrays["scores"])
+        )
+        save_image(out_dir / f"{stem}_scores.png", draw_score_heatmap(image, cell_scores))
+        log.debug("%s: %d keypoints", path, len(keypoints))
+        tqdm.write(f"{path}: {len(keypoints)} keypoints -> {out_dir / stem}.*")
+    return 0

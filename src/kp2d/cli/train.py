@@ -1,0 +1,78 @@
+"""``kp2d train CONFIG --data DIR``: self-supervised training (single process or under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train KeyPointNet (+ IO-Net) on a folder of images",
+        description="Self-supervised training with random homographies. Multi-GPU: "
+        "torchrun --nproc_per_node N -m kp2d train CONFIG --data DIR ...",
+    )
+    parser.add_argument("config", help="preset name (v0 … v4) or a YAML file")
+    parser.add_argument("--data", required=True, type=Path, help="folder of training images (searched recursively)")
+    parser.add_argument("--out", type=Path, help="run folder for checkpoints and logs (default: runs/<config name>)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (default: from the config, 50)")
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps in total")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    parser.add_argument("--hpatches", type=Path, help="HPatches-format folder for periodic validation")
+    parser.add_argument("--batch-size", type=int, help="images per process per step (default: 8)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: from the config (auto)")
+    parser.add_argument("--workers", type=int, help="data-loading processes (default: from the config)")
+    parser.add_argument("--cache-images", action="store_true", help="keep decoded images in memory (small sets)")
+    parser.add_argument("--skip-bad", action="store_true", help="log and skip unreadable images instead of stopping")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _check_positive(name: str, value: int | None) -> None:
+    from kp2d.errors import ConfigError
+
+    if value is not None and value < 1:
+        raise ConfigError(f"--{name} must be at least 1, got {value}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kp2d.config import load_config
+    from kp2d.errors import DataError
+    from kp2d.train.trainer import TrainOptions, train
+
+    for name in ("epochs", "max_steps", "batch_size"):
+        _check_positive(name.replace("_", "-"), getattr(args, name))
+    overrides: dict = {"train": {}}
+    if args.batch_size:
+        overrides["train"]["batch_size"] = args.batch_size
+    if args.precision:
+        overrides["train"]["precision"] = args.precision
+    config = load_config(args.config, overrides)
+    if not args.data.is_dir():
+        raise DataError(f"training data folder not found: {args.data}")
+    if args.hpatches is not None and not args.hpatches.is_dir():
+        raise DataError(f"HPatches folder not found: {args.hpatches}")
+    options = TrainOptions(
+        config=config,
+        data=args.data,
+        out=args.out or Path("runs") / config.name,
+        device=args.device,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        resume=args.resume,
+        hpatches=args.hpatches,
+        skip_bad=args.skip_bad,
+        cache_images=args.cache_images,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
+    summary = train(options)
+    print(
+        f"done: {summary.steps} steps, {summary.epochs_completed} epoch(s), {summary.seconds:.0f} s; "
+        f"last loss {summary.last_loss:.4f}; checkpoint {summary.last_checkpoint}"
+    )
+    return 0

@@ -1,0 +1,482 @@
+"""Keypoints, scores and descriptors of whole images, in original-image pixels.
+
+The user story::
+
+    model = kp2d.KeyPointNet.from_pretrained("v4")
+    kpts0, kpts1 = model.extract(image0), model.extract(image1)      # RGB, any size
+    matches, distances = kp2d.match(kpts0.descriptors, kpts1.descriptors)
+    H, inliers = kp2d.estimate_homography(kpts0.keypoints, kpts1.keypoints, matches)
+
+:func:`extract` takes **RGB** images (the order our training pipeline feeds the network), of any size
+of at least 32 px a side. Inside, the image is padded at the bottom and right to a multiple of 8 by
+*replicating* its last row and column (zero padding would add an artificial edge, which the detector
+fires on); the network's coordinates are already in pixels of the padded image, whose top-left corner is
+the original's, so keypoints need no rescaling; keypoints that land in the padding are dropped.
+
+Selection, per image: cells with ``score > score_threshold``; then, with ``nms_radius > 0``, greedy
+non-maximum suppression (a keypoint is dropped when a kept keypoint with a higher score lies within
+``nms_radius`` pixels; the same result as visiting keypoints by decreasing score); then the ``top_k``
+highest scores, sorted by decreasing score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kp2d.errors import ConfigError, DataError
+from kp2d.geometry import cell_centers
+from kp2d.models.keypoint_net import CELL, sample_descriptors
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+    from kp2d.models import KeyPointNet
+
+__all__ = [
+    "MIN_IMAGE_SIZE",
+    "ImageLike",
+    "Keypoints",
+    "extract",
+    "extract_with_score_map",
+    "grid_nms",
+    "image_to_tensor",
+    "load_image",
+    "pad_to_multiple",
+    "score_map",
+    "select_keypoints",
+]
+
+MIN_IMAGE_SIZE = 32  # pixels, each side
+ImageLike = Union[np.ndarray, torch.Tensor, "PIL.Image.Image"]
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, RGB order
+_FLOAT_RANGE_SLACK = 1e-3
+
+
+@dataclass
+class Keypoints:
+    """Keypoints of one image.
+
+    Attributes:
+        keypoints: ``(N, 2)`` float ``(x, y)`` in pixels of the original image.
+        scores: ``(N,)`` detection scores in (0, 1], sorted in decreasing order by :func:`extract`.
+        descriptors: ``(N, D)`` L2-normalised descriptors (``D = 256``).
+        image_size: ``(W, H)`` of the original image.
+    """
+
+    keypoints: torch.Tensor
+    scores: torch.Tensor
+    descriptors: torch.Tensor
+    image_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        n = self.keypoints.shape[0]
+        if self.keypoints.dim() != 2 or self.keypoints.shape[1] != 2:
+            raise ValueError(f"keypoints must have shape (N, 2), got {tuple(self.keypoints.shape)}")
+        if self.scores.shape != (n,):
+            raise ValueError(f"scores must have shape ({n},), got {tuple(self.scores.shape)}")
+        if self.descriptors.dim() != 2 or self.descriptors.shape[0] != n:
+            raise ValueError(f"descriptors must have shape ({n}, D), got {tuple(self.descriptors.shape)}")
+        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+
+    def __len__(self) -> int:
+        return self.keypoints.shape[0]
+
+    def __getitem__(self, index: Any) -> Keypoints:
+        """The keypoints at ``index`` (an int, a slice, an index tensor or a boolean mask)."""
+        if isinstance(index, int):
+            index = [index]  # keep the leading dimension
+        return Keypoints(self.keypoints[index], self.scores[index], self.descriptors[index], self.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are."""
+        return self.keypoints.device
+
+    def to(self, device: str | torch.device) -> Keypoints:
+        """The same keypoints on ``device``."""
+        return Keypoints(
+            self.keypoints.to(device), self.scores.to(device), self.descriptors.to(device), self.image_size
+        )
+
+    def cpu(self) -> Keypoints:
+        """The same keypoints on the CPU."""
+        return self.to("cpu")
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """Arrays ``keypoints (N, 2)``, ``scores (N,)``, ``descriptors (N, D)`` (float32), ``image_size``.
+
+        The dict can go straight into ``np.savez(path, **kpts.numpy())``.
+        """
+        return {
+            "keypoints": self.keypoints.detach().cpu().float().numpy(),
+            "scores": self.scores.detach().cpu().float().numpy(),
+            "descriptors": self.descriptors.detach().cpu().float().numpy(),
+            "image_size": np.asarray(self.image_size, dtype=np.int64),
+        }
+
+    def to_cv2(self, size: float = 8.0) -> list:
+        """OpenCV keypoints (``pt = (x, y)``, ``size`` pixels, ``response`` = score)."""
+        import cv2
+
+        points = self.keypoints.detach().cpu().double().tolist()
+        scores = self.scores.detach().cpu().double().tolist()
+        return [cv2.KeyPoint(x, y, size, -1, s) for (x, y), s in zip(points, scores, strict=True)]
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 **RGB** (grayscale files are replicated to 3 channels)."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)  # cv2.imread fails silently on some paths; decode ourselves
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DataError(f"{path}: cannot read this file as an image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _numpy_to_float(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32, copy=False)
+    raise DataError(f"unsupported image dtype {array.dtype} (use uint8, uint16 or float in [0, 1])")
+
+
+def _as_batch(image: ImageLike) -> tuple[torch.Tensor, bool]:
+    """Any supported image → ``(B, C, H, W)`` float tensor (C = 1 or 3), and whether the input was batched."""
+    if not isinstance(image, (np.ndarray, torch.Tensor)):
+        import PIL.Image
+
+        if isinstance(image, PIL.Image.Image):
+            mode = "L" if image.mode in ("1", "L", "I;16", "I", "F") else "RGB"
+            image = np.asarray(image.convert(mode))
+        else:
+            raise DataError(
+                f"unsupported image type {type(image).__name__} (numpy array, PIL image or tensor)"
+            )
+
+    if isinstance(image, np.ndarray):
+        array = _numpy_to_float(image)
+        if array.ndim == 3 and array.shape[2] == 4:
+            array = array[..., :3]  # drop alpha
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim != 3 or array.shape[2] not in (1, 3):
+            raise DataError(f"numpy images must be (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0), False
+
+    tensor = image
+    batched = tensor.dim() == 4
+    if tensor.dim() == 2:
+        tensor = tensor[None]
+    if tensor.dim() == 3:
+        tensor = tensor[None]
+    if tensor.dim() != 4 or tensor.shape[1] not in (1, 3):
+        raise DataError(
+            f"tensor images must be (H, W), (C, H, W) or (B, C, H, W) with C = 1 or 3, "
+            f"got {tuple(image.shape)}"
+        )
+    if tensor.dtype == torch.uint8:
+        tensor = tensor.float() / 255.0
+    elif not tensor.is_floating_point():
+        raise DataError(f"unsupported tensor dtype {tensor.dtype} (use uint8 or float in [0, 1])")
+    return tensor, batched
+
+
+def image_to_tensor(
+    image: ImageLike, in_channels: int = 3, device: str | torch.device | None = None
+) -> tuple[torch.Tensor, bool]:
+    """Convert an image for the network.
+
+    Args:
+        image: numpy ``(H, W, 3)`` RGB / ``(H, W)`` gray, uint8 or float in [0, 1]; a PIL image; or a
+            tensor ``(3, H, W)`` / ``(B, 3, H, W)`` (or 1 channel) in [0, 1] (uint8 tensors: divided by 255).
+        in_channels: channels the network takes: RGB → gray with BT.601 weights, gray → replicated to 3.
+        device: where the tensor goes (default: where it is).
+
+    Returns:
+        ``(B, in_channels, H, W)`` float32 in [0, 1], and whether the input was a batch.
+    """
+    batch, batched = _as_batch(image)
+    batch = batch.to(device=device, dtype=torch.float32)
+    if batch.numel() and (batch.min() < -_FLOAT_RANGE_SLACK or batch.max() > 1 + _FLOAT_RANGE_SLACK):
+        low, high = batch.min().item(), batch.max().item()
+        raise DataError(
+            f"float images must be in [0, 1], got values in [{low:.3g}, {high:.3g}] (divide uint8 by 255)"
+        )
+    channels = batch.shape[1]
+    if in_channels == 1 and channels == 3:
+        weights = batch.new_tensor(_GRAY_WEIGHTS).view(1, 3, 1, 1)
+        batch = (batch * weights).sum(dim=1, keepdim=True)
+    elif in_channels == 3 and channels == 1:
+        batch = batch.expand(-1, 3, -1, -1)
+    return batch.clamp(0.0, 1.0), batched
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int = CELL) -> torch.Tensor:
+    """Pad ``(B, C, H, W)`` bottom and right to multiples of ``multiple``, replicating the last row/column."""
+    height, width = images.shape[-2:]
+    pad_h = -height % multiple
+    pad_w = -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images
+    return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def _check_size(height: int, width: int) -> None:
+    if height < MIN_IMAGE_SIZE or width < MIN_IMAGE_SIZE:
+        raise DataError(
+            f"image is {width}x{height} pixels; kp2d needs at least {MIN_IMAGE_SIZE} pixels on each side"
+        )
+
+
+def _check_selection(top_k: int | None, nms_radius: float) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if not nms_radius >= 0:
+        raise ConfigError(f"nms_radius must be >= 0 pixels, got {nms_radius!r}")
+
+
+def grid_nms(
+    scores: torch.Tensor,
+    coords: torch.Tensor,
+    candidates: torch.Tensor,
+    radius: float,
+    cell: int = CELL,
+) -> torch.Tensor:
+    """Greedy non-maximum suppression of one keypoint per grid cell, vectorised over the grid.
+
+    A keypoint is kept when no *kept* keypoint with a higher score (ties: lower flat cell index) lies within
+    ``radius`` pixels; this equals visiting keypoints by decreasing score. Each round keeps every candidate
+    that has no undecided higher-scoring neighbour and removes the candidates near them, so a round costs
+    one ``unfold`` of the grid; chains of overlapping keypoints need a few rounds.
+
+    Neighbours are searched in a window of cells wide enough for any keypoint offset present in
+    ``coords`` (keypoints may sit up to ``2 * 3.5`` px from their cell centre), so the result is exact.
+
+    Args:
+        scores: ``(B, Hc, Wc)``.
+        coords: ``(B, 2, Hc, Wc)`` keypoint ``(x, y)`` in pixels, one per ``cell``-pixel cell.
+        candidates: ``(B, Hc, Wc)`` bool, the keypoints taking part (e.g. score above threshold).
+        radius: suppression radius in pixels (> 0).
+
+    Returns:
+        ``(B, Hc, Wc)`` bool, the kept keypoints (a subset of ``candidates``).
+    """
+    batch, rows, cols = scores.shape
+    if coords.shape != (batch, 2, rows, cols) or candidates.shape != scores.shape:
+        raise ValueError(
+            f"expected scores (B, Hc, Wc), coords (B, 2, Hc, Wc), candidates (B, Hc, Wc); got "
+            f"{tuple(scores.shape)}, {tuple(coords.shape)}, {tuple(candidates.shape)}"
+        )
+    if batch * rows * cols == 0 or not candidates.any():
+        return candidates.clone()
+    centers = cell_centers(batch, rows, cols, cell, device=coords.device, dtype=coords.dtype)
+    max_offset = float((coords - centers).abs().amax())
+    span = int(math.floor((radius + 2 * max_offset) / cell))
+    if span == 0:  # no two keypoints of different cells can be that close
+        return candidates.clone()
+    window = 2 * span + 1
+    center_index = window * window // 2
+
+    def neighbours(grid: torch.Tensor) -> torch.Tensor:
+        """``(B, C, Hc, Wc)`` → ``(B, C, K, Hc*Wc)``: the ``K = window²`` neighbours of each cell."""
+        unfolded = F.unfold(grid.float(), kernel_size=window, padding=span)
+        return unfolded.view(batch, grid.shape[1], window * window, rows * cols)
+
+    flat_scores = scores.reshape(batch, 1, rows * cols)
+    flat_coords = coords.reshape(batch, 2, 1, rows * cols)
+    exists = neighbours(torch.ones_like(scores[:, None]))[:, 0] > 0
+    nb_coords = neighbours(coords)
+    distance = (nb_coords - flat_coords).norm(dim=1)  # (B, K, L)
+    close = exists & (distance <= radius)
+    close[:, center_index] = False
+    nb_scores = neighbours(scores[:, None])[:, 0]
+    earlier = torch.arange(window * window, device=scores.device).view(1, -1, 1) < center_index
+    beaten = close & ((nb_scores > flat_scores) | ((nb_scores == flat_scores) & earlier))
+
+    alive = candidates.reshape(batch, rows * cols).clone()
+    kept = torch.zeros_like(alive)
+    while alive.any():
+        alive_nb = neighbours(alive.view(batch, 1, rows, cols))[:, 0] > 0
+        newly_kept = alive & ~(alive_nb & beaten).any(dim=1)
+        kept |= newly_kept
+        kept_nb = neighbours(newly_kept.view(batch, 1, rows, cols))[:, 0] > 0
+        suppressed = (kept_nb & close).any(dim=1)
+        alive &= ~(newly_kept | suppressed)
+    return kept.view(batch, rows, cols)
+
+
+def select_keypoints(
+    scores: torch.Tensor,
+    coords: torch.Tensor,
+    top_k: int | None = 1000,
+    score_threshold: float = 0.0,
+    nms_radius: float = 0,
+    valid: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Pick keypoints from dense maps: threshold, optional NMS, then the ``top_k`` best.
+
+    Args:
+        scores: ``(B, Hc, Wc)`` scores.
+        coords: ``(B, 2, Hc, Wc)`` keypoint ``(x, y)`` in pixels.
+        top_k: keep at most this many per image (``None``: all).
+        score_threshold: keep cells with ``score > score_threshold``.
+        nms_radius: pixels; 0 disables NMS (see :func:`grid_nms`).
+        valid: optional ``(B, Hc, Wc)`` bool mask of usable cells (e.g. keypoint inside the image).
+
+    Returns:
+        Per image, the flat cell indices (into ``Hc * Wc``) of the kept keypoints, by decreasing score.
+    """
+    _check_selection(top_k, nms_radius)
+    if scores.dim() != 3:
+        raise ValueError(f"scores must have shape (B, Hc, Wc), got {tuple(scores.shape)}")
+    keep = scores > score_threshold
+    if valid is not None:
+        keep &= valid
+    if nms_radius > 0:
+        keep = grid_nms(scores, coords, keep, float(nms_radius))
+    flat = scores.reshape(scores.shape[0], -1).masked_fill(~keep.reshape(scores.shape[0], -1), -math.inf)
+    count = flat.shape[1] if top_k is None else min(top_k, flat.shape[1])
+    values, indices = flat.topk(count, dim=1, largest=True, sorted=True)
+    return [idx[val > -math.inf] for idx, val in zip(indices, values, strict=True)]
+
+
+def _model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's parameters (CPU / float32 for a parameterless module)."""
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return torch.device("cpu"), torch.float32
+    return parameter.device, parameter.dtype
+
+
+def _model_input(model: KeyPointNet, image: ImageLike) -> tuple[torch.Tensor, bool]:
+    device, dtype = _model_placement(model)
+    batch, batched = image_to_tensor(image, model.in_channels, device)
+    return batch.to(dtype), batched
+
+
+def _run(model: KeyPointNet, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network on the padded batch in eval and inference mode.
+
+    Returns ``score (B, Hc, Wc)``, ``coord (B, 2, Hc, Wc)``, ``desc (B, D, Hc, Wc)`` (sampled, unit norm).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            padded = pad_to_multiple(batch, CELL)
+            out = model(padded)
+            desc = sample_descriptors(out.desc, out.coord, padded.shape[-2], padded.shape[-1])
+            return out.score[:, 0], out.coord, desc
+    finally:
+        model.train(was_training)
+
+
+def _extract_batch(
+    model: KeyPointNet, image: ImageLike, top_k: int | None, score_threshold: float, nms_radius: float
+) -> tuple[list[Keypoints], torch.Tensor, bool]:
+    """Keypoints per image, the cell scores ``(B, Hc, Wc)`` of the padded images, and whether batched."""
+    _check_selection(top_k, nms_radius)
+    batch, batched = _model_input(model, image)
+    height, width = batch.shape[-2:]
+    _check_size(height, width)
+    scores, coords, descs = _run(model, batch)
+    # border cells (score forced to 0) and keypoints in the padding never count, whatever the threshold
+    valid = (scores > 0) & (coords[:, 0] <= width - 1) & (coords[:, 1] <= height - 1)
+    selected = select_keypoints(scores, coords, top_k, score_threshold, nms_radius, valid=valid)
+    results = []
+    for score, coord, desc, index in zip(scores, coords, descs, selected, strict=True):
+        # indexing outside inference mode gives ordinary tensors (the caller may modify them in place)
+        results.append(
+            Keypoints(
+                keypoints=coord.flatten(1)[:, index].t(),
+                scores=score.flatten()[index],
+                descriptors=desc.flatten(1)[:, index].t(),
+                image_size=(width, height),
+            )
+        )
+    return results, scores.clone(), batched
+
+
+def extract(
+    model: KeyPointNet,
+    image: ImageLike | list[ImageLike],
+    top_k: int | None = 1000,
+    score_threshold: float = 0.0,
+    nms_radius: float = 0,
+) -> Keypoints | list[Keypoints]:
+    """Detect and describe keypoints (see the module docstring for padding and selection).
+
+    ===============================  =====================================================
+    input                            output
+    ===============================  =====================================================
+    numpy ``(H, W, 3)`` RGB uint8    :class:`Keypoints` (``N <= top_k``)
+    numpy ``(H, W)`` gray, float     :class:`Keypoints`
+    ``PIL.Image``                    :class:`Keypoints`
+    tensor ``(3, H, W)`` in [0, 1]   :class:`Keypoints`
+    tensor ``(B, 3, H, W)``          ``list[Keypoints]`` (``N`` varies per image)
+    list of images (any sizes)       ``list[Keypoints]``
+    ===============================  =====================================================
+
+    Args:
+        model: a :class:`~kp2d.models.KeyPointNet`; the image goes to its device, and it runs in eval
+            mode (its previous mode is restored afterwards).
+        image: RGB image(s), at least 32 px a side.
+        top_k: most keypoints per image (``None``: all).
+        score_threshold: keep keypoints with ``score > score_threshold`` (the grid's border cells, whose
+            score is 0, are never kept).
+        nms_radius: greedy NMS radius in pixels; 0 turns it off.
+
+    Returns:
+        Keypoints sorted by decreasing score.
+
+    Raises:
+        DataError: unsupported image type/shape/range, or an image under 32 px a side.
+        ConfigError: ``top_k < 1`` or ``nms_radius < 0``.
+    """
+    if isinstance(image, (list, tuple)):
+        return [extract(model, item, top_k, score_threshold, nms_radius) for item in image]
+    results, _, batched = _extract_batch(model, image, top_k, score_threshold, nms_radius)
+    return results if batched else results[0]
+
+
+def extract_with_score_map(
+    model: KeyPointNet,
+    image: ImageLike,
+    top_k: int | None = 1000,
+    score_threshold: float = 0.0,
+    nms_radius: float = 0,
+) -> tuple[Keypoints, torch.Tensor]:
+    """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run."""
+    results, scores, _ = _extract_batch(model, image, top_k, score_threshold, nms_radius)
+    if len(results) != 1:
+        raise DataError(f"extract_with_score_map takes one image, got a batch of {len(results)}")
+    return results[0], scores[0]
+
+
+def score_map(model: KeyPointNet, image: ImageLike) -> torch.Tensor:
+    """Cell scores of one image: ``(ceil(H/8), ceil(W/8))``, cell ``(i, j)`` covering pixels ``8i..8i+7``.
+
+    Cells of the padded border hold the score of the padded image; crop after upsampling by 8.
+    """
+    batch, batched = _model_input(model, image)
+    if batched and batch.shape[0] != 1:
+        raise DataError(f"score_map takes one image, got a batch of {batch.shape[0]}")
+    _check_size(*batch.shape[-2:])
+    scores, _, _ = _run(model, batch)
+    return scores[0].clone()

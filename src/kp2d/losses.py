@@ -1,0 +1,295 @@
+"""Self-supervised losses of KeyPointNet and IO-Net (SPEC §3), pure functions vectorised over the batch.
+
+Conventions: the network ran on a *source* image and a *target* image with ``target(H(p)) = source(p)``;
+``homography`` maps source-normalised to target-normalised coordinates. Cells are flattened in raster
+order, ``N = Hc * Wc``. Every function returns named terms; :func:`keypoint_net_losses` composes them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from kp2d.config import LossConfig
+from kp2d.geometry import denormalize_points, normalize_points, warp_points
+from kp2d.models.io_net import IONet
+from kp2d.models.keypoint_net import KeyPointNetOutput
+
+__all__ = [
+    "LossTerms",
+    "WarpedKeypoints",
+    "descriptor_loss",
+    "io_loss",
+    "keypoint_net_losses",
+    "location_loss",
+    "score_loss",
+    "warp_source_keypoints",
+]
+
+
+class WarpedKeypoints(NamedTuple):
+    """Source keypoints and their positions in the target, flattened over cells.
+
+    Attributes:
+        source_norm: ``(B, N, 2)`` source keypoints, normalised.
+        warped_norm: ``(B, N, 2)`` their warp into the target, normalised.
+        warped: ``(B, N, 2)`` the same in target pixels.
+        valid: ``(B, N)`` bool: not a border cell and the warp lands inside the target.
+    """
+
+    source_norm: torch.Tensor
+    warped_norm: torch.Tensor
+    warped: torch.Tensor
+    valid: torch.Tensor
+
+
+class NearestTarget(NamedTuple):
+    """For each warped source keypoint, the nearest target keypoint (over all target cells).
+
+    Attributes:
+        distance: ``(B, N)`` pixel distance (differentiable w.r.t. both keypoint sets).
+        index: ``(B, N)`` index of the nearest target cell.
+        close: ``(B, N)`` bool, ``valid`` and ``distance < location_threshold``.
+    """
+
+    distance: torch.Tensor
+    index: torch.Tensor
+    close: torch.Tensor
+
+
+class LossTerms(NamedTuple):
+    """Loss terms (unweighted) and their weighted sum.
+
+    ``total = kw·location + dw·2·descriptor + sw·(score_usp + 2·score_mse) + kw·io`` with ``kw, dw, sw`` the
+    keypoint, descriptor and score loss weights; disabled terms are 0. ``recall`` is the fraction of
+    anchors whose nearest descriptor is the positive (for logs); ``io_inliers`` counts IO-Net inliers.
+    """
+
+    total: torch.Tensor
+    location: torch.Tensor
+    descriptor: torch.Tensor
+    score_usp: torch.Tensor
+    score_mse: torch.Tensor
+    io: torch.Tensor
+    recall: torch.Tensor
+    io_inliers: torch.Tensor
+
+
+def _flatten_cells(tensor: torch.Tensor) -> torch.Tensor:
+    """``(B, C, Hc, Wc)`` → ``(B, Hc*Wc, C)``."""
+    return tensor.flatten(2).transpose(1, 2)
+
+
+def _interior_cells(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """``(Hc*Wc,)`` bool, False on the first/last row and column of the cell grid."""
+    interior = torch.zeros(rows, cols, dtype=torch.bool, device=device)
+    interior[1:-1, 1:-1] = True
+    return interior.flatten()
+
+
+def warp_source_keypoints(source_coord: torch.Tensor, homography: torch.Tensor, height: int, width: int) -> WarpedKeypoints:
+    """Warp source keypoints ``(B, 2, Hc, Wc)`` (pixels) into the target with ``(B, 3, 3)`` homographies."""
+    _, _, rows, cols = source_coord.shape
+    source_norm = normalize_points(_flatten_cells(source_coord), height, width)
+    warped_norm = warp_points(source_norm, homography.to(source_norm.dtype))
+    warped = denormalize_points(warped_norm, height, width)
+    inside = (warped_norm.abs() < 1).all(dim=-1)
+    valid = inside & _interior_cells(rows, cols, source_coord.device)
+    return WarpedKeypoints(source_norm, warped_norm, warped, valid)
+
+
+def nearest_target(warped: WarpedKeypoints, target_coord: torch.Tensor, threshold: float) -> NearestTarget:
+    """Nearest target keypoint of each warped source keypoint (argmin without gradient, distance with)."""
+    target = _flatten_cells(target_coord)  # (B, N, 2)
+    with torch.no_grad():
+        index = torch.cdist(warped.warped, target, compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=2)
+    matched = torch.gather(target, 1, index.unsqueeze(-1).expand(-1, -1, 2))
+    distance = (warped.warped - matched).norm(dim=-1)
+    return NearestTarget(distance, index, warped.valid & (distance < threshold))
+
+
+def location_loss(nearest: NearestTarget) -> torch.Tensor:
+    """Mean pixel distance to the nearest target keypoint over valid cells closer than the threshold."""
+    return nearest.distance[nearest.close].mean()
+
+
+def score_loss(
+    source_score: torch.Tensor,
+    target_score: torch.Tensor,
+    warped: WarpedKeypoints,
+    nearest: NearestTarget,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two score terms.
+
+    (a) ``mean((s_src + s_tgt[nearest]) * (d - mean d))`` over close cells: high scores where the
+    keypoints are repeatable. (b) ``MSE(s_src, s_tgt sampled at the warp)`` over valid cells (the caller
+    doubles it).
+
+    Args:
+        source_score, target_score: ``(B, 1, Hc, Wc)``.
+    """
+    source = source_score.flatten(1)  # (B, N)
+    target_at_nearest = torch.gather(target_score.flatten(1), 1, nearest.index)
+    distance = nearest.distance[nearest.close]
+    usp = ((target_at_nearest[nearest.close] + source[nearest.close]) * (distance - distance.mean())).mean()
+    resampled = F.grid_sample(
+        target_score, warped.warped_norm.detach().unsqueeze(1), mode="bilinear", align_corners=True
+    ).flatten(1)  # (B, N)
+    mse = F.mse_loss(resampled[warped.valid], source[warped.valid])
+    return usp, mse
+
+
+def _sample_unit_descriptors(desc: torch.Tensor, points_norm: torch.Tensor) -> torch.Tensor:
+    """Sample ``(B, C, h, w)`` descriptors at ``(B, N, 2)`` normalised points; returns unit ``(B, N, C)``."""
+    sampled = F.grid_sample(desc, points_norm.unsqueeze(1), mode="bilinear", align_corners=True)
+    sampled = sampled.squeeze(2).transpose(1, 2)
+    return sampled / sampled.norm(p=2, dim=-1, keepdim=True)
+
+
+def _descriptor_distance(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
+    """``(B, N, C) x (B, M, C)`` unit descriptors → ``(B, N, M)`` L2 distances ``sqrt(2 - 2 cos)``."""
+    cosine = (desc0 @ desc1.transpose(1, 2)).clamp(-1, 1)
+    return (2 - 2 * cosine).clamp_min(1e-12).sqrt()
+
+
+def descriptor_loss(
+    source_desc: torch.Tensor,
+    target_desc: torch.Tensor,
+    warped: WarpedKeypoints,
+    config: LossConfig,
+    with_loss: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hardest-negative triplet loss on descriptors, and the descriptor recall.
+
+    Per image, over valid cells (images with fewer than ``config.min_valid_cells`` are skipped): the anchor
+    is the source descriptor at ``p_s``, the positive the target descriptor at ``H(p_s)``, the negative the
+    target descriptor (sampled at another cell's warped point) nearest to the anchor among those whose
+    warped point is more than ``relax_field`` px away in x or y. Both terms are averaged over the batch
+    (a skipped image counts as 0).
+
+    Args:
+        source_desc, target_desc: dense ``(B, C, h, w)`` descriptor maps.
+
+    Returns:
+        ``(loss, recall)``; ``recall`` is the fraction of anchors whose nearest target descriptor is the
+        positive.
+    """
+    batch = source_desc.shape[0]
+    anchors = _sample_unit_descriptors(source_desc, warped.source_norm.detach())  # (B, N, C)
+    positives = _sample_unit_descriptors(target_desc, warped.warped_norm.detach())
+    valid = warped.valid
+    used = valid.sum(dim=1) >= config.min_valid_cells  # (B,)
+    pair_valid = valid.unsqueeze(2) & valid.unsqueeze(1)  # (B, N, N)
+
+    with torch.no_grad():
+        distance = _descriptor_distance(anchors, positives).masked_fill(~pair_valid, float("inf"))
+        positions = warped.warped  # (B, N, 2) target pixels of every candidate
+        nearest = distance.argmin(dim=2)  # (B, N)
+        nearest_position = torch.gather(positions, 1, nearest.unsqueeze(-1).expand(-1, -1, 2))
+        correct = (nearest_position == positions).all(dim=-1) & valid
+        offset = (positions.unsqueeze(2) - positions.unsqueeze(1)).abs()  # (B, N, N, 2)
+        near = (offset <= config.relax_field).all(dim=-1)
+        negative = distance.masked_fill(near, 2.0).argmin(dim=2)  # (B, N)
+
+    counts = valid.sum(dim=1).clamp_min(1)
+    recall = ((correct.sum(dim=1) / counts) * used).sum() / batch
+    if not with_loss:
+        return anchors.new_zeros(()), recall
+    negatives = torch.gather(positives, 1, negative.unsqueeze(-1).expand_as(positives))
+    per_anchor = F.triplet_margin_loss(
+        anchors.flatten(0, 1), positives.flatten(0, 1), negatives.flatten(0, 1), margin=config.triplet_margin,
+        reduction="none",
+    ).view(batch, -1)
+    per_image = (per_anchor * valid).sum(dim=1) / counts
+    return (per_image * used).sum() / batch, recall
+
+
+def io_loss(
+    source: KeyPointNetOutput,
+    target: KeyPointNetOutput,
+    warped: WarpedKeypoints,
+    io_net: IONet,
+    config: LossConfig,
+    height: int,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IO-Net proxy task: classify putative matches between selected source and target cells.
+
+    ``config.io_top_k`` cells of each image are selected by score (``io_selection``: the original code
+    takes the *lowest* scores, the paper's text the highest); each selected source point is matched to
+    its nearest selected target point in descriptor space; IO-Net scores ``(x_s, y_s, x_t, y_t, d)`` and is
+    regressed (MSE) to +1 where the match lands within ``io_inlier_threshold`` px of the true warp, else -1.
+    Gradients flow into KeyPointNet through coordinates and descriptor distances.
+
+    Returns:
+        ``(loss, inliers)``: the loss is 0 unless the batch has more than ``io_min_inliers`` inliers.
+    """
+    largest = config.io_selection == "highest"
+
+    def select(scores: torch.Tensor) -> torch.Tensor:
+        count = min(config.io_top_k, scores[0].numel())
+        index = scores.flatten(1).topk(count, dim=1, largest=largest).indices
+        return index.sort(dim=1).values  # raster order, as the original's mask selection
+
+    def gather_points(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.gather(points, 1, index.unsqueeze(-1).expand(-1, -1, points.shape[-1]))
+
+    source_index, target_index = select(source.score), select(target.score)
+    target_norm = normalize_points(_flatten_cells(target.coord), height, width)
+    source_points = gather_points(warped.source_norm, source_index)  # (B, K, 2)
+    target_points = gather_points(target_norm, target_index)
+    source_warped = gather_points(warped.warped_norm, source_index)
+
+    distance = _descriptor_distance(
+        _sample_unit_descriptors(source.desc, source_points), _sample_unit_descriptors(target.desc, target_points)
+    )
+    match_distance, match_index = distance.min(dim=2)  # (B, K)
+    matched_points = gather_points(target_points, match_index)
+    correspondences = torch.cat([source_points, matched_points, match_distance.unsqueeze(-1)], dim=-1)
+    prediction = io_net(correspondences.transpose(1, 2).unsqueeze(-1)).view(correspondences.shape[:2])
+
+    error = (denormalize_points(matched_points, height, width) - denormalize_points(source_warped, height, width))
+    inlier = error.norm(dim=-1) < config.io_inlier_threshold
+    inliers = inlier.sum()
+    if inliers <= config.io_min_inliers:
+        return prediction.new_zeros(()), inliers
+    return F.mse_loss(prediction, inlier.to(prediction.dtype) * 2 - 1), inliers
+
+
+def keypoint_net_losses(
+    source: KeyPointNetOutput,
+    target: KeyPointNetOutput,
+    homography: torch.Tensor,
+    image_size: tuple[int, int],
+    config: LossConfig,
+    io_net: IONet | None = None,
+) -> LossTerms:
+    """All training losses of one batch.
+
+    Args:
+        source, target: training-mode network outputs (dense descriptors) of the source and target images.
+        homography: ``(B, 3, 3)`` source-normalised → target-normalised.
+        image_size: ``(H, W)`` of the network input.
+        config: weights and thresholds.
+        io_net: IO-Net; ``None`` disables the IO loss.
+    """
+    height, width = image_size
+    source, target = (KeyPointNetOutput(*(t.float() for t in out)) for out in (source, target))
+    warped = warp_source_keypoints(source.coord, homography.float(), height, width)
+    nearest = nearest_target(warped, target.coord, config.location_threshold)
+
+    location = location_loss(nearest)
+    triplet, recall = descriptor_loss(source.desc, target.desc, warped, config, with_loss=config.descriptor_loss)
+    usp, mse = score_loss(source.score, target.score, warped, nearest)
+    zero = location.new_zeros(())
+    io, inliers = (zero, zero.long()) if io_net is None else io_loss(
+        source, target, warped, io_net, config, height, width
+    )
+    total = (
+        config.keypoint_loss_weight * (location + io)
+        + config.descriptor_loss_weight * 2 * triplet
+        + config.score_loss_weight * (usp + 2 * mse)
+    )
+    return LossTerms(total, location, triplet, usp, mse, io, recall, inliers)

@@ -1,0 +1,154 @@
+"""Descriptor matching (pure tensor functions) and robust homography estimation (OpenCV).
+
+Matchers take ``desc0 (N0, D)`` and ``desc1 (N1, D)`` on any device and return ``matches (M, 2)``
+(long; column 0 indexes ``desc0``, column 1 ``desc1``, sorted by column 0) and ``distances (M,)`` (L2).
+:func:`kp2d.eval.metrics.corner_error` measures an estimated homography against a known one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kp2d.errors import ConfigError
+
+__all__ = [
+    "HOMOGRAPHY_METHODS",
+    "descriptor_distances",
+    "estimate_homography",
+    "match",
+    "match_mutual_nn",
+    "match_nn",
+]
+
+
+def _check_descriptors(desc0: torch.Tensor, desc1: torch.Tensor) -> None:
+    if desc0.dim() != 2 or desc1.dim() != 2 or desc0.shape[1] != desc1.shape[1]:
+        raise ValueError(
+            "descriptors must have shapes (N0, D) and (N1, D), "
+            f"got {tuple(desc0.shape)} and {tuple(desc1.shape)}"
+        )
+
+
+def _empty(desc0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.empty(0, 2, dtype=torch.long, device=desc0.device),
+        torch.empty(0, dtype=desc0.dtype, device=desc0.device),
+    )
+
+
+def descriptor_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
+    """``(N0, N1)`` Euclidean distances between ``desc0 (N0, D)`` and ``desc1 (N1, D)``."""
+    _check_descriptors(desc0, desc1)
+    return torch.cdist(desc0[None], desc1[None])[0]
+
+
+def match_nn(desc0: torch.Tensor, desc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each descriptor of ``desc0`` with its nearest neighbour in ``desc1``: ``M = N0`` (0 if ``N1 = 0``)."""
+    return match(desc0, desc1, mutual=False, ratio=None)
+
+
+def match_mutual_nn(desc0: torch.Tensor, desc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs that are each other's nearest neighbour (a one-to-one matching)."""
+    return match(desc0, desc1, mutual=True, ratio=None)
+
+
+def _passes_ratio(distances: torch.Tensor, ratio: float, dim: int) -> torch.Tensor:
+    """Along ``dim``: nearest < ``ratio`` × second nearest (always true with a single candidate)."""
+    if distances.shape[dim] < 2:
+        return torch.ones(distances.shape[1 - dim], dtype=torch.bool, device=distances.device)
+    two = distances.topk(2, dim=dim, largest=False).values
+    first, second = two.unbind(dim=dim)
+    return first < ratio * second
+
+
+def match(
+    desc0: torch.Tensor, desc1: torch.Tensor, mutual: bool = True, ratio: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest-neighbour matching with an optional mutual check and Lowe's ratio test.
+
+    Args:
+        desc0: ``(N0, D)`` descriptors.
+        desc1: ``(N1, D)`` descriptors.
+        mutual: keep a pair only if each is the other's nearest neighbour.
+        ratio: in (0, 1]; keep a pair only if nearest distance < ``ratio`` × second-nearest distance.
+            With ``mutual`` the test applies in both directions (so ``match(d0, d1)`` and ``match(d1, d0)``
+            give the same pairs); otherwise only for ``desc0``'s neighbours in ``desc1``.
+
+    Returns:
+        ``matches (M, 2)`` long indices ``(i0, i1)``, sorted by ``i0``, and ``distances (M,)``.
+    """
+    _check_descriptors(desc0, desc1)
+    if ratio is not None and not 0.0 < ratio <= 1.0:
+        raise ConfigError(f"ratio must be in (0, 1], got {ratio}")
+    if desc0.shape[0] == 0 or desc1.shape[0] == 0:
+        return _empty(desc0)
+    distances = descriptor_distances(desc0, desc1)
+    nearest_distance, nearest = distances.min(dim=1)
+    keep = torch.ones_like(nearest, dtype=torch.bool)
+    if ratio is not None:
+        keep &= _passes_ratio(distances, ratio, dim=1)
+    if mutual:
+        index0 = torch.arange(desc0.shape[0], device=desc0.device)
+        keep &= distances.argmin(dim=0)[nearest] == index0
+        if ratio is not None:
+            keep &= _passes_ratio(distances, ratio, dim=0)[nearest]
+    index0 = torch.nonzero(keep).squeeze(1)
+    matches = torch.stack([index0, nearest[index0]], dim=1)
+    return matches, nearest_distance[index0]
+
+
+HOMOGRAPHY_METHODS = ("usac", "ransac")
+
+
+def _to_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def estimate_homography(
+    kpts0: torch.Tensor | np.ndarray,
+    kpts1: torch.Tensor | np.ndarray,
+    matches: torch.Tensor | np.ndarray,
+    method: str = "usac",
+    threshold: float = 3.0,
+    max_iters: int = 5000,
+    confidence: float = 0.999,
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Robust homography mapping image-0 pixels to image-1 pixels from matched keypoints.
+
+    Args:
+        kpts0: ``(N0, 2)`` ``(x, y)`` pixels (tensor or array).
+        kpts1: ``(N1, 2)``.
+        matches: ``(M, 2)`` indices ``(i0, i1)`` from :func:`match`.
+        method: ``"usac"`` (``cv2.USAC_MAGSAC``) or ``"ransac"`` (``cv2.RANSAC``, as the HPatches evaluation).
+        threshold: inlier reprojection threshold in pixels.
+
+    Returns:
+        ``H`` (3, 3) float64 numpy array, or ``None`` with fewer than 4 matches or when OpenCV finds none;
+        ``inlier_mask`` (M,) bool numpy array (all False without ``H``).
+    """
+    import cv2
+
+    flags = {"usac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
+    if method not in flags:
+        raise ConfigError(
+            f"unknown homography method '{method}' (use one of {', '.join(HOMOGRAPHY_METHODS)})"
+        )
+    points0, points1 = _to_numpy(kpts0), _to_numpy(kpts1)
+    pairs = _to_numpy(matches).astype(np.int64).reshape(-1, 2)
+    for name, points in (("kpts0", points0), ("kpts1", points1)):
+        if points.ndim != 2 or points.shape[1] != 2:
+            raise ValueError(f"{name} must have shape (N, 2), got {points.shape}")
+    no_inliers = np.zeros(len(pairs), dtype=bool)
+    if len(pairs) < 4:
+        return None, no_inliers
+    src = points0[pairs[:, 0]].astype(np.float64)
+    dst = points1[pairs[:, 1]].astype(np.float64)
+    homography, mask = cv2.findHomography(
+        src, dst, flags[method], threshold, maxIters=max_iters, confidence=confidence
+    )
+    if homography is None or mask is None:
+        return None, no_inliers
+    return homography, mask.ravel().astype(bool)

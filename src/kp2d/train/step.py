@@ -1,0 +1,115 @@
+"""One training step: augment → KeyPointNet on source and target → losses → backward → optimizer step."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from kp2d.config import Config, OptimConfig
+from kp2d.errors import Kp2dError
+from kp2d.losses import LossTerms, keypoint_net_losses
+from kp2d.models import IONet, KeyPointNet
+
+__all__ = ["NonFiniteLossError", "SiameseLoss", "TrainingStep", "build_optimizer", "learning_rate_at"]
+
+
+class NonFiniteLossError(Kp2dError):
+    """The loss became NaN or infinite."""
+
+
+class SiameseLoss(nn.Module):
+    """KeyPointNet (and IO-Net) with the training losses: ``forward(source, target, H) -> LossTerms``.
+
+    The two images go through the network in two calls, so BatchNorm uses each batch's own statistics,
+    as the original does. The network runs under autocast when ``autocast_dtype`` is set; the losses and
+    IO-Net always run in fp32. One module call per step keeps DistributedDataParallel simple.
+    """
+
+    def __init__(
+        self,
+        keypoint_net: KeyPointNet,
+        io_net: IONet | None,
+        config: Config,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.keypoint_net = keypoint_net
+        self.io_net = io_net
+        self.loss_config = config.loss
+        self.autocast_dtype = autocast_dtype
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor, homography: torch.Tensor) -> LossTerms:
+        """Losses for ``(B, 3, H, W)`` source/target images in [0, 1] and ``(B, 3, 3)`` homographies."""
+        device_type = source.device.type
+        autocast = (
+            torch.autocast(device_type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
+        )
+        with autocast:
+            source_out = self.keypoint_net(source)
+            target_out = self.keypoint_net(target)
+        return keypoint_net_losses(
+            source_out, target_out, homography, tuple(source.shape[-2:]), self.loss_config, self.io_net
+        )
+
+
+def build_optimizer(keypoint_net: KeyPointNet, io_net: IONet | None, config: OptimConfig) -> torch.optim.Adam:
+    """Adam over KeyPointNet (group 0) and IO-Net (group 1), each with its own learning rate."""
+    groups = [{"params": keypoint_net.parameters(), "lr": config.learning_rate, "base_lr": config.learning_rate}]
+    if io_net is not None:
+        groups.append({"params": io_net.parameters(), "lr": config.io_learning_rate, "base_lr": config.io_learning_rate})
+    return torch.optim.Adam(groups, weight_decay=config.weight_decay)
+
+
+def learning_rate_at(base_lr: float, epoch: int, config: OptimConfig) -> float:
+    """Step decay: ``base_lr * lr_decay ** min(epoch // lr_decay_epochs, max_lr_decays)``."""
+    return base_lr * config.lr_decay ** min(epoch // config.lr_decay_epochs, config.max_lr_decays)
+
+
+class TrainingStep:
+    """Callable doing one optimisation step on a batch of raw images.
+
+    Args:
+        model: :class:`SiameseLoss`, possibly wrapped in DistributedDataParallel.
+        optimizer: from :func:`build_optimizer`.
+        augmentation: ``augmentation(images, generator) -> batch`` with ``source``, ``target``,
+            ``homography`` (see :mod:`kp2d.augmentation`).
+        channels_last: feed the network channels-last tensors (faster convolutions on CPU and GPU).
+        scaler: a ``torch.amp.GradScaler`` for fp16, else ``None``.
+    """
+
+    def __init__(self, model: nn.Module, optimizer, augmentation, channels_last: bool = True, scaler=None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.augmentation = augmentation
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.scaler = scaler
+
+    def forward_losses(self, images: torch.Tensor, generator: torch.Generator | None = None) -> LossTerms:
+        """Augment ``(B, 3, H, W)`` images and compute the losses (no optimizer step)."""
+        batch = self.augmentation(images, generator)
+        source = batch.source.contiguous(memory_format=self.memory_format)
+        target = batch.target.contiguous(memory_format=self.memory_format)
+        return self.model(source, target, batch.homography)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> LossTerms:
+        """One step; returns the detached loss terms. Raises :class:`NonFiniteLossError` before stepping."""
+        terms = self.forward_losses(images, generator)
+        if not torch.isfinite(terms.total).item():
+            raise NonFiniteLossError(
+                "loss is " + str(terms.total.item()) + " (" + ", ".join(
+                    f"{name}={value.item():.4g}" for name, value in zip(terms._fields, terms, strict=True)
+                ) + ")"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(terms.total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            terms.total.backward()
+            self.optimizer.step()
+        return LossTerms(*(t.detach() for t in terms))

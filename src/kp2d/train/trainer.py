@@ -1,0 +1,303 @@
+"""The training loop: data → :class:`~kp2d.train.step.TrainingStep` → logs, checkpoints, validation.
+
+Single process or ``torchrun`` (DistributedDataParallel: NCCL on GPU, gloo on CPU). Checkpoints are the
+original's format plus what resuming needs, written atomically; ``resume=True`` continues from
+``OUT/checkpoints/last.ckpt`` with the same optimizer state, schedule, data order and random streams.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from kp2d.checkpoint import build_keypoint_net, load_checkpoint, load_state_dict_strict, save_checkpoint
+from kp2d.config import Config
+from kp2d.errors import CheckpointError
+from kp2d.models import IONet
+from kp2d.runtime import autocast_dtype, init_distributed, resolve_device
+from kp2d.train.logger import RunLogger
+from kp2d.train.step import NonFiniteLossError, SiameseLoss, TrainingStep, build_optimizer, learning_rate_at
+
+__all__ = ["TrainOptions", "TrainSummary", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    """What ``kp2d train`` was asked to do (the config holds the rest)."""
+
+    config: Config
+    data: Path
+    out: Path
+    device: str = "auto"
+    epochs: int | None = None  # overrides config.train.epochs
+    max_steps: int | None = None  # stop after this many steps in total
+    resume: bool = False
+    hpatches: Path | None = None  # periodic validation set
+    skip_bad: bool = False
+    cache_images: bool = False
+    num_workers: int | None = None  # overrides config.train.num_workers
+    progress: bool = True
+
+
+@dataclass
+class TrainSummary:
+    """Where a run ended."""
+
+    steps: int
+    epochs_completed: int
+    seconds: float
+    last_checkpoint: Path
+    last_loss: float = math.nan
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Progress:
+    """Position in the run: global step, epoch, and batches done in that epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    return {"cpu": generator.get_state(), "torch": torch.get_rng_state()}
+
+
+class _Run:
+    """State of one training run; methods are the phases of :func:`train`."""
+
+    def __init__(self, options: TrainOptions) -> None:
+        self.options = options
+        self.config = options.config
+        self.dist, self.device = init_distributed(resolve_device(options.device))
+        self.out = Path(options.out)
+        self.checkpoint_dir = self.out / "checkpoints"
+        self.last_checkpoint = self.checkpoint_dir / "last.ckpt"
+        self.epochs = options.epochs or self.config.train.epochs
+        self.progress = _Progress()
+        self.best_score = -math.inf
+
+    # -- set-up -------------------------------------------------------------------------------------------
+    def build(self) -> None:
+        from kp2d.augmentation import HomographicAugmentation
+        from kp2d.data.image_folder import ImageFolderDataset
+        from kp2d.data.sampler import EpochBatchSampler
+
+        train_cfg = self.config.train
+        torch.manual_seed(train_cfg.seed + self.dist.rank)
+        self.dataset = ImageFolderDataset(
+            self.options.data,
+            image_shape=self.config.augmentation.image_shape,
+            skip_bad=self.options.skip_bad,
+            cache=self.options.cache_images,
+        )
+        self.sampler = EpochBatchSampler(
+            len(self.dataset), train_cfg.batch_size, train_cfg.seed, self.dist.rank, self.dist.world_size
+        )
+        workers = train_cfg.num_workers if self.options.num_workers is None else self.options.num_workers
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        self.keypoint_net = build_keypoint_net(self.config.model).to(self.device)
+        self.io_net = IONet().to(self.device) if self.config.model.with_io else None
+        self.optimizer = build_optimizer(self.keypoint_net, self.io_net, self.config.optim)
+        dtype = autocast_dtype(train_cfg.precision, self.device)
+        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        self.keypoint_net.to(memory_format=torch.channels_last)
+        model: torch.nn.Module = SiameseLoss(self.keypoint_net, self.io_net, self.config, dtype)
+        if self.dist.enabled:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,  # IO loss and V3's descriptor head can drop out of a step
+            )
+        # all augmentation draws come from this CPU generator (kp2d.augmentation seeds its device stream from it)
+        self.generator = torch.Generator().manual_seed(train_cfg.seed * 1000 + self.dist.rank)
+        self.step_fn = TrainingStep(model, self.optimizer, HomographicAugmentation(self.config.augmentation),
+                                    channels_last=True, scaler=self.scaler)
+
+    def restore(self) -> None:
+        """Load ``last.ckpt`` (``--resume``): weights, optimizer, position, random streams."""
+        if not self.last_checkpoint.is_file():
+            raise CheckpointError(f"nothing to resume: {self.last_checkpoint} does not exist")
+        checkpoint = load_checkpoint(self.last_checkpoint)
+        if checkpoint.config is not None and checkpoint.config.model != self.config.model:
+            raise CheckpointError(
+                f"{self.last_checkpoint} was trained with model settings {checkpoint.config.model}, "
+                f"not {self.config.model}"
+            )
+        extra = checkpoint.extra
+        if "optimizer" not in extra:
+            raise CheckpointError(f"{self.last_checkpoint} has no optimizer state; it cannot be resumed")
+        load_state_dict_strict(self.keypoint_net, checkpoint.state_dict, str(self.last_checkpoint))
+        if self.io_net is not None:
+            load_state_dict_strict(self.io_net, checkpoint.io_net_state_dict or {}, str(self.last_checkpoint))
+        self.optimizer.load_state_dict(extra["optimizer"])
+        if self.scaler is not None and "scaler" in extra:
+            self.scaler.load_state_dict(extra["scaler"])
+        self.progress = _Progress(extra["step"], extra["epoch"], extra["batch_in_epoch"])
+        self.best_score = extra.get("best_score", -math.inf)
+        rng = extra.get("rng", {})
+        if "cpu" in rng:
+            self.generator.set_state(rng["cpu"])
+            torch.set_rng_state(rng["torch"])
+        log.info("resumed from %s at step %d (epoch %d)", self.last_checkpoint, self.progress.step, self.progress.epoch)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def save(self, path: Path | None = None) -> None:
+        if not self.dist.is_main:
+            return
+        save_checkpoint(
+            path or self.last_checkpoint,
+            self.config,
+            self.keypoint_net,
+            self.io_net,
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            step=self.progress.step,
+            epoch=self.progress.epoch,
+            batch_in_epoch=self.progress.batch_in_epoch,
+            best_score=self.best_score,
+            rng=_rng_state(self.generator),
+        )
+
+    def save_model_only(self, path: Path) -> None:
+        if self.dist.is_main:
+            save_checkpoint(path, self.config, self.keypoint_net, self.io_net, step=self.progress.step)
+
+    # -- validation -----------------------------------------------------------------------------------------
+    def validate(self, logger: RunLogger) -> dict[str, Any]:
+        """HPatches metrics of the current weights (main process), logged; ``best.ckpt`` by matching score."""
+        if self.options.hpatches is None:
+            return {}
+        metrics: dict[str, Any] = {}
+        if self.dist.is_main:
+            from kp2d.eval.hpatches import KeyPointNetDetector, evaluate_hpatches
+
+            train_cfg = self.config.train
+            self.keypoint_net.eval()
+            try:
+                metrics = evaluate_hpatches(
+                    KeyPointNetDetector(self.keypoint_net, self.device),
+                    self.options.hpatches,
+                    shape=tuple(train_cfg.val_shape),
+                    top_k=train_cfg.val_top_k,
+                    progress=False,
+                )
+            finally:
+                self.keypoint_net.train()
+            logger.validation(metrics, self.progress.step)
+            if metrics.get("mscore", -math.inf) > self.best_score:
+                self.best_score = metrics["mscore"]
+                self.save_model_only(self.checkpoint_dir / "best.ckpt")
+        if self.dist.enabled:
+            torch.distributed.barrier()
+        return metrics
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def total_steps(self) -> int:
+        total = self.epochs * len(self.sampler)
+        return min(total, self.options.max_steps) if self.options.max_steps else total
+
+    def set_learning_rate(self) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate_at(group["base_lr"], self.progress.epoch, self.config.optim)
+        return self.optimizer.param_groups[0]["lr"]
+
+    def run(self) -> TrainSummary:
+        start = time.perf_counter()
+        total = self.total_steps()
+        logger = RunLogger(self.out, self.config, self.dist.is_main, total, self.progress.step, self.options.progress)
+        last_loss, metrics = math.nan, {}
+        train_cfg = self.config.train
+        try:
+            while self.progress.step < total and self.progress.epoch < self.epochs:
+                lr = self.set_learning_rate()
+                self.sampler.set_epoch(self.progress.epoch, self.progress.batch_in_epoch)
+                for images in self.loader:
+                    terms = self._step(images)
+                    last_loss = terms.total.item()
+                    logger.step(terms, self.progress.step, self.progress.epoch, lr)
+                    if self.progress.step % train_cfg.checkpoint_every == 0:
+                        self.save()
+                    if self.progress.step >= total:
+                        break
+                if self.progress.batch_in_epoch >= len(self.sampler):
+                    metrics = self.finish_epoch(logger) or metrics
+            self.save()
+            if self.options.hpatches is not None and not metrics:
+                metrics = self.validate(logger)
+        finally:
+            logger.close()
+        return TrainSummary(self.progress.step, self.progress.epoch, time.perf_counter() - start,
+                            self.last_checkpoint, last_loss, metrics)
+
+    def finish_epoch(self, logger: RunLogger) -> dict[str, Any]:
+        """Count the epoch, checkpoint, keep a snapshot and validate when due; returns validation metrics."""
+        train_cfg = self.config.train
+        self.progress.epoch += 1
+        self.progress.batch_in_epoch = 0
+        self.save()
+        if train_cfg.snapshot_every and self.progress.epoch % train_cfg.snapshot_every == 0:
+            self.save_model_only(self.checkpoint_dir / f"epoch_{self.progress.epoch:03d}.ckpt")
+        if train_cfg.val_every and self.progress.epoch % train_cfg.val_every == 0:
+            return self.validate(logger)
+        return {}
+
+    def _step(self, images: torch.Tensor):
+        images = images.to(self.device, non_blocking=True)
+        try:
+            terms = self.step_fn(images, self.generator)
+        except NonFiniteLossError as err:
+            kept = (
+                f"the last good checkpoint is {self.last_checkpoint}"
+                if self.last_checkpoint.is_file()
+                else "no checkpoint was written yet"
+            )
+            raise NonFiniteLossError(
+                f"training stopped at step {self.progress.step + 1} (epoch {self.progress.epoch}): {err}; {kept}"
+            ) from None
+        self.progress.step += 1
+        self.progress.batch_in_epoch += 1
+        return terms
+
+
+def _write_run_config(out: Path, config: Config) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def train(options: TrainOptions) -> TrainSummary:
+    """Train KeyPointNet (and IO-Net) as configured; see :class:`TrainOptions`."""
+    run = _Run(options)
+    try:
+        run.build()
+        if options.resume:
+            run.restore()
+        if run.dist.is_main:
+            _write_run_config(run.out, run.config)
+        log.info(
+            "training %s on %s (%s, %d process(es)), %d images, %d steps per epoch",
+            run.config.name, run.device, run.precision, run.dist.world_size, len(run.dataset), len(run.sampler),
+        )
+        return run.run()
+    finally:
+        if run.dist.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+

@@ -1,0 +1,246 @@
+"""Pictures: keypoints, score heat maps, matches (inliers / outliers), animated GIFs.
+
+Every function takes and returns ``(H, W, 3)`` uint8 **RGB** arrays (inputs may also be gray, float in
+[0, 1], or ``(3, H, W)`` tensors) and draws with OpenCV; :func:`save_image` and :func:`save_gif` write
+files with Pillow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = [
+    "INLIER_COLOR",
+    "OUTLIER_COLOR",
+    "draw_keypoints",
+    "draw_matches",
+    "draw_score_heatmap",
+    "save_gif",
+    "save_image",
+    "to_rgb_uint8",
+]
+
+INLIER_COLOR = (40, 220, 60)  # RGB
+OUTLIER_COLOR = (235, 50, 40)
+KEYPOINT_COLOR = (255, 210, 0)
+_SHIFT = 4  # sub-pixel bits for cv2 drawing
+_SCALE = 1 << _SHIFT
+
+
+def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB copy of an image (numpy uint8 / float in [0, 1], or a ``(C, H, W)`` tensor)."""
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.dim() == 3:
+            array = array.permute(1, 2, 0)
+        array = array.numpy()
+    else:
+        array = np.asarray(image)
+    if array.dtype != np.uint8:
+        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an image (H, W), (H, W, 1|3|4) or (1|3, H, W), got {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
+
+
+def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(points, torch.Tensor):
+        points = points.detach().cpu().numpy()
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return points
+
+
+def _fixed(point: np.ndarray) -> tuple[int, int]:
+    return int(round(point[0] * _SCALE)), int(round(point[1] * _SCALE))
+
+
+def _score_colors(scores: np.ndarray) -> np.ndarray:
+    """``(N,)`` scores → ``(N, 3)`` RGB colours (turbo colour map over the scores' range)."""
+    low, high = float(scores.min()), float(scores.max())
+    scaled = (scores - low) / (high - low) if high > low else np.ones_like(scores)
+    gray = (scaled * 255.0 + 0.5).astype(np.uint8).reshape(-1, 1)
+    return cv2.applyColorMap(gray, cv2.COLORMAP_TURBO).reshape(-1, 3)[:, ::-1]
+
+
+def draw_keypoints(
+    image: np.ndarray | torch.Tensor,
+    keypoints: np.ndarray | torch.Tensor,
+    scores: np.ndarray | torch.Tensor | None = None,
+    radius: float = 3.0,
+    color: tuple[int, int, int] = KEYPOINT_COLOR,
+) -> np.ndarray:
+    """Circles at ``keypoints (N, 2)`` ``(x, y)``; coloured by ``scores (N,)`` (turbo map) when given."""
+    canvas = to_rgb_uint8(image).copy()
+    points = _points(keypoints)
+    if scores is not None and len(points):
+        score_array = (
+            scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+        )
+        colors = [tuple(int(c) for c in rgb) for rgb in _score_colors(score_array.astype(np.float64))]
+    else:
+        colors = [tuple(color)] * len(points)
+    for point, rgb in zip(points, colors, strict=True):
+        cv2.circle(canvas, _fixed(point), int(radius * _SCALE), rgb, 1, cv2.LINE_AA, _SHIFT)
+    return canvas
+
+
+def draw_score_heatmap(
+    image: np.ndarray | torch.Tensor,
+    cell_scores: np.ndarray | torch.Tensor,
+    alpha: float = 0.6,
+    cell: int = 8,
+    colormap: int = cv2.COLORMAP_INFERNO,
+) -> np.ndarray:
+    """Overlay cell scores ``(Hc, Wc)`` in [0, 1] on the image, each cell covering ``cell × cell`` pixels.
+
+    The score map may cover a padded image (``Hc = ceil(H / cell)``); it is upsampled by ``cell``
+    (nearest: one block per cell, as the network sees it) and cropped to the image. Colours use the fixed
+    range [0, 1], so pictures of different images compare. The image is shown in gray under the colours.
+    """
+    canvas = to_rgb_uint8(image)
+    if isinstance(cell_scores, torch.Tensor):
+        cell_scores = cell_scores.detach().cpu().float().numpy()
+    cell_scores = np.asarray(cell_scores, dtype=np.float32)
+    if cell_scores.ndim != 2:
+        raise ValueError(f"cell_scores must have shape (Hc, Wc), got {cell_scores.shape}")
+    height, width = canvas.shape[:2]
+    rows, cols = cell_scores.shape
+    if rows * cell < height or cols * cell < width:
+        raise ValueError(
+            f"a {rows}x{cols} score grid does not cover a {height}x{width} image with {cell}-px cells"
+        )
+    dense = np.repeat(np.repeat(cell_scores, cell, axis=0), cell, axis=1)[:height, :width]
+    gray = (np.clip(dense, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    heat = cv2.applyColorMap(gray, colormap)[..., ::-1]
+    backdrop = cv2.cvtColor(cv2.cvtColor(canvas, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    return cv2.addWeighted(heat, alpha, backdrop, 1.0 - alpha, 0.0)
+
+
+def _put_text(canvas: np.ndarray, text: str) -> None:
+    """White text on a dark box at the top-left corner (in place)."""
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1
+    for row, line in enumerate(text.splitlines()):
+        (w, h), baseline = cv2.getTextSize(line, font, scale, thickness)
+        y = 8 + row * (h + baseline + 6)
+        cv2.rectangle(canvas, (4, y - 2), (12 + w, y + h + baseline + 2), (0, 0, 0), -1)
+        cv2.putText(canvas, line, (8, y + h), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+def draw_matches(
+    image0: np.ndarray | torch.Tensor,
+    image1: np.ndarray | torch.Tensor,
+    kpts0: np.ndarray | torch.Tensor,
+    kpts1: np.ndarray | torch.Tensor,
+    matches: np.ndarray | torch.Tensor,
+    inlier_mask: np.ndarray | torch.Tensor | None = None,
+    gap: int = 10,
+    text: str | None = None,
+    draw_keypoints_too: bool = True,
+    max_lines: int | None = None,
+) -> np.ndarray:
+    """Side-by-side picture with a line per match: inliers green, outliers red (drawn first, below).
+
+    Args:
+        image0, image1: the two images (heights may differ; the shorter is padded with white).
+        kpts0: ``(N0, 2)``, kpts1: ``(N1, 2)`` ``(x, y)`` pixels.
+        matches: ``(M, 2)`` indices ``(i0, i1)``.
+        inlier_mask: ``(M,)`` bool; ``None`` draws every match as an inlier.
+        gap: white pixels between the images.
+        text: optional caption (may hold several lines) drawn at the top-left.
+        draw_keypoints_too: also mark every keypoint with a small circle.
+        max_lines: draw at most this many matches, an evenly spaced subset (``None``: all).
+    """
+    left, right = to_rgb_uint8(image0), to_rgb_uint8(image1)
+    height = max(left.shape[0], right.shape[0])
+    canvas = np.full((height, left.shape[1] + gap + right.shape[1], 3), 255, dtype=np.uint8)
+    canvas[: left.shape[0], : left.shape[1]] = left
+    offset = left.shape[1] + gap
+    canvas[: right.shape[0], offset:] = right
+
+    points0, points1 = _points(kpts0), _points(kpts1) + np.array([offset, 0.0])
+    if isinstance(matches, torch.Tensor):
+        matches = matches.detach().cpu().numpy()
+    pairs = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+    if inlier_mask is None:
+        inliers = np.ones(len(pairs), dtype=bool)
+    else:
+        inliers = np.asarray(
+            inlier_mask.detach().cpu().numpy() if isinstance(inlier_mask, torch.Tensor) else inlier_mask,
+            dtype=bool,
+        ).reshape(-1)
+        if inliers.shape[0] != pairs.shape[0]:
+            raise ValueError(f"inlier_mask has {inliers.shape[0]} entries for {pairs.shape[0]} matches")
+
+    if max_lines is not None and len(pairs) > max_lines:
+        subset = np.unique(np.linspace(0, len(pairs) - 1, max_lines).round().astype(np.int64))
+        pairs, inliers = pairs[subset], inliers[subset]
+    if draw_keypoints_too:
+        for point in np.concatenate([points0, points1]):
+            cv2.circle(canvas, _fixed(point), 2 * _SCALE, KEYPOINT_COLOR, 1, cv2.LINE_AA, _SHIFT)
+    for is_inlier in (False, True):  # outliers underneath
+        color = INLIER_COLOR if is_inlier else OUTLIER_COLOR
+        for i0, i1 in pairs[inliers == is_inlier]:
+            start, end = _fixed(points0[i0]), _fixed(points1[i1])
+            cv2.line(canvas, start, end, color, 1, cv2.LINE_AA, _SHIFT)
+            cv2.circle(canvas, start, 3 * _SCALE, color, -1, cv2.LINE_AA, _SHIFT)
+            cv2.circle(canvas, end, 3 * _SCALE, color, -1, cv2.LINE_AA, _SHIFT)
+    if text:
+        _put_text(canvas, text)
+    return canvas
+
+
+def save_image(path: str | Path, image: np.ndarray | torch.Tensor) -> Path:
+    """Write an RGB image (PNG, JPEG, ... by suffix), creating the folder."""
+    from PIL import Image
+
+    from kp2d.errors import DataError
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(to_rgb_uint8(image)).save(path)
+    except (OSError, ValueError) as err:  # e.g. unknown suffix, read-only folder
+        raise DataError(f"cannot write image {path}: {err}") from None
+    return path
+
+
+def save_gif(
+    frames: Sequence[np.ndarray | torch.Tensor],
+    path: str | Path,
+    duration_ms: int = 200,
+    loop: int = 0,
+    last_frame_ms: int | None = None,
+) -> Path:
+    """Write frames (same size, RGB) as an animated GIF with Pillow (adaptive palette per frame).
+
+    Args:
+        frames: at least one ``(H, W, 3)`` image.
+        duration_ms: display time of each frame.
+        loop: 0 loops forever.
+        last_frame_ms: longer pause on the last frame (default: ``duration_ms``).
+    """
+    from PIL import Image
+
+    images = [to_rgb_uint8(frame) for frame in frames]
+    if not images:
+        raise ValueError("save_gif needs at least one frame")
+    sizes = {image.shape for image in images}
+    if len(sizes) != 1:
+        raise ValueError(f"all GIF frames must have the same size, got {sorted(sizes)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    durations = [duration_ms] * len(images)
+    if last_frame_ms is not None:
+        durations[-1] = last_frame_ms
+    first, *rest = (Image.fromarray(image) for image in images)
+    first.save(path, save_all=True, append_images=rest, duration=durations, loop=loop, optimize=False)
+    return path

@@ -1,0 +1,197 @@
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kp2d.checkpoint import list_pretrained, save_checkpoint
+from kp2d.cli import main
+from kp2d.config import load_config
+from kp2d.demo import DEMO_PHOTOS, demo_homography, demo_pair
+from kp2d.eval.metrics import corner_error
+from kp2d.matching import estimate_homography, match
+from kp2d.models import KeyPointNet
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A v4 checkpoint with random (Kaiming-initialised, so varied) weights."""
+    torch.manual_seed(0)
+    net = KeyPointNet()
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, a=0.01)
+    path = tmp_path_factory.mktemp("model") / "random.ckpt"
+    save_checkpoint(path, load_config("v4"), net)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Two small photos on disk: a crop of a bundled photo (png) and a warped copy (jpg)."""
+    folder = tmp_path_factory.mktemp("photos")
+    image = np.ascontiguousarray(demo_pair("astronaut").image0[100:212, 150:294])  # 112 x 144
+    homography = demo_homography(144, 112)
+    warped = cv2.warpPerspective(image, homography, (144, 112))
+    Image.fromarray(image).save(folder / "a.png")
+    Image.fromarray(warped).save(folder / "b.jpg", quality=95)
+    return folder / "a.png", folder / "b.jpg"
+
+
+def _single_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_detect_writes_pictures_and_arrays(tmp_path, checkpoint, photos, capsys):
+    out = tmp_path / "out"
+    status = main(
+        [
+            "detect",
+            *map(str, photos),
+            "--model",
+            checkpoint,
+            "--out",
+            str(out),
+            "--top-k",
+            "50",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert status == 0
+    for stem, size in (("a", (144, 112)), ("b", (144, 112))):
+        for suffix in ("_keypoints.png", "_scores.png"):
+            picture = np.asarray(Image.open(out / f"{stem}{suffix}"))
+            assert picture.shape == (size[1], size[0], 3)
+        arrays = np.load(out / f"{stem}.npz")
+        assert arrays["keypoints"].shape == (50, 2) and arrays["descriptors"].shape == (50, 256)
+        assert arrays["scores"].shape == (50,) and arrays["image_size"].tolist() == list(size)
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["image_size"] == list(size) and len(record["keypoints"]) == 50
+        np.testing.assert_allclose(record["keypoints"], arrays["keypoints"], atol=1e-3)
+    assert "50 keypoints" in capsys.readouterr().out
+
+
+def test_detect_options_change_the_selection(tmp_path, checkpoint, photos):
+    out = tmp_path / "nms"
+    assert (
+        main(
+            [
+                "detect",
+                str(photos[0]),
+                "--model",
+                checkpoint,
+                "--out",
+                str(out),
+                "--top-k",
+                "0",
+                "--nms-radius",
+                "12",
+            ]
+        )
+        == 0
+    )
+    points = np.load(out / "a.npz")["keypoints"]
+    distance = np.linalg.norm(points[:, None] - points[None], axis=2) + np.eye(len(points)) * 1e9
+    assert 0 < len(points) < 12 * 16 and distance.min() > 12
+
+
+def test_match_prints_the_homography_and_writes_a_picture(tmp_path, checkpoint, photos, capsys):
+    picture = tmp_path / "pair.png"
+    assert (
+        main(["match", *map(str, photos), "--model", checkpoint, "--out", str(picture), "--ratio", "0.95"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    matches = int(re.search(r"^matches: (\d+)$", out, re.M).group(1))
+    inliers = int(re.search(r"^inliers: (\d+)", out, re.M).group(1))
+    assert 0 <= inliers <= matches
+    if inliers:
+        rows = re.findall(r"^  \[(.*)\]$", out, re.M)
+        assert len(rows) == 3 and all(len(row.split()) == 3 for row in rows)
+    assert np.asarray(Image.open(picture)).shape == (112, 144 * 2 + 10, 3)
+
+
+def test_match_demo_prints_the_corner_error(tmp_path, checkpoint, capsys):
+    picture = tmp_path / "demo.png"
+    assert main(["match", "--demo", "--model", checkpoint, "--out", str(picture), "--top-k", "300"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^mean corner error: (\d+\.\d+|inf) px$", out, re.M)
+    assert picture.is_file()
+
+
+def test_demo_pair_is_warped_by_its_homography():
+    assert "astronaut" in DEMO_PHOTOS
+    pair = demo_pair()
+    assert pair.image0.shape == pair.image1.shape == (512, 512, 3) and pair.image1.dtype == np.uint8
+    # a pixel of image 0 lands where the homography says in image 1 (interior point, bilinear warp)
+    x, y = 200.0, 260.0
+    u, v = cv2.perspectiveTransform(np.array([[[x, y]]]), pair.homography)[0, 0]
+    patch0 = pair.image0[int(y) - 1 : int(y) + 2, int(x) - 1 : int(x) + 2].astype(float).mean()
+    patch1 = pair.image1[round(v) - 1 : round(v) + 2, round(u) - 1 : round(u) + 2].astype(float).mean()
+    assert abs(patch0 - patch1) < 25
+    assert pair.image1[0, 0].tolist() == [0, 0, 0]  # outside the warped photo
+
+
+def test_demo_homography_is_recovered_from_sift_matches():
+    """The demo's homography maps image 0 to image 1 the way estimate_homography reports it."""
+    pair = demo_pair()
+    sift = cv2.SIFT_create(nfeatures=500)
+    gray = [cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in (pair.image0, pair.image1)]
+    (points0, desc0), (points1, desc1) = (sift.detectAndCompute(image, None) for image in gray)
+    kpts0 = np.array([p.pt for p in points0])
+    kpts1 = np.array([p.pt for p in points1])
+    matches, _ = match(torch.from_numpy(desc0), torch.from_numpy(desc1), ratio=0.8)
+    homography, inliers = estimate_homography(kpts0, kpts1, matches)
+    assert inliers.sum() > 50
+    assert corner_error(homography, pair.homography, (512, 512)) < 2.0
+
+
+def test_error_unknown_model(photos, capsys):
+    assert main(["detect", str(photos[0]), "--model", "v9"]) == 2
+    assert "unknown model 'v9'" in _single_error_line(capsys)
+    if "v4" not in list_pretrained():  # until trained weights ship, the default model is a clear error
+        assert main(["match", "--demo"]) == 2
+        line = _single_error_line(capsys)
+        assert "unknown model 'v4'" in line and "none shipped" in line
+
+
+def test_error_missing_image(tmp_path, checkpoint, capsys):
+    missing = tmp_path / "nope.png"
+    assert main(["detect", str(missing), "--model", checkpoint, "--out", str(tmp_path)]) == 2
+    assert str(missing) in _single_error_line(capsys)
+    assert main(["match", str(missing), str(missing), "--model", checkpoint]) == 2
+    assert "image not found" in _single_error_line(capsys)
+
+
+def test_error_unreadable_image(tmp_path, checkpoint, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a picture")
+    assert main(["detect", str(bad), "--model", checkpoint, "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read this file as an image" in _single_error_line(capsys)
+
+
+def test_error_small_image(tmp_path, checkpoint, capsys):
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((20, 64, 3), np.uint8)).save(small)
+    assert main(["detect", str(small), "--model", checkpoint, "--out", str(tmp_path / "o")]) == 2
+    line = _single_error_line(capsys)
+    assert str(small) in line and "at least 32" in line
+
+
+def test_error_bad_match_arguments(photos, checkpoint, capsys):
+    assert main(["match", str(photos[0]), "--model", checkpoint]) == 2
+    assert "give two images" in _single_error_line(capsys)
+    assert main(["match", *map(str, photos), "--demo", "--model", checkpoint]) == 2
+    assert "not both" in _single_error_line(capsys)
+    assert main(["match", *map(str, photos), "--ratio", "1.5", "--model", checkpoint]) == 2
+    assert "ratio" in _single_error_line(capsys)
+    assert main(["detect", str(photos[0]), "--top-k", "-1", "--model", checkpoint]) == 2
+    assert "--top-k" in _single_error_line(capsys)

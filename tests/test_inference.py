@@ -1,0 +1,292 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import kp2d
+from kp2d.errors import ConfigError, DataError
+from kp2d.geometry import cell_centers
+from kp2d.inference import Keypoints, extract, extract_with_score_map, grid_nms, select_keypoints
+from kp2d.models import KeyPointNet
+
+
+@pytest.fixture(scope="module")
+def random_net() -> KeyPointNet:
+    """Random weights, Kaiming-initialised so that scores and offsets vary across cells."""
+    torch.manual_seed(0)
+    net = KeyPointNet()
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, a=0.01)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def golden_net(golden_forward) -> KeyPointNet:
+    net = KeyPointNet(do_upsample=True, do_cross=True)
+    net.load_state_dict(golden_forward["state_dict"])
+    return net.eval()
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """(3, H, W) in [0, 1]: random blobs, textured enough to give varied scores."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, height // 4 + 1, width // 4 + 1, generator=generator)
+    return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+# --- golden numbers ---------------------------------------------------------------------------------------
+
+
+def _expected_from_dense(score, coord, desc):
+    """Cells with score > 0 of one image's golden maps, by decreasing score."""
+    flat_score = score.flatten()
+    index = torch.nonzero(flat_score > 0).squeeze(1)
+    order = flat_score[index].argsort(descending=True)
+    index = index[order]
+    return coord.flatten(1)[:, index].t(), flat_score[index], desc.flatten(1)[:, index].t()
+
+
+def test_extract_reproduces_the_golden_eval_output(golden_net, golden_forward):
+    images = golden_forward["image"]  # (2, 3, 64, 96), multiples of 8: no padding
+    expected = golden_forward["v4"]
+    results = extract(golden_net, images, top_k=None)
+    assert isinstance(results, list) and len(results) == 2
+    for b, kpts in enumerate(results):
+        coord, score, desc = _expected_from_dense(
+            expected["score"][b], expected["coord"][b], expected["desc"][b]
+        )
+        assert len(kpts) == score.shape[0] == 6 * 10  # interior cells of the 8 x 12 grid
+        assert kpts.image_size == (96, 64)
+        torch.testing.assert_close(kpts.scores, score, atol=1e-5, rtol=0)
+        torch.testing.assert_close(kpts.keypoints, coord, atol=1e-5, rtol=0)
+        torch.testing.assert_close(kpts.descriptors, desc, atol=1e-4, rtol=0)
+    assert len(extract(golden_net, images[0], top_k=None, score_threshold=-1.0)) == 60  # never border cells
+    single = golden_net.extract(images[1], top_k=7)
+    torch.testing.assert_close(single.keypoints, results[1].keypoints[:7])
+
+
+# --- inputs -----------------------------------------------------------------------------------------------
+
+
+def test_every_input_type_gives_the_same_keypoints(random_net):
+    tensor = smooth_image(64, 80)
+    uint8 = (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    reference = extract(random_net, uint8, top_k=30)  # of 6 x 8 interior cells
+    assert isinstance(reference, Keypoints) and len(reference) == 30
+    assert reference.keypoints.shape == (30, 2) and reference.keypoints.dtype == torch.float32
+    assert reference.scores.shape == (30,) and bool((reference.scores[:-1] >= reference.scores[1:]).all())
+    assert reference.descriptors.shape == (30, 256)
+    torch.testing.assert_close(reference.descriptors.norm(dim=1), torch.ones(30))
+    same = [
+        uint8.astype(np.float32) / 255.0,
+        Image.fromarray(uint8),
+        torch.from_numpy(uint8).permute(2, 0, 1),  # uint8 tensor
+        torch.from_numpy(uint8).permute(2, 0, 1).float() / 255.0,
+    ]
+    for image in same:
+        kpts = extract(random_net, image, top_k=30)
+        torch.testing.assert_close(kpts.keypoints, reference.keypoints)
+        torch.testing.assert_close(kpts.descriptors, reference.descriptors)
+    gray = uint8[..., 0]
+    from_gray = extract(random_net, gray, top_k=30)
+    from_rgb_copies = extract(random_net, np.repeat(gray[..., None], 3, axis=2), top_k=30)
+    torch.testing.assert_close(from_gray.keypoints, from_rgb_copies.keypoints)
+    as_tensor = torch.from_numpy(uint8).permute(2, 0, 1).float() / 255.0
+    batch = extract(random_net, torch.stack([as_tensor, as_tensor.flip(-1)]), top_k=30)
+    assert isinstance(batch, list) and len(batch) == 2
+    torch.testing.assert_close(batch[0].keypoints, reference.keypoints, atol=1e-4, rtol=0)
+    listed = extract(random_net, [uint8, uint8[:40, :48]], top_k=None)
+    assert [k.image_size for k in listed] == [(80, 64), (48, 40)]
+
+
+def test_keypoints_stay_in_a_non_multiple_of_8_image(random_net):
+    image = smooth_image(250, 333)
+    kpts = extract(random_net, image, top_k=None)
+    assert kpts.image_size == (333, 250)
+    assert len(kpts) > 0
+    assert bool((kpts.keypoints >= 0).all())
+    assert float(kpts.keypoints[:, 0].max()) <= 332 and float(kpts.keypoints[:, 1].max()) <= 249
+
+
+def test_padding_replicates_and_drops_points_in_the_padding(golden_forward):
+    net = KeyPointNet()
+    net.load_state_dict(golden_forward["state_dict"])
+    with torch.no_grad():
+        net.convPb.bias += 3.0  # push keypoints ~7 px right and down in their cells, into the padding
+    net.eval()
+    image = smooth_image(66, 81, seed=1)  # padded inside to 72 x 88
+    padded = F.pad(image[None], (0, 7, 0, 6), mode="replicate")[0]
+    kpts = extract(net, image, top_k=None)
+    reference = extract(net, padded, top_k=None)
+    inside = (reference.keypoints[:, 0] <= 80) & (reference.keypoints[:, 1] <= 65)
+    assert 0 < int(inside.sum()) < len(reference)  # the padded image has keypoints in the padding
+    torch.testing.assert_close(kpts.keypoints, reference.keypoints[inside])
+    torch.testing.assert_close(kpts.scores, reference.scores[inside])
+    torch.testing.assert_close(kpts.descriptors, reference.descriptors[inside])
+
+
+def test_shifting_the_image_by_a_cell_shifts_the_keypoints(golden_net):
+    image = smooth_image(176, 176, seed=2)
+    shift = 8
+    cropped = image[:, :, shift:]  # content moves left by 8 px
+    full = extract(golden_net, image, top_k=None)
+    moved = extract(golden_net, cropped, top_k=None)
+    # far (> receptive field) from every border of both images
+    region = ((full.keypoints >= 80) & (full.keypoints <= 96)).all(dim=1)
+    assert int(region.sum()) >= 4
+    expected = full.keypoints[region] - torch.tensor([shift, 0.0])
+    distance = torch.cdist(expected, moved.keypoints)
+    nearest = distance.argmin(dim=1)
+    assert float(distance.min(dim=1).values.max()) < 1e-3
+    torch.testing.assert_close(moved.scores[nearest], full.scores[region], atol=1e-5, rtol=0)
+    # descriptors only nearly: sampling the 1/4-resolution map with align_corners=True (the original's
+    # convention) maps pixel x to x * (W/4 - 1) / (W - 1), which depends on the image width
+    cosine = (moved.descriptors[nearest] * full.descriptors[region]).sum(dim=1)
+    assert float(cosine.min()) > 0.99
+
+
+def test_mode_is_restored_and_outputs_are_ordinary_tensors(random_net):
+    random_net.train()
+    try:
+        kpts = extract(random_net, smooth_image(64, 64), top_k=10)
+        assert random_net.training
+    finally:
+        random_net.eval()
+    kpts.keypoints += 1.0  # not an inference tensor
+    assert not kpts.keypoints.requires_grad
+
+
+def test_score_map_comes_with_the_keypoints(random_net):
+    kpts, cell_scores = extract_with_score_map(random_net, smooth_image(70, 93), top_k=None)
+    assert cell_scores.shape == (9, 12)
+    assert float(cell_scores[0].abs().max()) == 0.0  # border cells of the padded grid
+    assert float(kpts.scores.max()) == pytest.approx(float(cell_scores.max()))
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((31, 100, 3), np.uint8), "at least 32"),
+        (np.zeros((64, 64, 3), np.float32) + 2.0, r"\[0, 1\]"),
+        (np.zeros((64, 64, 5), np.uint8), r"\(H, W, 3\)"),
+        (np.zeros((64, 64, 3), np.int32), "dtype"),
+        ("image.png", "unsupported image type"),
+        (torch.zeros(2, 2, 64, 64), "C = 1 or 3"),
+    ],
+)
+def test_bad_images_raise_data_error(random_net, image, message):
+    with pytest.raises(DataError, match=message):
+        extract(random_net, image)
+
+
+@pytest.mark.parametrize("options", [{"top_k": 0}, {"top_k": -5}, {"nms_radius": -1.0}])
+def test_bad_selection_options(random_net, options):
+    with pytest.raises(ConfigError):
+        extract(random_net, np.zeros((64, 64, 3), np.uint8), **options)
+
+
+# --- selection ----------------------------------------------------------------------------------------------
+
+
+def _row(xs, scores):
+    """A 1 x len(xs) cell grid with keypoints at (x, 3.5)."""
+    n = len(xs)
+    coords = torch.stack([torch.tensor(xs, dtype=torch.float32), torch.full((n,), 3.5)]).view(1, 2, 1, n)
+    return torch.tensor(scores, dtype=torch.float32).view(1, 1, n), coords
+
+
+def test_threshold_and_top_k_by_hand():
+    scores = torch.tensor([[[0.0, 0.2, 0.9, 0.4], [0.7, 0.2, 0.5, 0.0]]])
+    coords = cell_centers(1, 2, 4)
+    assert select_keypoints(scores, coords, top_k=None)[0].tolist() == [2, 4, 6, 3, 1, 5]
+    assert select_keypoints(scores, coords, top_k=3)[0].tolist() == [2, 4, 6]
+    assert select_keypoints(scores, coords, top_k=None, score_threshold=0.45)[0].tolist() == [2, 4, 6]
+    assert select_keypoints(scores, coords, top_k=2, score_threshold=0.8)[0].tolist() == [2]
+    valid = torch.ones(1, 2, 4, dtype=torch.bool)
+    valid[0, 0, 2] = False
+    assert select_keypoints(scores, coords, top_k=2, valid=valid)[0].tolist() == [4, 6]
+
+
+def test_nms_is_greedy_by_hand():
+    # 0.9 at x=10 suppresses 0.8 at x=13 (3 px); 0.7 at x=16 is 6 px from the kept one: kept (greedy),
+    # although a higher-scoring (but suppressed) keypoint lies within the radius
+    scores, coords = _row([10.0, 13.0, 16.0, 27.5], [0.9, 0.8, 0.7, 0.3])
+    assert select_keypoints(scores, coords, top_k=None, nms_radius=3.5)[0].tolist() == [0, 2, 3]
+    assert select_keypoints(scores, coords, top_k=None, nms_radius=2.9)[0].tolist() == [0, 1, 2, 3]
+    assert select_keypoints(scores, coords, top_k=None, nms_radius=5.9)[0].tolist() == [0, 2, 3]
+    assert select_keypoints(scores, coords, top_k=None, nms_radius=6.0)[0].tolist() == [0, 3]  # <= radius
+    assert select_keypoints(scores, coords, top_k=None, nms_radius=11.5)[0].tolist() == [0, 3]
+    # equal scores: the lower cell index wins
+    scores, coords = _row([10.0, 12.0], [0.5, 0.5])
+    assert select_keypoints(scores, coords, top_k=None, nms_radius=4)[0].tolist() == [0]
+
+
+def _greedy_reference(points, scores, radius):
+    order = sorted(scores, key=lambda i: (-scores[i], i))
+    kept = []
+    for i in order:
+        if all(np.hypot(*(points[i] - points[j])) > radius for j in kept):
+            kept.append(i)
+    return set(kept)
+
+
+@pytest.mark.parametrize("radius", [3.0, 8.0, 20.0])
+def test_grid_nms_equals_sequential_greedy_nms(radius):
+    generator = torch.Generator().manual_seed(int(radius))
+    batch, rows, cols = 2, 6, 7
+    coords = (
+        cell_centers(batch, rows, cols) + (torch.rand(batch, 2, rows, cols, generator=generator) * 2 - 1) * 7
+    )
+    scores = torch.rand(batch, rows, cols, generator=generator)
+    scores[0, 2, 2] = scores[0, 2, 3]  # a tie
+    candidates = scores > 0.2
+    kept = grid_nms(scores, coords, candidates, radius)
+    for b in range(batch):
+        alive = torch.nonzero(candidates[b].flatten()).squeeze(1).tolist()
+        points = coords[b].flatten(1).t().double().numpy()
+        flat_scores = scores[b].flatten().tolist()
+        expected = _greedy_reference(
+            {i: points[i] for i in alive}, {i: flat_scores[i] for i in alive}, radius
+        )
+        assert set(torch.nonzero(kept[b].flatten()).squeeze(1).tolist()) == expected
+
+
+def test_nms_on_a_real_extraction_spaces_the_keypoints(golden_net):
+    kpts = extract(golden_net, smooth_image(96, 128, seed=3), top_k=None, nms_radius=10)
+    distance = torch.cdist(kpts.keypoints, kpts.keypoints) + torch.eye(len(kpts)) * 1e9
+    assert float(distance.min()) > 10
+
+
+# --- Keypoints --------------------------------------------------------------------------------------------
+
+
+def test_keypoints_container():
+    kpts = Keypoints(
+        keypoints=torch.tensor([[1.5, 2.5], [10.0, 20.0]]),
+        scores=torch.tensor([0.9, 0.4]),
+        descriptors=F.normalize(torch.ones(2, 256), dim=1),
+        image_size=(64, 48),
+    )
+    assert len(kpts) == 2
+    cv_points = kpts.to_cv2(size=8)
+    assert isinstance(cv_points[0], cv2.KeyPoint)
+    assert cv_points[0].pt == (1.5, 2.5) and cv_points[0].size == 8
+    assert cv_points[1].response == pytest.approx(0.4)
+    arrays = kpts.numpy()
+    assert arrays["keypoints"].shape == (2, 2) and arrays["descriptors"].shape == (2, 256)
+    assert arrays["image_size"].tolist() == [64, 48]
+    assert len(kpts[kpts.scores > 0.5]) == 1 and kpts[1:].keypoints.tolist() == [[10.0, 20.0]]
+    assert kpts[-1].keypoints.tolist() == [[10.0, 20.0]] and kpts[0].descriptors.shape == (1, 256)
+    assert kpts.to("cpu").device.type == "cpu"
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        Keypoints(torch.zeros(3, 3), torch.zeros(3), torch.zeros(3, 256), (10, 10))
+    with pytest.raises(ValueError, match="scores"):
+        Keypoints(torch.zeros(3, 2), torch.zeros(4), torch.zeros(3, 256), (10, 10))
+
+
+def test_top_level_exports():
+    assert kp2d.extract is extract and kp2d.Keypoints is Keypoints
+    assert callable(kp2d.match) and callable(kp2d.estimate_homography)

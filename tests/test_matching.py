@@ -1,0 +1,134 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kp2d.errors import ConfigError
+from kp2d.eval.metrics import corner_error
+from kp2d.geometry import warp_points_numpy
+from kp2d.matching import (
+    descriptor_distances,
+    estimate_homography,
+    match,
+    match_mutual_nn,
+    match_nn,
+)
+
+
+def unit(degrees: float) -> list[float]:
+    return [math.cos(math.radians(degrees)), math.sin(math.radians(degrees))]
+
+
+def chord(degrees: float) -> float:
+    """Distance between two unit vectors ``degrees`` apart."""
+    return 2 * math.sin(math.radians(degrees) / 2)
+
+
+# desc0: a0 at 10 deg, a1 at -12 deg; desc1: b0 at 0 deg, b1 at 40 deg
+DESC0 = torch.tensor([unit(10), unit(-12)])
+DESC1 = torch.tensor([unit(0), unit(40)])
+
+
+def test_nearest_neighbours_by_hand():
+    matches, distances = match_nn(DESC0, DESC1)
+    assert matches.tolist() == [[0, 0], [1, 0]]  # both nearest to b0
+    torch.testing.assert_close(distances, torch.tensor([chord(10), chord(12)]))
+    assert matches.dtype == torch.long
+
+
+def test_mutual_keeps_only_pairs_that_choose_each_other():
+    matches, distances = match_mutual_nn(DESC0, DESC1)
+    assert matches.tolist() == [[0, 0]]  # b0's nearest is a0; a1 loses; b1's nearest (a0) is taken
+    torch.testing.assert_close(distances, torch.tensor([chord(10)]))
+
+
+def test_ratio_test_by_hand():
+    # a0: nearest 10 deg, second 30 deg: ratio chord(10)/chord(30) = 0.337
+    # a1: nearest 12 deg, second 52 deg: ratio 0.238; b0 (reverse): nearest 10, second 12: ratio 0.834
+    assert match(DESC0, DESC1, mutual=False, ratio=0.8)[0].tolist() == [[0, 0], [1, 0]]
+    assert match(DESC0, DESC1, mutual=False, ratio=0.3)[0].tolist() == [[1, 0]]
+    assert match(DESC0, DESC1, mutual=True, ratio=0.85)[0].tolist() == [[0, 0]]
+    assert match(DESC0, DESC1, mutual=True, ratio=0.8)[0].tolist() == []  # fails b0's ratio test
+    assert match(DESC0, DESC1, mutual=True)[0].tolist() == [[0, 0]]
+
+
+def test_mutual_matching_is_symmetric():
+    generator = torch.Generator().manual_seed(0)
+    desc0 = torch.nn.functional.normalize(torch.randn(40, 16, generator=generator), dim=1)
+    desc1 = torch.nn.functional.normalize(torch.randn(50, 16, generator=generator), dim=1)
+    for ratio in (None, 0.9):
+        forward, dist_forward = match(desc0, desc1, ratio=ratio)
+        backward, dist_backward = match(desc1, desc0, ratio=ratio)
+        assert len(forward) > 0
+        assert sorted(map(tuple, forward.tolist())) == sorted(map(tuple, backward.flip(1).tolist()))
+    distances = descriptor_distances(desc0, desc1)
+    matches, dist = match(desc0, desc1, mutual=False)
+    torch.testing.assert_close(dist, distances.min(dim=1).values)
+    assert matches[:, 0].tolist() == list(range(40))
+
+
+def test_single_candidate_and_empty_inputs():
+    one = torch.tensor([[1.0, 0.0]])
+    assert match(DESC0, one, mutual=False, ratio=0.5)[0].tolist() == [[0, 0], [1, 0]]
+    matches, distances = match(torch.zeros(0, 2), DESC1)
+    assert matches.shape == (0, 2) and distances.shape == (0,)
+    assert match(DESC0, torch.zeros(0, 2))[0].shape == (0, 2)
+
+
+@pytest.mark.parametrize(
+    ("desc0", "desc1"),
+    [
+        (torch.zeros(3, 4), torch.zeros(3, 5)),
+        (torch.zeros(3), torch.zeros(3, 3)),
+        (torch.zeros(1, 2, 3), torch.zeros(2, 3)),
+    ],
+)
+def test_shape_errors_name_the_shapes(desc0, desc1):
+    with pytest.raises(ValueError, match=r"\(N0, D\).*got \("):
+        match(desc0, desc1)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.5, -0.2])
+def test_bad_ratio(ratio):
+    with pytest.raises(ConfigError, match="ratio"):
+        match(DESC0, DESC1, ratio=ratio)
+
+
+# --- homography -------------------------------------------------------------------------------------------
+
+H_TRUE = np.array([[0.9, 0.1, 20.0], [-0.05, 1.1, 10.0], [1e-4, 2e-4, 1.0]])
+
+
+def _correspondences(n_inliers: int = 60, n_outliers: int = 20, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    points0 = rng.uniform(0, [320, 240], size=(n_inliers + n_outliers, 2))
+    points1 = warp_points_numpy(points0, H_TRUE)
+    points1[n_inliers:] = rng.uniform(0, [320, 240], size=(n_outliers, 2))  # wrong partners
+    order = rng.permutation(len(points1))  # kpts1 in another order than kpts0
+    kpts1 = np.empty_like(points1)
+    kpts1[order] = points1
+    matches = np.stack([np.arange(len(points0)), order], axis=1)
+    return torch.from_numpy(points0).float(), torch.from_numpy(kpts1).float(), torch.from_numpy(matches)
+
+
+@pytest.mark.parametrize("method", ["usac", "ransac"])
+def test_estimate_homography_recovers_a_known_homography(method):
+    kpts0, kpts1, matches = _correspondences()
+    homography, inliers = estimate_homography(kpts0, kpts1, matches, method=method, threshold=2.0)
+    assert homography.shape == (3, 3)
+    assert inliers.dtype == bool and inliers.shape == (80,)
+    assert inliers[:60].all() and not inliers[60:].any()
+    assert corner_error(homography, H_TRUE, (320, 240)) < 0.05
+
+
+def test_estimate_homography_accepts_numpy_and_needs_four_matches():
+    kpts0, kpts1, matches = _correspondences(n_outliers=0)
+    homography, inliers = estimate_homography(kpts0.numpy(), kpts1.numpy(), matches.numpy())
+    assert corner_error(homography, H_TRUE, (320, 240)) < 0.05 and inliers.all()
+    homography, inliers = estimate_homography(kpts0, kpts1, matches[:3])
+    assert homography is None and inliers.tolist() == [False, False, False]
+    with pytest.raises(ConfigError, match="unknown homography method 'lmeds'"):
+        estimate_homography(kpts0, kpts1, matches, method="lmeds")
+    with pytest.raises(ValueError, match=r"kpts0 must have shape \(N, 2\)"):
+        estimate_homography(kpts0[:, :1], kpts1, matches)

@@ -1,0 +1,119 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import yaml
+
+from kp2d.checkpoint import load_checkpoint
+from kp2d.cli import main
+from kp2d.config import load_config
+from kp2d.data.sampler import EpochBatchSampler
+from kp2d.errors import DataError
+from kp2d.train.step import NonFiniteLossError, learning_rate_at
+from kp2d.train.trainer import TrainOptions, train
+
+TINY = {"augmentation": {"image_shape": [64, 96]}, "train": {"batch_size": 2, "precision": "fp32",
+        "checkpoint_every": 1, "num_workers": 0, "log_every": 1}, "loss": {"io_top_k": 40}}
+
+
+@pytest.fixture(scope="module")
+def tiny_images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("train_images")
+    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
+    for i, photo in enumerate(photos):
+        small = cv2.resize(photo, (120, 80), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def _options(tmp_path: Path, data: Path, **kwargs) -> TrainOptions:
+    return TrainOptions(config=load_config("v4", TINY), data=data, out=tmp_path, device="cpu", progress=False, **kwargs)
+
+
+def test_resume_continues_exactly(tiny_images, tmp_path):
+    straight = train(_options(tmp_path / "a", tiny_images, max_steps=4))
+    train(_options(tmp_path / "b", tiny_images, max_steps=2))
+    resumed = train(_options(tmp_path / "b", tiny_images, max_steps=4, resume=True))
+    assert straight.steps == resumed.steps == 4
+    assert resumed.epochs_completed == 2  # 4 images, batch 2: 2 steps per epoch
+    a, b = load_checkpoint(straight.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    for key, value in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[key], value, rtol=0, atol=0)
+    for key, value in a.io_net_state_dict.items():
+        torch.testing.assert_close(b.io_net_state_dict[key], value, rtol=0, atol=0)
+    assert b.extra["step"] == 4 and "optimizer" in b.extra
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["name"] == "v4"
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_images, tmp_path, monkeypatch):
+    import kp2d.train.step as step_module
+
+    real = step_module.keypoint_net_losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        terms = real(*args, **kwargs)
+        return terms._replace(total=terms.total * float("nan")) if calls["n"] == 3 else terms
+
+    monkeypatch.setattr(step_module, "keypoint_net_losses", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 3 .*last good checkpoint"):
+        train(_options(tmp_path, tiny_images, max_steps=5))
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt").extra["step"] == 2
+
+
+def test_learning_rate_halves_every_40_epochs_at_most_4_times():
+    optim = load_config("v4").optim
+    rates = [learning_rate_at(1e-3, epoch, optim) for epoch in (0, 39, 40, 80, 159, 160, 400)]
+    assert rates == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4, 1.25e-4, 6.25e-5, 6.25e-5])
+
+
+def test_sampler_shards_and_resumes():
+    ranks = [EpochBatchSampler(10, 2, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(3)
+    batches = [list(s) for s in ranks]
+    assert len(batches[0]) == len(batches[1]) == 2  # 10 // (2 * 2)
+    seen = [i for b in batches for batch in b for i in batch]
+    assert len(seen) == len(set(seen)) == 8
+    ranks[0].set_epoch(3, skip_batches=1)
+    assert list(ranks[0]) == batches[0][1:]
+    ranks[0].set_epoch(4)
+    assert list(ranks[0]) != batches[0]
+    with pytest.raises(DataError, match="fewer than one batch"):
+        EpochBatchSampler(3, 2, seed=0, world_size=2)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "v4", "--data", str(tmp_path / "missing")]) == 2
+    assert "training data folder not found" in capsys.readouterr().err
+    assert main(["train", "v9", "--data", str(tmp_path)]) == 2
+    assert "unknown config 'v9'" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "v4", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(["train", "v4", "--data", str(tmp_path), "--max-steps", "0"]) == 2
+
+
+def test_two_process_gloo_training(tiny_images, tmp_path):
+    """torchrun with 2 CPU processes (gloo) runs DistributedDataParallel steps and writes one checkpoint."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"extends": "v4", **TINY}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        "-m", "kp2d", "train", str(config), "--data", str(tiny_images), "--out", str(tmp_path / "run"),
+        "--device", "cpu", "--max-steps", "2", "--no-progress",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stderr
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert checkpoint.extra["step"] == 2
+    assert all(torch.isfinite(v).all() for v in checkpoint.state_dict.values() if v.is_floating_point())

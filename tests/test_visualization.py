@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kp2d.errors import DataError
+from kp2d.visualization import (
+    INLIER_COLOR,
+    OUTLIER_COLOR,
+    draw_keypoints,
+    draw_matches,
+    draw_score_heatmap,
+    save_gif,
+    save_image,
+    to_rgb_uint8,
+)
+
+
+def test_to_rgb_uint8_accepts_gray_float_and_tensors():
+    gray = np.full((4, 5), 0.5, np.float32)
+    assert to_rgb_uint8(gray).shape == (4, 5, 3) and to_rgb_uint8(gray)[0, 0].tolist() == [128] * 3
+    tensor = torch.zeros(3, 4, 5)
+    tensor[0] = 1.0
+    assert to_rgb_uint8(tensor)[2, 3].tolist() == [255, 0, 0]
+    with pytest.raises(ValueError, match=r"\(2, 4, 5, 6\)"):
+        to_rgb_uint8(np.zeros((2, 4, 5, 6)))
+
+
+def test_draw_matches_colours_inliers_and_outliers():
+    left = np.zeros((40, 60, 3), np.uint8)
+    right = np.zeros((30, 50, 3), np.uint8)
+    kpts0 = np.array([[10.0, 10.0], [10.0, 30.0]])
+    kpts1 = np.array([[20.0, 10.0], [20.0, 25.0]])
+    matches = np.array([[0, 0], [1, 1]])
+    picture = draw_matches(
+        left, right, kpts0, kpts1, matches, np.array([True, False]), gap=10, draw_keypoints_too=False
+    )
+    assert picture.shape == (40, 60 + 10 + 50, 3)
+    assert picture[35, 100].tolist() == [255, 255, 255]  # padding under the shorter image
+    # midpoints of the two lines: (10 + 90) / 2 = 50 in x
+    inlier_pixel = picture[10, 50].astype(int)
+    outlier_pixel = picture[int(round((30 + 25) / 2)), 50].astype(int)
+    assert inlier_pixel[1] > inlier_pixel[0] + 100 and inlier_pixel[1] > inlier_pixel[2] + 100  # green
+    assert outlier_pixel[0] > outlier_pixel[1] + 100 and outlier_pixel[0] > outlier_pixel[2] + 100  # red
+    assert INLIER_COLOR[1] > INLIER_COLOR[0] and OUTLIER_COLOR[0] > OUTLIER_COLOR[1]
+    only_first = draw_matches(
+        left, right, kpts0, kpts1, matches, np.array([True, False]), max_lines=1, draw_keypoints_too=False
+    )
+    assert only_first[10, 50].tolist() == picture[10, 50].tolist() and only_first[28, 50].sum() == 0
+    with pytest.raises(ValueError, match="inlier_mask has 1 entries for 2 matches"):
+        draw_matches(left, right, kpts0, kpts1, matches, np.array([True]))
+
+
+def test_heatmap_follows_the_cells_and_crops_the_padding():
+    image = np.full((20, 27, 3), 128, np.uint8)  # covered by a 3 x 4 grid of 8-px cells
+    cells = np.zeros((3, 4), np.float32)
+    cells[1, 2] = 1.0
+    heat = draw_score_heatmap(image, torch.from_numpy(cells), alpha=1.0)
+    assert heat.shape == (20, 27, 3)
+    hot, cold = heat[12, 20], heat[12, 12]  # inside cell (1, 2) and its left neighbour
+    assert int(hot.sum()) > int(cold.sum()) + 300
+    assert (heat[8:16, 16:24] == hot).all()
+    with pytest.raises(ValueError, match="does not cover"):
+        draw_score_heatmap(image, np.zeros((2, 4)))
+
+
+def test_draw_keypoints_marks_the_points():
+    canvas = draw_keypoints(np.zeros((32, 32, 3), np.uint8), torch.tensor([[16.0, 16.0]]), radius=4)
+    assert canvas[16, 20].sum() > 0 and canvas[16, 16].sum() == 0  # a ring, not a disc
+    scored = draw_keypoints(np.zeros((32, 32), np.uint8), [[8.0, 8.0], [24.0, 24.0]], scores=[0.1, 0.9])
+    assert scored[8, 12].tolist() != scored[24, 28].tolist()  # coloured by score
+
+
+def test_save_gif_round_trip(tmp_path):
+    frames = [np.full((16, 24, 3), value, np.uint8) for value in (0, 120, 250)]
+    path = save_gif(frames, tmp_path / "sub" / "anim.gif", duration_ms=50, last_frame_ms=500)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3 and gif.size == (24, 16)
+        gif.seek(1)
+        assert abs(int(np.asarray(gif.convert("RGB"))[0, 0, 0]) - 120) <= 2
+        gif.seek(2)
+        assert gif.info["duration"] == 500
+    with pytest.raises(ValueError, match="same size"):
+        save_gif([frames[0], np.zeros((8, 8, 3), np.uint8)], tmp_path / "bad.gif")
+    with pytest.raises(ValueError, match="at least one frame"):
+        save_gif([], tmp_path / "empty.gif")
+
+
+def test_save_image_errors_are_data_errors(tmp_path):
+    save_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    assert Image.open(tmp_path / "a.png").size == (4, 4)
+    with pytest.raises(DataError, match="cannot write image"):
+        save_image(tmp_path / "a.unknown_suffix", np.zeros((4, 4, 3), np.uint8))
