@@ -87,10 +87,12 @@ class TrainingStep:
         self.augmentation = augmentation
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.scaler = scaler
+        self.last_batch = None  # the most recent augmented batch (for pictures)
 
     def forward_losses(self, images: torch.Tensor, generator: torch.Generator | None = None) -> LossTerms:
         """Augment ``(B, 3, H, W)`` images and compute the losses (no optimizer step)."""
         batch = self.augmentation(images, generator)
+        self.last_batch = batch
         source = batch.source.contiguous(memory_format=self.memory_format)
         target = batch.target.contiguous(memory_format=self.memory_format)
         return self.model(source, target, batch.homography)

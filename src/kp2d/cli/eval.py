@@ -1,0 +1,227 @@
+"""``kp2d eval``: HPatches metrics of a checkpoint, a pretrained model, SIFT/ORB or a random network.
+
+Prints one markdown table per evaluation shape in the original README's layout and optionally writes
+``{"320x240": {"repeatability", "localization_error", "c1", "c3", "c5", "mscore", "pairs", ...}, ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "parse_shapes", "run"]
+
+DEFAULT_SETTINGS = ((320, 240, 300), (640, 480, 1000))  # (W, H, top_k) of the original's two tables
+_DEFAULT_TOP_K = {(320, 240): 300, (640, 480): 1000}
+_FALLBACK_TOP_K = 1000
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``kp2d eval``."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate on HPatches (repeatability, localization, C1/C3/C5, matching score)",
+        description="Evaluate keypoints on HPatches-format sequences with the original KP2D protocol.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="FILE", help="KeyPointNet checkpoint file")
+    source.add_argument("--model", metavar="NAME", help="shipped pretrained name (v0..v4) or checkpoint path")
+    source.add_argument("--method", choices=("sift", "orb"), help="classical OpenCV baseline")
+    source.add_argument(
+        "--random-init", action="store_true", help="untrained network built from --config (seed 0)"
+    )
+    parser.add_argument("--config", default=None, help="preset or YAML for --random-init (default v4)")
+    parser.add_argument("--hpatches", required=True, metavar="DIR", help="folder of HPatches sequences")
+    parser.add_argument(
+        "--shape",
+        action="append",
+        metavar="WxH",
+        help="evaluation size, repeatable or comma-separated (default: 320x240 and 640x480)",
+    )
+    parser.add_argument(
+        "--top-k",
+        action="append",
+        metavar="K",
+        help="keypoints per image, one for all shapes or one per shape (default 300 at 320x240, else 1000)",
+    )
+    parser.add_argument(
+        "--subset", choices=("all", "i", "v"), default="all", help="sequences: i_*, v_* or all"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    parser.add_argument("--skip-bad", action="store_true", help="skip pairs with missing or corrupt files")
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="image reader threads (0: none)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def _parse_shape(text: str) -> tuple[int, int]:
+    from kp2d.errors import ConfigError
+
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(part) for part in parts)
+    except ValueError:
+        raise ConfigError(f"--shape '{text}': expected WIDTHxHEIGHT, e.g. 320x240") from None
+    if width <= 0 or height <= 0:
+        raise ConfigError(f"--shape '{text}': width and height must be positive")
+    return width, height
+
+
+def _parse_top_k(text: str) -> int:
+    from kp2d.errors import ConfigError
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"--top-k '{text}': expected a positive integer") from None
+    if value <= 0:
+        raise ConfigError(f"--top-k '{text}': expected a positive integer")
+    return value
+
+
+def parse_shapes(shapes: list[str] | None, top_ks: list[str] | None) -> list[tuple[int, int, int]]:
+    """``--shape`` / ``--top-k`` values → ``[(W, H, top_k), ...]``.
+
+    No shape: the original's two settings (320x240 top 300, 640x480 top 1000). One ``--top-k`` applies
+    to every shape; several pair with the shapes in order. A shape without ``--top-k`` gets 300 at
+    320x240, else 1000.
+    """
+    from kp2d.errors import ConfigError
+
+    parsed_shapes = [_parse_shape(text) for text in _split(shapes)]
+    parsed_top_k = [_parse_top_k(text) for text in _split(top_ks)]
+    if not parsed_shapes:
+        parsed_shapes = [(w, h) for w, h, _ in DEFAULT_SETTINGS]
+        if not parsed_top_k:
+            return list(DEFAULT_SETTINGS)
+    if not parsed_top_k:
+        parsed_top_k = [_DEFAULT_TOP_K.get(shape, _FALLBACK_TOP_K) for shape in parsed_shapes]
+    elif len(parsed_top_k) == 1:
+        parsed_top_k = parsed_top_k * len(parsed_shapes)
+    elif len(parsed_top_k) != len(parsed_shapes):
+        raise ConfigError(
+            f"--top-k: give one value or one per shape "
+            f"({len(parsed_shapes)} shapes, {len(parsed_top_k)} values)"
+        )
+    return [(w, h, k) for (w, h), k in zip(parsed_shapes, parsed_top_k, strict=True)]
+
+
+def _build_network(args: argparse.Namespace, device):
+    """The KeyPointNet to evaluate and its table label."""
+    import torch
+
+    from kp2d.checkpoint import build_keypoint_net, load_keypoint_net
+    from kp2d.config import load_config
+    from kp2d.errors import CheckpointError
+
+    if args.random_init:
+        config_name = args.config or "v4"
+        model_config = load_config(config_name).model
+        torch.manual_seed(0)
+        return build_keypoint_net(model_config).to(device).eval(), f"random-init ({Path(config_name).stem})"
+    if args.checkpoint is not None:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        return load_keypoint_net(path, device), path.stem
+    return load_keypoint_net(args.model, device), Path(args.model).stem
+
+
+def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int):
+    from kp2d.eval.hpatches import KeyPointNetDetector, OpenCVDetector
+
+    if args.method is not None:
+        # twice top_k candidates for the top-k selection (and the inside filtering) of the protocol
+        return OpenCVDetector(args.method, nfeatures=2 * top_k)
+    return KeyPointNetDetector(network, device, name=label)
+
+
+def _fmt(value: float) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def format_table(label: str, result: dict[str, Any]) -> str:
+    """The original README's markdown table (3 decimals) for one evaluation shape."""
+    width, height = result["shape"]
+    row = [result[name] for name in ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")]
+    lines = [
+        f"Evaluation for ({width}, {height}):",
+        "",
+        "| Model | Repeatability | Localization | C1 | C3 | C5 | MScore |",
+        "|---|---|---|---|---|---|---|",
+        f"| {label} | " + " | ".join(_fmt(v) for v in row) + " |",
+        "",
+        f"top {result['top_k']}, {result['pairs']} pairs evaluated ({len(result['skipped'])} skipped) "
+        f"in {result['seconds']:.1f} s ({result['pairs_per_second']:.1f} pairs/s)",
+    ]
+    return "\n".join(lines)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the tables, write the JSON; returns the exit status."""
+    from kp2d.errors import ConfigError
+    from kp2d.eval.hpatches import evaluate_hpatches
+    from kp2d.runtime import resolve_device
+
+    if args.config is not None and not args.random_init:
+        raise ConfigError("--config only applies with --random-init")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    settings = parse_shapes(args.shape, args.top_k)
+    hpatches = Path(args.hpatches)
+    if not hpatches.is_dir():
+        from kp2d.errors import DataError
+
+        raise DataError(f"HPatches folder not found: {hpatches}")
+
+    network, label, device = None, (args.method or "").upper(), None
+    if args.method is None:
+        device = resolve_device(args.device)
+        network, label = _build_network(args, device)
+        bad = [f"{w}x{h}" for w, h, _ in settings if w % 8 or h % 8]
+        if bad:
+            raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
+
+    results: dict[str, Any] = {}
+    for width, height, top_k in settings:
+        detector = _make_detector(args, network, label, device, top_k)
+        result = evaluate_hpatches(
+            detector,
+            hpatches,
+            shape=(width, height),
+            top_k=top_k,
+            subset=args.subset,
+            skip_bad=args.skip_bad,
+            progress=not args.no_progress,
+            num_workers=args.workers,
+        )
+        print(format_table(label, result), flush=True)
+        print(flush=True)
+        result.pop("per_pair")
+        results[f"{width}x{height}"] = {**result, "model": label, "device": str(device or "cpu")}
+
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(_json_ready(results), indent=2) + "\n")
+    return 0

@@ -1,0 +1,290 @@
+"""HPatches-format image sequences: discovery, image and homography reading, a per-sequence dataset.
+
+Layout (the HPatches sequences release): a root holding one folder per sequence, ``i_*`` (illumination)
+and ``v_*`` (viewpoint), each with images ``1.ppm`` … ``6.ppm`` and homographies ``H_1_2`` … ``H_1_6``
+(3×3 text, image-1 pixels → image-k pixels). A pair ``(1, k)`` exists for every ``H_1_k`` file, so
+folders with fewer views (e.g. the two-view ``homogr`` set) read the same way. Images may be ``.ppm``,
+``.png``, ``.jpg``/``.jpeg`` or ``.pgm`` (grayscale is read as 3 channels). A root that itself holds
+``H_1_k`` files is read as a single sequence.
+
+Images are read with ``cv2.imread(path, cv2.IMREAD_COLOR)`` (BGR, as the original feeds the network),
+resized with ``cv2.resize`` (bilinear) to the evaluation shape ``(W, H)``, and each homography rescaled
+to the resized images: ``H' = S2 · H · S1⁻¹``, ``S_i = diag(W / w_i, H / h_i, 1)``.
+
+One dataset item is a whole sequence (its reference image is read once, and the network can process
+all its views in one batch). Bad files do not raise inside the dataset: they are reported in
+:attr:`SequenceSample.problems`, and the caller decides whether to stop or skip.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from kp2d.errors import ConfigError, DataError
+from kp2d.geometry import scale_homography
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SUBSETS",
+    "HPatchesDataset",
+    "HPatchesPair",
+    "HPatchesSequence",
+    "SequenceSample",
+    "find_sequences",
+    "read_homography",
+    "read_image",
+    "resize_image",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".ppm", ".png", ".jpg", ".jpeg", ".pgm")
+SUBSETS = ("all", "i", "v")
+_HOMOGRAPHY_NAME = re.compile(r"^H_1_(\d+)$")
+_MAX_CONDITION = 1e15  # a homography this ill-conditioned is treated as singular
+
+
+@dataclass(frozen=True)
+class HPatchesPair:
+    """One evaluation pair ``(1, k)`` of a sequence.
+
+    Attributes:
+        sequence: sequence (folder) name.
+        index: ``k``, the view compared with view 1.
+        image1, image2: image paths; ``None`` when the folder has no such image.
+        homography_path: the ``H_1_k`` file.
+    """
+
+    sequence: str
+    index: int
+    image1: Path | None
+    image2: Path | None
+    homography_path: Path
+
+    @property
+    def name(self) -> str:
+        """``"<sequence>:1-<k>"``."""
+        return f"{self.sequence}:1-{self.index}"
+
+
+@dataclass(frozen=True)
+class HPatchesSequence:
+    """A sequence folder and its pairs, sorted by ``k``."""
+
+    name: str
+    folder: Path
+    pairs: tuple[HPatchesPair, ...]
+
+
+@dataclass
+class SequenceSample:
+    """A sequence read and resized: the reference view and the views of its readable pairs.
+
+    Attributes:
+        name: sequence name.
+        images: ``(1 + P, H, W, 3)`` uint8 BGR; ``images[0]`` is view 1, ``images[1 + p]`` the second
+            view of ``pair_names[p]``.
+        homographies: ``(P, 3, 3)`` float64, view-1 pixels → view-k pixels, rescaled to ``(W, H)``.
+        pair_names: ``P`` pair names (``"<sequence>:1-<k>"``).
+        problems: ``(pair name, message)`` for each pair that could not be read (left out of the above).
+    """
+
+    name: str
+    images: np.ndarray
+    homographies: np.ndarray
+    pair_names: list[str]
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _find_image(folder: Path, stem: str) -> Path | None:
+    """``folder/<stem>.<suffix>`` for the first known image suffix present (case-insensitive)."""
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _homography_files(folder: Path) -> list[tuple[int, Path]]:
+    """``(k, path)`` of every ``H_1_k`` file in ``folder``, sorted by ``k``."""
+    found = []
+    for path in folder.iterdir():
+        match = _HOMOGRAPHY_NAME.match(path.name)
+        if match and path.is_file() and int(match.group(1)) != 1:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def _read_sequence_folder(folder: Path) -> HPatchesSequence:
+    reference = _find_image(folder, "1")
+    pairs = tuple(
+        HPatchesPair(folder.name, k, reference, _find_image(folder, str(k)), path)
+        for k, path in _homography_files(folder)
+    )
+    return HPatchesSequence(folder.name, folder, pairs)
+
+
+def _in_subset(name: str, subset: str) -> bool:
+    return subset == "all" or name.startswith(f"{subset}_")
+
+
+def find_sequences(root: str | Path, subset: str = "all") -> list[HPatchesSequence]:
+    """The sequences under ``root`` (sorted by name) that belong to ``subset``.
+
+    Args:
+        root: folder of sequence folders (or a single sequence folder).
+        subset: ``"all"``, ``"i"`` (folders named ``i_*``) or ``"v"`` (``v_*``).
+
+    Raises:
+        DataError: ``root`` is missing or holds no sequence (no folder with an ``H_1_k`` file).
+        ConfigError: unknown ``subset``.
+    """
+    if subset not in SUBSETS:
+        raise ConfigError(f"unknown HPatches subset '{subset}' (use {', '.join(SUBSETS)})")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"HPatches folder not found: {root}")
+    if _homography_files(root):
+        folders = [root]
+    else:
+        folders = []
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if _homography_files(folder):
+                folders.append(folder)
+            else:
+                log.warning("%s: no H_1_k homography files, not a sequence; ignored", folder)
+    if not folders:
+        raise DataError(f"no HPatches sequences in {root} (expected folders with 1.ppm/.png/.jpg and H_1_k)")
+    sequences = [_read_sequence_folder(folder) for folder in folders if _in_subset(folder.name, subset)]
+    if not sequences:
+        raise DataError(
+            f"no sequences of subset '{subset}' in {root} (folder names must start with {subset}_)"
+        )
+    return sequences
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """``(h, w, 3)`` uint8 BGR image read with ``cv2.imread(path, cv2.IMREAD_COLOR)``.
+
+    Raises:
+        DataError: the file is missing or OpenCV cannot decode it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise DataError(f"{path}: cannot read image (corrupt or unsupported format)")
+    return image
+
+
+def read_homography(path: str | Path) -> np.ndarray:
+    """A ``(3, 3)`` float64 homography from whitespace-separated text (``np.loadtxt`` semantics).
+
+    Raises:
+        DataError: missing file, not 3×3 numbers, non-finite values, or a singular matrix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: homography file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loadtxt warns on an empty file; the shape check reports it
+            homography = np.loadtxt(path, dtype=np.float64)
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: malformed homography (expected 3x3 numbers): {err}") from None
+    if homography.shape != (3, 3):
+        raise DataError(f"{path}: malformed homography: expected 3x3 numbers, got shape {homography.shape}")
+    if not np.all(np.isfinite(homography)):
+        raise DataError(f"{path}: homography has non-finite values")
+    if not np.linalg.cond(homography) < _MAX_CONDITION:
+        raise DataError(f"{path}: homography is singular")
+    return homography
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(image, (W, H))`` (bilinear) to ``shape = (W, H)``."""
+    return cv2.resize(image, tuple(shape))
+
+
+def _image_size(image: np.ndarray) -> tuple[int, int]:
+    return image.shape[1], image.shape[0]
+
+
+class HPatchesDataset(torch.utils.data.Dataset):
+    """HPatches-format sequences, one :class:`SequenceSample` per sequence, resized to ``shape``.
+
+    Args:
+        root: folder of sequences (see the module docstring).
+        shape: evaluation size ``(W, H)``.
+        subset: ``"all"``, ``"i"`` or ``"v"``.
+
+    :func:`kp2d.eval.hpatches.evaluate_hpatches` reads it ahead with threads; it also works in a
+    ``DataLoader(dataset, batch_size=None, collate_fn=lambda s: s)``.
+    """
+
+    def __init__(self, root: str | Path, shape: tuple[int, int] = (320, 240), subset: str = "all") -> None:
+        width, height = shape
+        if width <= 0 or height <= 0:
+            raise ConfigError(f"evaluation shape must be positive, got {width}x{height}")
+        self.root = Path(root)
+        self.shape = (int(width), int(height))
+        self.subset = subset
+        self.sequences = find_sequences(root, subset)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def num_pairs(self) -> int:
+        """Pairs listed by the ``H_1_k`` files (readable or not)."""
+        return sum(len(sequence.pairs) for sequence in self.sequences)
+
+    def __getitem__(self, index: int) -> SequenceSample:
+        sequence = self.sequences[index]
+        width, height = self.shape
+        problems: list[tuple[str, str]] = []
+        reference = None
+        if sequence.pairs and sequence.pairs[0].image1 is None:
+            message = f"{sequence.folder / '1'}.*: reference image not found (no 1.ppm/.png/.jpg/.jpeg/.pgm)"
+            problems = [(pair.name, message) for pair in sequence.pairs]
+        else:
+            try:
+                reference = read_image(sequence.pairs[0].image1)
+            except DataError as err:
+                problems = [(pair.name, str(err)) for pair in sequence.pairs]
+
+        images = [] if reference is None else [resize_image(reference, self.shape)]
+        homographies, names = [], []
+        if reference is not None:
+            for pair in sequence.pairs:
+                try:
+                    if pair.image2 is None:
+                        raise DataError(
+                            f"{sequence.folder / str(pair.index)}.*: image not found "
+                            f"(listed by {pair.homography_path.name})"
+                        )
+                    homography = read_homography(pair.homography_path)
+                    image = read_image(pair.image2)
+                except DataError as err:
+                    problems.append((pair.name, str(err)))
+                    continue
+                scaled = scale_homography(homography, _image_size(reference), _image_size(image), self.shape)
+                images.append(resize_image(image, self.shape))
+                homographies.append(scaled)
+                names.append(pair.name)
+        return SequenceSample(
+            name=sequence.name,
+            images=np.stack(images) if images else np.zeros((0, height, width, 3), np.uint8),
+            homographies=np.stack(homographies) if homographies else np.zeros((0, 3, 3)),
+            pair_names=names,
+            problems=problems,
+        )

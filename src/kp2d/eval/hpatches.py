@@ -1,0 +1,273 @@
+"""HPatches evaluation: run a detector over every sequence and average the per-pair metrics.
+
+A *detector* is any callable ``detector(images) -> list[(prob, desc)]``:
+
+- ``images``: ``(B, H, W, 3)`` uint8 numpy, BGR (as read by OpenCV), all views of one sequence resized
+  to the evaluation shape; ``images[0]`` is view 1.
+- returns, per image, ``prob`` ``(N, 3)`` float32 rows ``(x, y, score)`` in pixels of the resized image
+  (higher score = better) and ``desc`` ``(N, D)`` descriptors (float32, or uint8 for binary ones).
+- optional attributes: ``norm`` (``cv2.NORM_L2`` by default, ``cv2.NORM_HAMMING`` for binary
+  descriptors) and ``name`` (shown in tables).
+
+:class:`KeyPointNetDetector` and :class:`OpenCVDetector` (SIFT, ORB) implement it; other backends (ONNX,
+int8, ...) only need the same call. Per-pair numbers are those of the original protocol
+(:mod:`kp2d.eval.metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kp2d.data.hpatches import HPatchesDataset, SequenceSample
+from kp2d.errors import DataError
+from kp2d.eval.metrics import evaluate_pair
+
+__all__ = [
+    "METRIC_NAMES",
+    "Detector",
+    "KeyPointNetDetector",
+    "OpenCVDetector",
+    "evaluate_hpatches",
+    "summarize",
+]
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")
+Detection = tuple[np.ndarray, np.ndarray]
+
+
+class Detector(Protocol):
+    """``(B, H, W, 3)`` uint8 BGR images → per image ``(prob (N, 3) float32 (x, y, score), desc (N, D))``."""
+
+    def __call__(self, images: np.ndarray) -> list[Detection]:
+        """Detect and describe each image of the batch."""
+        ...
+
+
+class KeyPointNetDetector:
+    """KeyPointNet as an HPatches detector: every cell with score > 0, in raster order of the cell grid.
+
+    The batch is scaled to [0, 1] (``/ 255``, float32, BGR channel order as the original evaluation) and
+    run through :meth:`~kp2d.models.KeyPointNet.describe` under ``torch.inference_mode()``; border cells
+    (score 0) drop out. A 1-channel model gets the grayscale image.
+
+    Args:
+        model: a :class:`~kp2d.models.KeyPointNet`; put in eval mode.
+        device: where to run; default: where the model's parameters are (the model is moved there).
+        name: label for tables.
+        channels_last: convert the model to channels-last memory layout (default: on CPU, where
+            oneDNN convolutions are about 25 % faster in that layout; outputs differ by float rounding only).
+    """
+
+    norm = cv2.NORM_L2
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device | None = None,
+        name: str = "KeyPointNet",
+        channels_last: bool | None = None,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        if channels_last if channels_last is not None else self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.name = name
+
+    def __call__(self, images: np.ndarray) -> list[Detection]:
+        """See :class:`Detector`; ``desc`` is ``(N, 256)`` float32, unit norm."""
+        if getattr(self.model, "in_channels", 3) == 1:
+            images = np.stack([cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in images])[..., None]
+        batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        batch = batch.permute(0, 3, 1, 2).float() / 255.0  # (B, C, H, W) view of NHWC data: channels-last
+        with torch.inference_mode():
+            out = self.model.describe(batch)
+        rows = torch.cat([out.coord, out.score], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
+        descs = out.desc.flatten(2).transpose(1, 2).float().cpu().numpy()  # (B, Hc*Wc, 256)
+        keep = rows[..., 2] > 0
+        return [(rows[b][keep[b]], descs[b][keep[b]]) for b in range(len(rows))]
+
+
+class OpenCVDetector:
+    """A classical detector/descriptor from OpenCV on the grayscale image; score = keypoint response.
+
+    Args:
+        method: ``"sift"`` (``cv2.SIFT_create``, 128-d float descriptors, L2) or ``"orb"``
+            (``cv2.ORB_create``, 32-byte binary descriptors, Hamming).
+        nfeatures: keypoints the detector keeps; default all for SIFT, 2000 for ORB. Choose at least
+            twice the evaluation ``top_k`` for ORB.
+    """
+
+    _DESCRIPTOR = {"sift": (128, np.float32, cv2.NORM_L2), "orb": (32, np.uint8, cv2.NORM_HAMMING)}
+
+    def __init__(self, method: str = "sift", nfeatures: int | None = None) -> None:
+        method = method.lower()
+        if method not in self._DESCRIPTOR:
+            raise ValueError(f"unknown OpenCV method '{method}' (use sift or orb)")
+        self.method = method
+        self.name = method.upper()
+        self.dim, self.dtype, self.norm = self._DESCRIPTOR[method]
+        if method == "sift":
+            self.extractor = cv2.SIFT_create(nfeatures=nfeatures or 0)
+        else:
+            self.extractor = cv2.ORB_create(nfeatures=nfeatures or 2000)
+
+    def _detect(self, image: np.ndarray) -> Detection:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        keypoints, desc = self.extractor.detectAndCompute(gray, None)
+        if desc is None or not keypoints:
+            return np.zeros((0, 3), np.float32), np.zeros((0, self.dim), self.dtype)
+        prob = np.array([(k.pt[0], k.pt[1], k.response) for k in keypoints], dtype=np.float32)
+        return prob, desc
+
+    def __call__(self, images: np.ndarray) -> list[Detection]:
+        """See :class:`Detector`."""
+        return [self._detect(image) for image in images]
+
+
+def _read_samples(dataset: HPatchesDataset, workers: int) -> Iterator[SequenceSample]:
+    """The dataset's samples in order, read ahead by ``workers`` threads (0: read in this thread).
+
+    Threads, not processes: OpenCV releases the GIL while decoding and resizing, and a forked DataLoader
+    worker can deadlock inside OpenCV once the parent has used OpenCV's thread pool (seen here:
+    ``cv2.setNumThreads`` in a forked worker hangs in ``pthread_cond_destroy``), while spawned workers
+    cost seconds to start and need a ``__main__`` guard in user scripts.
+    """
+    if workers <= 0:
+        yield from (dataset[i] for i in range(len(dataset)))
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hpatches-reader") as pool:
+        pending: deque[Future[SequenceSample]] = deque()
+        next_index = 0
+        while next_index < len(dataset) or pending:
+            while next_index < len(dataset) and len(pending) < 2 * workers:
+                pending.append(pool.submit(dataset.__getitem__, next_index))
+                next_index += 1
+            try:
+                yield pending.popleft().result()
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+
+
+def _default_workers() -> int:
+    return min(4, max(1, (os.cpu_count() or 1) // 2))
+
+
+def summarize(per_pair: list[dict[str, Any]]) -> dict[str, float]:
+    """Means of the metrics over pairs; the localization error over pairs that have one (not NaN)."""
+    means: dict[str, float] = {}
+    for name in METRIC_NAMES:
+        values = np.array([pair[name] for pair in per_pair], dtype=np.float64)
+        if name == "localization_error":
+            values = values[np.isfinite(values)]
+        means[name] = float(values.mean()) if len(values) else math.nan
+    return means
+
+
+def _sequence_problems(sample: SequenceSample, skip_bad: bool, skipped: list[str]) -> None:
+    for pair_name, message in sample.problems:
+        if not skip_bad:
+            raise DataError(message)
+        log.warning("skipping %s: %s", pair_name, message)
+        skipped.append(f"{pair_name}: {message}")
+
+
+def evaluate_hpatches(
+    detector: Detector,
+    root: str | Path,
+    shape: tuple[int, int] = (320, 240),
+    top_k: int = 300,
+    subset: str = "all",
+    skip_bad: bool = False,
+    progress: bool = True,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``detector`` on the HPatches-format sequences under ``root``.
+
+    Each sequence is read (ahead, in reader threads), all its views go through ``detector`` as one batch,
+    and every pair ``(1, k)`` is scored with :func:`kp2d.eval.metrics.evaluate_pair`.
+
+    Args:
+        detector: see :class:`Detector`.
+        root: folder of sequences.
+        shape: evaluation size ``(W, H)``.
+        top_k: keypoints kept per image.
+        subset: ``"all"``, ``"i"`` or ``"v"``.
+        skip_bad: leave out pairs whose files are missing or corrupt (listed in ``skipped``) instead of
+            raising :class:`~kp2d.errors.DataError`.
+        progress: tqdm bar over sequences (stderr).
+        num_workers: reader threads (0 = read in the calling thread); default half the cores, 1 to 4.
+
+    Returns:
+        ``{"repeatability", "localization_error", "c1", "c3", "c5", "mscore"}`` (means over pairs; the
+        localization error over pairs with at least one repeated keypoint), ``"pairs"`` (evaluated),
+        ``"skipped"`` (``"<pair>: <reason>"``), ``"seconds"``, ``"pairs_per_second"``, ``"shape"``,
+        ``"top_k"``, ``"subset"`` and ``"per_pair"`` (a dict of metrics per pair, with its ``"pair"`` name).
+
+    Raises:
+        DataError: missing folder, no sequences, a bad file (without ``skip_bad``), or no pair left.
+    """
+    start = time.perf_counter()
+    dataset = HPatchesDataset(root, shape, subset)
+    workers = _default_workers() if num_workers is None else num_workers
+    norm = getattr(detector, "norm", cv2.NORM_L2)
+    per_pair: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    samples = _read_samples(dataset, workers)
+    bar = tqdm(
+        samples, total=len(dataset), desc=f"HPatches {shape[0]}x{shape[1]}", unit="seq", disable=not progress
+    )
+    try:
+        for sample in bar:
+            _sequence_problems(sample, skip_bad, skipped)
+            if not sample.pair_names:
+                continue
+            detections = detector(sample.images)
+            if len(detections) != len(sample.images):
+                raise ValueError(
+                    f"detector returned {len(detections)} results for {len(sample.images)} images"
+                )
+            prob1, desc1 = detections[0]
+            for name, homography, (prob2, desc2) in zip(
+                sample.pair_names, sample.homographies, detections[1:], strict=True
+            ):
+                metrics = evaluate_pair(
+                    prob1, desc1, prob2, desc2, homography, dataset.shape, top_k, norm=norm
+                )
+                per_pair.append({"pair": name, **metrics})
+            bar.set_postfix(pairs=len(per_pair), refresh=False)
+    finally:
+        bar.close()
+        samples.close()  # stop the reader threads now, also when a bad file or Ctrl-C ends the loop
+    if not per_pair:
+        raise DataError(f"no pair of {root} could be evaluated ({len(skipped)} skipped)")
+    seconds = time.perf_counter() - start
+    if skipped:
+        log.warning("%d pair(s) skipped: %s", len(skipped), "; ".join(skipped))
+    return {
+        **summarize(per_pair),
+        "pairs": len(per_pair),
+        "skipped": skipped,
+        "seconds": seconds,
+        "pairs_per_second": len(per_pair) / seconds,
+        "shape": list(dataset.shape),
+        "top_k": top_k,
+        "subset": subset,
+        "per_pair": per_pair,
+    }

@@ -1,0 +1,160 @@
+"""``kp2d eval`` end to end on a generated HPatches folder, and its error handling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from hpatches_tiny import PAIRS_PER_SUBSET, make_tiny_hpatches
+from kp2d.cli import main
+from kp2d.cli.eval import parse_shapes
+from kp2d.errors import ConfigError
+
+METRICS = ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
+
+
+def _eval(*args: str) -> int:
+    return main(["eval", *args, "--no-progress"])
+
+
+def test_random_init_writes_json(tiny_root, tmp_path, capsys):
+    out = tmp_path / "out" / "eval.json"
+    code = _eval("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--json", str(out))
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Evaluation for (64, 48):" in printed
+    assert "| Model | Repeatability | Localization | C1 | C3 | C5 | MScore |" in printed
+    assert "| random-init (v4) |" in printed
+    result = json.loads(out.read_text())
+    assert list(result) == ["64x48"]
+    entry = result["64x48"]
+    for name in METRICS:
+        assert name in entry
+    assert entry["pairs"] == PAIRS_PER_SUBSET["all"]
+    assert entry["top_k"] == 1000 and entry["skipped"] == []
+    assert 0.0 <= entry["repeatability"] <= 1.0
+
+
+def test_random_init_is_seeded(tiny_root, tmp_path):
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for out in outs:
+        args = ("--random-init", "--config", "v0", "--hpatches", str(tiny_root), "--shape", "64x48")
+        assert _eval(*args, "--subset", "v", "--workers", "0", "--json", str(out)) == 0
+    first, second = (json.loads(out.read_text())["64x48"] for out in outs)
+    assert all(first[name] == second[name] for name in METRICS if first[name] is not None)
+    assert first["pairs"] == PAIRS_PER_SUBSET["v"]
+
+
+def test_checkpoint_and_method(tiny_root, tmp_path, capsys):
+    from kp2d.checkpoint import save_checkpoint
+    from kp2d.config import load_config
+    from kp2d.models import KeyPointNet
+
+    config = load_config("v0")
+    torch.manual_seed(0)
+    path = tmp_path / "net.ckpt"
+    save_checkpoint(path, config, KeyPointNet(do_upsample=False, do_cross=False))
+    assert (
+        _eval("--checkpoint", str(path), "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
+        == 0
+    )
+    assert "| net |" in capsys.readouterr().out
+    assert _eval("--model", str(path), "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i") == 0
+    assert "| net |" in capsys.readouterr().out
+    out = tmp_path / "orb.json"
+    code = _eval(
+        "--method", "orb", "--hpatches", str(tiny_root), "--shape", "160x120,120x90", "--json", str(out)
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert list(result) == ["160x120", "120x90"]
+    assert result["160x120"]["model"] == "ORB" and result["160x120"]["c5"] >= 0.75
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("kp2d eval: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_missing_folder(tmp_path, capsys):
+    assert _eval("--random-init", "--hpatches", str(tmp_path / "nope"), "--shape", "64x48") == 2
+    assert "nope" in _error_line(capsys)
+
+
+def test_empty_folder(tmp_path, capsys):
+    assert _eval("--method", "sift", "--hpatches", str(tmp_path), "--shape", "64x48") == 2
+    assert "no HPatches sequences" in _error_line(capsys)
+
+
+def test_bad_checkpoint(tiny_root, tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert _eval("--checkpoint", str(bad), "--hpatches", str(tiny_root), "--shape", "64x48") == 2
+    assert "bad.ckpt" in _error_line(capsys)
+    assert _eval("--checkpoint", str(tmp_path / "none.ckpt"), "--hpatches", str(tiny_root)) == 2
+    assert "none.ckpt" in _error_line(capsys)
+    assert _eval("--model", "no_such_model", "--hpatches", str(tiny_root)) == 2
+    assert "no_such_model" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("shape", ["64x", "axb", "0x48", "60x44"])
+def test_bad_shape(tiny_root, capsys, shape):
+    assert _eval("--random-init", "--hpatches", str(tiny_root), "--shape", shape) == 2
+    assert "--shape" in _error_line(capsys)
+
+
+def test_unavailable_device(tiny_root, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert _eval("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--device", "cuda") == 2
+    assert "cuda" in _error_line(capsys).lower()
+
+
+def test_corrupt_file_and_skip_bad(tiny_root, tmp_path, capsys):
+    root = shutil.copytree(tiny_root, tmp_path / "hp")
+    (root / "v_chelsea" / "2.jpg").write_bytes(b"\xff\xd8 broken jpeg")
+    assert _eval("--method", "sift", "--hpatches", str(root), "--shape", "80x60") == 2
+    assert "2.jpg" in _error_line(capsys)
+    out = tmp_path / "skip.json"
+    assert (
+        _eval(
+            "--method", "sift", "--hpatches", str(root), "--shape", "80x60", "--skip-bad", "--json", str(out)
+        )
+        == 0
+    )
+    entry = json.loads(out.read_text())["80x60"]
+    assert entry["pairs"] == PAIRS_PER_SUBSET["all"] - 1
+    assert len(entry["skipped"]) == 1 and entry["skipped"][0].startswith("v_chelsea:1-2")
+
+
+def test_source_options_are_exclusive(tiny_root):
+    with pytest.raises(SystemExit) as exit_info:
+        _eval("--random-init", "--method", "sift", "--hpatches", str(tiny_root))
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        _eval("--hpatches", str(tiny_root))
+
+
+def test_parse_shapes():
+    assert parse_shapes(None, None) == [(320, 240, 300), (640, 480, 1000)]
+    assert parse_shapes(["320x240"], None) == [(320, 240, 300)]
+    assert parse_shapes(["640x480"], None) == [(640, 480, 1000)]
+    assert parse_shapes(["160x120"], None) == [(160, 120, 1000)]
+    assert parse_shapes(["320x240,640x480"], ["100"]) == [(320, 240, 100), (640, 480, 100)]
+    assert parse_shapes(["320x240", "640x480"], ["100", "200"]) == [(320, 240, 100), (640, 480, 200)]
+    assert parse_shapes(None, ["500"]) == [(320, 240, 500), (640, 480, 500)]
+    with pytest.raises(ConfigError, match="top-k"):
+        parse_shapes(["320x240"], ["1", "2"])
+    with pytest.raises(ConfigError, match="top-k"):
+        parse_shapes(["320x240"], ["-3"])
