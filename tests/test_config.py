@@ -49,6 +49,7 @@ def test_user_file_extends_preset(tmp_path):
         ({"model": {"do_cross": 1}}, "true or false"),
         ({"augmentation": {"image_shape": [240, 321]}}, "multiples of 8"),
         ({"loss": {"io_selection": "top"}}, "io_selection"),
+        ({"augmentation": {"blur_kernels": [0, 4]}}, "blur_kernels"),
     ],
 )
 def test_bad_values(override, message):

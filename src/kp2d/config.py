@@ -91,6 +91,9 @@ class AugmentationConfig:
         height, width = self.image_shape
         if height % 8 or width % 8 or height < 32 or width < 32:
             raise ConfigError(f"augmentation.image_shape must be multiples of 8, at least 32: {self.image_shape}")
+        bad_kernels = [k for k in self.blur_kernels if k < 0 or (k > 1 and k % 2 == 0)]
+        if bad_kernels or not self.blur_kernels:
+            raise ConfigError(f"augmentation.blur_kernels must be 0 or odd sizes, got {list(self.blur_kernels)}")
 
 
 @dataclass

@@ -214,11 +214,10 @@ def sample_homographies(
         patch = patch + _uniform(-t_min, t_max, generator).unsqueeze(1)
 
     if config.rotation:
-        angles = torch.cat(
-            [torch.zeros(1, dtype=f64), torch.linspace(-config.max_angle, config.max_angle, config.n_angles, dtype=f64)]
-        )
+        candidates = torch.linspace(-config.max_angle, config.max_angle, config.n_angles, dtype=f64)
+        angles = torch.cat([torch.zeros(1, dtype=f64), candidates])
         cos, sin = angles.cos(), angles.sin()
-        rotation = torch.stack([cos, -sin, sin, cos], dim=1).view(-1, 1, 2, 2)  # (A, 1, 2, 2)
+        rotation = torch.stack([cos, -sin, sin, cos], dim=1).view(1, -1, 2, 2)  # (1, A, 2, 2)
         center = patch.mean(dim=1, keepdim=True)  # (B, 1, 2)
         rotated = ((patch - center).unsqueeze(1) @ rotation) + center.unsqueeze(1)  # (B, A, 4, 2)
         inside = ((rotated >= -bounds) & (rotated < bounds)).flatten(2).all(dim=2)  # (B, A)

@@ -1,0 +1,166 @@
+"""A folder of training photos (any layout, searched recursively) as resized uint8 RGB tensors.
+
+Items are ``(3, H, W)`` uint8 so that the DataLoader workers only decode and resize and the collate and
+host→device copy stay cheap; the augmentation (:mod:`kp2d.augmentation`) runs batched on the training
+device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kp2d.errors import DataError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_images", "read_image_rgb", "resize_image"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp")
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """All image files under ``root`` (recursive, symlinks followed), sorted by path.
+
+    Extensions: :data:`IMAGE_EXTENSIONS`, case-insensitive. Hidden files and folders (names starting with
+    ``.``, e.g. macOS ``._photo.jpg`` companions) are skipped.
+
+    Raises:
+        DataError: ``root`` is missing, not a folder, or holds no image.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root}")
+    paths = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        paths.extend(
+            Path(folder) / name
+            for name in files
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    if not paths:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+    return sorted(paths)
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file as ``(H, W, 3)`` uint8 RGB.
+
+    Grayscale is replicated to 3 channels, an alpha channel is dropped, 16-bit images are scaled to
+    8 bit (``round(v / 257)``); EXIF orientation is applied.
+
+    Raises:
+        DataError: the file cannot be read or decoded.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
+    except (OSError, cv2.error) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+    if image is None:
+        raise DataError(f"cannot decode image {path} (corrupt or not an image)")
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.float32) + 128.5) // 257).astype(np.uint8)  # v / 257 rounded half up
+    elif image.dtype != np.uint8:
+        raise DataError(f"unsupported pixel type {image.dtype} in {path} (expected 8 or 16 bit)")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize ``(h, w, C)`` to ``shape = (H, W)``: area averaging when shrinking both sides, else bilinear."""
+    height, width = shape
+    if image.shape[:2] == (height, width):
+        return image
+    shrinking = height <= image.shape[0] and width <= image.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+class ImageFolderDataset(Dataset):
+    """Every image under ``root``, as ``(3, H, W)`` uint8 RGB tensors resized to ``image_shape``.
+
+    Args:
+        root: folder searched recursively (see :func:`list_images`).
+        image_shape: ``(H, W)`` of the items.
+        skip_bad: on an unreadable file, log a warning (once per file and process), remember it in
+            :attr:`bad_files` and return the next readable image instead (deterministic). Without it, an
+            unreadable file raises :class:`~kp2d.errors.DataError` naming it.
+        cache: keep decoded, resized items in memory (400 photos at 240×320 ≈ 92 MB). With DataLoader
+            workers each worker holds its own cache; call :meth:`preload` before creating the loader to
+            fill it once in the parent process.
+
+    Attributes:
+        paths: the image files, sorted. bad_files: unreadable files met so far (in this process).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_shape: tuple[int, int] = (240, 320),
+        skip_bad: bool = False,
+        cache: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        if min(self.image_shape) < 1:
+            raise ValueError(f"image_shape must be positive (H, W), got {image_shape}")
+        self.skip_bad = skip_bad
+        self.cache = cache
+        self.paths = list_images(self.root)
+        self.bad_files: list[Path] = []
+        self._cached: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> torch.Tensor:
+        """Read, convert and resize image ``index`` (no cache, no skipping): ``(3, H, W)`` uint8."""
+        image = resize_image(read_image_rgb(self.paths[index]), self.image_shape)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Image ``index`` as ``(3, H, W)`` uint8 RGB (or, with ``skip_bad``, the next readable one)."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        if index in self._cached:
+            return self._cached[index].clone()
+        item = self._load_or_skip(index)
+        if self.cache:
+            self._cached[index] = item.clone()
+        return item
+
+    def preload(self) -> None:
+        """Fill the cache with every item (sets ``cache=True``)."""
+        self.cache = True
+        for index in range(len(self)):
+            self[index]
+
+    def _load_or_skip(self, index: int) -> torch.Tensor:
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            try:
+                return self.load(candidate)
+            except DataError as err:
+                if not self.skip_bad:
+                    raise
+                path = self.paths[candidate]
+                if path not in self.bad_files:
+                    self.bad_files.append(path)
+                    logger.warning("skipping unreadable image: %s", err)
+        raise DataError(f"no readable image under {self.root} ({len(self.bad_files)} unreadable files)")
