@@ -185,6 +185,8 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.
 def list_pretrained() -> list[str]:
     """Names of the pretrained weights shipped in the package (``v0`` … ``v4`` when trained)."""
     folder = resources.files("kp2d") / "weights"
+    if not folder.is_dir():
+        return []
     return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".pt"))
 
 
