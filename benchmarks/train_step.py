@@ -96,7 +96,11 @@ def main() -> None:
         step(images, generator)
 
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, persistent_workers=args.workers > 0
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
     )
     batches = iter(loader)
 
@@ -109,16 +113,20 @@ def main() -> None:
             next(batches)
 
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    print(f"device {device}, {torch.get_num_threads()} threads, {precision}, {config.name}, batch {args.batch_size}, "
-          f"{config.augmentation.image_shape[0]}x{config.augmentation.image_shape[1]}, median of {args.steps} steps")
+    print(f"device {device}, {torch.get_num_threads()} threads, {precision}, {config.name}, "
+          f"batch {args.batch_size}, "
+          f"{config.augmentation.image_shape[0]}x{config.augmentation.image_shape[1]}, "
+          f"median of {args.steps} steps")
     floor = _time(floor_step, device, args.warmup, args.steps)
     full = _time(full_step, device, args.warmup, args.steps)
     fetch_times = _time(fetch, device, 1, args.steps)
     floor_s, full_s = statistics.median(floor), statistics.median(full)
     print(f"| {'what':<58} | {'s/step':>8} | {'steps/s':>8} |")
     print(f"|{'-' * 60}|{'-' * 10}|{'-' * 10}|")
-    print(f"| {'(a) network fwd+bwd+Adam on two batches (floor)':<58} | {floor_s:8.3f} | {1 / floor_s:8.2f} |")
-    print(f"| {'(b) full step: augmentation+fwd+losses+IO+bwd+Adam':<58} | {full_s:8.3f} | {1 / full_s:8.2f} |")
+    print(f"| {'(a) network fwd+bwd+Adam on two batches (floor)':<58} | "
+          f"{floor_s:8.3f} | {1 / floor_s:8.2f} |")
+    print(f"| {'(b) full step: augmentation+fwd+losses+IO+bwd+Adam':<58} | "
+          f"{full_s:8.3f} | {1 / full_s:8.2f} |")
     print(f"| {'(c) data loader, one batch (' + str(args.workers) + ' workers)':<58} | "
           f"{statistics.median(fetch_times):8.3f} | {1 / statistics.median(fetch_times):8.2f} |")
     print(f"(b)/(a) = {full_s / floor_s:.3f}")

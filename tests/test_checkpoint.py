@@ -100,7 +100,11 @@ class _Payload:
 
 
 def test_code_in_pickle_is_refused(tmp_path):
-    torch.save({"config": {}, "state_dict": {}, "x": _Payload()}, tmp_path / "evil.pt", pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    torch.save(
+        {"config": {}, "state_dict": {}, "x": _Payload()},
+        tmp_path / "evil.pt",
+        pickle_protocol=pickle.DEFAULT_PROTOCOL,
+    )
     with pytest.raises(CheckpointError, match="does not load"):
         load_checkpoint(tmp_path / "evil.pt")
 

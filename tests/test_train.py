@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import skimage.data
 import torch
@@ -33,7 +32,9 @@ def tiny_images(tmp_path_factory) -> Path:
 
 
 def _options(tmp_path: Path, data: Path, **kwargs) -> TrainOptions:
-    return TrainOptions(config=load_config("v4", TINY), data=data, out=tmp_path, device="cpu", progress=False, **kwargs)
+    return TrainOptions(
+        config=load_config("v4", TINY), data=data, out=tmp_path, device="cpu", progress=False, **kwargs
+    )
 
 
 def test_resume_continues_exactly(tiny_images, tmp_path):

@@ -1,5 +1,8 @@
-"""kp2d: KeyPointNet and IO-Net (Tang et al., *Neural Outlier Rejection for Self-Supervised Keypoint
-Learning*, ICLR 2020) — training, HPatches evaluation, inference and export in one package."""
+"""kp2d: KeyPointNet and IO-Net in one package.
+
+KeyPointNet and IO-Net (Tang et al., *Neural Outlier Rejection for Self-Supervised Keypoint
+Learning*, ICLR 2020) — training, HPatches evaluation, inference and export in one package.
+"""
 
 from kp2d.errors import CheckpointError, ConfigError, DataError, Kp2dError
 from kp2d.inference import Keypoints, extract

@@ -46,7 +46,9 @@ class _YacsCfgNode(dict):
     """Stand-in for ``yacs.config.CfgNode`` (a dict subclass) so its pickles load without yacs."""
 
 
-_ALLOWED_BUILTINS = {"set", "frozenset", "tuple", "list", "dict", "slice", "complex", "bool", "int", "float", "str"}
+_ALLOWED_BUILTINS = {
+    "set", "frozenset", "tuple", "list", "dict", "slice", "complex", "bool", "int", "float", "str"
+}
 
 
 class _CheckpointUnpickler(pickle.Unpickler):
@@ -87,7 +89,7 @@ def _torch_load(path: Path) -> Any:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # e.g. a yacs CfgNode config: retry with the restricted unpickler below
-    except Exception as err:  # noqa: BLE001 - not a torch file at all
+    except Exception:  # noqa: BLE001 - not a torch file at all
         raise CheckpointError(f"{path}: not a PyTorch checkpoint file (cannot unpickle it)") from None
     try:
         return torch.load(
@@ -107,6 +109,7 @@ class Checkpoint:
         config: our full training config when the file has one (``None`` for the original's files).
         io_net_state_dict: IO-Net weights, when saved.
         extra: everything else in the file (optimizer state, step, epoch, RNG states, ...).
+        raw_config: the file's ``config`` entry as plain containers (a yacs ``CfgNode`` becomes a dict).
     """
 
     model: ModelConfig
@@ -114,6 +117,7 @@ class Checkpoint:
     config: Config | None = None
     io_net_state_dict: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    raw_config: dict[str, Any] | None = None
 
 
 def _model_config_from(raw_config: Any, path: Path) -> tuple[ModelConfig, Config | None]:
@@ -141,13 +145,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     raw = _torch_load(path)
     if not isinstance(raw, dict) or "state_dict" not in raw:
         keys = sorted(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(f"{path}: not a KeyPointNet checkpoint (expected keys 'config' and 'state_dict', found {keys})")
+        raise CheckpointError(
+            f"{path}: not a KeyPointNet checkpoint (expected keys 'config' and 'state_dict', found {keys})"
+        )
     state_dict = raw["state_dict"]
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path}: 'state_dict' is not a mapping of tensors")
     model, full = _model_config_from(raw.get("config"), path)
     extra = {k: v for k, v in raw.items() if k not in ("config", "state_dict", "io_net_state_dict")}
-    return Checkpoint(model, dict(state_dict), full, raw.get("io_net_state_dict"), extra)
+    raw_config = _to_plain(raw["config"]) if raw.get("config") is not None else None
+    return Checkpoint(model, dict(state_dict), full, raw.get("io_net_state_dict"), extra, raw_config)
 
 
 def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
@@ -161,7 +168,7 @@ def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
 
 
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` that names missing, unexpected and mis-shaped keys in a :class:`CheckpointError`."""
+    """``load_state_dict`` that names missing, unexpected and mis-shaped keys in a ``CheckpointError``."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

@@ -90,10 +90,14 @@ class AugmentationConfig:
     def __post_init__(self) -> None:
         height, width = self.image_shape
         if height % 8 or width % 8 or height < 32 or width < 32:
-            raise ConfigError(f"augmentation.image_shape must be multiples of 8, at least 32: {self.image_shape}")
+            raise ConfigError(
+                f"augmentation.image_shape must be multiples of 8, at least 32: {self.image_shape}"
+            )
         bad_kernels = [k for k in self.blur_kernels if k < 0 or (k > 1 and k % 2 == 0)]
         if bad_kernels or not self.blur_kernels:
-            raise ConfigError(f"augmentation.blur_kernels must be 0 or odd sizes, got {list(self.blur_kernels)}")
+            raise ConfigError(
+                f"augmentation.blur_kernels must be 0 or odd sizes, got {list(self.blur_kernels)}"
+            )
 
 
 @dataclass
@@ -202,7 +206,8 @@ def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise ConfigError(f"unknown config key '{key}' (allowed here: {', '.join(sorted(names))})")
     kwargs = {
-        name: _coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in data.items()
+        name: _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        for name, value in data.items()
     }
     return cls(**kwargs)
 

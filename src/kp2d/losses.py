@@ -89,7 +89,9 @@ def _interior_cells(rows: int, cols: int, device: torch.device) -> torch.Tensor:
     return interior.flatten()
 
 
-def warp_source_keypoints(source_coord: torch.Tensor, homography: torch.Tensor, height: int, width: int) -> WarpedKeypoints:
+def warp_source_keypoints(
+    source_coord: torch.Tensor, homography: torch.Tensor, height: int, width: int
+) -> WarpedKeypoints:
     """Warp source keypoints ``(B, 2, Hc, Wc)`` (pixels) into the target with ``(B, 3, 3)`` homographies."""
     _, _, rows, cols = source_coord.shape
     source_norm = normalize_points(_flatten_cells(source_coord), height, width)
@@ -190,7 +192,9 @@ def descriptor_loss(
 
     with torch.no_grad():
         # Rows of invalid anchors are never used, so masking the invalid candidates (columns) is enough.
-        distance = _descriptor_distance_inplace(anchors, positives).masked_fill_(~valid.unsqueeze(1), float("inf"))
+        distance = _descriptor_distance_inplace(anchors, positives).masked_fill_(
+            ~valid.unsqueeze(1), float("inf")
+        )
         positions = warped.warped  # (B, N, 2) target pixels of every candidate
         nearest = distance.argmin(dim=2)  # (B, N)
         nearest_position = torch.gather(positions, 1, nearest.unsqueeze(-1).expand(-1, -1, 2))
@@ -249,14 +253,17 @@ def io_loss(
     source_warped = gather_points(warped.warped_norm, source_index)
 
     distance = _descriptor_distance(
-        _sample_unit_descriptors(source.desc, source_points), _sample_unit_descriptors(target.desc, target_points)
+        _sample_unit_descriptors(source.desc, source_points),
+        _sample_unit_descriptors(target.desc, target_points),
     )
     match_distance, match_index = distance.min(dim=2)  # (B, K)
     matched_points = gather_points(target_points, match_index)
     correspondences = torch.cat([source_points, matched_points, match_distance.unsqueeze(-1)], dim=-1)
     prediction = io_net(correspondences.transpose(1, 2).unsqueeze(-1)).view(correspondences.shape[:2])
 
-    error = (denormalize_points(matched_points, height, width) - denormalize_points(source_warped, height, width))
+    error = (
+        denormalize_points(matched_points, height, width) - denormalize_points(source_warped, height, width)
+    )
     inlier = error.norm(dim=-1) < config.io_inlier_threshold
     inliers = inlier.sum()
     if inliers <= config.io_min_inliers:
@@ -287,7 +294,9 @@ def keypoint_net_losses(
     nearest = nearest_target(warped, target.coord, config.location_threshold)
 
     location = location_loss(nearest)
-    triplet, recall = descriptor_loss(source.desc, target.desc, warped, config, with_loss=config.descriptor_loss)
+    triplet, recall = descriptor_loss(
+        source.desc, target.desc, warped, config, with_loss=config.descriptor_loss
+    )
     usp, mse = score_loss(source.score, target.score, warped, nearest)
     zero = location.new_zeros(())
     io, inliers = (zero, zero.long()) if io_net is None else io_loss(

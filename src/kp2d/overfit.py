@@ -29,6 +29,8 @@ __all__ = ["OverfitResult", "overfit"]
 
 log = logging.getLogger(__name__)
 
+_CPU = torch.device("cpu")
+
 
 @dataclass
 class OverfitResult:
@@ -58,7 +60,7 @@ def overfit(
     every: int = 10,
     batch_size: int = 4,
     top_k: int = 100,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = _CPU,
     progress: bool = True,
 ) -> OverfitResult:
     """Train a fresh network on augmented copies of one ``(H, W, 3)`` uint8 RGB image; write three GIFs.

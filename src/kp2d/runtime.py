@@ -30,7 +30,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Kp2dError(f"device '{name}' requested but CUDA is not available")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise Kp2dError(f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        raise Kp2dError(
+            f"device '{name}' requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise Kp2dError("device 'mps' requested but MPS is not available")
     return device
@@ -74,10 +76,12 @@ class DistributedContext:
 
     @property
     def is_main(self) -> bool:
+        """Whether this process is rank 0 (the one that logs and writes checkpoints)."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """Whether more than one process takes part (distributed training)."""
         return self.world_size > 1
 
 

@@ -9,6 +9,7 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``overfit`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "overfit",
         help="train on a single image and write GIFs of keypoints, score map and training crops",

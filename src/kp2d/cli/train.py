@@ -9,6 +9,7 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "train",
         help="train KeyPointNet (+ IO-Net) on a folder of images",
@@ -16,18 +17,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "torchrun --nproc_per_node N -m kp2d train CONFIG --data DIR ...",
     )
     parser.add_argument("config", help="preset name (v0 … v4) or a YAML file")
-    parser.add_argument("--data", required=True, type=Path, help="folder of training images (searched recursively)")
-    parser.add_argument("--out", type=Path, help="run folder for checkpoints and logs (default: runs/<config name>)")
+    parser.add_argument(
+        "--data", required=True, type=Path, help="folder of training images (searched recursively)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="run folder for checkpoints and logs (default: runs/<config name>)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--epochs", type=int, help="number of epochs (default: from the config, 50)")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps in total")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     parser.add_argument("--hpatches", type=Path, help="HPatches-format folder for periodic validation")
     parser.add_argument("--batch-size", type=int, help="images per process per step (default: 8)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: from the config (auto)")
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: from the config (auto)"
+    )
     parser.add_argument("--workers", type=int, help="data-loading processes (default: from the config)")
-    parser.add_argument("--cache-images", action="store_true", help="keep decoded images in memory (small sets)")
-    parser.add_argument("--skip-bad", action="store_true", help="log and skip unreadable images instead of stopping")
+    parser.add_argument(
+        "--cache-images", action="store_true", help="keep decoded images in memory (small sets)"
+    )
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="log and skip unreadable images instead of stopping"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

@@ -42,6 +42,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator)
         steps = len(self)
-        batches = order[: steps * self.world_size * self.batch_size].view(steps, self.world_size, self.batch_size)
+        batches = order[: steps * self.world_size * self.batch_size].view(
+            steps, self.world_size, self.batch_size
+        )
         for step in range(self.skip_batches, steps):
             yield batches[step, self.rank].tolist()

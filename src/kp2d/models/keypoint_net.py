@@ -120,7 +120,10 @@ class KeyPointNet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "v4", device: str | torch.device = "cpu") -> KeyPointNet:
-        """Load shipped weights by name (``"v0"`` … ``"v4"``) or a checkpoint file; eval mode, on ``device``."""
+        """Load shipped weights by name (``"v0"`` … ``"v4"``) or a checkpoint file.
+
+        Returns the network in eval mode, on ``device``.
+        """
         from kp2d.checkpoint import load_keypoint_net
 
         return load_keypoint_net(name_or_path, device)

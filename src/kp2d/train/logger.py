@@ -30,7 +30,13 @@ class RunLogger:
     """
 
     def __init__(
-        self, out: Path, config: Config, is_main: bool, total_steps: int, start_step: int, progress: bool = True
+        self,
+        out: Path,
+        config: Config,
+        is_main: bool,
+        total_steps: int,
+        start_step: int,
+        progress: bool = True,
     ) -> None:
         self.enabled = is_main
         self.log_every = config.train.log_every
@@ -78,7 +84,9 @@ class RunLogger:
                 self.writer.add_scalar(f"train/{name}", value, step)
             self.writer.add_scalar("train/learning_rate", lr, step)
         if self.wandb is not None:
-            self.wandb.log({f"train/{k}": v for k, v in values.items()} | {"train/learning_rate": lr}, step=step)
+            self.wandb.log(
+                {f"train/{k}": v for k, v in values.items()} | {"train/learning_rate": lr}, step=step
+            )
         (log.debug if self.bar.disable is False else log.info)(
             "step %d epoch %d: loss %.4f recall %.3f (%.2f steps/s)",
             step, epoch, values["total"], values["recall"], values["steps_per_second"],
@@ -100,6 +108,7 @@ class RunLogger:
             self.wandb.log({f"val/{k}": v for k, v in shown.items()}, step=step)
 
     def close(self) -> None:
+        """Close the progress bar, TensorBoard writer and wandb run, if any."""
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:

@@ -58,9 +58,13 @@ class SiameseLoss(nn.Module):
 
 def build_optimizer(keypoint_net: KeyPointNet, io_net: IONet | None, config: OptimConfig) -> torch.optim.Adam:
     """Adam over KeyPointNet (group 0) and IO-Net (group 1), each with its own learning rate."""
-    groups = [{"params": keypoint_net.parameters(), "lr": config.learning_rate, "base_lr": config.learning_rate}]
+    groups = [
+        {"params": keypoint_net.parameters(), "lr": config.learning_rate, "base_lr": config.learning_rate}
+    ]
     if io_net is not None:
-        groups.append({"params": io_net.parameters(), "lr": config.io_learning_rate, "base_lr": config.io_learning_rate})
+        groups.append(
+            {"params": io_net.parameters(), "lr": config.io_learning_rate, "base_lr": config.io_learning_rate}
+        )
     return torch.optim.Adam(groups, weight_decay=config.weight_decay)
 
 
@@ -81,7 +85,9 @@ class TrainingStep:
         scaler: a ``torch.amp.GradScaler`` for fp16, else ``None``.
     """
 
-    def __init__(self, model: nn.Module, optimizer, augmentation, channels_last: bool = True, scaler=None) -> None:
+    def __init__(
+        self, model: nn.Module, optimizer, augmentation, channels_last: bool = True, scaler=None
+    ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.augmentation = augmentation

@@ -127,7 +127,8 @@ class _Run:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,  # IO loss and V3's descriptor head can drop out of a step
             )
-        # all augmentation draws come from this CPU generator (kp2d.augmentation seeds its device stream from it)
+        # all augmentation draws come from this CPU generator
+        # (kp2d.augmentation seeds its device stream from it)
         self.generator = torch.Generator().manual_seed(train_cfg.seed * 1000 + self.dist.rank)
         self.step_fn = TrainingStep(model, self.optimizer, HomographicAugmentation(self.config.augmentation),
                                     channels_last=True, scaler=self.scaler)
@@ -157,7 +158,10 @@ class _Run:
         if "cpu" in rng:
             self.generator.set_state(rng["cpu"])
             torch.set_rng_state(rng["torch"])
-        log.info("resumed from %s at step %d (epoch %d)", self.last_checkpoint, self.progress.step, self.progress.epoch)
+        log.info(
+            "resumed from %s at step %d (epoch %d)",
+            self.last_checkpoint, self.progress.step, self.progress.epoch,
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save(self, path: Path | None = None) -> None:
@@ -223,7 +227,9 @@ class _Run:
     def run(self) -> TrainSummary:
         start = time.perf_counter()
         total = self.total_steps()
-        logger = RunLogger(self.out, self.config, self.dist.is_main, total, self.progress.step, self.options.progress)
+        logger = RunLogger(
+            self.out, self.config, self.dist.is_main, total, self.progress.step, self.options.progress
+        )
         last_loss, metrics = math.nan, {}
         train_cfg = self.config.train
         try:
@@ -271,7 +277,8 @@ class _Run:
                 else "no checkpoint was written yet"
             )
             raise NonFiniteLossError(
-                f"training stopped at step {self.progress.step + 1} (epoch {self.progress.epoch}): {err}; {kept}"
+                f"training stopped at step {self.progress.step + 1} (epoch {self.progress.epoch}): "
+                f"{err}; {kept}"
             ) from None
         self.progress.step += 1
         self.progress.batch_in_epoch += 1
@@ -294,7 +301,8 @@ def train(options: TrainOptions) -> TrainSummary:
             _write_run_config(run.out, run.config)
         log.info(
             "training %s on %s (%s, %d process(es)), %d images, %d steps per epoch",
-            run.config.name, run.device, run.precision, run.dist.world_size, len(run.dataset), len(run.sampler),
+            run.config.name, run.device, run.precision, run.dist.world_size,
+            len(run.dataset), len(run.sampler),
         )
         return run.run()
     finally:

@@ -1,0 +1,210 @@
+"""Inference backends side by side: ms/image at 320x240 and 640x480, and HPatches accuracy at 320x240.
+
+Every backend of :mod:`kp2d.fast` is built from the same weights, timed at batch 1 (warm-up, then the
+median of ``--repeats`` runs; the backends take turns run by run, so a disturbance hits them all alike),
+and evaluated on an HPatches-format set (default ``../shared/data/hpatches-synth``, 500 pairs) with
+:func:`kp2d.eval.hpatches.evaluate_hpatches` at 320x240, top 300.
+
+    /work/quiet.sh python benchmarks/inference.py --checkpoint runs/v4/last.pt
+    python benchmarks/inference.py --random-init --max-sequences 10      # quick look, no trained weights
+
+``--random-init`` uses a seeded random network whose BatchNorm statistics are estimated on the
+calibration photos (so activations have the ranges a trained network's have); its matching score says
+nothing about KeyPointNet, only how far each backend moves from fp32. Rerun with trained weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_HPATCHES = REPO_ROOT.parent / "shared" / "data" / "hpatches-synth"
+DEFAULT_CALIBRATION = REPO_ROOT.parent / "shared" / "data" / "train" / "bsds500"
+SIZES = ((320, 240), (640, 480))
+
+log = logging.getLogger("benchmarks.inference")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from kp2d.fast import BACKENDS
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", default=None, help="pretrained name (v0..v4) or checkpoint path")
+    source.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (same as --model FILE)")
+    source.add_argument("--random-init", action="store_true", help="seeded random weights (see above)")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")
+    parser.add_argument("--hpatches", default=str(DEFAULT_HPATCHES), help="HPatches-format folder")
+    parser.add_argument("--calibration", default=str(DEFAULT_CALIBRATION), help="photos for int8 calibration")
+    parser.add_argument("--calibration-count", type=int, default=32, help="calibration photos (32)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (default: all cores)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per backend and size (15)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (3)")
+    parser.add_argument("--max-sequences", type=int, default=None, help="evaluate the first N sequences only")
+    parser.add_argument("--subset", choices=("all", "i", "v"), default="all", help="HPatches subset")
+    parser.add_argument("--no-accuracy", action="store_true", help="timing only")
+    parser.add_argument("--no-timing", action="store_true", help="accuracy only")
+    parser.add_argument("--seed", type=int, default=0, help="--random-init seed")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    return parser.parse_args(argv)
+
+
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
+    from kp2d.checkpoint import load_keypoint_net
+    from kp2d.fast import load_calibration_images
+    from kp2d.models import KeyPointNet
+
+    if not args.random_init:
+        name = args.checkpoint or args.model or "v4"
+        return load_keypoint_net(name, "cpu"), name
+    torch.manual_seed(args.seed)
+    net = KeyPointNet()
+    photos = load_calibration_images(args.calibration, count=32)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the batches below
+    net.train()
+    with torch.no_grad():
+        for batch in photos.split(4):
+            net(batch)
+    return net.eval(), f"random init (seed {args.seed}), BN statistics from {len(photos)} photos"
+
+
+def time_backends(backends: dict, sizes, warmup: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Median ms per image at batch 1; backends take turns within each repeat."""
+    generator = torch.Generator().manual_seed(0)
+    results: dict[str, dict[str, float]] = {name: {} for name in backends}
+    for width, height in sizes:
+        image = torch.rand(1, 3, height, width, generator=generator)
+        for backend in backends.values():
+            for _ in range(warmup):
+                backend(image)
+        samples: dict[str, list[float]] = {name: [] for name in backends}
+        for _ in range(repeats):
+            for name, backend in backends.items():
+                start = time.perf_counter()
+                backend(image)
+                samples[name].append((time.perf_counter() - start) * 1000.0)
+        for name, values in samples.items():
+            results[name][f"{width}x{height}"] = statistics.median(values)
+            log.info("%-12s %dx%d: median %.1f ms (min %.1f, max %.1f)", name, width, height,
+                     statistics.median(values), min(values), max(values))
+    return results
+
+
+def subset_root(root: Path, max_sequences: int | None, scratch: Path) -> Path:
+    """``root`` itself, or a folder of links to its first ``max_sequences`` sequences (sorted)."""
+    if max_sequences is None:
+        return root
+    sequences = sorted(p for p in root.iterdir() if p.is_dir())
+    # take i_ and v_ sequences alike
+    illumination = [p for p in sequences if p.name.startswith("i_")]
+    viewpoint = [p for p in sequences if p.name.startswith("v_")]
+    picked = illumination[: (max_sequences + 1) // 2] + viewpoint[: max_sequences // 2]
+    folder = scratch / "hpatches-subset"
+    folder.mkdir()
+    for path in picked:
+        (folder / path.name).symlink_to(path.resolve())
+    return folder
+
+
+def print_table(rows: list[dict], sizes) -> None:
+    size_names = [f"{w}x{h}" for w, h in sizes]
+    header = ["backend"] + [f"ms {s}" for s in size_names] + ["MScore", "C3", "Rep", "speed-up 320x240"]
+    lines = [header]
+    base = next((r for r in rows if r["backend"] == "torch-fp32"), None)
+    for row in rows:
+        cells = [row["backend"]]
+        for s in size_names:
+            cells.append(f"{row['ms'][s]:.1f}" if s in row.get("ms", {}) else "-")
+        acc = row.get("accuracy")
+        for key in ("mscore", "c3", "repeatability"):
+            cells.append(f"{acc[key]:.3f}" if acc else "-")
+        if base and "ms" in base and "ms" in row and size_names[0] in row["ms"]:
+            cells.append(f"{base['ms'][size_names[0]] / row['ms'][size_names[0]]:.2f}x")
+        else:
+            cells.append("-")
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for index, line in enumerate(lines):
+        print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+        if index == 0:
+            print("-+-".join("-" * width for width in widths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kp2d.errors import Kp2dError
+    from kp2d.eval.hpatches import evaluate_hpatches
+    from kp2d.fast import BackendDetector, load_backend, load_calibration_images
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    cv2_threads = args.threads
+    try:
+        import cv2
+
+        cv2.setNumThreads(cv2_threads)
+        net, weights = load_model(args)
+        names = [name.strip() for name in args.backends.split(",") if name.strip()]
+        calibration = None
+        if "ort-int8" in names:
+            calibration = load_calibration_images(args.calibration, count=args.calibration_count)
+        with tempfile.TemporaryDirectory(prefix="kp2d-bench-") as scratch:
+            backends = {}
+            for name in names:
+                start = time.perf_counter()
+                backends[name] = load_backend(
+                    name, net, calibration, threads=args.threads, work_dir=Path(scratch) / "onnx"
+                )
+                log.info("built %s in %.1f s %s", name, time.perf_counter() - start, backends[name].details)
+            rows = [{"backend": name} for name in names]
+            if not args.no_timing:
+                timings = time_backends(backends, SIZES, args.warmup, args.repeats)
+                for row in rows:
+                    row["ms"] = timings[row["backend"]]
+            if not args.no_accuracy:
+                root = subset_root(Path(args.hpatches), args.max_sequences, Path(scratch))
+                for row in rows:
+                    result = evaluate_hpatches(
+                        BackendDetector(backends[row["backend"]]), root, shape=(320, 240), top_k=300,
+                        subset=args.subset, progress=sys.stderr.isatty(), num_workers=0,
+                        # no reader processes: forking after ONNX Runtime has started its threads can hang
+                    )
+                    row["accuracy"] = {k: v for k, v in result.items() if k != "per_pair" and k != "skipped"}
+                    log.info("%s: %s", row["backend"], {k: round(v, 4) for k, v in row["accuracy"].items()
+                                                        if isinstance(v, float)})
+    except Kp2dError as err:
+        print(f"inference benchmark: error: {err}", file=sys.stderr)
+        return 2
+
+    load = os.getloadavg()[0]
+    print(f"\nweights: {weights}; threads {args.threads}; batch 1; median of {args.repeats} "
+          f"(after {args.warmup} warm-up); torch {torch.__version__}; load average at end {load:.2f}")
+    if not args.no_accuracy:
+        pairs = rows[0]["accuracy"]["pairs"]
+        print(f"accuracy: {args.hpatches} ({args.subset}, {pairs} pairs) at 320x240, top 300")
+    print_table(rows, SIZES)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"weights": weights, "threads": args.threads, "rows": rows},
+                                              indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""ONNX export: the graph (run by ONNX Runtime) gives KeyPointNet.describe's outputs at any input size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kp2d.checkpoint import list_pretrained
+from kp2d.cli import main as cli_main
+from kp2d.export import DEFAULT_OPSET
+from kp2d.models import KeyPointNet
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+def _golden_net(golden_forward: dict) -> KeyPointNet:
+    net = KeyPointNet(do_upsample=True, do_cross=True)
+    net.load_state_dict(golden_forward["state_dict"])
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def golden_checkpoint(golden_forward, tmp_path_factory) -> Path:
+    """The golden weights as an original-format checkpoint file (V4 switches)."""
+    path = tmp_path_factory.mktemp("ckpt") / "golden_v4.ckpt"
+    params = {"use_color": True, "do_upsample": True, "do_cross": True, "with_io": True}
+    torch.save({"config": {"model": {"params": params}}, "state_dict": golden_forward["state_dict"]}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(golden_checkpoint, tmp_path_factory) -> Path:
+    """Exported once through the CLI (``kp2d export --checkpoint ... --onnx ...``), dynamic shapes."""
+    path = tmp_path_factory.mktemp("onnx") / "kp2d_v4.onnx"
+    argv = ["export", "--checkpoint", str(golden_checkpoint), "--onnx", str(path), "--no-verify"]
+    assert cli_main(argv) == 0
+    return path
+
+
+def _run(path: Path, image: torch.Tensor) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": image.numpy()})
+
+
+def test_graph_is_valid_with_dynamic_batch_height_width(exported):
+    model = onnx.load(str(exported))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == DEFAULT_OPSET
+    (image,) = model.graph.input
+    assert image.name == "image"
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    outputs = {
+        o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output
+    }
+    assert outputs == {
+        "score": ["batch", 1, "height/8", "width/8"],
+        "coord": ["batch", 2, "height/8", "width/8"],
+        "desc": ["batch", 256, "height/8", "width/8"],
+    }
+    # BatchNorm folded before export: no BatchNormalization node left
+    assert not [node for node in model.graph.node if node.op_type == "BatchNormalization"]
+
+
+def test_onnx_runtime_matches_golden_outputs(exported, golden_forward):
+    """The original's eval-mode numbers (golden, batch 2, 64x96), reproduced by ONNX Runtime."""
+    score, coord, desc = _run(exported, golden_forward["image"])
+    expected = golden_forward["v4"]
+    np.testing.assert_allclose(score, expected["score"].numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(coord, expected["coord"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(desc, expected["desc"].numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 120, 160), (3, 3, 72, 56)])
+def test_onnx_runtime_matches_pytorch_at_other_sizes(exported, golden_forward, shape):
+    """Sizes and batch other than the tracing example's: proves B, H, W are really dynamic."""
+    net = _golden_net(golden_forward)
+    image = torch.rand(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+    score, coord, desc = _run(exported, image)
+    with torch.inference_mode():
+        ref = net.describe(image)
+    assert score.shape == tuple(ref.score.shape) and desc.shape == tuple(ref.desc.shape)
+    np.testing.assert_allclose(score, ref.score.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(coord, ref.coord.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(desc, ref.desc.numpy(), atol=1e-4, rtol=0)
+    assert np.isfinite(desc).all()
+    np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-5)
+
+
+def test_older_opset_gives_the_same_outputs(exported, golden_forward, tmp_path):
+    """Opset 16 (the oldest with GridSample) through the version converter, as ``--opset 16`` does."""
+    from kp2d.export import _finalize
+
+    old = tmp_path / "opset16.onnx"
+    old.write_bytes(exported.read_bytes())
+    _finalize(old, 16)
+    onnx.checker.check_model(str(old), full_check=True)
+    assert onnx.load(str(old)).opset_import[0].version == 16
+    image = golden_forward["image"]
+    for got, want in zip(_run(old, image), _run(exported, image), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
+def test_export_cli_errors_are_one_line(tmp_path, capsys, golden_checkpoint):
+    out = str(tmp_path / "x.onnx")
+    ckpt = str(golden_checkpoint)
+    cases = [
+        (["export", "--model", "no_such_model", "--onnx", out], "unknown model 'no_such_model'"),
+        (["export", "--checkpoint", str(tmp_path / "missing.ckpt"), "--onnx", out], "checkpoint not found"),
+        (["export", "--checkpoint", ckpt, "--onnx", out, "--opset", "15"], "opset 15"),
+        (["export", "--checkpoint", ckpt, "--onnx", out, "--int8"], "--calibration"),
+        (["export", "--checkpoint", ckpt, "--onnx", out, "--size", "100x50"], "multiples of 8"),
+        (
+            ["export", "--checkpoint", ckpt, "--onnx", out, "--int8",
+             "--calibration", str(tmp_path / "nowhere")],
+            "calibration folder not found",
+        ),
+    ]
+    if "v4" not in list_pretrained():  # no shipped weights yet: --model v4 must say so
+        cases.append((["export", "--model", "v4", "--onnx", out], "unknown model 'v4'"))
+    for argv, message in cases:
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err, (argv, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "x.onnx").exists()

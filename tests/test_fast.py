@@ -1,0 +1,230 @@
+"""Fast inference backends: BatchNorm folding exact, bf16 / ONNX Runtime / int8 close to describe()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from torch import nn
+
+from kp2d.errors import ConfigError, DataError
+from kp2d.fast import (
+    BACKENDS,
+    BackendDetector,
+    fold_batchnorm,
+    fold_conv_bn,
+    load_backend,
+    load_calibration_images,
+)
+from kp2d.models import KeyPointNet
+
+
+def _golden_net(golden_forward: dict, **switches) -> KeyPointNet:
+    net = KeyPointNet(**switches)
+    net.load_state_dict(golden_forward["state_dict"])
+    return net.eval()
+
+
+def _astronaut(size: tuple[int, int] = (320, 240)) -> torch.Tensor:
+    """A real photo, ``(1, 3, H, W)`` in [0, 1] at ``size = (W, H)``."""
+    rgb = cv2.resize(skimage.data.astronaut(), size, interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+
+
+def _randomize_bn(bn: nn.BatchNorm2d, generator: torch.Generator) -> None:
+    channels = bn.num_features
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(channels, generator=generator))
+        bn.running_var.copy_(torch.rand(channels, generator=generator) * 2 + 0.1)
+        bn.weight.copy_(torch.randn(channels, generator=generator))
+        bn.bias.copy_(torch.randn(channels, generator=generator))
+
+
+# --- BatchNorm folding -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_fold_conv_bn_equals_conv_then_bn(conv_bias):
+    generator = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(5, 7, 3, padding=1, bias=conv_bias)
+    bn = nn.BatchNorm2d(7, eps=1e-3)
+    _randomize_bn(bn, generator)
+    bn.eval()
+    fused = fold_conv_bn(conv, bn)
+    x = torch.randn(2, 5, 9, 11, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), bn(conv(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_fold_conv_bn_by_hand():
+    """One 1x1 channel: w' = w·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε)."""
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    bn = nn.BatchNorm2d(1, eps=0.0)
+    with torch.no_grad():
+        conv.weight.fill_(2.0)
+        bn.running_mean.fill_(3.0)
+        bn.running_var.fill_(4.0)
+        bn.weight.fill_(5.0)
+        bn.bias.fill_(7.0)
+    fused = fold_conv_bn(conv, bn.eval())
+    assert fused.weight.item() == pytest.approx(2.0 * 5.0 / 2.0)
+    assert fused.bias.item() == pytest.approx(7.0 - 3.0 * 5.0 / 2.0)
+
+
+@pytest.mark.parametrize(
+    ("variant", "switches"), [("v4", {}), ("v0", {"do_upsample": False, "do_cross": False})]
+)
+def test_folded_network_matches_golden(golden_forward, variant, switches):
+    """The golden weights have non-trivial BN statistics, so eval-mode BN matters."""
+    net = _golden_net(golden_forward, **switches)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 13  # the original is untouched
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key])
+    with torch.inference_mode():
+        ref = net.describe(golden_forward["image"])
+        out = folded.describe(golden_forward["image"])
+    expected = golden_forward[variant]
+    for got in (out, ref):
+        torch.testing.assert_close(got.score, expected["score"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.coord, expected["coord"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.desc, expected["desc"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.score, ref.score, atol=1e-5, rtol=0)
+
+
+# --- torch backends --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["torch-fp32", "torch-fold", "torch-fused"])
+def test_fp32_torch_backends_match_golden(golden_forward, name):
+    backend = load_backend(name, _golden_net(golden_forward))
+    out = backend(golden_forward["image"])
+    expected = golden_forward["v4"]
+    torch.testing.assert_close(out.score, expected["score"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.coord, expected["coord"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.desc, expected["desc"], atol=1e-4, rtol=0)
+    assert all(t.dtype == torch.float32 for t in out)
+
+
+def test_bf16_backend_is_close_and_keeps_fp32_outputs(golden_forward):
+    net = _golden_net(golden_forward)
+    image = _astronaut()
+    with torch.inference_mode():
+        ref = net.describe(image)
+    out = load_backend("torch-bf16", net)(image)
+    assert all(t.dtype == torch.float32 for t in out)
+    assert out.desc.shape == ref.desc.shape == (1, 256, 30, 40)
+    torch.testing.assert_close(out.score, ref.score, atol=2e-3, rtol=0)
+    assert (out.score[..., 0, :] == 0).all() and (out.score[..., :, -1] == 0).all()  # border still exactly 0
+    assert (out.coord - ref.coord).abs().max() < 0.05  # pixels: coordinates are computed in fp32
+    cosine = (out.desc * ref.desc).sum(1)
+    assert cosine.mean() > 0.999 and cosine.min() > 0.99
+
+
+# --- ONNX Runtime backends -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def golden_onnx(golden_forward, tmp_path_factory) -> Path:
+    pytest.importorskip("onnxruntime")
+    from kp2d.export import export_onnx
+
+    return export_onnx(_golden_net(golden_forward), tmp_path_factory.mktemp("onnx") / "golden.onnx")
+
+
+@pytest.fixture(scope="module")
+def calibration_folder(tmp_path_factory) -> Path:
+    """Six photos (bundled with scikit-image, not the test photo) written as files, various sizes."""
+    folder = tmp_path_factory.mktemp("calibration")
+    photos = [skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket(),
+              skimage.data.immunohistochemistry(), skimage.data.camera(), skimage.data.coins()]
+    for index, photo in enumerate(photos):
+        code = cv2.COLOR_GRAY2BGR if photo.ndim == 2 else cv2.COLOR_RGB2BGR
+        bgr = cv2.cvtColor(photo, code)
+        cv2.imwrite(str(folder / f"photo_{index}.{'png' if index % 2 else 'jpg'}"), bgr)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_ort_fp32_backend_matches_pytorch(golden_forward, golden_onnx):
+    net = _golden_net(golden_forward)
+    backend = load_backend("ort-fp32", net, onnx_model=golden_onnx, threads=1)
+    image = _astronaut((160, 120))
+    with torch.inference_mode():
+        ref = net.describe(image)
+    out = backend(image)
+    torch.testing.assert_close(out.score, ref.score, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.coord, ref.coord, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.desc, ref.desc, atol=1e-4, rtol=0)
+
+
+def test_calibration_images_are_read_resized_rgb(calibration_folder):
+    images = load_calibration_images(calibration_folder, count=4)
+    assert images.shape == (4, 3, 240, 320) and images.dtype == torch.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    first = cv2.resize(skimage.data.coffee(), (320, 240), interpolation=cv2.INTER_LINEAR)  # photo_0: jpg
+    assert (images[0].permute(1, 2, 0).numpy() * 255 - first).__abs__().mean() < 4  # RGB order, JPEG loss
+
+
+def test_int8_backend_is_close_on_a_real_photo(golden_forward, golden_onnx, calibration_folder, tmp_path):
+    net = _golden_net(golden_forward)
+    backend = load_backend(
+        "ort-int8", net, calibration_folder, onnx_model=golden_onnx, work_dir=tmp_path, calibration_count=6
+    )
+    assert backend.details["float_layers"] == ["convDb", "convPb"]
+    image = _astronaut()
+    with torch.inference_mode():
+        ref = net.describe(image)
+    out = backend(image)
+    assert out.desc.shape == ref.desc.shape and all(t.dtype == torch.float32 for t in out)
+    cosine = (out.desc * ref.desc).sum(1)
+    assert cosine.mean() > 0.98  # measured 0.9999 (AVX512-VNNI, ORT 1.32)
+    assert (out.score - ref.score).abs().max() < 0.01
+    assert (out.score[..., 0, :] == 0).all()
+    # coordinates stay float: only the sub-pixel offsets carry int8 noise (a quantised (x, y) stack would
+    # be off by up to half a 1/255-of-the-width step, ~0.6 px)
+    assert (out.coord - ref.coord).abs().mean() < 0.05
+    assert (out.coord - ref.coord).abs().max() < 0.5
+
+    import onnx
+
+    graph = onnx.load(str(backend.details["onnx"])).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    float_convs = [node for node in graph.node if node.op_type == "Conv" and node.input[1] in weights]
+    assert len(float_convs) == 2  # convDb and convPb kept in float; the other 14 take dequantised weights
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
+
+
+def test_backend_detector_gives_every_interior_cell_in_raster_order(golden_forward):
+    net = _golden_net(golden_forward)
+    detector = BackendDetector(load_backend("torch-fp32", net))
+    bgr = cv2.cvtColor(cv2.resize(skimage.data.astronaut(), (96, 64)), cv2.COLOR_RGB2BGR)
+    images = np.stack([bgr, bgr[:, ::-1]])
+    detections = detector(images)
+    assert len(detections) == 2
+    with torch.inference_mode():
+        ref = net.describe(torch.from_numpy(images.copy()).permute(0, 3, 1, 2).float() / 255.0)
+    prob, desc = detections[0]
+    assert prob.shape == (6 * 10, 3) and desc.shape == (60, 256) and prob.dtype == np.float32
+    interior = ref.score[0, 0, 1:-1, 1:-1]
+    np.testing.assert_allclose(prob[:, 2], interior.flatten().numpy(), atol=1e-6)
+    np.testing.assert_allclose(prob[:, 0], ref.coord[0, 0, 1:-1, 1:-1].flatten().numpy(), atol=1e-5)
+    np.testing.assert_allclose(prob[:, 1], ref.coord[0, 1, 1:-1, 1:-1].flatten().numpy(), atol=1e-5)
+    np.testing.assert_allclose(desc, ref.desc[0, :, 1:-1, 1:-1].flatten(1).T.numpy(), atol=1e-5)
+
+
+def test_errors(golden_forward, tmp_path):
+    net = _golden_net(golden_forward)
+    with pytest.raises(ConfigError, match="unknown backend"):
+        load_backend("tensorrt", net)
+    with pytest.raises(ConfigError, match="calibration"):
+        load_backend("ort-int8", net, onnx_model=tmp_path / "missing.onnx")
+    with pytest.raises(DataError, match="no images"):
+        load_calibration_images(tmp_path)
+    assert set(BACKENDS) >= {"torch-fp32", "torch-fused", "torch-bf16", "ort-fp32", "ort-int8"}

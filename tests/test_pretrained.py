@@ -1,0 +1,64 @@
+"""Shipped weights: made from a checkpoint, loaded by name or path, same outputs as the source checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kp2d.checkpoint import list_pretrained, load_checkpoint, load_keypoint_net, save_checkpoint
+from kp2d.config import load_config
+from kp2d.models import KeyPointNet
+from kp2d.pretrained import make_pretrained, reference_error, reference_image
+
+
+@pytest.fixture(scope="module")
+def source_checkpoint(tmp_path_factory):
+    """A V4 training checkpoint with random weights and non-trivial BatchNorm statistics."""
+    config = load_config("v4")
+    torch.manual_seed(0)
+    net = KeyPointNet(do_upsample=True, do_cross=True).train()
+    with torch.no_grad():
+        net(torch.rand(2, 3, 64, 96))  # running statistics move away from (0, 1)
+    path = tmp_path_factory.mktemp("ckpt") / "v4_source.ckpt"
+    save_checkpoint(path, config, net, step=123, epoch=2)
+    return path
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 0.0), (torch.float16, 5e-2)])
+def test_shipped_file_reproduces_its_checkpoint(source_checkpoint, tmp_path, dtype, tolerance):
+    out = make_pretrained(source_checkpoint, tmp_path / "v4.pt", dtype, {"step": 123})
+    shipped = torch.load(out, map_location="cpu", weights_only=True)
+    assert set(shipped) == {"config", "state_dict", "provenance", "reference"}
+    assert shipped["config"]["model"]["params"]["do_upsample"] is True
+    floats = [v for v in shipped["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == dtype for v in floats)
+    # the original-format loader reads it; the outputs are the source checkpoint's
+    net = load_keypoint_net(out)
+    source = load_keypoint_net(source_checkpoint)
+    image = reference_image().float() / 255.0
+    with torch.inference_mode():
+        got, want = net.describe(image), source.describe(image)
+    for name in ("score", "coord", "desc"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=tolerance, rtol=0)
+    error = reference_error(net, shipped["reference"])
+    assert max(error.values()) <= tolerance
+    assert load_checkpoint(out).extra["provenance"] == {"step": 123}
+
+
+def test_reference_image_is_a_fixed_photo():
+    image = reference_image()
+    assert image.shape == (1, 3, 64, 96) and image.dtype == torch.uint8
+    assert torch.equal(image, reference_image()) and image.float().std() > 20
+
+
+@pytest.mark.parametrize(
+    "name", list_pretrained() or [pytest.param("v4", marks=pytest.mark.skip("no weights shipped"))]
+)
+def test_every_shipped_model_gives_its_checkpoint_outputs(name):
+    """``from_pretrained(name)`` computes what the training checkpoint it was made from computed."""
+    net = KeyPointNet.from_pretrained(name)
+    from importlib import resources
+
+    shipped = torch.load(str(resources.files("kp2d") / "weights" / f"{name}.pt"), weights_only=True)
+    error = reference_error(net, shipped["reference"])
+    assert error["score"] < 2e-2 and error["coord"] < 0.25 and error["desc"] < 5e-2, error
