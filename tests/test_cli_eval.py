@@ -158,3 +158,22 @@ def test_parse_shapes():
         parse_shapes(["320x240"], ["1", "2"])
     with pytest.raises(ConfigError, match="top-k"):
         parse_shapes(["320x240"], ["-3"])
+
+
+def test_baselines_in_the_same_run(tiny_root, tmp_path, capsys):
+    """``--baselines sift,orb`` adds one row per method; each equals its own ``--method`` run."""
+    both = tmp_path / "both.json"
+    args = ("--hpatches", str(tiny_root), "--shape", "160x120")
+    assert _eval("--random-init", *args, "--baselines", "sift,orb", "--json", str(both)) == 0
+    printed = capsys.readouterr().out
+    assert "| random-init (v4) |" in printed and "| SIFT |" in printed and "| ORB |" in printed
+    assert printed.count("Evaluation for (160, 120):") == 1
+    combined = json.loads(both.read_text())
+    assert combined["160x120"]["model"] == "random-init (v4)"
+    alone = tmp_path / "sift.json"
+    assert _eval("--method", "sift", *args, "--json", str(alone)) == 0
+    sift = json.loads(alone.read_text())["160x120"]
+    for name in METRICS:
+        assert combined["baselines"]["sift"]["160x120"][name] == pytest.approx(sift[name], nan_ok=True)
+    assert _eval("--random-init", *args, "--baselines", "surf") == 2
+    assert "surf" in _error_line(capsys)

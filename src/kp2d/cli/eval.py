@@ -56,6 +56,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers", type=int, default=None, metavar="N", help="image reader threads (0: none)"
     )
+    parser.add_argument(
+        "--baselines",
+        metavar="LIST",
+        help="also run these OpenCV methods (sift,orb) in the same run: one more table row each",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -137,33 +142,53 @@ def _build_network(args: argparse.Namespace, device):
     return load_keypoint_net(args.model, device), Path(args.model).stem
 
 
+def _opencv_detector(method: str, top_k: int):
+    from kp2d.eval.hpatches import OpenCVDetector
+
+    # twice top_k candidates for the top-k selection (and the inside filtering) of the protocol
+    return OpenCVDetector(method, nfeatures=2 * top_k)
+
+
 def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int):
-    from kp2d.eval.hpatches import KeyPointNetDetector, OpenCVDetector
+    from kp2d.eval.hpatches import KeyPointNetDetector
 
     if args.method is not None:
-        # twice top_k candidates for the top-k selection (and the inside filtering) of the protocol
-        return OpenCVDetector(args.method, nfeatures=2 * top_k)
+        return _opencv_detector(args.method, top_k)
     return KeyPointNetDetector(network, device, name=label)
+
+
+def _parse_baselines(text: str | None, method: str | None) -> list[str]:
+    from kp2d.errors import ConfigError
+
+    names = _split([text] if text else None)
+    unknown = [name for name in names if name not in ("sift", "orb")]
+    if unknown:
+        raise ConfigError(f"--baselines: unknown method {', '.join(unknown)} (choose from sift, orb)")
+    return [name for name in dict.fromkeys(names) if name != method]
 
 
 def _fmt(value: float) -> str:
     return "nan" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
-def format_table(label: str, result: dict[str, Any]) -> str:
-    """The original README's markdown table (3 decimals) for one evaluation shape."""
-    width, height = result["shape"]
-    row = [result[name] for name in ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")]
+def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """The original README's markdown table (3 decimals) for one evaluation shape, a row per method."""
+    width, height = rows[0][1]["shape"]
     lines = [
         f"Evaluation for ({width}, {height}):",
         "",
         "| Model | Repeatability | Localization | C1 | C3 | C5 | MScore |",
         "|---|---|---|---|---|---|---|",
-        f"| {label} | " + " | ".join(_fmt(v) for v in row) + " |",
-        "",
-        f"top {result['top_k']}, {result['pairs']} pairs evaluated ({len(result['skipped'])} skipped) "
-        f"in {result['seconds']:.1f} s ({result['pairs_per_second']:.1f} pairs/s)",
     ]
+    for label, result in rows:
+        row = [result[name] for name in ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")]
+        lines.append(f"| {label} | " + " | ".join(_fmt(v) for v in row) + " |")
+    lines.append("")
+    for label, result in rows:
+        lines.append(
+            f"{label}: top {result['top_k']}, {result['pairs']} pairs evaluated ({len(result['skipped'])} "
+            f"skipped) in {result['seconds']:.1f} s ({result['pairs_per_second']:.1f} pairs/s)"
+        )
     return "\n".join(lines)
 
 
@@ -202,23 +227,36 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
 
-    results: dict[str, Any] = {}
-    for width, height, top_k in settings:
-        detector = _make_detector(args, network, label, device, top_k)
+    baselines = _parse_baselines(args.baselines, args.method)
+
+    def evaluate(detector, shape: tuple[int, int], top_k: int) -> dict[str, Any]:
         result = evaluate_hpatches(
             detector,
             hpatches,
-            shape=(width, height),
+            shape=shape,
             top_k=top_k,
             subset=args.subset,
             skip_bad=args.skip_bad,
             progress=not args.no_progress,
             num_workers=args.workers,
         )
-        print(format_table(label, result), flush=True)
-        print(flush=True)
         result.pop("per_pair")
-        results[f"{width}x{height}"] = {**result, "model": label, "device": str(device or "cpu")}
+        return result
+
+    results: dict[str, Any] = {}
+    for width, height, top_k in settings:
+        key = f"{width}x{height}"
+        result = evaluate(_make_detector(args, network, label, device, top_k), (width, height), top_k)
+        results[key] = {**result, "model": label, "device": str(device or "cpu")}
+        rows = [(label, result)]
+        for method in baselines:
+            baseline = evaluate(_opencv_detector(method, top_k), (width, height), top_k)
+            results.setdefault("baselines", {}).setdefault(method, {})[key] = {
+                **baseline, "model": method.upper(), "device": "cpu"
+            }
+            rows.append((method.upper(), baseline))
+        print(format_table(rows), flush=True)
+        print(flush=True)
 
     if args.json:
         out = Path(args.json)
