@@ -74,3 +74,19 @@ def test_ionet_shapes_and_original_keys(golden_dir):
     assert out.shape == (2, 1, 300, 1)
     with pytest.raises(ValueError, match="correspondences"):
         net(torch.randn(2, 4, 300, 1))
+
+
+def test_score_and_keypoints_stay_fp32_under_bf16_autocast():
+    """bf16 has an 8-bit mantissa: a coordinate in [256, 512) would snap to a 2-px grid. Heads finish in fp32."""
+    torch.manual_seed(0)
+    net = KeyPointNet(do_upsample=True, do_cross=True).eval()
+    image = torch.rand(1, 3, 240, 320)
+    with torch.no_grad():
+        reference = net(image)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = net(image)
+    assert mixed.score.dtype == torch.float32 and mixed.coord.dtype == torch.float32
+    right = mixed.coord[:, 0][mixed.coord[:, 0] > 256]
+    assert right.numel() > 100 and (right.remainder(2) != 0).float().mean() > 0.9  # off the 2-px grid
+    # only the bf16 trunk differs: keypoints within a fraction of a pixel of the fp32 network's
+    assert (mixed.coord - reference.coord).abs().max() < 1.0

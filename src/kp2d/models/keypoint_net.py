@@ -158,10 +158,12 @@ class KeyPointNet(nn.Module):
         skip = self._block(x, self.conv3a, self.conv3b)
         x = self._block(self.pool(skip), self.conv4a, self.conv4b)
 
-        score = self.convDb(self.dropout(self.relu(self.convDa(x)))).sigmoid()
+        # Score and keypoint heads finish in fp32 even under bf16/fp16 autocast: a bf16 pixel coordinate
+        # near x = 300 is only good to 2 px (8-bit mantissa), far coarser than the losses' thresholds.
+        score = self.convDb(self.dropout(self.relu(self.convDa(x)))).float().sigmoid()
         score = score * _interior_mask(score)
 
-        offset = self.convPb(self.dropout(self.relu(self.convPa(x)))).tanh()
+        offset = self.convPb(self.dropout(self.relu(self.convPa(x)))).float().tanh()
         batch, _, rows, cols = offset.shape
         half_cell = (CELL - 1) / 2.0
         centers = cell_centers(batch, rows, cols, CELL, device=offset.device, dtype=offset.dtype)
