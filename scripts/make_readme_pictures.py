@@ -7,8 +7,7 @@ Writes
   green, outliers red, with the corner error against the ground-truth homography in the caption;
 - ``graffiti_1_scores.png`` / ``graffiti_1_keypoints.png``: score heat map and keypoints of image 1;
 - ``demo_matches.png``: the in-memory demo pair (``kp2d match --demo``);
-- with ``--overfit``: the over-fitting GIFs, by running ``kp2d overfit --out <folder>`` (a subcommand
-  added later; skipped with a notice while it does not exist).
+- with ``--overfit``: the over-fitting GIFs, by running ``kp2d overfit --out <folder>/overfit``.
 
 Images are resized to ``--width`` pixels wide (aspect kept) before detection, and the ground-truth
 homography is rescaled to match.
@@ -17,7 +16,6 @@ homography is rescaled to match.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -76,6 +74,25 @@ def _image_file(sequence: Path, index: int) -> Path:
     raise DataError(f"{sequence}: no image {index}.ppm/.png/.jpg")
 
 
+def match_picture(image0, image1, kpts0, kpts1, true_homography, label: str, args) -> np.ndarray:
+    """Mutual-NN matches, a homography with inliers/outliers drawn, and the corner error in the caption."""
+    matches, _ = match(kpts0.descriptors, kpts1.descriptors)
+    homography, inliers = estimate_homography(kpts0.keypoints, kpts1.keypoints, matches, method=args.method)
+    error = corner_error(homography, true_homography, kpts0.image_size)
+    caption = f"{label}{len(matches)} matches, {int(inliers.sum())} inliers, corner error {error:.1f} px"
+    log.info(caption)
+    return draw_matches(
+        image0,
+        image1,
+        kpts0.keypoints,
+        kpts1.keypoints,
+        matches,
+        inliers,
+        text=caption,
+        max_lines=args.max_lines,
+    )
+
+
 def graffiti_pictures(model, args: argparse.Namespace, target: int = 4) -> None:
     sequence = args.hpatches_dir / "v_graffiti"
     if not sequence.is_dir():
@@ -93,24 +110,8 @@ def graffiti_pictures(model, args: argparse.Namespace, target: int = 4) -> None:
     options = {"top_k": args.top_k or None, "nms_radius": args.nms_radius}
     kpts0, cell_scores = extract_with_score_map(model, image0, **options)
     kpts1 = extract(model, image1, **options)
-    matches, _ = match(kpts0.descriptors, kpts1.descriptors)
-    homography, inliers = estimate_homography(kpts0.keypoints, kpts1.keypoints, matches, method=args.method)
-    error = corner_error(homography, true_homography, kpts0.image_size)
-    caption = (
-        f"v_graffiti 1 -> {target}: {len(matches)} matches, {int(inliers.sum())} inliers, "
-        f"corner error {error:.1f} px"
-    )
-    log.info(caption)
-
-    picture = draw_matches(
-        image0,
-        image1,
-        kpts0.keypoints,
-        kpts1.keypoints,
-        matches,
-        inliers,
-        text=caption,
-        max_lines=args.max_lines,
+    picture = match_picture(
+        image0, image1, kpts0, kpts1, true_homography, f"v_graffiti 1 -> {target}: ", args
     )
     save_image(args.out / f"graffiti_1_{target}_matches.{args.ext}", picture)
     save_image(args.out / f"graffiti_1_scores.{args.ext}", draw_score_heatmap(image0, cell_scores))
@@ -125,29 +126,12 @@ def demo_picture(model, args: argparse.Namespace) -> None:
     pair = demo_pair()
     options = {"top_k": args.top_k or None, "nms_radius": args.nms_radius}
     kpts0, kpts1 = extract(model, pair.image0, **options), extract(model, pair.image1, **options)
-    matches, _ = match(kpts0.descriptors, kpts1.descriptors)
-    homography, inliers = estimate_homography(kpts0.keypoints, kpts1.keypoints, matches, method=args.method)
-    error = corner_error(homography, pair.homography, kpts0.image_size)
-    caption = f"{len(matches)} matches, {int(inliers.sum())} inliers, corner error {error:.1f} px"
-    log.info("demo: %s", caption)
-    picture = draw_matches(
-        pair.image0,
-        pair.image1,
-        kpts0.keypoints,
-        kpts1.keypoints,
-        matches,
-        inliers,
-        text=caption,
-        max_lines=args.max_lines,
-    )
+    picture = match_picture(pair.image0, pair.image1, kpts0, kpts1, pair.homography, "demo: ", args)
     save_image(args.out / f"demo_matches.{args.ext}", picture)
 
 
 def overfit_gifs(args: argparse.Namespace) -> None:
-    """Hook for the over-fitting GIFs: ``kp2d overfit --out <out>/overfit`` once that subcommand exists."""
-    if importlib.util.find_spec("kp2d.cli.overfit") is None:
-        log.warning("kp2d overfit is not available yet: no over-fitting GIFs made")
-        return
+    """The over-fitting GIFs of the original README: ``kp2d overfit --out <out>/overfit``."""
     from kp2d.cli import main
 
     status = main(["overfit", "--out", str(args.out / "overfit")])

@@ -77,7 +77,7 @@ def test_ionet_shapes_and_original_keys(golden_dir):
 
 
 def test_score_and_keypoints_stay_fp32_under_bf16_autocast():
-    """bf16 has an 8-bit mantissa: a coordinate in [256, 512) would snap to a 2-px grid. Heads finish in fp32."""
+    """bf16 has an 8-bit mantissa: a coordinate in [256, 512) snaps to a 2-px grid. Heads finish in fp32."""
     torch.manual_seed(0)
     net = KeyPointNet(do_upsample=True, do_cross=True).eval()
     image = torch.rand(1, 3, 240, 320)
