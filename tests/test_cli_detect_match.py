@@ -195,3 +195,16 @@ def test_error_bad_match_arguments(photos, checkpoint, capsys):
     assert "ratio" in _single_error_line(capsys)
     assert main(["detect", str(photos[0]), "--top-k", "-1", "--model", checkpoint]) == 2
     assert "--top-k" in _single_error_line(capsys)
+
+
+def test_detect_backend_option_gives_the_same_keypoints(tmp_path, checkpoint, photos):
+    """``--backend torch-fold`` (BatchNorm folded) writes the keypoints of the plain network."""
+    for backend in ("torch-fp32", "torch-fold"):
+        arguments = ["detect", str(photos[0]), "--model", checkpoint, "--backend", backend]
+        assert main([*arguments, "--out", str(tmp_path / backend)]) == 0
+    plain, folded = (np.load(tmp_path / backend / "a.npz") for backend in ("torch-fp32", "torch-fold"))
+    # pair by position: keypoints with near-equal scores may swap places in the sorted list
+    distance = np.linalg.norm(folded["keypoints"][:, None] - plain["keypoints"][None], axis=2)
+    assert len(folded["keypoints"]) == len(plain["keypoints"]) and distance.min(axis=1).max() < 1e-3
+    paired = plain["descriptors"][distance.argmin(axis=1)]
+    np.testing.assert_allclose(folded["descriptors"], paired, atol=1e-4)

@@ -20,6 +20,7 @@ from kp2d.fast import (
     load_backend,
     load_calibration_images,
 )
+from kp2d.inference import extract
 from kp2d.models import KeyPointNet
 
 
@@ -228,3 +229,22 @@ def test_errors(golden_forward, tmp_path):
     with pytest.raises(DataError, match="no images"):
         load_calibration_images(tmp_path)
     assert set(BACKENDS) >= {"torch-fp32", "torch-fused", "torch-bf16", "ort-fp32", "ort-int8"}
+
+
+def test_extract_through_a_backend_gives_the_plain_networks_keypoints(golden_forward):
+    """``extract(..., backend=)`` pads, selects and maps back exactly as without one (fp32 backends).
+
+    All keypoints are kept (near-equal scores may swap places in a top-k), then paired by position.
+    """
+    net = _golden_net(golden_forward, do_upsample=True, do_cross=True)
+    image = _astronaut((203, 150))[0]  # not a multiple of 8: padded inside
+    plain = extract(net, image, top_k=None)
+    for name in ("torch-fold", "torch-fused"):
+        fast = extract(net, image, top_k=None, backend=load_backend(name, net))
+        assert fast.image_size == plain.image_size == (203, 150)
+        assert len(fast) == len(plain) > 100
+        distance = torch.cdist(fast.keypoints, plain.keypoints, compute_mode="donot_use_mm_for_euclid_dist")
+        nearest = distance.min(dim=1)
+        assert nearest.values.max() < 1e-3
+        torch.testing.assert_close(fast.scores, plain.scores[nearest.indices], atol=1e-4, rtol=0)
+        torch.testing.assert_close(fast.descriptors, plain.descriptors[nearest.indices], atol=1e-4, rtol=0)

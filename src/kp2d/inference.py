@@ -37,6 +37,7 @@ from kp2d.models.keypoint_net import CELL, sample_descriptors
 if TYPE_CHECKING:
     import PIL.Image
 
+    from kp2d.fast import Backend
     from kp2d.models import KeyPointNet
 
 __all__ = [
@@ -370,9 +371,12 @@ def _model_input(model: KeyPointNet, image: ImageLike) -> tuple[torch.Tensor, bo
     return batch.to(dtype), batched
 
 
-def _run(model: KeyPointNet, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Network on the padded batch in eval and inference mode.
+def _run(
+    model: KeyPointNet, batch: torch.Tensor, backend: Backend | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network, or ``backend`` (a :class:`kp2d.fast.Backend` built from it), on the padded batch.
 
+    Runs in eval and inference mode.
     Returns ``score (B, Hc, Wc)``, ``coord (B, 2, Hc, Wc)``, ``desc (B, D, Hc, Wc)`` (sampled, unit norm).
     """
     was_training = model.training
@@ -380,6 +384,9 @@ def _run(model: KeyPointNet, batch: torch.Tensor) -> tuple[torch.Tensor, torch.T
     try:
         with torch.inference_mode():
             padded = pad_to_multiple(batch, CELL)
+            if backend is not None:
+                out = backend(padded.float())
+                return out.score[:, 0], out.coord, out.desc
             out = model(padded)
             desc = sample_descriptors(out.desc, out.coord, padded.shape[-2], padded.shape[-1])
             return out.score[:, 0], out.coord, desc
@@ -388,14 +395,19 @@ def _run(model: KeyPointNet, batch: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def _extract_batch(
-    model: KeyPointNet, image: ImageLike, top_k: int | None, score_threshold: float, nms_radius: float
+    model: KeyPointNet,
+    image: ImageLike,
+    top_k: int | None,
+    score_threshold: float,
+    nms_radius: float,
+    backend: Backend | None = None,
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
     """Keypoints per image, the cell scores ``(B, Hc, Wc)`` of the padded images, and whether batched."""
     _check_selection(top_k, nms_radius)
     batch, batched = _model_input(model, image)
     height, width = batch.shape[-2:]
     _check_size(height, width)
-    scores, coords, descs = _run(model, batch)
+    scores, coords, descs = _run(model, batch, backend)
     # border cells (score forced to 0) and keypoints in the padding never count, whatever the threshold
     valid = (scores > 0) & (coords[:, 0] <= width - 1) & (coords[:, 1] <= height - 1)
     selected = select_keypoints(scores, coords, top_k, score_threshold, nms_radius, valid=valid)
@@ -419,6 +431,7 @@ def extract(
     top_k: int | None = 1000,
     score_threshold: float = 0.0,
     nms_radius: float = 0,
+    backend: Backend | None = None,
 ) -> Keypoints | list[Keypoints]:
     """Detect and describe keypoints (see the module docstring for padding and selection).
 
@@ -441,6 +454,8 @@ def extract(
         score_threshold: keep keypoints with ``score > score_threshold`` (the grid's border cells, whose
             score is 0, are never kept).
         nms_radius: greedy NMS radius in pixels; 0 turns it off.
+        backend: a fast backend built from ``model`` (:func:`kp2d.fast.load_backend`, e.g.
+            ``"torch-bf16"`` or ``"ort-int8"``) to run instead of the plain network.
 
     Returns:
         Keypoints sorted by decreasing score.
@@ -450,8 +465,8 @@ def extract(
         ConfigError: ``top_k < 1`` or ``nms_radius < 0``.
     """
     if isinstance(image, (list, tuple)):
-        return [extract(model, item, top_k, score_threshold, nms_radius) for item in image]
-    results, _, batched = _extract_batch(model, image, top_k, score_threshold, nms_radius)
+        return [extract(model, item, top_k, score_threshold, nms_radius, backend) for item in image]
+    results, _, batched = _extract_batch(model, image, top_k, score_threshold, nms_radius, backend)
     return results if batched else results[0]
 
 
@@ -461,9 +476,10 @@ def extract_with_score_map(
     top_k: int | None = 1000,
     score_threshold: float = 0.0,
     nms_radius: float = 0,
+    backend: Backend | None = None,
 ) -> tuple[Keypoints, torch.Tensor]:
     """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run."""
-    results, scores, _ = _extract_batch(model, image, top_k, score_threshold, nms_radius)
+    results, scores, _ = _extract_batch(model, image, top_k, score_threshold, nms_radius, backend)
     if len(results) != 1:
         raise DataError(f"extract_with_score_map takes one image, got a batch of {len(results)}")
     return results[0], scores[0]

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_parser", "add_model_options", "run"]
+__all__ = ["add_parser", "add_model_options", "model_backend", "run"]
+
+#: Backends offered on the command line (``ort-int8`` needs calibration photos: use ``kp2d export --int8``
+#: and the Python API).
+CLI_BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp32")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +34,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="non-maximum suppression radius in pixels, 0 for none (default: 0)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    parser.add_argument(
+        "--backend",
+        choices=CLI_BACKENDS,
+        default="torch-fp32",
+        help="inference backend (default: torch-fp32; torch-bf16 is the fast CPU path on CPUs with bf16, "
+        "ort-fp32 needs onnxruntime; see the README's Fast CPU path)",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +55,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="kp2d_detect", help="output folder (default: kp2d_detect/)")
     add_model_options(parser)
     parser.set_defaults(func=run)
+
+
+def model_backend(args: argparse.Namespace, model):
+    """The :class:`kp2d.fast.Backend` chosen with ``--backend``, or ``None`` for the plain network."""
+    if args.backend == "torch-fp32":
+        return None
+    from kp2d.fast import load_backend
+
+    return load_backend(args.backend, model)
 
 
 def selection_options(args: argparse.Namespace) -> dict:
@@ -95,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"image not found: {path}")
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
+    options["backend"] = model_backend(args, model)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kp2d.checkpoint import load_keypoint_net
-    from kp2d.cli.detect import selection_options
+    from kp2d.cli.detect import model_backend, selection_options
     from kp2d.errors import ConfigError, DataError
     from kp2d.eval.metrics import corner_error
     from kp2d.inference import extract, load_image
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.demo and len(args.images) != 2:
         raise ConfigError(f"give two images A B (got {len(args.images)}), or --demo")
     model = load_keypoint_net(args.model, resolve_device(args.device))
+    options["backend"] = model_backend(args, model)
     if args.demo:
         from kp2d.demo import demo_pair
 

@@ -128,11 +128,15 @@ class KeyPointNet(nn.Module):
 
         return load_keypoint_net(name_or_path, device)
 
-    def extract(self, image, top_k: int | None = 1000, score_threshold: float = 0.0, nms_radius: int = 0):
+    def extract(
+        self, image, top_k: int | None = 1000, score_threshold: float = 0.0, nms_radius: int = 0, backend=None
+    ):
         """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.inference.extract`."""
         from kp2d.inference import extract
 
-        return extract(self, image, top_k=top_k, score_threshold=score_threshold, nms_radius=nms_radius)
+        return extract(
+            self, image, top_k=top_k, score_threshold=score_threshold, nms_radius=nms_radius, backend=backend
+        )
 
     @property
     def descriptor_stride(self) -> int:
