@@ -376,8 +376,8 @@ def _run(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network, or ``backend`` (a :class:`kp2d.fast.Backend` built from it), on the padded batch.
 
-    Runs in eval and inference mode.
-    Returns ``score (B, Hc, Wc)``, ``coord (B, 2, Hc, Wc)``, ``desc (B, D, Hc, Wc)`` (sampled, unit norm).
+    Runs in eval and inference mode. Returns ``score (B, Hc, Wc)``, ``coord (B, 2, Hc, Wc)``,
+    ``desc (B, D, Hc, Wc)`` (sampled, unit norm).
     """
     was_training = model.training
     model.eval()

@@ -11,8 +11,8 @@ import argparse
 
 __all__ = ["add_parser", "add_model_options", "model_backend", "run"]
 
-#: Backends offered on the command line (``ort-int8`` needs calibration photos: use ``kp2d export --int8``
-#: and the Python API).
+#: Backends offered on the command line (``ort-int8`` needs calibration photos: build it with
+#: :func:`kp2d.fast.load_backend` in Python).
 CLI_BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp32")
 
 

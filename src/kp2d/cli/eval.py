@@ -17,6 +17,7 @@ __all__ = ["add_parser", "parse_shapes", "run"]
 DEFAULT_SETTINGS = ((320, 240, 300), (640, 480, 1000))  # (W, H, top_k) of the original's two tables
 _DEFAULT_TOP_K = {(320, 240): 300, (640, 480): 1000}
 _FALLBACK_TOP_K = 1000
+OPENCV_METHODS = ("sift", "orb")  # --method / --baselines: OpenCV detectors run through the protocol
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="FILE", help="KeyPointNet checkpoint file")
     source.add_argument("--model", metavar="NAME", help="shipped pretrained name (v0..v4) or checkpoint path")
-    source.add_argument("--method", choices=("sift", "orb"), help="classical OpenCV baseline")
+    source.add_argument("--method", choices=OPENCV_METHODS, help="classical OpenCV baseline")
     source.add_argument(
         "--random-init", action="store_true", help="untrained network built from --config (seed 0)"
     )
@@ -161,9 +162,11 @@ def _parse_baselines(text: str | None, method: str | None) -> list[str]:
     from kp2d.errors import ConfigError
 
     names = _split([text] if text else None)
-    unknown = [name for name in names if name not in ("sift", "orb")]
+    unknown = [name for name in names if name not in OPENCV_METHODS]
     if unknown:
-        raise ConfigError(f"--baselines: unknown method {', '.join(unknown)} (choose from sift, orb)")
+        raise ConfigError(
+            f"--baselines: unknown method {', '.join(unknown)} (choose from {', '.join(OPENCV_METHODS)})"
+        )
     return [name for name in dict.fromkeys(names) if name != method]
 
 

@@ -129,7 +129,12 @@ class KeyPointNet(nn.Module):
         return load_keypoint_net(name_or_path, device)
 
     def extract(
-        self, image, top_k: int | None = 1000, score_threshold: float = 0.0, nms_radius: int = 0, backend=None
+        self,
+        image,
+        top_k: int | None = 1000,
+        score_threshold: float = 0.0,
+        nms_radius: float = 0,
+        backend=None,
     ):
         """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.inference.extract`."""
         from kp2d.inference import extract
