@@ -1,13 +1,16 @@
 """Regenerate the README pictures (default folder ``docs/images/``).
 
     python scripts/make_readme_pictures.py --model v4 [--hpatches-dir ../shared/data/hpatches] [--overfit]
+        [--progress random CKPT ...]
 
 Writes
 - ``graffiti_1_4_matches.png``: matches on the real HPatches pair v_graffiti 1 -> 4, RANSAC/USAC inliers
   green, outliers red, with the corner error against the ground-truth homography in the caption;
 - ``graffiti_1_scores.png`` / ``graffiti_1_keypoints.png``: score heat map and keypoints of image 1;
 - ``demo_matches.png``: the in-memory demo pair (``kp2d match --demo``);
-- with ``--overfit``: the over-fitting GIFs, by running ``kp2d overfit --out <folder>/overfit``.
+- with ``--overfit``: the over-fitting GIFs, by running ``kp2d overfit --out <folder>/overfit``;
+- with ``--progress``: ``training_progress.gif``, one frame per checkpoint of a training run (``random``: a
+  fresh network): keypoints (left) and score map (right) of v_graffiti image 1, captioned with the step.
 
 Images are resized to ``--width`` pixels wide (aspect kept) before detection, and the ground-truth
 homography is rescaled to match.
@@ -22,8 +25,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
-from kp2d.checkpoint import load_keypoint_net
+from kp2d.checkpoint import build_keypoint_net, load_checkpoint, load_keypoint_net, load_state_dict_strict
+from kp2d.config import load_config
 from kp2d.demo import demo_pair
 from kp2d.errors import DataError, Kp2dError
 from kp2d.eval.metrics import corner_error
@@ -31,7 +36,14 @@ from kp2d.geometry import scale_homography
 from kp2d.inference import extract, extract_with_score_map, load_image
 from kp2d.matching import estimate_homography, match
 from kp2d.runtime import resolve_device
-from kp2d.visualization import draw_keypoints, draw_matches, draw_score_heatmap, save_image
+from kp2d.visualization import (
+    draw_caption,
+    draw_keypoints,
+    draw_matches,
+    draw_score_heatmap,
+    save_gif,
+    save_image,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HPATCHES = REPO_ROOT.parent / "shared" / "data" / "hpatches"
@@ -56,6 +68,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ext", choices=("png", "jpg"), default="png", help="picture format (default: png)")
     parser.add_argument(
         "--overfit", action="store_true", help="also make the over-fitting GIFs (kp2d overfit)"
+    )
+    parser.add_argument(
+        "--progress",
+        nargs="+",
+        metavar="CKPT",
+        help="checkpoints of one run, in order (or 'random'), for training_progress.gif",
+    )
+    parser.add_argument(
+        "--progress-width", type=int, default=320, help="image width in training_progress.gif (default: 320)"
     )
     return parser.parse_args(argv)
 
@@ -130,6 +151,43 @@ def demo_picture(model, args: argparse.Namespace) -> None:
     save_image(args.out / f"demo_matches.{args.ext}", picture)
 
 
+def _progress_frame_net(name: str, device):
+    """``(network, caption)`` of one frame: a checkpoint file, or ``random`` for a fresh V4.
+
+    The fresh network is seeded as ``kp2d eval --random-init`` (seed 0).
+    """
+    if name == "random":
+        torch.manual_seed(0)
+        return build_keypoint_net(load_config("v4").model).to(device).eval(), "random init"
+    checkpoint = load_checkpoint(name)
+    net = build_keypoint_net(checkpoint.model)
+    load_state_dict_strict(net, checkpoint.state_dict, name)
+    step = checkpoint.extra.get("step")
+    return net.to(device).eval(), f"step {step:,}" if isinstance(step, int) else Path(name).stem
+
+
+def progress_gif(args: argparse.Namespace) -> None:
+    """``training_progress.gif``: keypoints | score map of v_graffiti 1 after each given checkpoint."""
+    image = _resize(load_image(_image_file(args.hpatches_dir / "v_graffiti", 1)), args.progress_width)
+    device = resolve_device(args.device)
+    frames = []
+    for name in args.progress:
+        net, caption = _progress_frame_net(name, device)
+        kpts, cell_scores = extract_with_score_map(net, image, top_k=args.top_k // 4 or None)
+        keypoints = kpts.numpy()
+        frames.append(
+            np.concatenate(
+                [
+                    draw_caption(draw_keypoints(image, keypoints["keypoints"], keypoints["scores"]), caption),
+                    draw_score_heatmap(image, cell_scores),
+                ],
+                axis=1,
+            )
+        )
+        log.info("progress frame: %s", caption)
+    save_gif(frames, args.out / "training_progress.gif", duration_ms=700, last_frame_ms=2500)
+
+
 def overfit_gifs(args: argparse.Namespace) -> None:
     """The over-fitting GIFs of the original README: ``kp2d overfit --out <out>/overfit``."""
     from kp2d.cli import main
@@ -148,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         demo_picture(model, args)
         if args.overfit:
             overfit_gifs(args)
+        if args.progress:
+            progress_gif(args)
     except Kp2dError as err:
         print(f"make_readme_pictures: error: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from kp2d.errors import DataError
 from kp2d.visualization import (
     INLIER_COLOR,
     OUTLIER_COLOR,
+    draw_caption,
     draw_keypoints,
     draw_matches,
     draw_score_heatmap,
@@ -69,6 +70,15 @@ def test_draw_keypoints_marks_the_points():
     assert canvas[16, 20].sum() > 0 and canvas[16, 16].sum() == 0  # a ring, not a disc
     scored = draw_keypoints(np.zeros((32, 32), np.uint8), [[8.0, 8.0], [24.0, 24.0]], scores=[0.1, 0.9])
     assert scored[8, 12].tolist() != scored[24, 28].tolist()  # coloured by score
+
+
+def test_draw_caption_writes_white_on_a_dark_box_and_leaves_the_input_alone():
+    image = np.full((60, 200, 3), 128, np.uint8)
+    captioned = draw_caption(image, "step 2500")
+    assert (image == 128).all()
+    box = captioned[6:30, 4:100]
+    assert (box == 0).all(axis=-1).mean() > 0.5 and (box >= 200).all(axis=-1).any()  # dark box, white text
+    assert (captioned[45:, :] == 128).all() and (captioned[:, 150:] == 128).all()  # only the corner changes
 
 
 def test_save_gif_round_trip(tmp_path):

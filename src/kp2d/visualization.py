@@ -16,6 +16,7 @@ import torch
 
 __all__ = [
     "INLIER_COLOR",
+    "draw_caption",
     "OUTLIER_COLOR",
     "draw_keypoints",
     "draw_matches",
@@ -133,6 +134,13 @@ def _put_text(canvas: np.ndarray, text: str) -> None:
         y = 8 + row * (h + baseline + 6)
         cv2.rectangle(canvas, (4, y - 2), (12 + w, y + h + baseline + 2), (0, 0, 0), -1)
         cv2.putText(canvas, line, (8, y + h), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+def draw_caption(image: np.ndarray | torch.Tensor, text: str) -> np.ndarray:
+    """A copy of the image with ``text`` (may hold several lines) in white on a dark box, top-left."""
+    canvas = to_rgb_uint8(image).copy()
+    _put_text(canvas, text)
+    return canvas
 
 
 def draw_matches(
