@@ -27,7 +27,14 @@ import cv2
 import numpy as np
 import torch
 
-from kp2d.checkpoint import build_keypoint_net, load_checkpoint, load_keypoint_net, load_state_dict_strict
+from kp2d.checkpoint import (
+    build_keypoint_net,
+    load_checkpoint,
+    load_keypoint_net,
+    load_state_dict_strict,
+    resolve_model_path,
+    training_steps,
+)
 from kp2d.config import load_config
 from kp2d.demo import demo_pair
 from kp2d.errors import DataError, Kp2dError
@@ -73,7 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--progress",
         nargs="+",
         metavar="CKPT",
-        help="checkpoints of one run, in order (or 'random'), for training_progress.gif",
+        help="checkpoints of one run, in order ('random': a fresh network; a pretrained name works too), "
+        "for training_progress.gif",
     )
     parser.add_argument(
         "--progress-width", type=int, default=320, help="image width in training_progress.gif (default: 320)"
@@ -152,17 +160,19 @@ def demo_picture(model, args: argparse.Namespace) -> None:
 
 
 def _progress_frame_net(name: str, device):
-    """``(network, caption)`` of one frame: a checkpoint file, or ``random`` for a fresh V4.
+    """``(network, caption)`` of one frame: a checkpoint file or pretrained name, or ``random`` (fresh V4).
+
+    The caption counts all training steps behind the weights, those of a run it was fine-tuned from included.
 
     The fresh network is seeded as ``kp2d eval --random-init`` (seed 0).
     """
     if name == "random":
         torch.manual_seed(0)
         return build_keypoint_net(load_config("v4").model).to(device).eval(), "random init"
-    checkpoint = load_checkpoint(name)
+    checkpoint = load_checkpoint(resolve_model_path(name))
     net = build_keypoint_net(checkpoint.model)
     load_state_dict_strict(net, checkpoint.state_dict, name)
-    step = checkpoint.extra.get("step")
+    step = training_steps(checkpoint)
     return net.to(device).eval(), f"step {step:,}" if isinstance(step, int) else Path(name).stem
 
 

@@ -29,14 +29,18 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text: data, hardware, wall time, config changes")
     args = parser.parse_args()
 
-    extra = load_checkpoint(args.checkpoint).extra
+    checkpoint = load_checkpoint(args.checkpoint)
+    extra = checkpoint.extra
     provenance = {
         "source": args.checkpoint.name,
-        "step": extra.get("step"),
+        "step": extra.get("step"),  # steps of this run
         "epoch": extra.get("epoch"),
         "note": args.note,
         "made_with": f"torch {torch.__version__}, {platform.machine()}",
     }
+    if "init_from" in extra:  # a fine-tuning run (kp2d train --init): count the steps before it too
+        provenance["init_from"] = extra["init_from"].get("source")
+        provenance["steps_before"] = extra["init_from"].get("steps_before")
     out = make_pretrained(
         args.checkpoint,
         WEIGHTS / f"{args.name}.pt",

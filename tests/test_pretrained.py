@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kp2d.checkpoint import list_pretrained, load_checkpoint, load_keypoint_net, save_checkpoint
+from kp2d.checkpoint import (
+    list_pretrained,
+    load_checkpoint,
+    load_keypoint_net,
+    save_checkpoint,
+    training_steps,
+)
 from kp2d.config import load_config
 from kp2d.models import KeyPointNet
 from kp2d.pretrained import make_pretrained, reference_error, reference_image
@@ -43,6 +49,17 @@ def test_shipped_file_reproduces_its_checkpoint(source_checkpoint, tmp_path, dty
     error = reference_error(net, shipped["reference"])
     assert max(error.values()) <= tolerance
     assert load_checkpoint(out).extra["provenance"] == {"step": 123}
+    assert training_steps(load_checkpoint(out)) == 123
+
+
+def test_training_steps_count_the_run_a_checkpoint_was_fine_tuned_from(source_checkpoint, tmp_path):
+    net = load_keypoint_net(source_checkpoint)
+    tuned = tmp_path / "tuned.ckpt"
+    save_checkpoint(tuned, load_config("v4"), net, step=40, init_from={"source": "v4", "steps_before": 2500})
+    assert training_steps(load_checkpoint(tuned)) == 2540
+    shipped = make_pretrained(tuned, tmp_path / "v4.pt", provenance={"step": 40, "steps_before": 2500})
+    assert training_steps(load_checkpoint(shipped)) == 2540
+    assert training_steps(load_checkpoint(source_checkpoint)) == 123
 
 
 def test_reference_image_is_a_fixed_photo():

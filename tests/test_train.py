@@ -13,7 +13,7 @@ from kp2d.checkpoint import load_checkpoint
 from kp2d.cli import main
 from kp2d.config import load_config
 from kp2d.data.sampler import EpochBatchSampler
-from kp2d.errors import DataError
+from kp2d.errors import CheckpointError, DataError
 from kp2d.train.step import NonFiniteLossError, learning_rate_at
 from kp2d.train.trainer import TrainOptions, train
 
@@ -50,6 +50,40 @@ def test_resume_continues_exactly(tiny_images, tmp_path):
         torch.testing.assert_close(b.io_net_state_dict[key], value, rtol=0, atol=0)
     assert b.extra["step"] == 4 and "optimizer" in b.extra
     assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["name"] == "v4"
+
+
+def test_init_starts_a_new_run_from_trained_weights(tiny_images, tmp_path):
+    """--init: the run's first weights are the source's (IO-Net too), the optimizer and step count are new."""
+    source = train(_options(tmp_path / "a", tiny_images, max_steps=2)).last_checkpoint
+    trained = load_checkpoint(source)
+    summary = train(_options(tmp_path / "b", tiny_images, max_steps=1, init=str(source)))
+    tuned = load_checkpoint(summary.last_checkpoint)
+    assert tuned.extra["step"] == 1
+    assert tuned.extra["init_from"] == {"source": str(source), "steps_before": 2}
+    assert tuned.extra["optimizer"]["state"][0]["step"] == 1  # a fresh Adam: one step taken
+    # a fresh Adam's first step moves every parameter by at most lr (1e-3) from the source's weights
+    for before, after in ((trained.state_dict, tuned.state_dict),
+                          (trained.io_net_state_dict, tuned.io_net_state_dict)):
+        parameters = [k for k in before if "running_" not in k and "num_batches" not in k]
+        assert len(parameters) > 4
+        assert max((after[k] - before[k]).abs().max().item() for k in parameters) <= 1.001e-3
+    # a resumed fine-tuning run keeps the record
+    resumed = train(_options(tmp_path / "b", tiny_images, max_steps=2, resume=True))
+    assert load_checkpoint(resumed.last_checkpoint).extra["init_from"]["steps_before"] == 2
+
+
+def test_init_refuses_other_networks_and_resume(tiny_images, tmp_path, capsys):
+    source = train(_options(tmp_path / "a", tiny_images, max_steps=1)).last_checkpoint
+    v0 = TrainOptions(config=load_config("v0", TINY), data=tiny_images, out=tmp_path / "b", device="cpu",
+                      progress=False, max_steps=1, init=str(source))
+    with pytest.raises(CheckpointError, match="not ModelConfig"):
+        train(v0)
+    args = ["train", "v4", "--data", str(tiny_images), "--init", "v4", "--resume"]
+    assert main(args) == 2
+    assert "use one" in capsys.readouterr().err
+    assert main(["train", "v4", "--data", str(tiny_images), "--init", "nope.ckpt", "--out",
+                 str(tmp_path / "c")]) == 2
+    assert "checkpoint not found: nope.ckpt" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_images, tmp_path, monkeypatch):

@@ -157,6 +157,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(model, dict(state_dict), full, raw.get("io_net_state_dict"), extra, raw_config)
 
 
+def training_steps(checkpoint: Checkpoint) -> int | None:
+    """Training steps behind a checkpoint's weights, counting the run it was fine-tuned from (``--init``).
+
+    Reads ``step`` (a training checkpoint) or ``provenance.step`` (a shipped file), plus
+    ``init_from.steps_before``; ``None`` when the file does not say (the original's checkpoints).
+    """
+    extra = checkpoint.extra
+    provenance = extra.get("provenance") if isinstance(extra.get("provenance"), dict) else {}
+    step = extra.get("step", provenance.get("step"))
+    if not isinstance(step, int):
+        return None
+    init_from = extra.get("init_from") if isinstance(extra.get("init_from"), dict) else {}
+    before = init_from.get("steps_before", provenance.get("steps_before"))
+    return step + before if isinstance(before, int) else step
+
+
 def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
     """A fresh (randomly initialised) KeyPointNet with the given switches."""
     return KeyPointNet(

@@ -268,6 +268,11 @@ def load_backend(
     if name == "torch-fused":
         return _torch_backend(name, fold_batchnorm(model), True, None)
     if name == "torch-bf16":
+        from kp2d.runtime import cpu_has_fast_bf16
+
+        if next(model.parameters()).device.type == "cpu" and not cpu_has_fast_bf16():
+            log.warning("this CPU has no native bf16 (AVX512-BF16/AMX): torch-bf16 is emulated here and "
+                        "slower than torch-fused")
         return _torch_backend(name, _bf16_net(model), True, torch.bfloat16)
 
     from kp2d.export import export_onnx

@@ -27,6 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, help="number of epochs (default: from the config, 50)")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps in total")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    parser.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="start from these weights (a pretrained name such as v4, or a checkpoint) with a fresh "
+        "optimizer: fine-tuning",
+    )
     parser.add_argument("--hpatches", type=Path, help="HPatches-format folder for periodic validation")
     parser.add_argument("--batch-size", type=int, help="images per process per step (default: 8)")
     parser.add_argument(
@@ -51,8 +57,9 @@ def _check_positive(name: str, value: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kp2d.checkpoint import resolve_model_path
     from kp2d.config import load_config
-    from kp2d.errors import DataError
+    from kp2d.errors import ConfigError, DataError
     from kp2d.train.trainer import TrainOptions, train
 
     for name in ("epochs", "max_steps", "batch_size"):
@@ -65,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     if not args.data.is_dir():
         raise DataError(f"training data folder not found: {args.data}")
+    if args.init is not None and args.resume:
+        raise ConfigError("--init starts a new run from other weights; --resume continues this run: use one")
+    if args.init is not None:
+        resolve_model_path(args.init)  # a wrong name or path fails here, before any data is read
     if args.hpatches is not None and not args.hpatches.is_dir():
         raise DataError(f"HPatches folder not found: {args.hpatches}")
     options = TrainOptions(
@@ -75,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         max_steps=args.max_steps,
         resume=args.resume,
+        init=args.init,
         hpatches=args.hpatches,
         skip_bad=args.skip_bad,
         cache_images=args.cache_images,

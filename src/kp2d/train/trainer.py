@@ -2,7 +2,8 @@
 
 Single process or ``torchrun`` (DistributedDataParallel: NCCL on GPU, gloo on CPU). Checkpoints are the
 original's format plus what resuming needs, written atomically; ``resume=True`` continues from
-``OUT/checkpoints/last.ckpt`` with the same optimizer state, schedule, data order and random streams.
+``OUT/checkpoints/last.ckpt`` with the same optimizer state, schedule, data order and random streams;
+``init=NAME_OR_PATH`` starts a new run (fresh optimizer, step 0) from trained weights (fine-tuning).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from typing import Any
 import torch
 import yaml
 
-from kp2d.checkpoint import build_keypoint_net, load_checkpoint, load_state_dict_strict, save_checkpoint
+from kp2d.checkpoint import (
+    build_keypoint_net,
+    load_checkpoint,
+    load_state_dict_strict,
+    resolve_model_path,
+    save_checkpoint,
+    training_steps,
+)
 from kp2d.config import Config
 from kp2d.errors import CheckpointError
 from kp2d.models import IONet
@@ -41,6 +49,7 @@ class TrainOptions:
     epochs: int | None = None  # overrides config.train.epochs
     max_steps: int | None = None  # stop after this many steps in total
     resume: bool = False
+    init: str | None = None  # start from these weights: a pretrained name or a checkpoint path
     hpatches: Path | None = None  # periodic validation set
     skip_bad: bool = False
     cache_images: bool = False
@@ -86,6 +95,7 @@ class _Run:
         self.epochs = options.epochs or self.config.train.epochs
         self.progress = _Progress()
         self.best_score = -math.inf
+        self.init_from: dict[str, Any] | None = None  # set by --init, kept by --resume
 
     # -- set-up -------------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -154,6 +164,7 @@ class _Run:
             self.scaler.load_state_dict(extra["scaler"])
         self.progress = _Progress(extra["step"], extra["epoch"], extra["batch_in_epoch"])
         self.best_score = extra.get("best_score", -math.inf)
+        self.init_from = extra.get("init_from")
         rng = extra.get("rng", {})
         if "cpu" in rng:
             self.generator.set_state(rng["cpu"])
@@ -162,6 +173,28 @@ class _Run:
             "resumed from %s at step %d (epoch %d)",
             self.last_checkpoint, self.progress.step, self.progress.epoch,
         )
+
+    def initialize_from(self, name_or_path: str) -> None:
+        """Start from trained weights (``--init``): KeyPointNet, and IO-Net when the file has it.
+
+        The optimizer, schedule and step count start fresh; the source and how many steps it had are kept
+        in every checkpoint of this run as ``init_from``.
+        """
+        path = resolve_model_path(name_or_path)
+        checkpoint = load_checkpoint(path)
+        if checkpoint.model != self.config.model:
+            raise CheckpointError(
+                f"{path} holds a network with settings {checkpoint.model}, not {self.config.model} "
+                f"as the config '{self.config.name}' asks"
+            )
+        load_state_dict_strict(self.keypoint_net, checkpoint.state_dict, str(path))
+        if self.io_net is not None and checkpoint.io_net_state_dict is not None:
+            load_state_dict_strict(self.io_net, checkpoint.io_net_state_dict, str(path))
+        elif self.io_net is not None:
+            log.info("%s has no IO-Net weights; IO-Net starts from random weights", path)
+        prior = training_steps(checkpoint)
+        self.init_from = {"source": str(name_or_path), "steps_before": prior}
+        log.info("starting from the weights of %s (%s steps)", path, prior if prior is not None else "?")
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save(self, path: Path | None = None) -> None:
@@ -179,11 +212,16 @@ class _Run:
             batch_in_epoch=self.progress.batch_in_epoch,
             best_score=self.best_score,
             rng=_rng_state(self.generator),
+            **self._init_record(),
         )
 
     def save_model_only(self, path: Path) -> None:
         if self.dist.is_main:
-            save_checkpoint(path, self.config, self.keypoint_net, self.io_net, step=self.progress.step)
+            save_checkpoint(path, self.config, self.keypoint_net, self.io_net, step=self.progress.step,
+                            **self._init_record())
+
+    def _init_record(self) -> dict[str, Any]:
+        return {"init_from": self.init_from} if self.init_from is not None else {}
 
     # -- validation -----------------------------------------------------------------------------------------
     def validate(self, logger: RunLogger) -> dict[str, Any]:
@@ -297,6 +335,8 @@ def train(options: TrainOptions) -> TrainSummary:
         run.build()
         if options.resume:
             run.restore()
+        elif options.init is not None:
+            run.initialize_from(options.init)
         if run.dist.is_main:
             _write_run_config(run.out, run.config)
         log.info(
