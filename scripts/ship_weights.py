@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kp2d.checkpoint import load_checkpoint, load_keypoint_net
+from kp2d.checkpoint import load_checkpoint, load_keypoint_net, training_steps
 from kp2d.pretrained import make_pretrained, reference_error
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "kp2d" / "weights"
@@ -49,7 +49,8 @@ def main() -> None:
     )
     shipped = torch.load(out, map_location="cpu", weights_only=True)
     error = reference_error(load_keypoint_net(out), shipped["reference"])
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), step {provenance['step']}; "
+    steps = training_steps(load_checkpoint(out))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), {steps} training steps in all; "
           f"max diff vs checkpoint: score {error['score']:.2e}, coord {error['coord']:.2e} px, "
           f"desc {error['desc']:.2e}")
 
