@@ -29,8 +29,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="free text: data, hardware, wall time, config changes")
     args = parser.parse_args()
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    extra = checkpoint.extra
+    extra = load_checkpoint(args.checkpoint).extra
     provenance = {
         "source": args.checkpoint.name,
         "step": extra.get("step"),  # steps of this run

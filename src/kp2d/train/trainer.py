@@ -26,7 +26,7 @@ from kp2d.checkpoint import (
     save_checkpoint,
     training_steps,
 )
-from kp2d.config import Config
+from kp2d.config import Config, ModelConfig
 from kp2d.errors import CheckpointError
 from kp2d.models import IONet
 from kp2d.runtime import autocast_dtype, init_distributed, resolve_device
@@ -148,11 +148,8 @@ class _Run:
         if not self.last_checkpoint.is_file():
             raise CheckpointError(f"nothing to resume: {self.last_checkpoint} does not exist")
         checkpoint = load_checkpoint(self.last_checkpoint)
-        if checkpoint.config is not None and checkpoint.config.model != self.config.model:
-            raise CheckpointError(
-                f"{self.last_checkpoint} was trained with model settings {checkpoint.config.model}, "
-                f"not {self.config.model}"
-            )
+        if checkpoint.config is not None:
+            self._require_same_network(checkpoint.config.model, self.last_checkpoint)
         extra = checkpoint.extra
         if "optimizer" not in extra:
             raise CheckpointError(f"{self.last_checkpoint} has no optimizer state; it cannot be resumed")
@@ -182,11 +179,7 @@ class _Run:
         """
         path = resolve_model_path(name_or_path)
         checkpoint = load_checkpoint(path)
-        if checkpoint.model != self.config.model:
-            raise CheckpointError(
-                f"{path} holds a network with settings {checkpoint.model}, not {self.config.model} "
-                f"as the config '{self.config.name}' asks"
-            )
+        self._require_same_network(checkpoint.model, path)
         load_state_dict_strict(self.keypoint_net, checkpoint.state_dict, str(path))
         if self.io_net is not None and checkpoint.io_net_state_dict is not None:
             load_state_dict_strict(self.io_net, checkpoint.io_net_state_dict, str(path))
@@ -195,6 +188,14 @@ class _Run:
         prior = training_steps(checkpoint)
         self.init_from = {"source": str(name_or_path), "steps_before": prior}
         log.info("starting from the weights of %s (%s steps)", path, prior if prior is not None else "?")
+
+    def _require_same_network(self, model: ModelConfig, source: Path) -> None:
+        """Weights from ``source`` fit only a network with this config's switches."""
+        if model != self.config.model:
+            raise CheckpointError(
+                f"{source} holds a network with settings {model}, not {self.config.model} "
+                f"as the config '{self.config.name}' asks"
+            )
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save(self, path: Path | None = None) -> None:
