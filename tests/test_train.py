@@ -103,6 +103,42 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_images, tmp_path, mo
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt").extra["step"] == 2
 
 
+def test_time_limit_stops_with_a_checkpoint_to_resume(tiny_images, tmp_path):
+    """--max-minutes ends the run after the step that crosses the limit; --resume goes on from there."""
+    stopped = train(_options(tmp_path, tiny_images, max_steps=4, max_minutes=1e-9))
+    assert (stopped.steps, stopped.stopped_by) == (1, "time limit")
+    assert load_checkpoint(stopped.last_checkpoint).extra["step"] == 1
+    resumed = train(_options(tmp_path, tiny_images, max_steps=3, resume=True))
+    assert (resumed.steps, resumed.stopped_by) == (3, None)
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint(tiny_images, tmp_path, monkeypatch, capsys):
+    """SIGTERM (a scheduler, or Ctrl-C for SIGINT) lets the step finish, writes last.ckpt, exits 130."""
+    import signal
+
+    import kp2d.train.step as step_module
+
+    real = step_module.keypoint_net_losses
+    calls = {"n": 0}
+
+    def signalled(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module, "keypoint_net_losses", signalled)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"extends": "v4", **TINY}))
+    before = signal.getsignal(signal.SIGTERM)
+    status = main(["train", str(config), "--data", str(tiny_images), "--out", str(tmp_path / "run"),
+                   "--device", "cpu", "--max-steps", "5", "--no-progress"])
+    assert status == 130
+    assert "stopped (signal): 2 steps" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").extra["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+
+
 def test_learning_rate_halves_every_40_epochs_at_most_4_times():
     optim = load_config("v4").optim
     rates = [learning_rate_at(1e-3, epoch, optim) for epoch in (0, 39, 40, 80, 159, 160, 400)]
@@ -134,6 +170,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "v4", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "empty" in capsys.readouterr().err
     assert main(["train", "v4", "--data", str(tmp_path), "--max-steps", "0"]) == 2
+    assert main(["train", "v4", "--data", str(tmp_path), "--max-minutes", "-1"]) == 2
+    assert "--max-minutes must be above 0" in capsys.readouterr().err
 
 
 def test_two_process_gloo_training(tiny_images, tmp_path):

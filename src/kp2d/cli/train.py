@@ -26,6 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--epochs", type=int, help="number of epochs (default: from the config, 50)")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps in total")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop after this much wall time, with a checkpoint to --resume from (Ctrl-C does the same)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     parser.add_argument(
         "--init",
@@ -64,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("epochs", "max_steps", "batch_size"):
         _check_positive(name.replace("_", "-"), getattr(args, name))
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ConfigError(f"--max-minutes must be above 0, got {args.max_minutes}")
     overrides: dict = {"train": {}}
     if args.batch_size:
         overrides["train"]["batch_size"] = args.batch_size
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         epochs=args.epochs,
         max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
         resume=args.resume,
         init=args.init,
         hpatches=args.hpatches,
@@ -94,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = train(options)
+    ended = "done" if summary.stopped_by is None else f"stopped ({summary.stopped_by})"
     print(
-        f"done: {summary.steps} steps, {summary.epochs_completed} epoch(s), {summary.seconds:.0f} s; "
+        f"{ended}: {summary.steps} steps, {summary.epochs_completed} epoch(s), {summary.seconds:.0f} s; "
         f"last loss {summary.last_loss:.4f}; checkpoint {summary.last_checkpoint}"
     )
-    return 0
+    if summary.stopped_by is not None:
+        print(f"continue with: kp2d train ... --out {options.out} --resume")
+    return 130 if summary.stopped_by == "signal" else 0

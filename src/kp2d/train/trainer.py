@@ -4,13 +4,19 @@ Single process or ``torchrun`` (DistributedDataParallel: NCCL on GPU, gloo on CP
 original's format plus what resuming needs, written atomically; ``resume=True`` continues from
 ``OUT/checkpoints/last.ckpt`` with the same optimizer state, schedule, data order and random streams;
 ``init=NAME_OR_PATH`` starts a new run (fresh optimizer, step 0) from trained weights (fine-tuning).
+A time limit (``max_minutes``), Ctrl-C or SIGTERM ends the run after the current step with ``last.ckpt``
+written, so that ``resume=True`` picks it up where it stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +54,7 @@ class TrainOptions:
     device: str = "auto"
     epochs: int | None = None  # overrides config.train.epochs
     max_steps: int | None = None  # stop after this many steps in total
+    max_minutes: float | None = None  # stop (checkpoint written) after this much wall time of this process
     resume: bool = False
     init: str | None = None  # start from these weights: a pretrained name or a checkpoint path
     hpatches: Path | None = None  # periodic validation set
@@ -67,6 +74,7 @@ class TrainSummary:
     last_checkpoint: Path
     last_loss: float = math.nan
     validation: dict[str, Any] = field(default_factory=dict)
+    stopped_by: str | None = None  # "time limit" or "signal" when the run ended before its last step
 
 
 @dataclass
@@ -96,6 +104,8 @@ class _Run:
         self.progress = _Progress()
         self.best_score = -math.inf
         self.init_from: dict[str, Any] | None = None  # set by --init, kept by --resume
+        self.stop_signal: str | None = None  # name of the signal that asked the run to stop
+        self.started = time.perf_counter()
 
     # -- set-up -------------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -105,6 +115,8 @@ class _Run:
 
         train_cfg = self.config.train
         torch.manual_seed(train_cfg.seed + self.dist.rank)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed image size: let cuDNN pick the fastest kernels
         self.dataset = ImageFolderDataset(
             self.options.data,
             image_shape=self.config.augmentation.image_shape,
@@ -263,16 +275,28 @@ class _Run:
             group["lr"] = learning_rate_at(group["base_lr"], self.progress.epoch, self.config.optim)
         return self.optimizer.param_groups[0]["lr"]
 
+    def stop_reason(self) -> str | None:
+        """Why the run should end after this step (all processes agree), or ``None``."""
+        reason = 0
+        if self.stop_signal is not None:
+            reason = 2
+        elif self.options.max_minutes is not None:
+            reason = int(time.perf_counter() - self.started >= 60 * self.options.max_minutes)
+        if self.dist.enabled:  # every rank must leave the loop at the same step
+            flag = torch.tensor([reason], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            reason = int(flag.item())
+        return {0: None, 1: "time limit", 2: "signal"}[reason]
+
     def run(self) -> TrainSummary:
-        start = time.perf_counter()
         total = self.total_steps()
         logger = RunLogger(
             self.out, self.config, self.dist.is_main, total, self.progress.step, self.options.progress
         )
-        last_loss, metrics = math.nan, {}
+        last_loss, metrics, stopped_by = math.nan, {}, None
         train_cfg = self.config.train
         try:
-            while self.progress.step < total and self.progress.epoch < self.epochs:
+            while self.progress.step < total and self.progress.epoch < self.epochs and stopped_by is None:
                 lr = self.set_learning_rate()
                 self.sampler.set_epoch(self.progress.epoch, self.progress.batch_in_epoch)
                 for images in self.loader:
@@ -281,17 +305,21 @@ class _Run:
                     logger.step(terms, self.progress.step, self.progress.epoch, lr)
                     if self.progress.step % train_cfg.checkpoint_every == 0:
                         self.save()
-                    if self.progress.step >= total:
+                    stopped_by = self.stop_reason()
+                    if self.progress.step >= total or stopped_by is not None:
                         break
                 if self.progress.batch_in_epoch >= len(self.sampler):
                     metrics = self.finish_epoch(logger) or metrics
             self.save()
-            if self.options.hpatches is not None and not metrics:
+            if self.options.hpatches is not None and not metrics and stopped_by is None:
                 metrics = self.validate(logger)
         finally:
             logger.close()
-        return TrainSummary(self.progress.step, self.progress.epoch, time.perf_counter() - start,
-                            self.last_checkpoint, last_loss, metrics)
+        if stopped_by is not None:
+            log.info("stopped at step %d (%s); %s written: continue with --resume",
+                     self.progress.step, self.stop_signal or "--max-minutes", self.last_checkpoint)
+        return TrainSummary(self.progress.step, self.progress.epoch, time.perf_counter() - self.started,
+                            self.last_checkpoint, last_loss, metrics, stopped_by)
 
     def finish_epoch(self, logger: RunLogger) -> dict[str, Any]:
         """Count the epoch, checkpoint, keep a snapshot and validate when due; returns validation metrics."""
@@ -329,6 +357,28 @@ def _write_run_config(out: Path, config: Config) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+@contextmanager
+def _stop_on_signals(run: _Run) -> Iterator[None]:
+    """SIGINT/SIGTERM ask ``run`` to stop after the current step; a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if run.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        run.stop_signal = name
+        log.warning("%s: stopping after this step and writing a checkpoint (Ctrl-C again to abort)", name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def train(options: TrainOptions) -> TrainSummary:
     """Train KeyPointNet (and IO-Net) as configured; see :class:`TrainOptions`."""
     run = _Run(options)
@@ -345,7 +395,8 @@ def train(options: TrainOptions) -> TrainSummary:
             run.config.name, run.device, run.precision, run.dist.world_size,
             len(run.dataset), len(run.sampler),
         )
-        return run.run()
+        with _stop_on_signals(run):
+            return run.run()
     finally:
         if run.dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
