@@ -7,7 +7,10 @@
 
 Both (a) and (b) use the same precision, channels-last layout and images. Usage:
     python benchmarks/train_step.py [--config v4] [--batch-size 8] [--precision auto|fp32|bf16]
-        [--device auto] [--data ../shared/data/train/bsds500] [--steps 5] [--warmup 2]
+        [--device auto] [--data ../shared/data/train/bsds500] [--steps 5] [--warmup 2] [--profile]
+
+``--profile`` adds the operators that take the most time in the full step (torch.profiler), to show where
+a step's time goes (kernel launches and synchronisations on a GPU, arithmetic on a CPU).
 """
 
 from __future__ import annotations
@@ -64,10 +67,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="also print the top operators of (b)")
     args = parser.parse_args()
 
     config = load_config(args.config, {"train": {"batch_size": args.batch_size, "precision": args.precision}})
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as kp2d.train does
     dtype = autocast_dtype(config.train.precision, device)
     torch.manual_seed(0)
     images, dataset = _images(args.data, args.batch_size, config.augmentation.image_shape)
@@ -130,6 +136,27 @@ def main() -> None:
     print(f"| {'(c) data loader, one batch (' + str(args.workers) + ' workers)':<58} | "
           f"{statistics.median(fetch_times):8.3f} | {1 / statistics.median(fetch_times):8.2f} |")
     print(f"(b)/(a) = {full_s / floor_s:.3f}")
+    if args.profile:
+        _profile(full_step, device, args.steps)
+
+
+def _profile(fn, device: torch.device, steps: int) -> None:
+    """Print the operators taking the most (self) time over ``steps`` calls of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+        _synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=25))
+    if device.type == "cuda":
+        events = prof.key_averages()
+        launch_calls = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+        launches = sum(e.count for e in events if e.key in launch_calls)
+        syncs = sum(e.count for e in events if "Synchronize" in e.key or e.key == "aten::item")
+        print(f"per step: {launches / steps:.0f} kernel launches, {syncs / steps:.1f} syncs or item() calls")
 
 
 if __name__ == "__main__":

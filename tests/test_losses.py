@@ -143,3 +143,16 @@ def test_losses_are_finite_for_random_network():
         net(images), net(images), rotation.expand(2, 3, 3), (64, 96), LossConfig(io_top_k=20), IONet()
     )
     assert all(torch.isfinite(t).all() for t in terms)
+
+
+def test_chebyshev_neighbours_same_on_every_device_path():
+    """The GPU path (broadcasting) gives cdist(p=inf)'s answer, ties at the radius included."""
+    from kp2d.losses import _within_chebyshev, _within_chebyshev_broadcast
+
+    points = torch.tensor([[[0.0, 0.0], [4.0, 0.0], [4.0, 4.5], [-3.9, 3.9], [100.0, 2.0]]])
+    rows = [[1, 1, 0, 1, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [1, 0, 0, 1, 0], [0, 0, 0, 0, 1]]
+    expected = torch.tensor(rows, dtype=torch.bool)
+    assert torch.equal(_within_chebyshev(points, 4.0)[0], expected)
+    assert torch.equal(_within_chebyshev_broadcast(points, 4.0)[0], expected)
+    random = torch.rand(3, 400, 2, generator=torch.Generator().manual_seed(0)) * 60
+    assert torch.equal(_within_chebyshev(random, 4.0), _within_chebyshev_broadcast(random, 4.0))
