@@ -317,7 +317,7 @@ class _Run:
             logger.close()
         if stopped_by is not None:
             log.info("stopped at step %d (%s); %s written: continue with --resume",
-                     self.progress.step, self.stop_signal or "--max-minutes", self.last_checkpoint)
+                     self.progress.step, self.stop_signal or stopped_by, self.last_checkpoint)
         return TrainSummary(self.progress.step, self.progress.epoch, time.perf_counter() - self.started,
                             self.last_checkpoint, last_loss, metrics, stopped_by)
 
