@@ -156,3 +156,61 @@ def test_chebyshev_neighbours_same_on_every_device_path():
     assert torch.equal(_within_chebyshev_broadcast(points, 4.0)[0], expected)
     random = torch.rand(3, 400, 2, generator=torch.Generator().manual_seed(0)) * 60
     assert torch.equal(_within_chebyshev(random, 4.0), _within_chebyshev_broadcast(random, 4.0))
+
+
+def test_masked_means_equal_boolean_indexing_values_and_gradients():
+    """Location and score losses avoid boolean indexing (a GPU sync); numbers and gradients are unchanged."""
+    from kp2d.losses import NearestTarget, WarpedKeypoints, score_loss
+
+    generator = torch.Generator().manual_seed(3)
+    batch, rows, cols = 2, 6, 8
+    cells = rows * cols
+    distance = (torch.rand(batch, cells, generator=generator) * 5).requires_grad_()
+    valid = torch.rand(batch, cells, generator=generator) > 0.2
+    close = valid & (distance.detach() < 4)
+    index = torch.randint(0, cells, (batch, cells), generator=generator)
+    source_score = torch.rand(batch, 1, rows, cols, generator=generator).requires_grad_()
+    target_score = torch.rand(batch, 1, rows, cols, generator=generator).requires_grad_()
+    warped_norm = torch.rand(batch, cells, 2, generator=generator) * 2 - 1
+    warped = WarpedKeypoints(warped_norm, warped_norm, warped_norm, valid)
+    nearest = NearestTarget(distance, index, close)
+
+    def reference():
+        source = source_score.flatten(1)
+        target = torch.gather(target_score.flatten(1), 1, index)
+        d = distance[close]
+        usp = ((target[close] + source[close]) * (d - d.mean())).mean()
+        resampled = torch.nn.functional.grid_sample(
+            target_score, warped_norm.unsqueeze(1), mode="bilinear", align_corners=True
+        ).flatten(1)
+        mse = torch.nn.functional.mse_loss(resampled[valid], source[valid])
+        return distance[close].mean(), usp, mse
+
+    inputs = (distance, source_score, target_score)
+    ours_all = (location_loss(nearest), *score_loss(source_score, target_score, warped, nearest))
+    for ours, expected in zip(ours_all, reference(), strict=True):
+        torch.testing.assert_close(ours, expected)
+        ours_grad = torch.autograd.grad(ours, inputs, allow_unused=True)
+        expected_grad = torch.autograd.grad(expected, inputs, allow_unused=True)
+        for got, want in zip(ours_grad, expected_grad, strict=True):
+            if want is None:
+                assert got is None or not got.any()
+            else:
+                torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("min_inliers, used", [(0, True), (10**6, False)])
+def test_io_loss_is_zero_below_the_inlier_count(min_inliers, used):
+    from kp2d.losses import io_loss
+
+    torch.manual_seed(0)
+    net, io_net = KeyPointNet(with_dropout=False).train(), IONet()
+    images = torch.rand(2, 3, 64, 96)
+    source, target = net(images), net(images)
+    warped = warp_source_keypoints(source.coord, torch.eye(3).expand(2, 3, 3), 64, 96)
+    config = LossConfig(io_top_k=20, io_min_inliers=min_inliers)
+    loss, inliers = io_loss(source, target, warped, io_net, config, 64, 96)
+    assert inliers > 0
+    assert (loss > 0) == used
+    gradient = torch.autograd.grad(loss, next(io_net.parameters()))[0]
+    assert gradient.abs().sum() > 0 if used else not gradient.any()

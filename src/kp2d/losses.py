@@ -132,7 +132,18 @@ def nearest_target(warped: WarpedKeypoints, target_coord: torch.Tensor, threshol
 
 def location_loss(nearest: NearestTarget) -> torch.Tensor:
     """Mean pixel distance to the nearest target keypoint over valid cells closer than the threshold."""
-    return nearest.distance[nearest.close].mean()
+    return _masked_mean(nearest.distance, nearest.close)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` holds (NaN when it holds nowhere, as the mean of an empty selection).
+
+    The same number as ``values[mask].mean()`` without boolean indexing, whose output size makes a GPU
+    wait for the host.
+    """
+    values = values.to(torch.promote_types(values.dtype, torch.float32))  # bf16 under autocast: sum in fp32
+    weight = mask.to(values.dtype)
+    return (values * weight).sum() / weight.sum()
 
 
 def score_loss(
@@ -152,12 +163,12 @@ def score_loss(
     """
     source = source_score.flatten(1)  # (B, N)
     target_at_nearest = torch.gather(target_score.flatten(1), 1, nearest.index)
-    distance = nearest.distance[nearest.close]
-    usp = ((target_at_nearest[nearest.close] + source[nearest.close]) * (distance - distance.mean())).mean()
+    centred = nearest.distance - _masked_mean(nearest.distance, nearest.close)
+    usp = _masked_mean((target_at_nearest + source) * centred, nearest.close)
     resampled = F.grid_sample(
         target_score, warped.warped_norm.detach().unsqueeze(1), mode="bilinear", align_corners=True
     ).flatten(1)  # (B, N)
-    mse = F.mse_loss(resampled[warped.valid], source[warped.valid])
+    mse = _masked_mean((resampled - source).square(), warped.valid)
     return usp, mse
 
 
@@ -283,9 +294,9 @@ def io_loss(
     )
     inlier = error.norm(dim=-1) < config.io_inlier_threshold
     inliers = inlier.sum()
-    if inliers <= config.io_min_inliers:
-        return prediction.new_zeros(()), inliers
-    return F.mse_loss(prediction, inlier.to(prediction.dtype) * 2 - 1), inliers
+    loss = F.mse_loss(prediction, inlier.to(prediction.dtype) * 2 - 1)
+    # torch.where rather than `if`: deciding on the host would make a GPU wait for it every step.
+    return torch.where(inliers > config.io_min_inliers, loss, loss.new_zeros(())), inliers
 
 
 def keypoint_net_losses(
