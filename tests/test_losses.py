@@ -214,3 +214,22 @@ def test_io_loss_is_zero_below_the_inlier_count(min_inliers, used):
     assert (loss > 0) == used
     gradient = torch.autograd.grad(loss, next(io_net.parameters()))[0]
     assert gradient.abs().sum() > 0 if used else not gradient.any()
+
+
+def test_descriptor_loss_finite_when_an_invalid_point_lies_outside_the_image():
+    """A point warped far outside samples an all-zero descriptor; it is invalid and must not make NaNs."""
+    from kp2d.losses import WarpedKeypoints
+
+    generator = torch.Generator().manual_seed(0)
+    source_desc = torch.randn(1, 8, 6, 8, generator=generator).requires_grad_()
+    target_desc = torch.randn(1, 8, 6, 8, generator=generator).requires_grad_()
+    points = torch.rand(1, 40, 2, generator=generator) * 1.6 - 0.8
+    warped_norm = points.clone()
+    warped_norm[0, 0] = torch.tensor([5.0, 5.0])  # far outside: grid_sample gives zeros there
+    valid = torch.ones(1, 40, dtype=torch.bool)
+    valid[0, 0] = False
+    warped = WarpedKeypoints(points, warped_norm, warped_norm * 100, valid)
+    loss, recall = descriptor_loss(source_desc, target_desc, warped, LossConfig(min_valid_cells=1))
+    assert torch.isfinite(loss) and torch.isfinite(recall)
+    loss.backward()
+    assert torch.isfinite(source_desc.grad).all() and torch.isfinite(target_desc.grad).all()

@@ -176,7 +176,9 @@ def _sample_unit_descriptors(desc: torch.Tensor, points_norm: torch.Tensor) -> t
     """Sample ``(B, C, h, w)`` descriptors at ``(B, N, 2)`` normalised points; returns unit ``(B, N, C)``."""
     sampled = F.grid_sample(desc, points_norm.unsqueeze(1), mode="bilinear", align_corners=True)
     sampled = sampled.squeeze(2).transpose(1, 2)
-    return sampled / sampled.norm(p=2, dim=-1, keepdim=True)
+    # A point well outside the map samples zeros; the clamp keeps it at 0 rather than 0 / 0 = NaN, which
+    # would reach the loss (and the gradients) through the validity mask's multiplication.
+    return sampled / sampled.norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def _descriptor_distance(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
