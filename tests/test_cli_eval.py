@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +179,33 @@ def test_baselines_in_the_same_run(tiny_root, tmp_path, capsys):
         assert combined["baselines"]["sift"]["160x120"][name] == pytest.approx(sift[name], nan_ok=True)
     assert _eval("--random-init", *args, "--baselines", "surf") == 2
     assert "surf" in _error_line(capsys)
+
+
+def test_json_keeps_each_pair_and_the_breakdown_groups_them(tiny_root, tmp_path, capsys):
+    """``--json`` ends with each pair's metrics; ``scripts/hpatches_breakdown.py`` averages them by view."""
+    import importlib.util
+
+    out = tmp_path / "sift.json"
+    args = ("--method", "sift", "--hpatches", str(tiny_root), "--shape", "160x120")
+    assert _eval(*args, "--json", str(out)) == 0
+    entry = json.loads(out.read_text())["160x120"]
+    names = [pair["pair"] for pair in entry["per_pair"]]
+    assert len(names) == entry["pairs"] == PAIRS_PER_SUBSET["all"] and "v_astronaut:1-2" in names
+    for name in METRICS:  # the means are the means of the pairs (localization over pairs that have one)
+        values = [p[name] for p in entry["per_pair"] if p[name] is not None and not math.isnan(p[name])]
+        assert entry[name] == pytest.approx(sum(values) / len(values))
+
+    script = Path(__file__).parents[1] / "scripts" / "hpatches_breakdown.py"
+    spec = importlib.util.spec_from_file_location("hpatches_breakdown", script)
+    breakdown = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(breakdown)
+    capsys.readouterr()
+    assert breakdown.main([str(out), "--metrics", "c3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[1:]}
+    v_pairs = [p["c3"] for p in entry["per_pair"] if p["pair"].startswith("v_")]
+    assert rows["v"][0] == str(PAIRS_PER_SUBSET["v"]) and rows["i"][0] == str(PAIRS_PER_SUBSET["i"])
+    assert float(rows["v"][1].rstrip(" |")) == pytest.approx(sum(v_pairs) / len(v_pairs), abs=5e-4)
+    assert rows["v 1-2"][0] == "2" and rows["other"][0] == "1"
+    assert breakdown.main([str(out), "--metrics", "c4"]) == 2
+    assert "unknown metric" in capsys.readouterr().err

@@ -52,7 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--subset", choices=("all", "i", "v"), default="all", help="sequences: i_*, v_* or all"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    parser.add_argument(
+        "--json", metavar="OUT", help="write the results as JSON (the means and each pair's metrics)"
+    )
     parser.add_argument("--skip-bad", action="store_true", help="skip pairs with missing or corrupt files")
     parser.add_argument(
         "--workers", type=int, default=None, metavar="N", help="image reader threads (0: none)"
@@ -233,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     baselines = _parse_baselines(args.baselines, args.method)
 
     def evaluate(detector, shape: tuple[int, int], top_k: int) -> dict[str, Any]:
-        result = evaluate_hpatches(
+        return evaluate_hpatches(
             detector,
             hpatches,
             shape=shape,
@@ -243,8 +245,6 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             num_workers=args.workers,
         )
-        result.pop("per_pair")
-        return result
 
     results: dict[str, Any] = {}
     for width, height, top_k in settings:
