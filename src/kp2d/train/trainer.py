@@ -396,7 +396,12 @@ def train(options: TrainOptions) -> TrainSummary:
             len(run.dataset), len(run.sampler),
         )
         with _stop_on_signals(run):
-            return run.run()
+            summary = run.run()
+        if run.dist.enabled:
+            # Leave together: a process tearing its gloo group down while another still writes the last
+            # checkpoint aborted now and then ("terminate called without an active exception").
+            torch.distributed.barrier()
+        return summary
     finally:
         if run.dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
