@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-METRICS = ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")
+from kp2d.eval.hpatches import METRIC_NAMES, summarize
 
 
 def _groups(per_pair: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -30,12 +29,7 @@ def _groups(per_pair: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return dict(sorted(groups.items(), key=lambda item: (item[0].split()[0], len(item[0]), item[0])))
 
 
-def _mean(pairs: list[dict[str, Any]], metric: str) -> float:
-    values = [p[metric] for p in pairs if p.get(metric) is not None and not math.isnan(p[metric])]
-    return sum(values) / len(values) if values else math.nan
-
-
-def breakdown_tables(results: dict[str, Any], metrics: tuple[str, ...] = METRICS) -> list[str]:
+def breakdown_tables(results: dict[str, Any], metrics: tuple[str, ...] = METRIC_NAMES) -> list[str]:
     """One Markdown table per ``(size, method)`` of a ``kp2d eval --json`` result."""
     entries = [(size, entry) for size, entry in results.items() if size != "baselines"]
     for method, sizes in results.get("baselines", {}).items():
@@ -47,7 +41,8 @@ def breakdown_tables(results: dict[str, Any], metrics: tuple[str, ...] = METRICS
         lines = [f"{entry.get('model', '?')}, {size}, top {entry.get('top_k', '?')}", "",
                  "| pairs | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
         for name, pairs in _groups(entry["per_pair"]).items():
-            means = " | ".join(f"{_mean(pairs, m):.3f}" for m in metrics)
+            summary = summarize(pairs)  # the means `kp2d eval` prints, over this group of pairs
+            means = " | ".join(f"{summary[m]:.3f}" for m in metrics)
             lines.append(f"| {name} | {len(pairs)} | {means} |")
         tables.append("\n".join(lines))
     return tables
@@ -56,13 +51,13 @@ def breakdown_tables(results: dict[str, Any], metrics: tuple[str, ...] = METRICS
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", type=Path, help="a kp2d eval --json file")
-    parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated (default: all six)")
+    parser.add_argument("--metrics", default=",".join(METRIC_NAMES), help="comma-separated (default: all)")
     args = parser.parse_args(argv)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    unknown = [m for m in metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
     try:
         if unknown:
-            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
         results = json.loads(args.json.read_text())
         print("\n\n".join(breakdown_tables(results, metrics)))
     except (OSError, ValueError) as error:
