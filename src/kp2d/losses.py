@@ -141,7 +141,6 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     The same number as ``values[mask].mean()`` without boolean indexing, whose output size makes a GPU
     wait for the host.
     """
-    values = values.to(torch.promote_types(values.dtype, torch.float32))  # bf16 under autocast: sum in fp32
     weight = mask.to(values.dtype)
     return (values * weight).sum() / weight.sum()
 
