@@ -11,22 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from kp2d.eval.hpatches import METRIC_NAMES, summarize
-
-
-def _groups(per_pair: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """``{"i": [...], "i 1-2": [...], "v": [...], ...}`` from pair names ``<sequence>:1-<k>``."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for pair in per_pair:
-        sequence, _, view = pair["pair"].partition(":")
-        kind = sequence[:1] if sequence[:2] in ("i_", "v_") else "other"
-        groups[kind].append(pair)
-        groups[f"{kind} {view}"].append(pair)
-    return dict(sorted(groups.items(), key=lambda item: (item[0].split()[0], len(item[0]), item[0])))
+from kp2d.eval.hpatches import METRIC_NAMES, pair_groups, summarize
 
 
 def breakdown_tables(results: dict[str, Any], metrics: tuple[str, ...] = METRIC_NAMES) -> list[str]:
@@ -40,7 +28,9 @@ def breakdown_tables(results: dict[str, Any], metrics: tuple[str, ...] = METRIC_
             raise ValueError(f"{size}: no per-pair metrics (a JSON written before kp2d eval kept them)")
         lines = [f"{entry.get('model', '?')}, {size}, top {entry.get('top_k', '?')}", "",
                  "| pairs | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
-        for name, pairs in _groups(entry["per_pair"]).items():
+        per_pair = entry["per_pair"]
+        for name, indices in pair_groups([pair["pair"] for pair in per_pair]).items():
+            pairs = [per_pair[i] for i in indices]
             summary = summarize(pairs)  # the means `kp2d eval` prints, over this group of pairs
             means = " | ".join(f"{summary[m]:.3f}" for m in metrics)
             lines.append(f"| {name} | {len(pairs)} | {means} |")

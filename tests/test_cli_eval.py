@@ -209,3 +209,26 @@ def test_json_keeps_each_pair_and_the_breakdown_groups_them(tiny_root, tmp_path,
     assert rows["v 1-2"][0] == "2" and rows["other"][0] == "1"
     assert breakdown.main([str(out), "--metrics", "c4"]) == 2
     assert "unknown metric" in capsys.readouterr().err
+
+
+def test_localization_errors_script_pools_the_protocols_distances(tiny_root, capsys):
+    """``scripts/localization_errors.py``: per group, the pooled mean of the repeated keypoints' distances;
+    on a group of one pair with one method it equals that pair's localization error of ``kp2d eval``."""
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "scripts" / "localization_errors.py"
+    spec = importlib.util.spec_from_file_location("localization_errors", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = ["--hpatches", str(tiny_root), "--shape", "160x120"]
+    assert module.main(["--method", "sift", *args]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[1:]}
+    assert _eval("--method", "sift", *args, "--json", str(tiny_root.parent / "loc.json")) == 0
+    per_pair = json.loads((tiny_root.parent / "loc.json").read_text())["160x120"]["per_pair"]
+    other = [p for p in per_pair if not p["pair"].startswith(("i_", "v_"))]
+    (pair,) = other
+    assert rows["other"][0] == str(round(pair["repeatability"] * (pair["n1"] + pair["n2"])))  # repeated count
+    assert float(rows["other"][1]) == pytest.approx(pair["localization_error"], abs=5e-4)
+    assert module.main(["--method", "sift", *args, "--baselines", "surf"]) == 2
+    assert "surf" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from kp2d.eval.metrics import (
     homography_correctness,
     inside_image,
     matching_score,
+    nearest_distances,
     repeatability,
     select_k_best,
 )
@@ -91,6 +92,17 @@ def test_repeatability_translation_by_hand():
     assert (n1, n2) == (2, 3)
     assert rep == 4 / 5
     assert loc == pytest.approx((0 + 1 + 0 + 1) / 4)
+
+
+def test_nearest_distances_translation_by_hand():
+    """The distances behind repeatability, in the protocol's (ascending score) order."""
+    prob1, _, prob2, _ = _translation_case()
+    nearest1, nearest2 = nearest_distances(prob1, prob2, TRANSLATION, SHAPE, top_k=300)
+    # kept image-1 points warped: b (60, 45), a (20, 15); kept image-2 points: e, b', a'
+    np.testing.assert_allclose(nearest1, [1.0, 0.0])
+    np.testing.assert_allclose(nearest2, [math.hypot(30 - 20, 30 - 15), 1.0, 0.0])
+    empty1, empty2 = nearest_distances(prob1[:0], prob2, TRANSLATION, SHAPE, top_k=300)
+    assert len(empty1) == 0 and len(empty2) == 3
 
 
 def test_repeatability_top_k_keeps_highest_scores():

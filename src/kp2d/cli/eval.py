@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "parse_shapes", "run"]
+__all__ = ["add_parser", "opencv_detector", "parse_baselines", "parse_shapes", "run"]
 
 DEFAULT_SETTINGS = ((320, 240, 300), (640, 480, 1000))  # (W, H, top_k) of the original's two tables
 _DEFAULT_TOP_K = {(320, 240): 300, (640, 480): 1000}
@@ -145,10 +145,10 @@ def _build_network(args: argparse.Namespace, device):
     return load_keypoint_net(args.model, device), Path(args.model).stem
 
 
-def _opencv_detector(method: str, top_k: int):
+def opencv_detector(method: str, top_k: int):
+    """The OpenCV baseline as ``kp2d eval`` runs it (``2 * top_k`` candidates for the selection)."""
     from kp2d.eval.hpatches import OpenCVDetector
 
-    # twice top_k candidates for the top-k selection (and the inside filtering) of the protocol
     return OpenCVDetector(method, nfeatures=2 * top_k)
 
 
@@ -156,11 +156,12 @@ def _make_detector(args: argparse.Namespace, network, label: str, device, top_k:
     from kp2d.eval.hpatches import KeyPointNetDetector
 
     if args.method is not None:
-        return _opencv_detector(args.method, top_k)
+        return opencv_detector(args.method, top_k)
     return KeyPointNetDetector(network, device, name=label)
 
 
-def _parse_baselines(text: str | None, method: str | None) -> list[str]:
+def parse_baselines(text: str | None, method: str | None) -> list[str]:
+    """``--baselines sift,orb`` → ``["sift", "orb"]``, without ``method`` (already run) or repeats."""
     from kp2d.errors import ConfigError
 
     names = _split([text] if text else None)
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
 
-    baselines = _parse_baselines(args.baselines, args.method)
+    baselines = parse_baselines(args.baselines, args.method)
 
     def evaluate(detector, shape: tuple[int, int], top_k: int) -> dict[str, Any]:
         return evaluate_hpatches(
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
         results[key] = {**result, "model": label, "device": str(device or "cpu")}
         rows = [(label, result)]
         for method in baselines:
-            baseline = evaluate(_opencv_detector(method, top_k), (width, height), top_k)
+            baseline = evaluate(opencv_detector(method, top_k), (width, height), top_k)
             results.setdefault("baselines", {}).setdefault(method, {})[key] = {
                 **baseline, "model": method.upper(), "device": "cpu"
             }

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -41,6 +41,7 @@ __all__ = [
     "KeyPointNetDetector",
     "OpenCVDetector",
     "evaluate_hpatches",
+    "pair_groups",
     "summarize",
 ]
 
@@ -178,6 +179,22 @@ def summarize(per_pair: list[dict[str, Any]]) -> dict[str, float]:
             values = values[np.isfinite(values)]
         means[name] = float(values.mean()) if len(values) else math.nan
     return means
+
+
+def pair_groups(pair_names: list[str]) -> dict[str, list[int]]:
+    """Indices of the pairs in each group: by kind, then by kind and view.
+
+    Kinds: ``"i"`` and ``"v"`` (sequences ``i_*``, ``v_*``), else ``"other"``; views ``"i 1-2"`` … from the
+    names ``<sequence>:1-<k>`` (in HPatches the view change grows with ``k``). Groups come sorted: kind,
+    then the kind's own group before its views.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, name in enumerate(pair_names):
+        sequence, _, view = name.partition(":")
+        kind = sequence[:1] if sequence[:2] in ("i_", "v_") else "other"
+        groups[kind].append(index)
+        groups[f"{kind} {view}"].append(index)
+    return dict(sorted(groups.items(), key=lambda item: (item[0].split()[0], len(item[0]), item[0])))
 
 
 def _sequence_problems(sample: SequenceSample, skip_bad: bool, skipped: list[str]) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "inside_image",
     "match_descriptors",
     "matching_score",
+    "nearest_distances",
     "repeatability",
     "select_k_best",
 ]
@@ -103,6 +104,34 @@ def _pairwise_distances(points1: np.ndarray, points2: np.ndarray) -> np.ndarray:
     return np.sqrt(np.sum(diff * diff, axis=-1))
 
 
+def nearest_distances(
+    prob1: np.ndarray,
+    prob2: np.ndarray,
+    homography: np.ndarray,
+    image_shape: tuple[int, int],
+    top_k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distance from each keypoint both images see to the nearest one of the other image, in image-2 pixels.
+
+    Image-2 keypoints whose ``inv(H)``-warp falls outside image 1 are dropped; image-1 keypoints are
+    warped by ``H`` into image 2 (keeping their scores) and those outside are dropped; each set keeps
+    its ``top_k`` best.
+
+    Returns:
+        ``(nearest1 (N1,), nearest2 (N2,))`` float64; both empty when either set is.
+    """
+    back_warped2 = warp_points_numpy(prob2[:, :2], np.linalg.inv(homography))
+    kept2 = prob2[inside_image(back_warped2, image_shape)]
+    warped1 = np.concatenate([warp_points_numpy(prob1[:, :2], homography), prob1[:, 2:]], axis=1)
+    kept1 = warped1[inside_image(warped1, image_shape)]
+    (kept1,) = select_k_best(kept1, top_k)
+    (kept2,) = select_k_best(kept2, top_k)
+    if len(kept1) == 0 or len(kept2) == 0:
+        return np.zeros(len(kept1)), np.zeros(len(kept2))
+    distances = _pairwise_distances(kept1[:, :2], kept2[:, :2])
+    return distances.min(axis=1), distances.min(axis=0)
+
+
 def repeatability(
     prob1: np.ndarray,
     prob2: np.ndarray,
@@ -113,11 +142,9 @@ def repeatability(
 ) -> Repeatability:
     """Repeatability and localization error of the keypoints both images see.
 
-    Image-2 keypoints whose ``inv(H)``-warp falls outside image 1 are dropped; image-1 keypoints are
-    warped by ``H`` into image 2 (keeping their scores) and those outside are dropped; each set keeps
-    its ``top_k`` best. ``count1`` counts warped image-1 points whose nearest image-2 point is within
-    ``threshold`` px (``<=``), ``count2`` the reverse; repeatability = ``(count1 + count2) / (N1 + N2)``
-    and localization error = the mean of those nearest distances.
+    With the nearest distances of :func:`nearest_distances`: ``count1`` counts image-1 points whose
+    nearest image-2 point is within ``threshold`` px (``<=``), ``count2`` the reverse; repeatability =
+    ``(count1 + count2) / (N1 + N2)`` and localization error = the mean of those nearest distances.
 
     Edge cases: no repeated keypoint (``count1 + count2 == 0``) gives a NaN localization error (as the
     original); the evaluation loop leaves such pairs out of the localization-error mean. No keypoint at
@@ -126,19 +153,11 @@ def repeatability(
     Returns:
         :class:`Repeatability` ``(n1, n2, repeatability, localization_error)``.
     """
-    back_warped2 = warp_points_numpy(prob2[:, :2], np.linalg.inv(homography))
-    kept2 = prob2[inside_image(back_warped2, image_shape)]
-    warped1 = np.concatenate([warp_points_numpy(prob1[:, :2], homography), prob1[:, 2:]], axis=1)
-    kept1 = warped1[inside_image(warped1, image_shape)]
-    (kept1,) = select_k_best(kept1, top_k)
-    (kept2,) = select_k_best(kept2, top_k)
-    n1, n2 = len(kept1), len(kept2)
+    nearest1, nearest2 = nearest_distances(prob1, prob2, homography, image_shape, top_k)
+    n1, n2 = len(nearest1), len(nearest2)
     if n1 == 0 or n2 == 0:
         return Repeatability(n1, n2, 0.0, float("nan"))
 
-    distances = _pairwise_distances(kept1[:, :2], kept2[:, :2])
-    nearest1 = distances.min(axis=1)
-    nearest2 = distances.min(axis=0)
     repeated1 = nearest1 <= threshold
     repeated2 = nearest2 <= threshold
     count = int(repeated1.sum()) + int(repeated2.sum())
