@@ -102,7 +102,7 @@ def test_nearest_distances_translation_by_hand():
     np.testing.assert_allclose(nearest1, [1.0, 0.0])
     np.testing.assert_allclose(nearest2, [math.hypot(30 - 20, 30 - 15), 1.0, 0.0])
     empty1, empty2 = nearest_distances(prob1[:0], prob2, TRANSLATION, SHAPE, top_k=300)
-    assert len(empty1) == 0 and len(empty2) == 3
+    assert len(empty1) == 0 and len(empty2) == 3 and np.isinf(empty2).all()  # no counterpart: never repeated
 
 
 def test_repeatability_top_k_keeps_highest_scores():

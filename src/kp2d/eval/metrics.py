@@ -118,7 +118,7 @@ def nearest_distances(
     its ``top_k`` best.
 
     Returns:
-        ``(nearest1 (N1,), nearest2 (N2,))`` float64; both empty when either set is.
+        ``(nearest1 (N1,), nearest2 (N2,))`` float64; ``inf`` for every point when the other set is empty.
     """
     back_warped2 = warp_points_numpy(prob2[:, :2], np.linalg.inv(homography))
     kept2 = prob2[inside_image(back_warped2, image_shape)]
@@ -126,8 +126,8 @@ def nearest_distances(
     kept1 = warped1[inside_image(warped1, image_shape)]
     (kept1,) = select_k_best(kept1, top_k)
     (kept2,) = select_k_best(kept2, top_k)
-    if len(kept1) == 0 or len(kept2) == 0:
-        return np.zeros(len(kept1)), np.zeros(len(kept2))
+    if len(kept1) == 0 or len(kept2) == 0:  # nothing to be near: no point is repeated
+        return np.full(len(kept1), np.inf), np.full(len(kept2), np.inf)
     distances = _pairwise_distances(kept1[:, :2], kept2[:, :2])
     return distances.min(axis=1), distances.min(axis=0)
 
