@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="320x240", metavar="WxH", help="default 320x240")
     parser.add_argument("--top-k", default=None, metavar="K", help="default 300 at 320x240, else 1000")
     parser.add_argument("--baselines", default="", metavar="M", help="also these OpenCV methods: sift,orb")
+    parser.add_argument(
+        "--scale-factor", type=float, default=1.0, metavar="S", help="network input scale (kp2d eval's)"
+    )
     args = parser.parse_args(argv)
     try:
         ((width, height, top_k),) = parse_shapes([args.shape], [args.top_k] if args.top_k else None)
@@ -78,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         detectors = []
         if args.model:
             network = load_keypoint_net(args.model)
-            detectors.append((Path(args.model).stem, KeyPointNetDetector(network)))
+            label = Path(args.model).stem
+            if args.scale_factor != 1:
+                label += f" (input x{args.scale_factor:g})"
+            detectors.append((label, KeyPointNetDetector(network, scale_factor=args.scale_factor)))
         detectors += [(m.upper(), opencv_detector(m, top_k)) for m in methods]  # as kp2d eval runs them
         for label, detector in detectors:
             names, distances = repeated_distances(detector, dataset, top_k)

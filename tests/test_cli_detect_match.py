@@ -103,6 +103,20 @@ def test_detect_options_change_the_selection(tmp_path, checkpoint, photos):
     assert 0 < len(points) < 12 * 16 and distance.min() > 12
 
 
+def test_detect_scale_factor_keeps_original_pixels(tmp_path, checkpoint, photos, capsys):
+    args = ["detect", str(photos[0]), "--model", checkpoint, "--top-k", "0", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "x1")]) == 0
+    assert main([*args, "--out", str(tmp_path / "x2"), "--scale-factor", "2"]) == 0
+    once, twice = (np.load(tmp_path / name / "a.npz") for name in ("x1", "x2"))
+    assert len(twice["keypoints"]) > 3 * len(once["keypoints"])  # 4 px cells of the 144 x 112 photo
+    assert twice["image_size"].tolist() == [144, 112]
+    assert (twice["keypoints"] >= -0.5).all() and (twice["keypoints"] <= [143.5, 111.5]).all()
+    scores = np.asarray(Image.open(tmp_path / "x2" / "a_scores.png"))
+    assert scores.shape == (112, 144, 3)
+    assert main([*args, "--out", str(tmp_path / "x0"), "--scale-factor", "-1"]) == 2
+    assert "--scale-factor" in _single_error_line(capsys)
+
+
 def test_match_prints_the_homography_and_writes_a_picture(tmp_path, checkpoint, photos, capsys):
     picture = tmp_path / "pair.png"
     assert (

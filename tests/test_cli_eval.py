@@ -116,6 +116,28 @@ def test_bad_shape(tiny_root, capsys, shape):
     assert "--shape" in _error_line(capsys)
 
 
+def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):
+    out = tmp_path / "x2.json"
+    args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
+    assert _eval(*args, "--scale-factor", "2", "--json", str(out)) == 0
+    assert "| random-init (v4) (input x2) |" in capsys.readouterr().out
+    assert json.loads(out.read_text())["64x48"]["pairs"] == PAIRS_PER_SUBSET["i"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--random-init", "--scale-factor", "1.1"), "resizes 64x48 to 70x53"),
+        (("--random-init", "--scale-factor", "0"), "--scale-factor must be"),
+        (("--random-init", "--scale-factor", "nan"), "--scale-factor must be"),
+        (("--method", "sift", "--scale-factor", "2"), "not to --method"),
+    ],
+)
+def test_bad_scale_factor(tiny_root, capsys, args, message):
+    assert _eval(*args, "--hpatches", str(tiny_root), "--shape", "64x48") == 2
+    assert message in _error_line(capsys)
+
+
 def test_unavailable_device(tiny_root, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")

@@ -14,6 +14,7 @@ from kp2d.data.hpatches import HPatchesDataset, find_sequences, read_homography,
 from kp2d.errors import ConfigError, DataError
 from kp2d.eval.hpatches import KeyPointNetDetector, OpenCVDetector, evaluate_hpatches
 from kp2d.geometry import scale_homography
+from kp2d.inference import rescale_images
 from kp2d.models import KeyPointNet
 
 
@@ -239,6 +240,26 @@ def test_keypointnet_detector_rows_in_raster_order():
         np.testing.assert_array_equal(prob[:, 1], out.coord[b, 1][interior].flatten().numpy())
         np.testing.assert_array_equal(prob[:, 2], out.score[b, 0][interior].flatten().numpy())
         np.testing.assert_array_equal(desc, out.desc[b][:, 1:-1, 1:-1].flatten(1).T.numpy())
+
+
+def test_keypointnet_detector_scale_factor():
+    torch.manual_seed(0)
+    model = KeyPointNet(do_upsample=False, do_cross=True).eval()
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 48, 64, 3), dtype=np.uint8)
+    detections = KeyPointNetDetector(model, "cpu", scale_factor=2)(images)
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        out = model.describe(rescale_images(batch, 2))  # 96 x 128: 12 x 16 cells
+    interior = (slice(1, -1), slice(1, -1))
+    for b, (prob, desc) in enumerate(detections):
+        assert prob.shape == (10 * 14, 3) and desc.shape == (140, 256)
+        # network pixel x' is image pixel (x' + 0.5) / 2 - 0.5
+        np.testing.assert_allclose(prob[:, 0], (out.coord[b, 0][interior].flatten().numpy() + 0.5) / 2 - 0.5)
+        np.testing.assert_allclose(prob[:, 1], (out.coord[b, 1][interior].flatten().numpy() + 0.5) / 2 - 0.5)
+        np.testing.assert_array_equal(prob[:, 2], out.score[b, 0][interior].flatten().numpy())
+        np.testing.assert_array_equal(desc, out.desc[b][:, 1:-1, 1:-1].flatten(1).T.numpy())
+    with pytest.raises(ConfigError, match="multiples of 8"):
+        KeyPointNetDetector(model, "cpu", scale_factor=1.1)(images)  # 70 x 53
 
 
 def test_keypointnet_evaluation_runs(tiny_root):

@@ -8,7 +8,16 @@ from PIL import Image
 import kp2d
 from kp2d.errors import ConfigError, DataError
 from kp2d.geometry import cell_centers
-from kp2d.inference import Keypoints, extract, extract_with_score_map, grid_nms, select_keypoints
+from kp2d.inference import (
+    Keypoints,
+    extract,
+    extract_with_score_map,
+    grid_nms,
+    image_to_tensor,
+    rescale_images,
+    select_keypoints,
+    to_image_pixels,
+)
 from kp2d.models import KeyPointNet
 
 
@@ -186,6 +195,61 @@ def test_bad_images_raise_data_error(random_net, image, message):
 def test_bad_selection_options(random_net, options):
     with pytest.raises(ConfigError):
         extract(random_net, np.zeros((64, 64, 3), np.uint8), **options)
+
+
+# --- scale factor -------------------------------------------------------------------------------------------
+
+
+def test_to_image_pixels_by_hand():
+    # 320 x 240 image run at 640 x 480: network pixel x' covers image pixels around (x' + 0.5) / 2 - 0.5
+    coords = torch.tensor([[0.0, 1.0, 639.0, 3.5], [0.0, 479.0, 2.0, 3.5]]).view(1, 2, 4)
+    expected = torch.tensor([[-0.25, 0.25, 319.25, 1.5], [-0.25, 239.25, 0.75, 1.5]]).view(1, 2, 4)
+    assert torch.allclose(to_image_pixels(coords, (640, 480), (320, 240)), expected)
+    assert to_image_pixels(coords, (320, 240), (320, 240)) is coords
+
+
+def test_to_image_pixels_inverts_the_resampling_grid():
+    # resampling a linear ramp reads the ramp at the source position of each output pixel: away from the
+    # clamped borders, the resized ramp's value is the image x of that network pixel
+    width, height = 40, 32
+    ramp = torch.arange(width, dtype=torch.float32).expand(1, 1, height, width) / 100.0
+    for scale_factor, net_width in ((2.0, 80), (1.5, 60), (0.5, 20)):
+        resized = rescale_images(ramp, scale_factor)  # antialiased at 0.5: a symmetric filter, same ramp
+        assert resized.shape[-1] == net_width
+        xs = torch.arange(net_width, dtype=torch.float32)
+        grid = torch.stack([xs, torch.zeros_like(xs)]).view(1, 2, net_width)
+        mapped = to_image_pixels(grid, (net_width, round(height * scale_factor)), (width, height))[0, 0]
+        inner = (mapped >= 1) & (mapped <= width - 2)  # the filters clamp at the borders
+        assert torch.allclose(resized[0, 0, 0][inner] * 100.0, mapped[inner], atol=1e-4)
+
+
+def test_scale_factor_runs_the_network_on_the_resized_image(random_net):
+    image = smooth_image(72, 100)  # 72 x 100 -> 144 x 200 at 2: padded to 144 x 200
+    for scale_factor, nms_radius in ((2.0, 0.0), (2.0, 5.0), (0.75, 3.0)):
+        kpts = extract(random_net, image, top_k=None, nms_radius=nms_radius, scale_factor=scale_factor)
+        resized = rescale_images(image_to_tensor(image, 3)[0], scale_factor)
+        net_height, net_width = resized.shape[-2:]
+        reference = extract(random_net, resized, top_k=None, nms_radius=nms_radius * net_width / 100)[0]
+        assert kpts.image_size == (100, 72) and len(kpts) == len(reference) > 0
+        assert torch.equal(kpts.scores, reference.scores)
+        assert torch.equal(kpts.descriptors, reference.descriptors)
+        coords = reference.keypoints.t().unsqueeze(0)
+        expected = to_image_pixels(coords, (net_width, net_height), (100, 72))[0].t()
+        assert torch.allclose(kpts.keypoints, expected)
+    assert len(extract(random_net, image, top_k=None, scale_factor=2)) > 3 * len(
+        extract(random_net, image, top_k=None)
+    )
+
+
+@pytest.mark.parametrize("scale_factor", [0, -1.0, float("nan"), float("inf"), True, "2"])
+def test_bad_scale_factor(random_net, scale_factor):
+    with pytest.raises(ConfigError, match="scale_factor"):
+        extract(random_net, np.zeros((64, 64, 3), np.uint8), scale_factor=scale_factor)
+
+
+def test_scale_factor_below_the_minimum_size(random_net):
+    with pytest.raises(DataError, match="scale_factor 0.25"):
+        extract(random_net, np.zeros((64, 96, 3), np.uint8), scale_factor=0.25)
 
 
 # --- selection ----------------------------------------------------------------------------------------------

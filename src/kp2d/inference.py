@@ -17,11 +17,19 @@ Selection, per image: cells with ``score > score_threshold``; then, with ``nms_r
 non-maximum suppression (a keypoint is dropped when a kept keypoint with a higher score lies within
 ``nms_radius`` pixels; the same result as visiting keypoints by decreasing score); then the ``top_k``
 highest scores, sorted by decreasing score.
+
+``scale_factor`` runs the network on the image resized by that factor (bilinear; antialiased when
+shrinking) and maps the keypoints back to pixels of the original image (pixel centres at integers:
+``x = (x' + 0.5) * W / W' - 0.5``). At 2 the grid of cells is 4 px of the original image instead of 8 and
+the regressed offsets are twice as fine: on ``hpatches-synth`` at 320×240 the shipped V4's localization
+error drops from 0.93 px to about 0.6 px (README, Results), for four times the compute. OpenCV's SIFT
+doubles its input the same way before building its pyramid.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -44,14 +52,17 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "ImageLike",
     "Keypoints",
+    "check_scale_factor",
     "extract",
     "extract_with_score_map",
     "grid_nms",
     "image_to_tensor",
     "load_image",
     "pad_to_multiple",
+    "rescale_images",
     "score_map",
     "select_keypoints",
+    "to_image_pixels",
 ]
 
 MIN_IMAGE_SIZE = 32  # pixels, each side
@@ -245,6 +256,44 @@ def _check_size(height: int, width: int) -> None:
         )
 
 
+def check_scale_factor(scale_factor: float) -> float:
+    """``scale_factor`` as a float; :class:`ConfigError` unless it is a finite number > 0."""
+    if isinstance(scale_factor, bool) or not isinstance(scale_factor, numbers.Real):
+        raise ConfigError(f"scale_factor must be a number > 0, got {scale_factor!r}")
+    if not (math.isfinite(scale_factor) and scale_factor > 0):
+        raise ConfigError(f"scale_factor must be a finite number > 0, got {scale_factor!r}")
+    return float(scale_factor)
+
+
+def rescale_images(images: torch.Tensor, scale_factor: float) -> torch.Tensor:
+    """``(B, C, H, W)`` → ``(B, C, round(H * s), round(W * s))``, bilinear (antialiased when shrinking).
+
+    Returns ``images`` itself when the size does not change. Values stay in the input's range.
+    """
+    scale_factor = check_scale_factor(scale_factor)
+    height, width = images.shape[-2:]
+    size = (max(1, round(height * scale_factor)), max(1, round(width * scale_factor)))
+    if size == (height, width):
+        return images
+    shrink = size[0] < height or size[1] < width
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def to_image_pixels(
+    coords: torch.Tensor, network_size: tuple[int, int], image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Keypoints ``(B, 2, ...)`` in pixels of the resized ``(W', H')`` image → pixels of the ``(W, H)`` one.
+
+    Pixel centres sit at integer coordinates in both, so ``x = (x' + 0.5) * W / W' - 0.5`` (likewise y),
+    the inverse of :func:`rescale_images`' sampling grid. The identity when the sizes are equal.
+    """
+    if tuple(network_size) == tuple(image_size):
+        return coords
+    ratio = coords.new_tensor([image_size[0] / network_size[0], image_size[1] / network_size[1]])
+    ratio = ratio.view(1, 2, *([1] * (coords.dim() - 2)))
+    return (coords + 0.5) * ratio - 0.5
+
+
 def _check_selection(top_k: int | None, nms_radius: float) -> None:
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
@@ -401,16 +450,27 @@ def _extract_batch(
     score_threshold: float,
     nms_radius: float,
     backend: Backend | None = None,
+    scale_factor: float = 1.0,
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
-    """Keypoints per image, the cell scores ``(B, Hc, Wc)`` of the padded images, and whether batched."""
+    """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched."""
     _check_selection(top_k, nms_radius)
+    scale_factor = check_scale_factor(scale_factor)
     batch, batched = _model_input(model, image)
     height, width = batch.shape[-2:]
     _check_size(height, width)
-    scores, coords, descs = _run(model, batch, backend)
+    network_batch = rescale_images(batch, scale_factor)
+    net_height, net_width = network_batch.shape[-2:]
+    if net_height < MIN_IMAGE_SIZE or net_width < MIN_IMAGE_SIZE:
+        raise DataError(
+            f"image is {width}x{height} pixels, {net_width}x{net_height} at scale_factor {scale_factor:g}; "
+            f"kp2d needs at least {MIN_IMAGE_SIZE} pixels on each side"
+        )
+    scores, coords, descs = _run(model, network_batch, backend)
     # border cells (score forced to 0) and keypoints in the padding never count, whatever the threshold
-    valid = (scores > 0) & (coords[:, 0] <= width - 1) & (coords[:, 1] <= height - 1)
+    valid = (scores > 0) & (coords[:, 0] <= net_width - 1) & (coords[:, 1] <= net_height - 1)
+    nms_radius = nms_radius * net_width / width  # the selection works in pixels of the network's input
     selected = select_keypoints(scores, coords, top_k, score_threshold, nms_radius, valid=valid)
+    coords = to_image_pixels(coords, (net_width, net_height), (width, height))
     results = []
     for score, coord, desc, index in zip(scores, coords, descs, selected, strict=True):
         # indexing outside inference mode gives ordinary tensors (the caller may modify them in place)
@@ -432,6 +492,7 @@ def extract(
     score_threshold: float = 0.0,
     nms_radius: float = 0,
     backend: Backend | None = None,
+    scale_factor: float = 1.0,
 ) -> Keypoints | list[Keypoints]:
     """Detect and describe keypoints (see the module docstring for padding and selection).
 
@@ -456,17 +517,25 @@ def extract(
         nms_radius: greedy NMS radius in pixels; 0 turns it off.
         backend: a fast backend built from ``model`` (:func:`kp2d.fast.load_backend`, e.g.
             ``"torch-bf16"`` or ``"ort-int8"``) to run instead of the plain network.
+        scale_factor: run the network on the image resized by this factor (e.g. 2 for finer keypoints;
+            see the module docstring); keypoints, ``nms_radius`` and ``image_size`` stay in pixels of the
+            original image.
 
     Returns:
         Keypoints sorted by decreasing score.
 
     Raises:
-        DataError: unsupported image type/shape/range, or an image under 32 px a side.
-        ConfigError: ``top_k < 1`` or ``nms_radius < 0``.
+        DataError: unsupported image type/shape/range, or an image under 32 px a side (before or after
+            resizing).
+        ConfigError: ``top_k < 1``, ``nms_radius < 0`` or ``scale_factor <= 0``.
     """
     if isinstance(image, (list, tuple)):
-        return [extract(model, item, top_k, score_threshold, nms_radius, backend) for item in image]
-    results, _, batched = _extract_batch(model, image, top_k, score_threshold, nms_radius, backend)
+        return [
+            extract(model, item, top_k, score_threshold, nms_radius, backend, scale_factor) for item in image
+        ]
+    results, _, batched = _extract_batch(
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor
+    )
     return results if batched else results[0]
 
 
@@ -477,9 +546,15 @@ def extract_with_score_map(
     score_threshold: float = 0.0,
     nms_radius: float = 0,
     backend: Backend | None = None,
+    scale_factor: float = 1.0,
 ) -> tuple[Keypoints, torch.Tensor]:
-    """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run."""
-    results, scores, _ = _extract_batch(model, image, top_k, score_threshold, nms_radius, backend)
+    """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run.
+
+    With ``scale_factor`` the cells are those of the resized image: ``(ceil(H'/8), ceil(W'/8))``.
+    """
+    results, scores, _ = _extract_batch(
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor
+    )
     if len(results) != 1:
         raise DataError(f"extract_with_score_map takes one image, got a batch of {len(results)}")
     return results[0], scores[0]

@@ -8,6 +8,7 @@ and ``<stem>.json`` (keypoints, scores and image size).
 from __future__ import annotations
 
 import argparse
+import math
 
 __all__ = ["add_parser", "add_model_options", "model_backend", "run"]
 
@@ -32,6 +33,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="non-maximum suppression radius in pixels, 0 for none (default: 0)",
+    )
+    parser.add_argument(
+        "--scale-factor",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="run the network on the image resized by S; 2 gives finer keypoints for 4x the compute "
+        "(default: 1)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     parser.add_argument(
@@ -74,11 +83,27 @@ def selection_options(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
     if args.nms_radius < 0:
         raise ConfigError(f"--nms-radius must be >= 0, got {args.nms_radius}")
+    if not (math.isfinite(args.scale_factor) and args.scale_factor > 0):
+        raise ConfigError(f"--scale-factor must be a number > 0, got {args.scale_factor:g}")
     return {
         "top_k": args.top_k or None,
         "score_threshold": args.score_threshold,
         "nms_radius": args.nms_radius,
+        "scale_factor": args.scale_factor,
     }
+
+
+def _score_picture(image, cell_scores, scale_factor: float):
+    """The score heat map over ``image``; with ``--scale-factor`` the cells are those of the resized image."""
+    import cv2
+
+    from kp2d.visualization import draw_score_heatmap
+
+    if scale_factor == 1:
+        return draw_score_heatmap(image, cell_scores)
+    height, width = image.shape[:2]
+    resized = cv2.resize(image, (round(width * scale_factor), round(height * scale_factor)))
+    return cv2.resize(draw_score_heatmap(resized, cell_scores), (width, height), interpolation=cv2.INTER_AREA)
 
 
 def _unique_stems(paths: list) -> list[str]:
@@ -105,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.errors import DataError
     from kp2d.inference import extract_with_score_map, load_image
     from kp2d.runtime import resolve_device
-    from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
+    from kp2d.visualization import draw_keypoints, save_image
 
     log = logging.getLogger("kp2d.detect")
     options = selection_options(args)
@@ -139,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         save_image(
             out_dir / f"{stem}_keypoints.png", draw_keypoints(image, arrays["keypoints"], arrays["scores"])
         )
-        save_image(out_dir / f"{stem}_scores.png", draw_score_heatmap(image, cell_scores))
+        save_image(out_dir / f"{stem}_scores.png", _score_picture(image, cell_scores, args.scale_factor))
         log.debug("%s: %d keypoints", path, len(keypoints))
         tqdm.write(f"{path}: {len(keypoints)} keypoints -> {out_dir / stem}.*")
     return 0

@@ -64,6 +64,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="LIST",
         help="also run these OpenCV methods (sift,orb) in the same run: one more table row each",
     )
+    parser.add_argument(
+        "--scale-factor",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="run the network on the evaluation images resized by S (e.g. 2: keypoints on a 4-px grid, "
+        "4x the compute) and map its keypoints back; default 1, the original protocol",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -145,6 +153,21 @@ def _build_network(args: argparse.Namespace, device):
     return load_keypoint_net(args.model, device), Path(args.model).stem
 
 
+def _check_scale_factor(scale_factor: float, settings: list[tuple[int, int, int]]) -> None:
+    """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8."""
+    from kp2d.errors import ConfigError
+
+    if not (math.isfinite(scale_factor) and scale_factor > 0):
+        raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}")
+    for width, height, _ in settings:
+        scaled = (round(width * scale_factor), round(height * scale_factor))
+        if scaled[0] % 8 or scaled[1] % 8 or min(scaled) < 32:
+            raise ConfigError(
+                f"--scale-factor {scale_factor:g} resizes {width}x{height} to {scaled[0]}x{scaled[1]}; "
+                "KeyPointNet needs multiples of 8, at least 32"
+            )
+
+
 def opencv_detector(method: str, top_k: int):
     """The OpenCV baseline as ``kp2d eval`` runs it (``2 * top_k`` candidates for the selection)."""
     from kp2d.eval.hpatches import OpenCVDetector
@@ -157,7 +180,7 @@ def _make_detector(args: argparse.Namespace, network, label: str, device, top_k:
 
     if args.method is not None:
         return opencv_detector(args.method, top_k)
-    return KeyPointNetDetector(network, device, name=label)
+    return KeyPointNetDetector(network, device, name=label, scale_factor=args.scale_factor)
 
 
 def parse_baselines(text: str | None, method: str | None) -> list[str]:
@@ -232,6 +255,11 @@ def run(args: argparse.Namespace) -> int:
         bad = [f"{w}x{h}" for w, h, _ in settings if w % 8 or h % 8]
         if bad:
             raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
+        _check_scale_factor(args.scale_factor, settings)
+        if args.scale_factor != 1:
+            label = f"{label} (input x{args.scale_factor:g})"
+    elif args.scale_factor != 1:
+        raise ConfigError("--scale-factor applies to KeyPointNet, not to --method")
 
     baselines = parse_baselines(args.baselines, args.method)
 

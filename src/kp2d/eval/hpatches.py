@@ -32,8 +32,10 @@ import torch
 from tqdm import tqdm
 
 from kp2d.data.hpatches import HPatchesDataset, SequenceSample
-from kp2d.errors import DataError
+from kp2d.errors import ConfigError, DataError
 from kp2d.eval.metrics import evaluate_pair
+from kp2d.inference import check_scale_factor, rescale_images, to_image_pixels
+from kp2d.models.keypoint_net import CELL
 
 __all__ = [
     "METRIC_NAMES",
@@ -72,6 +74,9 @@ class KeyPointNetDetector:
         name: label for tables.
         channels_last: convert the model to channels-last memory layout (default: on CPU, where
             oneDNN convolutions are about 25 % faster in that layout; outputs differ by float rounding only).
+        scale_factor: run the network on the images resized by this factor (bilinear, see
+            :func:`kp2d.inference.rescale_images`) and map the keypoints back to the evaluation shape;
+            1 (default) is the original protocol. The resized size must stay a multiple of 8.
     """
 
     norm = cv2.NORM_L2
@@ -82,7 +87,9 @@ class KeyPointNetDetector:
         device: str | torch.device | None = None,
         name: str = "KeyPointNet",
         channels_last: bool | None = None,
+        scale_factor: float = 1.0,
     ) -> None:
+        self.scale_factor = check_scale_factor(scale_factor)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         if channels_last if channels_last is not None else self.device.type == "cpu":
@@ -95,9 +102,18 @@ class KeyPointNetDetector:
             images = np.stack([cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in images])[..., None]
         batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         batch = batch.permute(0, 3, 1, 2).float() / 255.0  # (B, C, H, W) view of NHWC data: channels-last
+        height, width = batch.shape[-2:]
         with torch.inference_mode():
-            out = self.model.describe(batch)
-        rows = torch.cat([out.coord, out.score], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
+            network_batch = rescale_images(batch, self.scale_factor)
+            net_height, net_width = network_batch.shape[-2:]
+            if net_height % CELL or net_width % CELL:
+                raise ConfigError(
+                    f"scale_factor {self.scale_factor:g} resizes {width}x{height} images to "
+                    f"{net_width}x{net_height}; KeyPointNet needs multiples of {CELL}"
+                )
+            out = self.model.describe(network_batch)
+            coord = to_image_pixels(out.coord, (net_width, net_height), (width, height))
+        rows = torch.cat([coord, out.score], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
         descs = out.desc.flatten(2).transpose(1, 2).float().cpu().numpy()  # (B, Hc*Wc, 256)
         keep = rows[..., 2] > 0
         return [(rows[b][keep[b]], descs[b][keep[b]]) for b in range(len(rows))]

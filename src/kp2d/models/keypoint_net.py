@@ -135,12 +135,19 @@ class KeyPointNet(nn.Module):
         score_threshold: float = 0.0,
         nms_radius: float = 0,
         backend=None,
+        scale_factor: float = 1.0,
     ):
         """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.inference.extract`."""
         from kp2d.inference import extract
 
         return extract(
-            self, image, top_k=top_k, score_threshold=score_threshold, nms_radius=nms_radius, backend=backend
+            self,
+            image,
+            top_k=top_k,
+            score_threshold=score_threshold,
+            nms_radius=nms_radius,
+            backend=backend,
+            scale_factor=scale_factor,
         )
 
     @property
