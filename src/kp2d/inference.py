@@ -249,10 +249,14 @@ def pad_to_multiple(images: torch.Tensor, multiple: int = CELL) -> torch.Tensor:
     return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
 
 
-def _check_size(height: int, width: int) -> None:
-    if height < MIN_IMAGE_SIZE or width < MIN_IMAGE_SIZE:
+def _check_size(height: int, width: int, scale_factor: float = 1.0) -> None:
+    """DataError unless the image, and the network's input at ``scale_factor``, have 32 px a side."""
+    net_height, net_width = round(height * scale_factor), round(width * scale_factor)
+    if min(height, width, net_height, net_width) < MIN_IMAGE_SIZE:
+        resized = f", {net_width}x{net_height} at scale_factor {scale_factor:g}" if scale_factor != 1 else ""
         raise DataError(
-            f"image is {width}x{height} pixels; kp2d needs at least {MIN_IMAGE_SIZE} pixels on each side"
+            f"image is {width}x{height} pixels{resized}; kp2d needs at least {MIN_IMAGE_SIZE} pixels on "
+            "each side"
         )
 
 
@@ -457,14 +461,9 @@ def _extract_batch(
     scale_factor = check_scale_factor(scale_factor)
     batch, batched = _model_input(model, image)
     height, width = batch.shape[-2:]
-    _check_size(height, width)
+    _check_size(height, width, scale_factor)
     network_batch = rescale_images(batch, scale_factor)
     net_height, net_width = network_batch.shape[-2:]
-    if net_height < MIN_IMAGE_SIZE or net_width < MIN_IMAGE_SIZE:
-        raise DataError(
-            f"image is {width}x{height} pixels, {net_width}x{net_height} at scale_factor {scale_factor:g}; "
-            f"kp2d needs at least {MIN_IMAGE_SIZE} pixels on each side"
-        )
     scores, coords, descs = _run(model, network_batch, backend)
     # border cells (score forced to 0) and keypoints in the padding never count, whatever the threshold
     valid = (scores > 0) & (coords[:, 0] <= net_width - 1) & (coords[:, 1] <= net_height - 1)

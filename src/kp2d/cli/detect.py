@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["add_parser", "add_model_options", "model_backend", "run"]
+__all__ = ["add_model_options", "add_parser", "check_scale_factor_option", "model_backend", "run"]
 
 #: Backends offered on the command line (``ort-int8`` needs calibration photos: build it with
 #: :func:`kp2d.fast.load_backend` in Python).
@@ -75,6 +75,14 @@ def model_backend(args: argparse.Namespace, model):
     return load_backend(args.backend, model)
 
 
+def check_scale_factor_option(scale_factor: float) -> None:
+    """ConfigError unless ``--scale-factor`` is a finite number > 0 (shared with ``kp2d eval``)."""
+    from kp2d.errors import ConfigError
+
+    if not (math.isfinite(scale_factor) and scale_factor > 0):
+        raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}")
+
+
 def selection_options(args: argparse.Namespace) -> dict:
     """``extract`` keyword arguments from the parsed options."""
     from kp2d.errors import ConfigError
@@ -83,8 +91,7 @@ def selection_options(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
     if args.nms_radius < 0:
         raise ConfigError(f"--nms-radius must be >= 0, got {args.nms_radius}")
-    if not (math.isfinite(args.scale_factor) and args.scale_factor > 0):
-        raise ConfigError(f"--scale-factor must be a number > 0, got {args.scale_factor:g}")
+    check_scale_factor_option(args.scale_factor)
     return {
         "top_k": args.top_k or None,
         "score_threshold": args.score_threshold,

@@ -155,10 +155,10 @@ def _build_network(args: argparse.Namespace, device):
 
 def _check_scale_factor(scale_factor: float, settings: list[tuple[int, int, int]]) -> None:
     """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8."""
+    from kp2d.cli.detect import check_scale_factor_option
     from kp2d.errors import ConfigError
 
-    if not (math.isfinite(scale_factor) and scale_factor > 0):
-        raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}")
+    check_scale_factor_option(scale_factor)
     for width, height, _ in settings:
         scaled = (round(width * scale_factor), round(height * scale_factor))
         if scaled[0] % 8 or scaled[1] % 8 or min(scaled) < 32:
