@@ -8,7 +8,6 @@ and ``<stem>.json`` (keypoints, scores and image size).
 from __future__ import annotations
 
 import argparse
-import math
 
 __all__ = ["add_model_options", "add_parser", "check_scale_factor_option", "model_backend", "run"]
 
@@ -76,11 +75,14 @@ def model_backend(args: argparse.Namespace, model):
 
 
 def check_scale_factor_option(scale_factor: float) -> None:
-    """ConfigError unless ``--scale-factor`` is a finite number > 0 (shared with ``kp2d eval``)."""
+    """:func:`kp2d.inference.check_scale_factor` with an error naming ``--scale-factor`` (eval's too)."""
     from kp2d.errors import ConfigError
+    from kp2d.inference import check_scale_factor
 
-    if not (math.isfinite(scale_factor) and scale_factor > 0):
-        raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}")
+    try:
+        check_scale_factor(scale_factor)
+    except ConfigError:
+        raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}") from None
 
 
 def selection_options(args: argparse.Namespace) -> dict:

@@ -157,14 +157,16 @@ def _check_scale_factor(scale_factor: float, settings: list[tuple[int, int, int]
     """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8."""
     from kp2d.cli.detect import check_scale_factor_option
     from kp2d.errors import ConfigError
+    from kp2d.inference import MIN_IMAGE_SIZE
+    from kp2d.models.keypoint_net import CELL
 
     check_scale_factor_option(scale_factor)
     for width, height, _ in settings:
         scaled = (round(width * scale_factor), round(height * scale_factor))
-        if scaled[0] % 8 or scaled[1] % 8 or min(scaled) < 32:
+        if scaled[0] % CELL or scaled[1] % CELL or min(scaled) < MIN_IMAGE_SIZE:
             raise ConfigError(
                 f"--scale-factor {scale_factor:g} resizes {width}x{height} to {scaled[0]}x{scaled[1]}; "
-                "KeyPointNet needs multiples of 8, at least 32"
+                f"KeyPointNet needs multiples of {CELL}, at least {MIN_IMAGE_SIZE}"
             )
 
 
