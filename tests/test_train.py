@@ -37,10 +37,13 @@ def _options(tmp_path: Path, data: Path, **kwargs) -> TrainOptions:
     )
 
 
-def test_resume_continues_exactly(tiny_images, tmp_path):
-    straight = train(_options(tmp_path / "a", tiny_images, max_steps=4))
-    train(_options(tmp_path / "b", tiny_images, max_steps=2))
-    resumed = train(_options(tmp_path / "b", tiny_images, max_steps=4, resume=True))
+@pytest.mark.parametrize(("stop_at", "workers"), [(2, 0), (1, 0), (3, 2)])
+def test_resume_continues_exactly(tiny_images, tmp_path, stop_at, workers):
+    """Stopped at an epoch's end or inside an epoch, with or without loader processes, --resume gives the
+    weights of the run that never stopped (dropout and augmentation draws continue where they were)."""
+    straight = train(_options(tmp_path / "a", tiny_images, max_steps=4, num_workers=workers))
+    train(_options(tmp_path / "b", tiny_images, max_steps=stop_at, num_workers=workers))
+    resumed = train(_options(tmp_path / "b", tiny_images, max_steps=4, resume=True, num_workers=workers))
     assert straight.steps == resumed.steps == 4
     assert resumed.epochs_completed == 2  # 4 images, batch 2: 2 steps per epoch
     a, b = load_checkpoint(straight.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
@@ -190,3 +193,41 @@ def test_two_process_gloo_training(tiny_images, tmp_path):
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert checkpoint.extra["step"] == 2
     assert all(torch.isfinite(v).all() for v in checkpoint.state_dict.values() if v.is_floating_point())
+
+
+def test_descriptor_spread_script_measures_a_collapsed_network(tiny_images, tmp_path, capsys):
+    """``scripts/descriptor_spread.py``: a descriptor head that outputs one vector everywhere has mean
+    cosine 1, a score head that outputs one value has score std 0, in both BatchNorm modes."""
+    import importlib.util
+
+    from kp2d.checkpoint import build_keypoint_net, save_checkpoint
+
+    script = Path(__file__).parents[1] / "scripts" / "descriptor_spread.py"
+    spec = importlib.util.spec_from_file_location("descriptor_spread", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    config = load_config("v4", TINY)
+    torch.manual_seed(0)
+    network = build_keypoint_net(config.model)
+    with torch.no_grad():
+        network.convFbb.weight.zero_()
+        network.convFbb.bias.copy_(torch.linspace(-1, 1, network.convFbb.bias.numel()))
+        network.convDb.weight.zero_()
+        network.convDb.bias.fill_(0.3)
+    images = torch.rand(2, 3, 64, 96)
+    for batch_statistics in (True, False):
+        cosine, score_std = module.spread(network, images, batch_statistics)
+        assert cosine == pytest.approx(1.0, abs=1e-5) and score_std == pytest.approx(0.0, abs=1e-6)
+    untrained = module.spread(build_keypoint_net(config.model), images, batch_statistics=True)
+    assert untrained[0] < 0.9 and untrained[1] > 0  # a fresh network's descriptors differ
+
+    collapsed = tmp_path / "collapsed.ckpt"
+    save_checkpoint(collapsed, config, network)
+    args = ["--images", str(tiny_images), "--shape", "64x96", "--count", "2"]
+    capsys.readouterr()
+    assert module.main([str(collapsed), *args]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {collapsed}")]
+    assert row.split(" | ")[1:] == ["1.000", "1.000", "0.000", "0.000 |"]
+    assert module.main([str(tmp_path / "missing.ckpt"), *args]) == 2
+    assert "not found" in capsys.readouterr().err

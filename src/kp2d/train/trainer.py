@@ -86,8 +86,12 @@ class _Progress:
     batch_in_epoch: int = 0
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    return {"cpu": generator.get_state(), "torch": torch.get_rng_state()}
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """The augmentation generator and the global streams dropout draws from (CPU, and CUDA on a GPU)."""
+    state = {"cpu": generator.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 class _Run:
@@ -134,6 +138,9 @@ class _Run:
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
+            # Its own generator: starting an iterator (each epoch, and on --resume in mid-epoch) must not
+            # draw from the global stream that dropout uses, or a resumed run would part from a straight one.
+            generator=torch.Generator().manual_seed(train_cfg.seed + self.dist.rank),
         )
         self.keypoint_net = build_keypoint_net(self.config.model).to(self.device)
         self.io_net = IONet().to(self.device) if self.config.model.with_io else None
@@ -178,6 +185,8 @@ class _Run:
         if "cpu" in rng:
             self.generator.set_state(rng["cpu"])
             torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         log.info(
             "resumed from %s at step %d (epoch %d)",
             self.last_checkpoint, self.progress.step, self.progress.epoch,
@@ -224,7 +233,7 @@ class _Run:
             epoch=self.progress.epoch,
             batch_in_epoch=self.progress.batch_in_epoch,
             best_score=self.best_score,
-            rng=_rng_state(self.generator),
+            rng=_rng_state(self.generator, self.device),
             **self._init_record(),
         )
 
