@@ -178,21 +178,33 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_two_process_gloo_training(tiny_images, tmp_path):
-    """torchrun with 2 CPU processes (gloo) runs DistributedDataParallel steps and writes one checkpoint."""
+    """torchrun with 2 CPU processes (gloo) runs DistributedDataParallel steps and writes one checkpoint;
+    --resume gives each process back its own random streams: a stopped run ends where a straight one does."""
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"extends": "v4", **TINY}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-        "-m", "kp2d", "train", str(config), "--data", str(tiny_images), "--out", str(tmp_path / "run"),
-        "--device", "cpu", "--max-steps", "2", "--no-progress",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 process(es)" in result.stderr
-    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert checkpoint.extra["step"] == 2
-    assert all(torch.isfinite(v).all() for v in checkpoint.state_dict.values() if v.is_floating_point())
+
+    def torchrun(out: str, steps: int, *extra: str) -> subprocess.CompletedProcess:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+            "-m", "kp2d", "train", str(config), "--data", str(tiny_images), "--out", str(tmp_path / out),
+            "--device", "cpu", "--max-steps", str(steps), "--no-progress", *extra,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    assert "2 process(es)" in torchrun("run", 3).stderr
+    straight = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert straight.extra["step"] == 3
+    assert all(torch.isfinite(v).all() for v in straight.state_dict.values() if v.is_floating_point())
+    assert len(straight.extra["rng"]["per_process"]) == 2
+
+    torchrun("stopped", 1)
+    torchrun("stopped", 3, "--resume")
+    resumed = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.ckpt")
+    for key, value in straight.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[key], value, rtol=0, atol=0)
 
 
 def test_descriptor_spread_script_measures_a_collapsed_network(tiny_images, tmp_path, capsys):

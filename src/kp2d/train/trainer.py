@@ -182,6 +182,9 @@ class _Run:
         self.best_score = extra.get("best_score", -math.inf)
         self.init_from = extra.get("init_from")
         rng = extra.get("rng", {})
+        per_process = rng.get("per_process") or []
+        if len(per_process) == self.dist.world_size:
+            rng = per_process[self.dist.rank]
         if "cpu" in rng:
             self.generator.set_state(rng["cpu"])
             torch.set_rng_state(rng["torch"])
@@ -220,6 +223,11 @@ class _Run:
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save(self, path: Path | None = None) -> None:
+        rng = _rng_state(self.generator, self.device)
+        if self.dist.enabled:  # every process calls save at the same steps; each keeps its own streams
+            per_process: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(per_process, rng)
+            rng = {**rng, "per_process": per_process}
         if not self.dist.is_main:
             return
         save_checkpoint(
@@ -233,7 +241,7 @@ class _Run:
             epoch=self.progress.epoch,
             batch_in_epoch=self.progress.batch_in_epoch,
             best_score=self.best_score,
-            rng=_rng_state(self.generator, self.device),
+            rng=rng,
             **self._init_record(),
         )
 
