@@ -19,8 +19,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from kp2d.checkpoint import build_keypoint_net, load_keypoint_net
-from kp2d.config import load_config
+from kp2d.checkpoint import load_keypoint_net, untrained_keypoint_net
 from kp2d.data.image_folder import ImageFolderDataset
 from kp2d.errors import Kp2dError
 from kp2d.inference import MIN_IMAGE_SIZE
@@ -66,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         images = torch.stack([dataset[i] for i in range(min(args.count, len(dataset)))]).float() / 255
         networks: list[tuple[str, KeyPointNet]] = []
         if args.random_init:
-            torch.manual_seed(0)
-            networks.append(("random-init (v4)", build_keypoint_net(load_config("v4").model)))
+            networks.append(("random-init (v4)", untrained_keypoint_net("v4")))
         networks += [(name, load_keypoint_net(name)) for name in args.models]
         columns = ["model", "cosine, batch stats", "cosine, running stats", "score std, batch",
                    "score std, running"]

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from kp2d.checkpoint import (
     build_keypoint_net,
@@ -34,8 +33,8 @@ from kp2d.checkpoint import (
     load_state_dict_strict,
     resolve_model_path,
     training_steps,
+    untrained_keypoint_net,
 )
-from kp2d.config import load_config
 from kp2d.demo import demo_pair
 from kp2d.errors import DataError, Kp2dError
 from kp2d.eval.metrics import corner_error
@@ -167,8 +166,7 @@ def _progress_frame_net(name: str, device):
     The fresh network is seeded as ``kp2d eval --random-init`` (seed 0).
     """
     if name == "random":
-        torch.manual_seed(0)
-        return build_keypoint_net(load_config("v4").model).to(device).eval(), "random init"
+        return untrained_keypoint_net("v4").to(device).eval(), "random init"
     checkpoint = load_checkpoint(resolve_model_path(name))
     net = build_keypoint_net(checkpoint.model)
     load_state_dict_strict(net, checkpoint.state_dict, name)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from kp2d.config import Config, ModelConfig, config_from_dict
+from kp2d.config import Config, ModelConfig, config_from_dict, load_config
 from kp2d.errors import CheckpointError, ConfigError
 from kp2d.models import IONet, KeyPointNet
 
@@ -37,6 +37,7 @@ __all__ = [
     "load_keypoint_net",
     "resolve_model_path",
     "save_checkpoint",
+    "untrained_keypoint_net",
 ]
 
 _MODEL_PARAM_NAMES = ("use_color", "do_upsample", "do_cross", "with_io")
@@ -181,6 +182,16 @@ def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
         do_cross=model.do_cross,
         with_dropout=model.with_dropout,
     )
+
+
+def untrained_keypoint_net(config: str | os.PathLike = "v4") -> KeyPointNet:
+    """The untrained network of ``kp2d eval --random-init``: ``config``'s switches, weights drawn with seed 0.
+
+    Reseeds the global torch generator.
+    """
+    model = load_config(config).model
+    torch.manual_seed(0)
+    return build_keypoint_net(model)
 
 
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

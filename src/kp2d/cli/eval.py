@@ -134,17 +134,13 @@ def parse_shapes(shapes: list[str] | None, top_ks: list[str] | None) -> list[tup
 
 def _build_network(args: argparse.Namespace, device):
     """The KeyPointNet to evaluate and its table label."""
-    import torch
-
-    from kp2d.checkpoint import build_keypoint_net, load_keypoint_net
-    from kp2d.config import load_config
+    from kp2d.checkpoint import load_keypoint_net, untrained_keypoint_net
     from kp2d.errors import CheckpointError
 
     if args.random_init:
         config_name = args.config or "v4"
-        model_config = load_config(config_name).model
-        torch.manual_seed(0)
-        return build_keypoint_net(model_config).to(device).eval(), f"random-init ({Path(config_name).stem})"
+        label = f"random-init ({Path(config_name).stem})"
+        return untrained_keypoint_net(config_name).to(device).eval(), label
     if args.checkpoint is not None:
         path = Path(args.checkpoint)
         if not path.is_file():
