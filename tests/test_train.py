@@ -57,11 +57,14 @@ def test_resume_continues_exactly(tiny_images, tmp_path, stop_at, workers):
 
 def test_init_starts_a_new_run_from_trained_weights(tiny_images, tmp_path):
     """--init: the run's first weights are the source's (IO-Net too), the optimizer and step count are new."""
-    source = train(_options(tmp_path / "a", tiny_images, max_steps=2)).last_checkpoint
+    first = train(_options(tmp_path / "a", tiny_images, max_steps=2))
+    assert first.from_scratch
+    source = first.last_checkpoint
     trained = load_checkpoint(source)
     summary = train(_options(tmp_path / "b", tiny_images, max_steps=1, init=str(source)))
     tuned = load_checkpoint(summary.last_checkpoint)
     assert tuned.extra["step"] == 1
+    assert not summary.from_scratch  # the CLI's early-checkpoint note is for runs from random weights
     assert tuned.extra["init_from"] == {"source": str(source), "steps_before": 2}
     assert tuned.extra["optimizer"]["state"][0]["step"] == 1  # a fresh Adam: one step taken
     # a fresh Adam's first step moves every parameter by at most lr (1e-3) from the source's weights
@@ -73,6 +76,7 @@ def test_init_starts_a_new_run_from_trained_weights(tiny_images, tmp_path):
     # a resumed fine-tuning run keeps the record
     resumed = train(_options(tmp_path / "b", tiny_images, max_steps=2, resume=True))
     assert load_checkpoint(resumed.last_checkpoint).extra["init_from"]["steps_before"] == 2
+    assert not resumed.from_scratch
 
 
 def test_init_refuses_other_networks_and_resume(tiny_images, tmp_path, capsys):
@@ -137,7 +141,9 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(tiny_images, tmp_path, m
     status = main(["train", str(config), "--data", str(tiny_images), "--out", str(tmp_path / "run"),
                    "--device", "cpu", "--max-steps", "5", "--no-progress"])
     assert status == 130
-    assert "stopped (signal): 2 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "stopped (signal): 2 steps" in out
+    assert "note: from random weights, checkpoints of fewer than about 2,500 steps" in out
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").extra["step"] == 2
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 

@@ -7,6 +7,10 @@ from pathlib import Path
 
 __all__ = ["add_parser"]
 
+# Steps from random weights after which a V4 checkpoint beat the untrained network on all six HPatches
+# numbers (the README's "What a run looks like"); the run's closing line warns below it.
+EARLY_STEPS = 2500
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand to ``subparsers``."""
@@ -109,4 +113,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary.stopped_by is not None:
         print(f"continue with: kp2d train ... --out {options.out} --resume")
+    if summary.from_scratch and summary.steps < EARLY_STEPS:
+        print(
+            f"note: from random weights, checkpoints of fewer than about {EARLY_STEPS:,} steps (batch 8) can "
+            "evaluate below the untrained network: the early objective flattens the score map and draws the "
+            "descriptors together (README, 'What a run looks like')"
+        )
     return 130 if summary.stopped_by == "signal" else 0

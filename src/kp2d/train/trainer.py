@@ -75,6 +75,7 @@ class TrainSummary:
     last_loss: float = math.nan
     validation: dict[str, Any] = field(default_factory=dict)
     stopped_by: str | None = None  # "time limit" or "signal" when the run ended before its last step
+    from_scratch: bool = True  # the weights started random (no --init, in this run or the one it resumes)
 
 
 @dataclass
@@ -336,7 +337,7 @@ class _Run:
             log.info("stopped at step %d (%s); %s written: continue with --resume",
                      self.progress.step, self.stop_signal or stopped_by, self.last_checkpoint)
         return TrainSummary(self.progress.step, self.progress.epoch, time.perf_counter() - self.started,
-                            self.last_checkpoint, last_loss, metrics, stopped_by)
+                            self.last_checkpoint, last_loss, metrics, stopped_by, self.init_from is None)
 
     def finish_epoch(self, logger: RunLogger) -> dict[str, Any]:
         """Count the epoch, checkpoint, keep a snapshot and validate when due; returns validation metrics."""
