@@ -213,18 +213,22 @@ def test_two_process_gloo_training(tiny_images, tmp_path):
         torch.testing.assert_close(resumed.state_dict[key], value, rtol=0, atol=0)
 
 
+def _load_script(name: str):
+    """``scripts/<name>.py`` as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_descriptor_spread_script_measures_a_collapsed_network(tiny_images, tmp_path, capsys):
     """``scripts/descriptor_spread.py``: a descriptor head that outputs one vector everywhere has mean
     cosine 1, a score head that outputs one value has score std 0, in both BatchNorm modes."""
-    import importlib.util
-
     from kp2d.checkpoint import build_keypoint_net, save_checkpoint
 
-    script = Path(__file__).parents[1] / "scripts" / "descriptor_spread.py"
-    spec = importlib.util.spec_from_file_location("descriptor_spread", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
+    module = _load_script("descriptor_spread")
     config = load_config("v4", TINY)
     torch.manual_seed(0)
     network = build_keypoint_net(config.model)
@@ -249,3 +253,40 @@ def test_descriptor_spread_script_measures_a_collapsed_network(tiny_images, tmp_
     assert row.split(" | ")[1:] == ["1.000", "1.000", "0.000", "0.000 |"]
     assert module.main([str(tmp_path / "missing.ckpt"), *args]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_recalibrate_batchnorm_script_averages_batch_statistics(tiny_images, tmp_path, capsys):
+    """``scripts/recalibrate_batchnorm.py``: after two batches, the first BatchNorm's running mean and
+    variance are the averages of the two batches' channel means and unbiased variances of its input; the
+    written checkpoint changes only BatchNorm statistics."""
+    from kp2d.checkpoint import build_keypoint_net, save_checkpoint
+    from kp2d.models.keypoint_net import normalize_image
+
+    module = _load_script("recalibrate_batchnorm")
+    config = load_config("v4", TINY)
+    torch.manual_seed(0)
+    network = build_keypoint_net(config.model)
+    batches = [torch.rand(2, 3, 64, 96), torch.rand(3, 3, 64, 96) * 0.5]
+    conv, norm = network.conv1a[0], network.conv1a[1]
+    with torch.no_grad():
+        inputs = [conv(normalize_image(images)).transpose(0, 1).flatten(1) for images in batches]  # (C, n)
+    assert module.recalibrate(network, iter(batches)) == 2
+    expected_mean = (inputs[0].mean(dim=1) + inputs[1].mean(dim=1)) / 2
+    expected_var = (inputs[0].var(dim=1) + inputs[1].var(dim=1)) / 2
+    torch.testing.assert_close(norm.running_mean, expected_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norm.running_var, expected_var, rtol=1e-5, atol=1e-6)
+    assert norm.momentum == 0.1 and not norm.training and not network.training
+
+    source = tmp_path / "source.ckpt"
+    save_checkpoint(source, config, build_keypoint_net(config.model), step=7)
+    out = tmp_path / "recalibrated.ckpt"
+    args = ["--images", str(tiny_images), "--shape", "64x96", "--batch-size", "2"]
+    assert module.main([str(source), *args, "--out", str(out)]) == 0
+    assert "averaged over 4 batches at 64x96" in capsys.readouterr().out  # 2 batches x (source, target)
+    before, after = load_checkpoint(source), load_checkpoint(out)
+    assert after.extra["step"] == 7 and after.extra["batchnorm_recalibrated"]["batches"] == 4
+    changed = {k for k in before.state_dict if not torch.equal(before.state_dict[k], after.state_dict[k])}
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    assert changed and all(k.endswith(statistics) for k in changed)
+    assert module.main([str(source), *args[:-1], "8", "--out", str(out)]) == 2
+    assert "fewer than a batch of 8" in capsys.readouterr().err
