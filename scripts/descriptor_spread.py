@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from kp2d.checkpoint import load_keypoint_net, untrained_keypoint_net
+from kp2d.config import parse_image_shape
 from kp2d.data.image_folder import ImageFolderDataset
-from kp2d.errors import Kp2dError
-from kp2d.inference import MIN_IMAGE_SIZE
+from kp2d.errors import ConfigError, Kp2dError
 from kp2d.models import KeyPointNet
-from kp2d.models.keypoint_net import CELL
 
 
 def spread(network: KeyPointNet, images: torch.Tensor, batch_statistics: bool) -> tuple[float, float]:
@@ -51,11 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="240x320", metavar="HxW", help="default 240x320 (training)")
     args = parser.parse_args(argv)
     try:
-        height, width = (int(v) for v in args.shape.lower().split("x"))
-    except ValueError:
-        parser.error(f"--shape must be HxW, got {args.shape!r}")
-    if height % CELL or width % CELL or min(height, width) < MIN_IMAGE_SIZE:
-        parser.error(f"--shape sides must be multiples of {CELL}, at least {MIN_IMAGE_SIZE}: {args.shape}")
+        height, width = parse_image_shape(args.shape)
+    except ConfigError as error:
+        parser.error(f"--shape: {error}")
     if args.count < 1:
         parser.error(f"--count must be at least 1, got {args.count}")
     if not args.models and not args.random_init:

@@ -30,12 +30,10 @@ from kp2d.checkpoint import (
     load_state_dict_strict,
     resolve_model_path,
 )
-from kp2d.config import load_config
+from kp2d.config import load_config, parse_image_shape
 from kp2d.data.image_folder import ImageFolderDataset
-from kp2d.errors import DataError, Kp2dError
-from kp2d.inference import MIN_IMAGE_SIZE
+from kp2d.errors import ConfigError, DataError, Kp2dError
 from kp2d.models import KeyPointNet
-from kp2d.models.keypoint_net import CELL
 
 
 def recalibrate(network: KeyPointNet, batches: Iterable[torch.Tensor]) -> int:
@@ -83,11 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        height, width = (int(v) for v in args.shape.lower().split("x"))
-    except ValueError:
-        parser.error(f"--shape must be HxW, got {args.shape!r}")
-    if height % CELL or width % CELL or min(height, width) < MIN_IMAGE_SIZE:
-        parser.error(f"--shape sides must be multiples of {CELL}, at least {MIN_IMAGE_SIZE}: {args.shape}")
+        height, width = parse_image_shape(args.shape)
+    except ConfigError as error:
+        parser.error(f"--shape: {error}")
     if args.batch_size < 2:
         parser.error(f"--batch-size must be at least 2 (BatchNorm statistics), got {args.batch_size}")
     try:

@@ -1,6 +1,6 @@
 import pytest
 
-from kp2d.config import list_presets, load_config
+from kp2d.config import list_presets, load_config, parse_image_shape
 from kp2d.errors import ConfigError
 
 
@@ -60,3 +60,11 @@ def test_bad_values(override, message):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown config 'v7'"):
         load_config("v7")
+
+
+def test_parse_image_shape():
+    assert parse_image_shape("240x320") == (240, 320)
+    assert parse_image_shape("480X640") == (480, 640)
+    for bad in ("240x321", "16x16", "240", "240x320x3", "ax320"):
+        with pytest.raises(ConfigError, match=f"expected HxW .* got '{bad}'"):
+            parse_image_shape(bad)

@@ -29,6 +29,7 @@ __all__ = [
     "config_from_dict",
     "list_presets",
     "load_config",
+    "parse_image_shape",
 ]
 
 
@@ -227,6 +228,17 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
     return _build(Config, data)
+
+
+def parse_image_shape(text: str) -> tuple[int, int]:
+    """``"HxW"`` (e.g. ``"240x320"``) → ``(H, W)``, with the checks of ``augmentation.image_shape``."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+        return AugmentationConfig(image_shape=(height, width)).image_shape
+    except (ValueError, ConfigError):
+        raise ConfigError(
+            f"expected HxW with sides multiples of 8, at least 32 (e.g. 240x320), got {text!r}"
+        ) from None
 
 
 def list_presets() -> list[str]:
