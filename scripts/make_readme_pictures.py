@@ -27,10 +27,9 @@ import cv2
 import numpy as np
 
 from kp2d.checkpoint import (
-    build_keypoint_net,
+    keypoint_net_from,
     load_checkpoint,
     load_keypoint_net,
-    load_state_dict_strict,
     resolve_model_path,
     training_steps,
     untrained_keypoint_net,
@@ -168,8 +167,7 @@ def _progress_frame_net(name: str, device):
     if name == "random":
         return untrained_keypoint_net("v4").to(device).eval(), "random init"
     checkpoint = load_checkpoint(resolve_model_path(name))
-    net = build_keypoint_net(checkpoint.model)
-    load_state_dict_strict(net, checkpoint.state_dict, name)
+    net = keypoint_net_from(checkpoint, name)
     step = training_steps(checkpoint)
     return net.to(device).eval(), f"step {step:,}" if isinstance(step, int) else Path(name).stem
 

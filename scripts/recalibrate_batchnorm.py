@@ -25,9 +25,8 @@ import torch
 from kp2d.augmentation import HomographicAugmentation
 from kp2d.checkpoint import (
     atomic_torch_save,
-    build_keypoint_net,
+    keypoint_net_from,
     load_checkpoint,
-    load_state_dict_strict,
     resolve_model_path,
 )
 from kp2d.config import load_config, parse_image_shape
@@ -89,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = resolve_model_path(args.model)
         checkpoint = load_checkpoint(path)
-        network = build_keypoint_net(checkpoint.model)
-        load_state_dict_strict(network, checkpoint.state_dict, str(path))
-        network.float()
+        network = keypoint_net_from(checkpoint, path).float()
         augmentation_config = load_config("v4", {"augmentation": {"original_jitter_noop": True}}).augmentation
         augmentation = HomographicAugmentation(
             dataclasses.replace(augmentation_config, image_shape=(height, width))

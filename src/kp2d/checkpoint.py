@@ -32,6 +32,7 @@ __all__ = [
     "Checkpoint",
     "atomic_torch_save",
     "build_keypoint_net",
+    "keypoint_net_from",
     "list_pretrained",
     "load_checkpoint",
     "load_keypoint_net",
@@ -239,13 +240,17 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     raise CheckpointError(f"unknown model '{text}': not a file and not a pretrained name ({available})")
 
 
+def keypoint_net_from(checkpoint: Checkpoint, source: str | Path) -> KeyPointNet:
+    """A KeyPointNet with ``checkpoint``'s switches and weights (``source`` names the file in errors)."""
+    net = build_keypoint_net(checkpoint.model)
+    load_state_dict_strict(net, checkpoint.state_dict, str(source))
+    return net
+
+
 def load_keypoint_net(name_or_path: str | Path, device: str | torch.device = "cpu") -> KeyPointNet:
     """KeyPointNet from a pretrained name or a checkpoint file, in eval mode, on ``device``."""
     path = resolve_model_path(name_or_path)
-    checkpoint = load_checkpoint(path)
-    net = build_keypoint_net(checkpoint.model)
-    load_state_dict_strict(net, checkpoint.state_dict, str(path))
-    return net.to(device).eval()
+    return keypoint_net_from(load_checkpoint(path), path).to(device).eval()
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

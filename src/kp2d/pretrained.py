@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from kp2d.checkpoint import atomic_torch_save, build_keypoint_net, load_checkpoint, load_state_dict_strict
+from kp2d.checkpoint import atomic_torch_save, keypoint_net_from, load_checkpoint
 from kp2d.models import KeyPointNet
 
 __all__ = ["REFERENCE_SIZE", "make_pretrained", "reference_error", "reference_image"]
@@ -53,8 +53,7 @@ def make_pretrained(
     BatchNorm's ``num_batches_tracked`` stay as they are); IO-Net and the optimizer state are dropped.
     """
     checkpoint = load_checkpoint(source)
-    net = build_keypoint_net(checkpoint.model)
-    load_state_dict_strict(net, checkpoint.state_dict, str(source))
+    net = keypoint_net_from(checkpoint, source)
     image = reference_image()
     state_dict = {
         key: value.detach().cpu().to(dtype) if value.is_floating_point() else value.detach().cpu()
