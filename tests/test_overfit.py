@@ -22,3 +22,16 @@ def test_overfit_cli_rejects_bad_values(tmp_path, capsys):
     assert "--steps must be at least 1" in capsys.readouterr().err
     assert main(["overfit", str(tmp_path / "missing.png"), "--out", str(tmp_path)]) == 2
     assert "missing.png" in capsys.readouterr().err
+
+
+def test_overfit_cli_without_progress_bar(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("extends: v4\naugmentation: {image_shape: [64, 96]}\nloss: {io_top_k: 40}\n"
+                      "train: {precision: fp32}\n")
+    out = tmp_path / "gifs"
+    assert main(["overfit", "--config", str(config), "--steps", "2", "--every", "1", "--batch-size", "2",
+                 "--top-k", "10", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "overfit:" not in captured.err  # the tqdm bar's description
+    assert sorted(path.name for path in out.iterdir()) == ["crop.gif", "keypoints.gif", "scores.gif"]
+    assert "-> " in captured.out

@@ -22,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="augmented copies per step (default: 4)")
     parser.add_argument("--top-k", type=int, default=100, help="keypoints drawn per frame (default: 100)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     result = overfit(
         image, load_config(args.config), args.out, steps=args.steps, every=args.every,
         batch_size=args.batch_size, top_k=args.top_k, device=resolve_device(args.device),
+        progress=not args.no_progress,
     )
     print(f"wrote {result.keypoints_gif}, {result.scores_gif}, {result.crop_gif}")
     print(f"loss: {result.losses[0]:.4f} (first frame) -> {result.losses[-1]:.4f} (last frame)")
