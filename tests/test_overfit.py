@@ -4,6 +4,7 @@ from PIL import Image
 from kp2d.cli import main
 from kp2d.config import load_config
 from kp2d.overfit import overfit
+from kp2d.train.step import TrainingStep
 
 
 def test_overfit_writes_three_gifs_with_one_frame_per_record(tmp_path):
@@ -25,13 +26,54 @@ def test_overfit_cli_rejects_bad_values(tmp_path, capsys):
 
 
 def test_overfit_cli_without_progress_bar(tmp_path, capsys):
-    config = tmp_path / "tiny.yaml"
-    config.write_text("extends: v4\naugmentation: {image_shape: [64, 96]}\nloss: {io_top_k: 40}\n"
-                      "train: {precision: fp32}\n")
     out = tmp_path / "gifs"
-    assert main(["overfit", "--config", str(config), "--steps", "2", "--every", "1", "--batch-size", "2",
-                 "--top-k", "10", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert main(_tiny_run(tmp_path, out, steps=2)) == 0
     captured = capsys.readouterr()
     assert "overfit:" not in captured.err  # the tqdm bar's description
     assert sorted(path.name for path in out.iterdir()) == ["crop.gif", "keypoints.gif", "scores.gif"]
+    with Image.open(out / "scores.gif") as gif:
+        assert gif.n_frames == 2 and gif.size == (96, 64)  # --shape HxW, not the config's image_shape
     assert "-> " in captured.out
+
+
+def _tiny_run(folder, out, steps: int) -> list[str]:
+    """CLI arguments of a 64x96 over-fitting run with a frame every step (IO-Net on 40 cells)."""
+    config = folder / "tiny.yaml"
+    config.write_text("extends: v4\naugmentation: {image_shape: [240, 320]}\nloss: {io_top_k: 40}\n"
+                      "train: {precision: fp32}\n")
+    return ["overfit", "--config", str(config), "--shape", "64x96", "--steps", str(steps), "--every", "1",
+            "--batch-size", "2", "--top-k", "10", "--out", str(out), "--no-progress", "--device", "cpu"]
+
+
+def test_overfit_cli_defaults_are_the_original_demo(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_overfit(image, config, out, **kwargs):
+        seen.update(config=config, **kwargs)
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr("kp2d.overfit.overfit", fake_overfit)
+    assert main(["overfit", "--out", str(tmp_path)]) == 130
+    config = seen["config"]
+    assert config.model == load_config("v4").model
+    assert config.augmentation.original_jitter_noop and config.augmentation.image_shape == (120, 160)
+    assert (seen["steps"], seen["every"], seen["batch_size"]) == (1500, 50, 4)
+
+
+def test_overfit_ctrl_c_keeps_the_frames_recorded_so_far(monkeypatch, tmp_path, capsys):
+    calls = {"n": 0}
+    original_call = TrainingStep.__call__
+
+    def interrupted_on_third_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingStep, "__call__", interrupted_on_third_step)
+    out = tmp_path / "gifs"
+    assert main(_tiny_run(tmp_path, out, steps=10)) == 130
+    assert "interrupted after step 2 of 10" in capsys.readouterr().err
+    for name in ("keypoints.gif", "scores.gif", "crop.gif"):
+        with Image.open(out / name) as gif:
+            assert gif.n_frames == 2  # steps 1 and 2
