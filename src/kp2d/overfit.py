@@ -69,7 +69,7 @@ def overfit(
     """Train a fresh network on augmented copies of one ``(H, W, 3)`` uint8 RGB image; write three GIFs.
 
     The image is resized to ``config.augmentation.image_shape``; each step trains on ``batch_size``
-    different random homographies of it. Ctrl-C stops after the current step and still writes the frames
+    different random homographies of it. Ctrl-C stops the run and still writes the frames
     recorded so far (``interrupted`` is then set).
     """
     height, width = config.augmentation.image_shape
