@@ -1,0 +1,94 @@
+"""``scripts/warp_sweep.py``: pure-warp HPatches-format sets, checked by hand-computed points and pixels."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hpatches_tiny import make_tiny_hpatches
+from kp2d.data.hpatches import HPatchesDataset, read_homography
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "warp_sweep.py"
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("warp_sweep", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _apply(homography: np.ndarray, x: float, y: float) -> tuple[float, float]:
+    u, v, w = homography @ np.array([x, y, 1.0])
+    return u / w, v / w
+
+
+def test_homographies_by_hand(sweep):
+    """In a 200x100 photo (centre (100, 50)): zoom 2 doubles distances from the centre, rotation 90 turns
+    (110, 50) to (100, 60), perspective t scales the left/right edges' heights by 1/(1 + t) and 1/(1 - t)."""
+    zoom = sweep.warp_about_center("zoom", 2.0, 200, 100)
+    assert _apply(zoom, 100, 50) == pytest.approx((100, 50))
+    assert _apply(zoom, 110, 45) == pytest.approx((120, 40))
+    rotation = sweep.warp_about_center("rotation", 90.0, 200, 100)
+    assert _apply(rotation, 110, 50) == pytest.approx((100, 60))
+    t = 0.4
+    tilt = sweep.warp_about_center("perspective", t, 200, 100)
+    left = _apply(tilt, 0, 100)[1] - _apply(tilt, 0, 0)[1]
+    right = _apply(tilt, 200, 100)[1] - _apply(tilt, 200, 0)[1]
+    assert left == pytest.approx(100 / (1 - t)) and right == pytest.approx(100 / (1 + t))
+    assert _apply(tilt, 100, 50) == pytest.approx((100, 50))
+    with pytest.raises(ValueError, match="perspective"):
+        sweep.warp_about_center("perspective", 1.0, 200, 100)
+    with pytest.raises(ValueError, match="unknown warp kind"):
+        sweep.warp_about_center("shear", 1.0, 200, 100)
+
+
+def test_writes_readable_sequences_whose_views_are_the_warped_photo(sweep, tmp_path, capsys):
+    root = make_tiny_hpatches(tmp_path / "tiny")
+    out = tmp_path / "warps"
+    assert sweep.main([str(root), "--out", str(out), "--kinds", "zoom,rotation", "--zoom", "1.5,3"]) == 0
+    assert "5 photos × 2 kinds" in capsys.readouterr().out  # one per sequence (the 1.* view), i_/v_ dropped
+    zoom_sequences = sorted(p.name for p in (out / "zoom").iterdir())
+    assert zoom_sequences == ["v_astronaut", "v_camera", "v_chelsea", "v_coffee", "v_misc_chelsea"]
+    assert not (out / "perspective").exists()
+    assert len(list((out / "rotation" / "v_astronaut").glob("H_1_*"))) == 5  # the default levels
+
+    folder = out / "zoom" / "v_astronaut"
+    photo, view3 = cv2.imread(str(folder / "1.png")), cv2.imread(str(folder / "3.png"))
+    homography = read_homography(folder / "H_1_3")
+    height, width = photo.shape[:2]
+    assert np.allclose(homography, np.diag([3.0, 3.0, 1.0]) + [[0, 0, -width], [0, 0, -height], [0, 0, 0]])
+    # a pixel of view 3 near the centre shows the photo at its back-warped point
+    x, y = width // 2 + 9, height // 2 - 6
+    source_x, source_y = _apply(np.linalg.inv(homography), x, y)
+    assert source_x == pytest.approx(width / 2 + 3) and source_y == pytest.approx(height / 2 - 2)
+    assert np.abs(view3[y, x].astype(int) - photo[math.floor(source_y), math.floor(source_x)]).max() <= 1
+
+    dataset = HPatchesDataset(out / "zoom", (120, 90))
+    assert dataset.num_pairs == 10
+    assert dataset[0].pair_names == ["v_astronaut:1-2", "v_astronaut:1-3"]
+
+
+def test_folder_of_images_and_bad_input(sweep, tmp_path, capsys):
+    images = tmp_path / "photos" / "sub"
+    images.mkdir(parents=True)
+    cv2.imwrite(str(images / "a.png"), np.full((40, 60, 3), 128, np.uint8))
+    cv2.imwrite(str(images / "a.jpg"), np.full((40, 60, 3), 128, np.uint8))
+    assert [name for name, _ in sweep.source_photos(tmp_path / "photos")] == ["sub_a", "sub_a_sub_a"]
+    out = tmp_path / "warps"
+    args = [str(tmp_path / "photos"), "--out", str(out)]
+    assert sweep.main([*args, "--kinds", "perspective", "--limit", "1"]) == 0
+    written = sorted(p.name for p in (out / "perspective" / "v_sub_a").iterdir())
+    assert written[:3] == ["1.png", "2.png", "3.png"]
+    assert sweep.main([str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
+    for bad in (["--kinds", "shear"], ["--zoom", "2,x"], ["--perspective", "1.5"], ["--limit", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            sweep.main([str(tmp_path / "photos"), "--out", str(out), *bad])
+        assert exit_info.value.code == 2
