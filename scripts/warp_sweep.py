@@ -10,8 +10,8 @@ centre by one homography, each level stronger than the last:
 
 - ``zoom``: magnified by s (view k shows the central 1/s of the photo); default 1.25, 1.5, 2, 2.5, 3;
 - ``rotation``: turned by a degrees; default 10, 20, 30, 40, 50;
-- ``perspective``: tilted about the vertical axis, the left and right edges scaled by 1/(1 + t) and
-  1/(1 - t); default t = 0.1, 0.2, 0.3, 0.4, 0.5.
+- ``perspective``: tilted about the vertical axis, the left edge scaled by 1/(1 - t) and the right edge
+  by 1/(1 + t); default t = 0.1, 0.2, 0.3, 0.4, 0.5.
 
 Views are lossless PNGs of the photo's size (pixels warped in from outside the photo are black); ``H_1_k``
 maps photo pixels to view-k pixels. The sequences are named ``v_*`` so that ``hpatches_breakdown.py`` gives

@@ -31,7 +31,8 @@ def _apply(homography: np.ndarray, x: float, y: float) -> tuple[float, float]:
 
 def test_homographies_by_hand(sweep):
     """In a 200x100 photo (centre (100, 50)): zoom 2 doubles distances from the centre, rotation 90 turns
-    (110, 50) to (100, 60), perspective t scales the left/right edges' heights by 1/(1 + t) and 1/(1 - t)."""
+    (110, 50) to (100, 60), perspective t scales the left edge's height by 1/(1 - t) and the right edge's
+    by 1/(1 + t)."""
     zoom = sweep.warp_about_center("zoom", 2.0, 200, 100)
     assert _apply(zoom, 100, 50) == pytest.approx((100, 50))
     assert _apply(zoom, 110, 45) == pytest.approx((120, 40))
