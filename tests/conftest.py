@@ -24,6 +24,20 @@ def _require(path: Path, what: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def load_script():
+    """``load_script(name)``: ``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def golden_dir() -> Path:
     """``../shared/golden``: outputs of the original code."""
     return _require(SHARED_DIR / "golden", "golden vectors")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -203,10 +202,8 @@ def test_baselines_in_the_same_run(tiny_root, tmp_path, capsys):
     assert "surf" in _error_line(capsys)
 
 
-def test_json_keeps_each_pair_and_the_breakdown_groups_them(tiny_root, tmp_path, capsys):
+def test_json_keeps_each_pair_and_the_breakdown_groups_them(tiny_root, tmp_path, capsys, load_script):
     """``--json`` ends with each pair's metrics; ``scripts/hpatches_breakdown.py`` averages them by view."""
-    import importlib.util
-
     out = tmp_path / "sift.json"
     args = ("--method", "sift", "--hpatches", str(tiny_root), "--shape", "160x120")
     assert _eval(*args, "--json", str(out)) == 0
@@ -217,10 +214,7 @@ def test_json_keeps_each_pair_and_the_breakdown_groups_them(tiny_root, tmp_path,
         values = [p[name] for p in entry["per_pair"] if p[name] is not None and not math.isnan(p[name])]
         assert entry[name] == pytest.approx(sum(values) / len(values))
 
-    script = Path(__file__).parents[1] / "scripts" / "hpatches_breakdown.py"
-    spec = importlib.util.spec_from_file_location("hpatches_breakdown", script)
-    breakdown = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(breakdown)
+    breakdown = load_script("hpatches_breakdown")
     capsys.readouterr()
     assert breakdown.main([str(out), "--metrics", "c3"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
@@ -233,15 +227,10 @@ def test_json_keeps_each_pair_and_the_breakdown_groups_them(tiny_root, tmp_path,
     assert "unknown metric" in capsys.readouterr().err
 
 
-def test_localization_errors_script_pools_the_protocols_distances(tiny_root, capsys):
+def test_localization_errors_script_pools_the_protocols_distances(tiny_root, capsys, load_script):
     """``scripts/localization_errors.py``: per group, the pooled mean of the repeated keypoints' distances;
     on a group of one pair with one method it equals that pair's localization error of ``kp2d eval``."""
-    import importlib.util
-
-    script = Path(__file__).parents[1] / "scripts" / "localization_errors.py"
-    spec = importlib.util.spec_from_file_location("localization_errors", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("localization_errors")
     args = ["--hpatches", str(tiny_root), "--shape", "160x120"]
     assert module.main(["--method", "sift", *args]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]

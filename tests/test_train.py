@@ -213,22 +213,12 @@ def test_two_process_gloo_training(tiny_images, tmp_path):
         torch.testing.assert_close(resumed.state_dict[key], value, rtol=0, atol=0)
 
 
-def _load_script(name: str):
-    """``scripts/<name>.py`` as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_descriptor_spread_script_measures_a_collapsed_network(tiny_images, tmp_path, capsys):
+def test_descriptor_spread_script_measures_a_collapsed_network(tiny_images, tmp_path, capsys, load_script):
     """``scripts/descriptor_spread.py``: a descriptor head that outputs one vector everywhere has mean
     cosine 1, a score head that outputs one value has score std 0, in both BatchNorm modes."""
     from kp2d.checkpoint import build_keypoint_net, save_checkpoint
 
-    module = _load_script("descriptor_spread")
+    module = load_script("descriptor_spread")
     config = load_config("v4", TINY)
     torch.manual_seed(0)
     network = build_keypoint_net(config.model)
@@ -255,14 +245,16 @@ def test_descriptor_spread_script_measures_a_collapsed_network(tiny_images, tmp_
     assert "not found" in capsys.readouterr().err
 
 
-def test_recalibrate_batchnorm_script_averages_batch_statistics(tiny_images, tmp_path, capsys):
+def test_recalibrate_batchnorm_script_averages_batch_statistics(
+    tiny_images, tmp_path, capsys, load_script
+):
     """``scripts/recalibrate_batchnorm.py``: after two batches, the first BatchNorm's running mean and
     variance are the averages of the two batches' channel means and unbiased variances of its input; the
     written checkpoint changes only BatchNorm statistics."""
     from kp2d.checkpoint import build_keypoint_net, save_checkpoint
     from kp2d.models.keypoint_net import normalize_image
 
-    module = _load_script("recalibrate_batchnorm")
+    module = load_script("recalibrate_batchnorm")
     config = load_config("v4", TINY)
     torch.manual_seed(0)
     network = build_keypoint_net(config.model)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,15 +11,10 @@ import pytest
 from hpatches_tiny import make_tiny_hpatches
 from kp2d.data.hpatches import HPatchesDataset, read_homography
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "warp_sweep.py"
-
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("warp_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sweep(load_script):
+    return load_script("warp_sweep")
 
 
 def _apply(homography: np.ndarray, x: float, y: float) -> tuple[float, float]:
