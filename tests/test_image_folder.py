@@ -8,7 +8,7 @@ import torch
 from skimage import data as samples
 
 from kp2d.data.image_folder import ImageFolderDataset, list_images, read_image_rgb, resize_image
-from kp2d.errors import DataError
+from kp2d.errors import DataError, user_message
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:
@@ -145,3 +145,17 @@ def test_preload_and_dataloader(photo_folder):
     assert dataset[-1].shape == (3, 24, 32)
     with pytest.raises(IndexError):
         dataset[3]
+
+
+def test_user_message_unwraps_a_worker_error(folder_with_bad_files):
+    """Through a DataLoader worker the error keeps its type, and user_message gives back its own message."""
+    dataset = ImageFolderDataset(folder_with_bad_files, image_shape=(24, 32))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, sampler=[2], num_workers=1)
+    with pytest.raises(DataError) as raised:
+        next(iter(loader))
+    assert "Traceback" in str(raised.value)  # what PyTorch makes of it
+    message = user_message(raised.value)
+    assert message.startswith("cannot decode image ") and message.endswith("skips unreadable images")
+    assert "broken.jpg" in message and "\n" not in message
+    plain = DataError("image not found: x.png")
+    assert user_message(plain) == "image not found: x.png"

@@ -183,6 +183,26 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--max-minutes must be above 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_one_line_naming_it(tiny_images, tmp_path, capsys, workers):
+    """An undecodable photo stops the run with its name and the way round it, also when a DataLoader worker
+    process met it (PyTorch then puts the worker's traceback into the error's message)."""
+    data = tmp_path / "photos"
+    data.mkdir()
+    for image in tiny_images.iterdir():
+        (data / image.name).write_bytes(image.read_bytes())
+    (data / "img1.png").write_bytes(b"not a png")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"extends": "v4", **TINY}))
+    status = main(["train", str(config), "--data", str(data), "--out", str(tmp_path / "run"),
+                   "--device", "cpu", "--max-steps", "2", "--no-progress", "--workers", str(workers)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("kp2d train: error: cannot decode image ") and "img1.png" in err
+    assert "--skip-bad" in err
+
+
 def test_two_process_gloo_training(tiny_images, tmp_path):
     """torchrun with 2 CPU processes (gloo) runs DistributedDataParallel steps and writes one checkpoint;
     --resume gives each process back its own random streams: a stopped run ends where a straight one does."""

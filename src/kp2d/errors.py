@@ -1,5 +1,9 @@
 """Errors meant for the user: the CLI prints their message and exits non-zero, without a traceback."""
 
+from __future__ import annotations
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "Kp2dError", "user_message"]
+
 
 class Kp2dError(Exception):
     """A user-facing error (bad input file, bad option, corrupt checkpoint, ...)."""
@@ -15,3 +19,18 @@ class CheckpointError(Kp2dError):
 
 class DataError(Kp2dError):
     """An input image or dataset is missing, unreadable or malformed."""
+
+
+def user_message(err: BaseException) -> str:
+    """``str(err)``, or the original message of an error raised in a DataLoader worker process.
+
+    PyTorch re-raises a worker's exception in the main process as the same type, but with the worker's
+    whole traceback as its message (``Caught DataError in DataLoader worker process 0. Original
+    Traceback ... kp2d.errors.DataError: <message>``); the user wants the last part only.
+    """
+    text = str(err)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "
+    start = text.rfind(marker)
+    return text[start + len(marker) :].strip() if start >= 0 else text

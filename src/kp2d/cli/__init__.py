@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from kp2d.errors import Kp2dError
+from kp2d.errors import Kp2dError, user_message
 
 __all__ = ["main"]
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Kp2dError as err:
-        print(f"kp2d {args.command}: error: {err}", file=sys.stderr)
+        print(f"kp2d {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"kp2d {args.command}: interrupted", file=sys.stderr)

@@ -158,7 +158,8 @@ class ImageFolderDataset(Dataset):
                 return self.load(candidate)
             except DataError as err:
                 if not self.skip_bad:
-                    raise
+                    hint = "skip_bad (kp2d train --skip-bad) skips unreadable images"
+                    raise DataError(f"{err}; {hint}") from None
                 path = self.paths[candidate]
                 if path not in self.bad_files:
                     self.bad_files.append(path)
