@@ -79,6 +79,25 @@ def test_detect_writes_pictures_and_arrays(tmp_path, checkpoint, photos, capsys)
     assert "50 keypoints" in capsys.readouterr().out
 
 
+def test_detect_takes_folders(tmp_path, checkpoint, photos, capsys):
+    """A folder stands for the images under it (recursively, sorted); repeated stems get -2, -3, ..."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.png").write_bytes(photos[0].read_bytes())
+    (folder / "b.jpg").write_bytes(photos[1].read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    args = ["--model", checkpoint, "--out", str(out), "--top-k", "20", "--device", "cpu"]
+    assert main(["detect", str(photos[0]), str(folder), *args]) == 0
+    assert sorted(p.name for p in out.glob("*.npz")) == ["a-2.npz", "a.npz", "b.npz"]
+    printed = capsys.readouterr().out
+    assert printed.index(str(folder / "b.jpg")) < printed.index(str(folder / "sub" / "a.png"))
+    np.testing.assert_array_equal(np.load(out / "a.npz")["keypoints"], np.load(out / "a-2.npz")["keypoints"])
+    (tmp_path / "empty").mkdir()
+    assert main(["detect", str(tmp_path / "empty"), *args]) == 2
+    assert "no images" in _single_error_line(capsys)
+
+
 def test_detect_options_change_the_selection(tmp_path, checkpoint, photos):
     out = tmp_path / "nms"
     assert (

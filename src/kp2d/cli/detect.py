@@ -1,5 +1,8 @@
 """``kp2d detect IMAGE...``: keypoints, score heat map and descriptors of each image, written to a folder.
 
+An argument that is a folder stands for every image under it (searched recursively, as ``kp2d train``'s
+``--data``).
+
 For each image ``<stem>``: ``<stem>_keypoints.png`` (keypoints coloured by score), ``<stem>_scores.png``
 (cell scores over the image), ``<stem>.npz`` (``keypoints``, ``scores``, ``descriptors``, ``image_size``)
 and ``<stem>.json`` (keypoints, scores and image size).
@@ -59,7 +62,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Detect and describe keypoints; write an overlay, a score heat map, .npz and .json "
         "per image.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (png, jpg, ppm, ...)")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files (png, jpg, ppm, ...) or folders of them (searched recursively)",
+    )
     parser.add_argument("--out", default="kp2d_detect", help="output folder (default: kp2d_detect/)")
     add_model_options(parser)
     parser.set_defaults(func=run)
@@ -115,6 +123,22 @@ def _score_picture(image, cell_scores, scale_factor: float):
     return cv2.resize(draw_score_heatmap(resized, cell_scores), (width, height), interpolation=cv2.INTER_AREA)
 
 
+def _image_paths(arguments: list) -> list:
+    """The image files named on the command line, each folder replaced by the images under it (sorted)."""
+    from kp2d.data.image_folder import list_images
+    from kp2d.errors import DataError
+
+    paths = []
+    for path in arguments:
+        if path.is_dir():
+            paths.extend(list_images(path))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DataError(f"image not found: {path}")
+    return paths
+
+
 def _unique_stems(paths: list) -> list[str]:
     """File stems, with ``-2``, ``-3``, ... appended to repeats so outputs do not overwrite each other."""
     seen: dict[str, int] = {}
@@ -143,10 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("kp2d.detect")
     options = selection_options(args)
-    paths = [Path(p) for p in args.images]
-    for path in paths:
-        if not path.is_file():
-            raise DataError(f"image not found: {path}")
+    paths = _image_paths([Path(p) for p in args.images])
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
     options["backend"] = model_backend(args, model)
