@@ -22,7 +22,7 @@ highest scores, sorted by decreasing score.
 shrinking) and maps the keypoints back to pixels of the original image (pixel centres at integers:
 ``x = (x' + 0.5) * W / W' - 0.5``). At 2 the grid of cells is 4 px of the original image instead of 8 and
 the regressed offsets are twice as fine: on ``hpatches-synth`` at 320×240 the shipped V4's localization
-error drops from 0.93 px to about 0.6 px (README, Results), for four times the compute. OpenCV's SIFT
+error drops from 0.84 px to 0.54 px (README, Results), for four times the compute. OpenCV's SIFT
 doubles its input the same way before building its pyramid.
 """
 
