@@ -37,8 +37,10 @@ def test_total_loss_and_recall_match_golden(golden_training, golden_forward, var
     terms = keypoint_net_losses(
         net(batch["image_aug"]), net(batch["image"]), batch["homography"], (240, 320), config, io_net
     )
-    assert terms.total.item() == pytest.approx(result["loss"], rel=1e-4)
-    assert terms.recall.item() == pytest.approx(result["recall"], rel=1e-4)
+    # Tighter than the golden README's 1e-4 (we are within 1e-7): at 1e-4 the score MSE taken over the
+    # cells within 4 px only, instead of every valid cell, would pass for V0, V3 and V4 (6e-5 to 8e-5 off).
+    assert terms.total.item() == pytest.approx(result["loss"], rel=1e-6)
+    assert terms.recall.item() == pytest.approx(result["recall"], rel=1e-6)
     terms.total.backward()
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
