@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "opencv_detector", "parse_baselines", "parse_shapes", "run"]
+__all__ = ["add_parser", "json_ready", "opencv_detector", "parse_baselines", "parse_shapes", "run"]
 
 DEFAULT_SETTINGS = ((320, 240, 300), (640, 480, 1000))  # (W, H, top_k) of the original's two tables
 _DEFAULT_TOP_K = {(320, 240): 300, (640, 480): 1000}
@@ -219,13 +219,14 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float (a pair without repeated keypoints) as ``None``, for JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
@@ -291,5 +292,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(_json_ready(results), indent=2) + "\n")
+        out.write_text(json.dumps(json_ready(results), indent=2) + "\n")
     return 0

@@ -1,0 +1,55 @@
+"""``scripts/multiscale_eval.py``: the pooled detections are exactly the single-scale ones, concatenated."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hpatches_tiny import make_tiny_hpatches
+from kp2d.checkpoint import load_keypoint_net
+from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
+
+
+@pytest.fixture(scope="module")
+def multiscale(load_script):
+    return load_script("multiscale_eval")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
+
+
+def test_pool_is_the_scales_in_order(multiscale):
+    model = load_keypoint_net("v4")
+    images = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    pooled = multiscale.PooledScales(model, [2.0, 1.0])
+    twice, once = (KeyPointNetDetector(model, scale_factor=s)(images) for s in (2.0, 1.0))
+    assert pooled.name == "KeyPointNet x2+1"
+    for (prob, desc), (prob2, desc2), (prob1, desc1) in zip(pooled(images), twice, once, strict=True):
+        assert len(prob2) > len(prob1) > 0  # twice the cells in each direction at 2
+        np.testing.assert_array_equal(prob, np.concatenate([prob2, prob1]))
+        np.testing.assert_array_equal(desc, np.concatenate([desc2, desc1]))
+
+
+def test_one_scale_is_kp2d_eval(multiscale, tiny_root, tmp_path, capsys, load_script):
+    out = tmp_path / "one.json"
+    args = [str(tiny_root), "--scales", "1", "--shape", "64x48", "--top-k", "100", "--json", str(out)]
+    assert multiscale.main(args) == 0
+    plain = evaluate_hpatches(KeyPointNetDetector(load_keypoint_net("v4")), tiny_root, (64, 48), 100,
+                              progress=False)
+    printed = capsys.readouterr().out
+    assert printed.startswith("| KeyPointNet x1 | ")
+    assert printed.split(" | ")[1:4] == [f"{plain[name]:.3f}" for name in METRIC_NAMES[:3]]
+    entry = json.loads(out.read_text())["64x48"]
+    assert entry["model"] == "KeyPointNet x1" and entry["pairs"] == plain["pairs"]
+    assert all(entry[name] == pytest.approx(plain[name]) for name in METRIC_NAMES)
+    assert load_script("hpatches_breakdown").main([str(out), "--metrics", "c3"]) == 0  # reads the JSON
+
+
+@pytest.mark.parametrize("scales", ["", "2,x", "0,1"])
+def test_bad_scales(multiscale, tiny_root, scales, capsys):
+    assert multiscale.main([str(tiny_root), "--scales", scales]) == 2
+    assert capsys.readouterr().err.startswith("multiscale_eval: error: --scales")
