@@ -114,3 +114,26 @@ def test_unknown_name_and_missing_file():
         load_keypoint_net("nope")
     with pytest.raises(CheckpointError, match="not found"):
         load_keypoint_net("/no/such/file.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("module", "name"), [("torch", "os.system"), ("torch", "load"), ("torch.hub", "load"), ("numpy", "load")]
+)
+def test_only_tensor_globals_of_torch_are_loaded(tmp_path, module, name):
+    """A checkpoint that fails the weights-only load goes through kp2d's unpickler, which must not hand out
+    any attribute of torch: with protocol 4, ``torch`` + ``os.system`` would resolve to ``os.system``."""
+    torch.save({"config": {}, "state_dict": {}}, tmp_path / "base.pt")
+    marker = tmp_path / "ran"
+    call = (
+        b"\x80\x04" + pickle.dumps(module)[2:-1] + pickle.dumps(name)[2:-1] + b"\x93"  # STACK_GLOBAL
+        + pickle.dumps((f"touch {marker}",))[2:-1] + b"R."  # REDUCE, STOP
+    )
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "base.pt") as source, zipfile.ZipFile(tmp_path / "evil.pt", "w") as evil:
+        for item in source.infolist():
+            data = call if item.filename.endswith("/data.pkl") else source.read(item)
+            evil.writestr(item, data)
+    with pytest.raises(CheckpointError, match="does not load"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()

@@ -6,7 +6,8 @@
 - Training checkpoints add ``io_net_state_dict``, ``optimizer``, ``step``, ``epoch`` and RNG states.
 
 Original checkpoints whose config is a yacs ``CfgNode`` are read without yacs, through an unpickler that
-admits only tensors, containers and that one class. Files are written atomically (temp file + rename).
+admits only torch's tensor-rebuilding globals (those of ``torch.load(weights_only=True)``), plain containers,
+numpy scalars and that one class. Files are written atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -53,20 +54,46 @@ _ALLOWED_BUILTINS = {
 }
 
 
+_ALLOWED_NUMPY = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("scalar", "_reconstruct")
+} | {("numpy", "dtype"), ("numpy", "ndarray")}
+
+
+def _is_tensor_global(module: str, name: str) -> bool:
+    """Whether ``module.name`` is one of torch's globals for rebuilding tensors, storages and dtypes.
+
+    The same kinds as ``torch.load(weights_only=True)`` admits; not any attribute of torch (``torch.load``,
+    ``torch.hub``, ... would run code).
+    """
+    if module in ("torch._utils", "torch._tensor"):
+        return name.startswith("_rebuild_")
+    if module in ("torch", "torch.cuda", "torch.storage"):
+        if name.endswith(("Storage", "Tensor")) or name in ("Size", "device"):
+            return True
+        return module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+    return (module, name) in {("torch.nn.parameter", "Parameter"), ("torch.serialization", "_get_layout")}
+
+
 class _CheckpointUnpickler(pickle.Unpickler):
-    """Admits torch's own rebuild functions, containers, numpy scalars and yacs ``CfgNode``; nothing else."""
+    """Admits torch's tensor-rebuilding globals, containers, numpy scalars and yacs ``CfgNode``; nothing else."""
 
     def find_class(self, module: str, name: str) -> Any:
         module = "builtins" if module == "__builtin__" else module  # protocol-2 pickles use the py2 name
-        if (module, name) == ("yacs.config", "CfgNode"):
+        if "." in name:  # protocol 4 resolves dotted names attribute by attribute: torch + "os.system"
+            allowed = False
+        elif (module, name) == ("yacs.config", "CfgNode"):
             return _YacsCfgNode
-        if (module, name) == ("collections", "OrderedDict"):
+        elif (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
-        if module == "builtins" and name in _ALLOWED_BUILTINS:
-            return super().find_class(module, name)
-        if module == "torch" or module.startswith("torch."):
-            return super().find_class(module, name)
-        if module.split(".")[0] == "numpy" and name in {"scalar", "dtype", "_reconstruct", "ndarray"}:
+        else:
+            allowed = (
+                (module == "builtins" and name in _ALLOWED_BUILTINS)
+                or _is_tensor_global(module, name)
+                or (module, name) in _ALLOWED_NUMPY
+            )
+        if allowed:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which kp2d does not load")
 
