@@ -159,3 +159,14 @@ def test_user_message_unwraps_a_worker_error(folder_with_bad_files):
     assert "broken.jpg" in message and "\n" not in message
     plain = DataError("image not found: x.png")
     assert user_message(plain) == "image not found: x.png"
+
+
+def test_tiff_and_webp_photos_are_found_and_read(tmp_path):
+    rgb = samples.astronaut()[::8, ::8]
+    for name in ("a.tif", "b.TIFF", "c.webp"):
+        ok, encoded = cv2.imencode(Path(name).suffix.lower(), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        assert ok
+        (tmp_path / name).write_bytes(encoded.tobytes())
+    assert [p.name for p in list_images(tmp_path)] == ["a.tif", "b.TIFF", "c.webp"]
+    np.testing.assert_array_equal(read_image_rgb(tmp_path / "a.tif"), rgb)  # lossless
+    assert read_image_rgb(tmp_path / "c.webp").shape == rgb.shape

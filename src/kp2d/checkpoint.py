@@ -77,7 +77,7 @@ def _is_tensor_global(module: str, name: str) -> bool:
 
 
 class _CheckpointUnpickler(pickle.Unpickler):
-    """Admits torch's tensor-rebuilding globals, containers, numpy scalars and yacs ``CfgNode``; nothing else."""
+    """Admits torch's tensor-rebuilding globals, containers, numpy scalars and yacs ``CfgNode``, no more."""
 
     def find_class(self, module: str, name: str) -> Any:
         module = "builtins" if module == "__builtin__" else module  # protocol-2 pickles use the py2 name

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kp2d.data.image_folder import list_images, read_image_rgb
 from kp2d.errors import ConfigError, DataError
 from kp2d.models import KeyPointNet, KeyPointNetOutput
 
@@ -62,7 +63,6 @@ BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp32",
 #: Convolutions left in float in the int8 graph: the score and location outputs (cheap: 1 and 2 channels).
 DEFAULT_FLOAT_LAYERS = ("convDb", "convPb")
 CALIBRATION_SIZE = (320, 240)  # (W, H) the calibration photos are resized to
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,24 +340,22 @@ def load_calibration_images(
 ) -> torch.Tensor:
     """``count`` photos of ``folder`` (evenly spread over the sorted file list), RGB, resized to ``size``.
 
+    The photos are found and read as training photos are (:func:`kp2d.data.image_folder.list_images`:
+    recursive, hidden files skipped; :func:`~kp2d.data.image_folder.read_image_rgb`).
+
     Returns:
         ``(N, 3, H, W)`` float32 in [0, 1], ``(W, H) = size``.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"calibration folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in calibration folder {folder}")
     if count <= 0:
         raise ConfigError(f"calibration count must be positive, got {count}")
+    files = list_images(folder)
     picks = np.linspace(0, len(files) - 1, num=min(count, len(files))).round().astype(int)
     images = []
     for index in dict.fromkeys(picks.tolist()):
-        bgr = cv2.imread(str(files[index]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DataError(f"cannot read calibration image {files[index]}")
-        rgb = cv2.cvtColor(cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        rgb = cv2.resize(read_image_rgb(files[index]), size, interpolation=cv2.INTER_LINEAR)
         images.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0)
     return torch.stack(images)
 

@@ -22,7 +22,7 @@ __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_images", "read_image_
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:
