@@ -165,6 +165,20 @@ def test_ort_fp32_backend_matches_pytorch(golden_forward, golden_onnx):
     torch.testing.assert_close(out.desc, ref.desc, atol=1e-4, rtol=0)
 
 
+def test_ort_backend_leaves_no_temporary_files(golden_forward, golden_onnx, tmp_path, monkeypatch):
+    """Without work_dir the graph goes to a temporary folder that is gone once the session holds it."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    net = _golden_net(golden_forward)
+    exported = load_backend("ort-fp32", net, threads=1)
+    given = load_backend("ort-fp32", net, onnx_model=golden_onnx, threads=1)
+    assert list(tmp_path.iterdir()) == []
+    assert exported.details["onnx"] is None and given.details["onnx"] == str(golden_onnx)
+    image = _astronaut((160, 120))
+    torch.testing.assert_close(exported(image).score, given(image).score, atol=1e-5, rtol=0)
+
+
 def test_calibration_images_are_read_resized_rgb(calibration_folder):
     images = load_calibration_images(calibration_folder, count=4)
     assert images.shape == (4, 3, 240, 320) and images.dtype == torch.float32

@@ -12,16 +12,17 @@ name           what changes the arithmetic
 torch-fp32     plain eval-mode PyTorch (the reference)
 torch-fold     BatchNorm folded into the preceding convolutions (:func:`fold_batchnorm`)
 torch-fused    BatchNorm folded + channels-last (NHWC) weights and activations
-torch-bf16     torch-fused under bf16 autocast; the score/location head convs run in fp32 and the
-               descriptor map is sampled in fp32, so scores and coordinates stay fp32
+torch-bf16     torch-fused under bf16 autocast; the score and location output convolutions (``convDb``,
+               ``convPb``) run in fp32 and the descriptor map is sampled in fp32
 ort-fp32       ONNX Runtime CPU, all graph optimisations, on the exported graph (:mod:`kp2d.export`)
 ort-int8       ONNX Runtime, static int8 (QDQ, per-channel int8 weights, uint8 activations),
                calibrated on photos; the score and location output convolutions, the coordinates
                and the descriptor sampling stay float32
 ============== =========================================================================================
 
-The ``torch-*`` backends follow the input's device; the ``ort-*`` backends run on the CPU and return
-tensors on the input's device.
+The ``torch-*`` backends run on the device the model was on when they were built (inputs must be there:
+:func:`kp2d.inference.extract` moves them); the ``ort-*`` backends run on the CPU and return tensors on the
+input's device.
 """
 
 from __future__ import annotations
@@ -247,7 +248,8 @@ def load_backend(
             resized to 320×240), or images ``(N, 3, H, W)`` / a sequence of ``(1, 3, H, W)`` in [0, 1].
         threads: ORT ``intra_op_num_threads`` (default: ``torch.get_num_threads()``, so ORT and PyTorch
             use the same number of threads).
-        work_dir: where the ``.onnx`` files go (default: a fresh temporary folder).
+        work_dir: where the ``.onnx`` files go (default: a temporary folder, removed once the ONNX Runtime
+            session holds the graph).
         float_layers: ``ort-int8``: convolutions kept in float (names of the network's conv modules).
         calibration_method: ``ort-int8``: ``minmax``, ``percentile`` (99.999 %) or ``entropy``.
         calibration_count: ``ort-int8``: how many photos of a calibration folder to use.
@@ -275,10 +277,33 @@ def load_backend(
                         "slower than torch-fused")
         return _torch_backend(name, _bf16_net(model), True, torch.bfloat16)
 
+    with contextlib.ExitStack() as cleanup:
+        if work_dir is None:  # ONNX Runtime holds the graph in memory once the session exists
+            folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="kp2d-onnx-")))
+        else:
+            folder = Path(work_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+        return _ort_model_backend(
+            name, model, folder, onnx_model, calibration_images, calibration_count, float_layers,
+            calibration_method, threads, keep_files=work_dir is not None,
+        )
+
+
+def _ort_model_backend(
+    name: str,
+    model: KeyPointNet,
+    folder: Path,
+    onnx_model: str | Path | None,
+    calibration_images: torch.Tensor | Sequence[torch.Tensor] | str | Path | None,
+    calibration_count: int,
+    float_layers: Sequence[str],
+    calibration_method: str,
+    threads: int | None,
+    keep_files: bool,
+) -> Backend:
+    """``ort-fp32`` / ``ort-int8`` with the graphs written to ``folder`` (see :func:`load_backend`)."""
     from kp2d.export import export_onnx
 
-    folder = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="kp2d-onnx-"))
-    folder.mkdir(parents=True, exist_ok=True)
     if onnx_model is not None:
         fp32_path = Path(onnx_model)
         if not fp32_path.is_file():
@@ -287,20 +312,18 @@ def load_backend(
         fp32_path = folder / "keypoint_net.onnx"
         export_onnx(model, fp32_path)
     if name == "ort-fp32":
-        return _ort_backend(name, fp32_path, threads, {})
-
-    if isinstance(calibration_images, (str, Path)):
-        calibration_images = load_calibration_images(calibration_images, count=calibration_count)
-    int8_path = folder / "keypoint_net.int8.onnx"
-    quantize_int8(
-        fp32_path,
-        int8_path,
-        calibration_images,
-        float_layers=float_layers,
-        method=calibration_method,
-    )
-    details = {"float_layers": list(float_layers), "calibration": calibration_method}
-    return _ort_backend(name, int8_path, threads, details)
+        path, details = fp32_path, {}
+    else:
+        if isinstance(calibration_images, (str, Path)):
+            calibration_images = load_calibration_images(calibration_images, count=calibration_count)
+        path = folder / "keypoint_net.int8.onnx"
+        quantize_int8(
+            fp32_path, path, calibration_images, float_layers=float_layers, method=calibration_method
+        )
+        details = {"float_layers": list(float_layers), "calibration": calibration_method}
+    if not (keep_files or path == Path(onnx_model or "")):
+        details["onnx"] = None  # the graph was in a temporary folder, removed once the session is built
+    return _ort_backend(name, path, threads, details)
 
 
 class BackendDetector:
