@@ -128,6 +128,7 @@ def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):
     [
         (("--random-init", "--scale-factor", "1.1"), "resizes 64x48 to 70x53"),
         (("--random-init", "--scale-factor", "0"), "--scale-factor must be"),
+        (("--random-init", "--scale-factor", "1e6"), "from 32 to 16384 a side"),
         (("--random-init", "--scale-factor", "nan"), "--scale-factor must be"),
         (("--method", "sift", "--scale-factor", "2"), "not to --method"),
     ],
@@ -135,6 +136,22 @@ def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):
 def test_bad_scale_factor(tiny_root, capsys, args, message):
     assert _eval(*args, "--hpatches", str(tiny_root), "--shape", "64x48") == 2
     assert message in _error_line(capsys)
+
+
+def test_bad_json_path_is_refused_before_evaluating(tiny_root, tmp_path, capsys, monkeypatch):
+    """--json is checked first (a folder, a path under a file): no evaluation whose results would be lost."""
+    import kp2d.eval.hpatches
+
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated although the --json path is unusable")
+
+    monkeypatch.setattr(kp2d.eval.hpatches, "evaluate_hpatches", never)
+    (tmp_path / "a_file").write_text("x")
+    args = ("--method", "sift", "--hpatches", str(tiny_root), "--shape", "64x48")
+    assert _eval(*args, "--json", str(tmp_path)) == 2
+    assert "is a folder" in _error_line(capsys)
+    assert _eval(*args, "--json", str(tmp_path / "a_file" / "out.json")) == 2
+    assert "a_file" in _error_line(capsys)
 
 
 def test_unavailable_device(tiny_root, capsys):

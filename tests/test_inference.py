@@ -1,3 +1,5 @@
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -191,6 +193,12 @@ def test_bad_images_raise_data_error(random_net, image, message):
         extract(random_net, image)
 
 
+def test_scale_factor_beyond_the_largest_input_is_refused_before_resizing(random_net):
+    image = np.zeros((64, 96, 3), np.uint8)
+    with pytest.raises(DataError, match=r"96x64 pixels, 96000000x64000000 at scale_factor 1e\+06.*16384"):
+        extract(random_net, image, scale_factor=1e6)
+
+
 @pytest.mark.parametrize("options", [{"top_k": 0}, {"top_k": -5}, {"nms_radius": -1.0}])
 def test_bad_selection_options(random_net, options):
     with pytest.raises(ConfigError):
@@ -297,9 +305,9 @@ def _greedy_reference(points, scores, radius):
     return set(kept)
 
 
-@pytest.mark.parametrize("radius", [3.0, 8.0, 20.0])
+@pytest.mark.parametrize("radius", [3.0, 8.0, 20.0, 60.0, 1e9, math.inf])
 def test_grid_nms_equals_sequential_greedy_nms(radius):
-    generator = torch.Generator().manual_seed(int(radius))
+    generator = torch.Generator().manual_seed(int(min(radius, 99)))
     batch, rows, cols = 2, 6, 7
     coords = (
         cell_centers(batch, rows, cols) + (torch.rand(batch, 2, rows, cols, generator=generator) * 2 - 1) * 7

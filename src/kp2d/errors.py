@@ -22,15 +22,17 @@ class DataError(Kp2dError):
 
 
 def user_message(err: BaseException) -> str:
-    """``str(err)``, or the original message of an error raised in a DataLoader worker process.
+    """The error's message on one line; for an error raised in a DataLoader worker, the original message.
 
     PyTorch re-raises a worker's exception in the main process as the same type, but with the worker's
     whole traceback as its message (``Caught DataError in DataLoader worker process 0. Original
-    Traceback ... kp2d.errors.DataError: <message>``); the user wants the last part only.
+    Traceback ... kp2d.errors.DataError: <message>``); the user wants the last part only. Messages that
+    quote a library's multi-line text are joined into one line.
     """
     text = str(err)
-    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
-        return text
-    marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "
-    start = text.rfind(marker)
-    return text[start + len(marker) :].strip() if start >= 0 else text
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "
+        start = text.rfind(marker)
+        if start >= 0:
+            text = text[start + len(marker) :]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from kp2d.models import KeyPointNet
 
 __all__ = [
+    "MAX_NETWORK_SIZE",
     "MIN_IMAGE_SIZE",
     "ImageLike",
     "Keypoints",
@@ -66,6 +67,7 @@ __all__ = [
 ]
 
 MIN_IMAGE_SIZE = 32  # pixels, each side
+MAX_NETWORK_SIZE = 16384  # pixels, each side of the network's input (after scale_factor)
 ImageLike = Union[np.ndarray, torch.Tensor, "PIL.Image.Image"]
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, RGB order
 _FLOAT_RANGE_SLACK = 1e-3
@@ -250,13 +252,21 @@ def pad_to_multiple(images: torch.Tensor, multiple: int = CELL) -> torch.Tensor:
 
 
 def _check_size(height: int, width: int, scale_factor: float = 1.0) -> None:
-    """DataError unless the image, and the network's input at ``scale_factor``, have 32 px a side."""
+    """DataError unless the image and the network's input at ``scale_factor`` fit the network.
+
+    Both need :data:`MIN_IMAGE_SIZE` px a side; the network's input at most :data:`MAX_NETWORK_SIZE`.
+    """
     net_height, net_width = round(height * scale_factor), round(width * scale_factor)
+    resized = f", {net_width}x{net_height} at scale_factor {scale_factor:g}" if scale_factor != 1 else ""
     if min(height, width, net_height, net_width) < MIN_IMAGE_SIZE:
-        resized = f", {net_width}x{net_height} at scale_factor {scale_factor:g}" if scale_factor != 1 else ""
         raise DataError(
             f"image is {width}x{height} pixels{resized}; kp2d needs at least {MIN_IMAGE_SIZE} pixels on "
             "each side"
+        )
+    if max(net_height, net_width) > MAX_NETWORK_SIZE:
+        raise DataError(
+            f"image is {width}x{height} pixels{resized}; the network takes at most {MAX_NETWORK_SIZE} "
+            "pixels a side (resize the image, or use a smaller scale_factor)"
         )
 
 
@@ -341,7 +351,12 @@ def grid_nms(
         return candidates.clone()
     centers = cell_centers(batch, rows, cols, cell, device=coords.device, dtype=coords.dtype)
     max_offset = float((coords - centers).abs().amax())
-    span = int(math.floor((radius + 2 * max_offset) / cell))
+    reach = (radius + 2 * max_offset) / cell  # cells
+    if reach >= max(rows, cols):  # the window would cover the whole grid (or radius = inf)
+        if radius >= math.hypot(rows * cell, cols * cell) + 2 * max_offset:
+            return _best_candidate(scores, candidates)  # every keypoint suppresses every other
+        reach = max(rows, cols)
+    span = int(math.floor(reach))
     if span == 0:  # no two keypoints of different cells can be that close
         return candidates.clone()
     window = 2 * span + 1
@@ -373,6 +388,15 @@ def grid_nms(
         suppressed = (kept_nb & close).any(dim=1)
         alive &= ~(newly_kept | suppressed)
     return kept.view(batch, rows, cols)
+
+
+def _best_candidate(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """``(B, Hc, Wc)`` bool: per image the highest-scoring candidate alone (ties: lower flat index)."""
+    batch = scores.shape[0]
+    flat = scores.reshape(batch, -1).masked_fill(~candidates.reshape(batch, -1), -math.inf)
+    kept = torch.zeros_like(candidates.reshape(batch, -1))
+    kept.scatter_(1, flat.argmax(dim=1, keepdim=True), True)
+    return (kept & candidates.reshape(batch, -1)).view_as(candidates)
 
 
 def select_keypoints(

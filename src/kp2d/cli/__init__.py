@@ -2,7 +2,8 @@
 
 A subcommand module sets ``func`` on its parser; ``func(args) -> int`` does the work and imports what it
 needs inside, so ``kp2d --help`` stays fast. A :class:`~kp2d.errors.Kp2dError` (a user mistake: missing
-file, bad option) is printed as one line and exits with status 2, without a traceback.
+file, bad option) or an ``OSError`` (an output path under a file, no permission, disk full) is printed as
+one line and exits with status 2, running out of memory as one line with status 1; no traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from kp2d.errors import Kp2dError, user_message
@@ -46,14 +48,41 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # OpenCV's own warnings (e.g. "PNG input buffer is incomplete") would print beside kp2d's one-line errors
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     try:
         return int(args.func(args) or 0)
-    except Kp2dError as err:
-        print(f"kp2d {args.command}: error: {user_message(err)}", file=sys.stderr)
+    except (Kp2dError, OSError) as err:
+        message = _os_error_message(err) if isinstance(err, OSError) else user_message(err)
+        print(f"kp2d {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        print(f"kp2d {args.command}: error: out of memory: {user_message(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"kp2d {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error_message(err: OSError) -> str:
+    """``No such file or directory: out/x.png`` rather than ``[Errno 2] No such file or directory: '...'``."""
+    if err.strerror and err.filename is not None:
+        names = [str(name) for name in (err.filename, err.filename2) if name is not None]
+        return f"{err.strerror}: {' -> '.join(names)}"
+    return user_message(err)
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: ``MemoryError``, torch's ``OutOfMemoryError`` or the CPU allocator's error."""
+    text = str(err)
+    return (
+        isinstance(err, MemoryError)
+        or type(err).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+        or "out of memory" in text.lower()
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -153,16 +153,17 @@ def _check_scale_factor(scale_factor: float, settings: list[tuple[int, int, int]
     """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8."""
     from kp2d.cli.detect import check_scale_factor_option
     from kp2d.errors import ConfigError
-    from kp2d.inference import MIN_IMAGE_SIZE
+    from kp2d.inference import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
     from kp2d.models.keypoint_net import CELL
 
     check_scale_factor_option(scale_factor)
     for width, height, _ in settings:
         scaled = (round(width * scale_factor), round(height * scale_factor))
-        if scaled[0] % CELL or scaled[1] % CELL or min(scaled) < MIN_IMAGE_SIZE:
+        fits = MIN_IMAGE_SIZE <= min(scaled) and max(scaled) <= MAX_NETWORK_SIZE
+        if scaled[0] % CELL or scaled[1] % CELL or not fits:
             raise ConfigError(
                 f"--scale-factor {scale_factor:g} resizes {width}x{height} to {scaled[0]}x{scaled[1]}; "
-                f"KeyPointNet needs multiples of {CELL}, at least {MIN_IMAGE_SIZE}"
+                f"KeyPointNet needs multiples of {CELL}, from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} a side"
             )
 
 
@@ -246,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         from kp2d.errors import DataError
 
         raise DataError(f"HPatches folder not found: {hpatches}")
+    json_out = _checked_output(args.json) if args.json else None
 
     network, label, device = None, (args.method or "").upper(), None
     if args.method is None:
@@ -289,8 +291,23 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows), flush=True)
         print(flush=True)
 
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(json_ready(results), indent=2) + "\n")
+    if json_out is not None:
+        partial = json_out.with_name(json_out.name + ".partial")
+        partial.write_text(json.dumps(json_ready(results), indent=2) + "\n")
+        partial.replace(json_out)
     return 0
+
+
+def _checked_output(path: str) -> Path:
+    """``--json``'s path, its folder created, checked before the evaluation so its results are not lost."""
+    import os
+
+    from kp2d.errors import ConfigError
+
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"--json {out} is a folder; give a file name")
+    out.parent.mkdir(parents=True, exist_ok=True)  # an OSError here is printed as one line
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"--json {out}: cannot write in {out.parent}")
+    return out
