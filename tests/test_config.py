@@ -1,3 +1,6 @@
+import math
+import re
+
 import pytest
 
 from kp2d.config import list_presets, load_config, parse_image_shape
@@ -50,11 +53,69 @@ def test_user_file_extends_preset(tmp_path):
         ({"augmentation": {"image_shape": [240, 321]}}, "multiples of 8"),
         ({"loss": {"io_selection": "top"}}, "io_selection"),
         ({"augmentation": {"blur_kernels": [0, 4]}}, "blur_kernels"),
+        # values that crashed training (division by zero, DataLoader) or were silently accepted
+        ({"train": {"checkpoint_every": 0}}, "train.checkpoint_every must be at least 1, got 0"),
+        ({"train": {"log_every": 0}}, "train.log_every must be at least 1, got 0"),
+        ({"optim": {"lr_decay_epochs": 0}}, "optim.lr_decay_epochs must be at least 1, got 0"),
+        ({"train": {"num_workers": -1}}, "train.num_workers must be at least 0, got -1"),
+        ({"train": {"val_top_k": 0}}, "train.val_top_k must be at least 1, got 0"),
+        ({"train": {"val_shape": [320, 244]}}, "train.val_shape (W, H) must be multiples of 8"),
+        ({"train": {"val_shape": [16, 16]}}, "train.val_shape (W, H) must be multiples of 8, at least 32"),
+        ({"train": {"batch_size": 0}}, "train.batch_size must be at least 1"),
+        ({"train": {"epochs": 0}}, "train.epochs must be at least 1"),
+        ({"train": {"val_every": -1}}, "train.val_every must be at least 0"),
+        ({"train": {"snapshot_every": -2}}, "train.snapshot_every must be at least 0"),
+        ({"train": {"seed": -1}}, "train.seed must be in [0, 4294967296)"),
+        ({"optim": {"learning_rate": 0}}, "optim.learning_rate must be above 0, got 0.0"),
+        ({"optim": {"io_learning_rate": -1e-3}}, "optim.io_learning_rate must be above 0"),
+        ({"optim": {"learning_rate": math.nan}}, "optim.learning_rate must be above 0, got nan"),
+        ({"optim": {"learning_rate": math.inf}}, "optim.learning_rate must be above 0, got inf"),
+        ({"optim": {"weight_decay": -0.1}}, "optim.weight_decay must be at least 0"),
+        ({"optim": {"lr_decay": 0}}, "optim.lr_decay must be in (0, 1]"),
+        ({"optim": {"lr_decay": 2}}, "optim.lr_decay must be in (0, 1]"),
+        ({"optim": {"max_lr_decays": -1}}, "optim.max_lr_decays must be at least 0"),
+        ({"loss": {"io_top_k": 0}}, "loss.io_top_k must be at least 1"),
+        ({"loss": {"location_threshold": 0}}, "loss.location_threshold must be above 0"),
+        ({"loss": {"io_inlier_threshold": -4}}, "loss.io_inlier_threshold must be above 0"),
+        ({"loss": {"descriptor_loss_weight": -2}}, "loss.descriptor_loss_weight must be at least 0"),
+        ({"loss": {"triplet_margin": -0.2}}, "loss.triplet_margin must be at least 0"),
+        ({"loss": {"min_valid_cells": -1}}, "loss.min_valid_cells must be at least 0"),
+        ({"augmentation": {"horizontal_flip": 1.5}}, "augmentation.horizontal_flip must be in [0, 1]"),
+        ({"augmentation": {"noise": -0.1}}, "augmentation.noise must be in [0, 1]"),
+        ({"augmentation": {"noise_std": -0.05}}, "augmentation.noise_std must be at least 0"),
+        ({"augmentation": {"patch_ratio": 0}}, "augmentation.patch_ratio must be in (0, 1]"),
+        ({"augmentation": {"scaling_amplitude": 2}}, "augmentation.scaling_amplitude must be in [0, 2)"),
+        ({"augmentation": {"affine_scale": [1.1, 0.9]}}, "augmentation.affine_scale must be [low, high]"),
+        ({"augmentation": {"affine_scale": [0, 1.1]}}, "augmentation.affine_scale must be [low, high]"),
+        ({"augmentation": {"jitter": [0.5, -0.5, 0.2, 0.05]}}, "augmentation.jitter (contrast) must be at"),
+        ({"augmentation": {"jitter": [0.5, 0.5, 0.2, 0.6]}}, "augmentation.jitter (hue) must be in [0, 0.5]"),
     ],
 )
 def test_bad_values(override, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config("v4", override)
+
+
+def test_bad_value_in_a_file_is_named(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("extends: v4\ntrain:\n  checkpoint_every: 0\n")
+    with pytest.raises(ConfigError, match=re.escape("train.checkpoint_every must be at least 1, got 0")):
+        load_config(path)
+
+
+def test_edge_values_are_accepted():
+    """The bounds themselves are valid settings (0 turns snapshots, validation, workers, flips off)."""
+    c = load_config("v4", {
+        "train": {"val_every": 0, "snapshot_every": 0, "num_workers": 0, "log_every": 1,
+                  "checkpoint_every": 1, "val_top_k": 1, "val_shape": [32, 32], "seed": 0},
+        "optim": {"lr_decay": 1, "lr_decay_epochs": 1, "max_lr_decays": 0, "weight_decay": 0},
+        "loss": {"min_valid_cells": 0, "io_min_inliers": 0, "triplet_margin": 0, "io_top_k": 1},
+        "augmentation": {"horizontal_flip": 0, "noise": 1, "patch_ratio": 1, "affine_scale": [1, 1],
+                         "jitter": [0, 0, 0, 0.5]},
+    })
+    assert (c.train.val_every, c.train.num_workers, c.train.val_shape) == (0, 0, (32, 32))
+    assert (c.optim.lr_decay, c.optim.lr_decay_epochs) == (1.0, 1)
+    assert c.augmentation.affine_scale == (1.0, 1.0) and c.augmentation.jitter[3] == 0.5
 
 
 def test_unknown_preset():

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import skimage.data
 import torch
@@ -302,3 +303,107 @@ def test_recalibrate_batchnorm_script_averages_batch_statistics(
     assert changed and all(k.endswith(statistics) for k in changed)
     assert module.main([str(source), *args[:-1], "8", "--out", str(out)]) == 2
     assert "fewer than a batch of 8" in capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    """The CLI's error output must be exactly one ``kp2d train: error:`` line, without a traceback."""
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("kp2d train: error: "), err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("override", "extra", "named"),
+    [
+        ({"train": {"checkpoint_every": 0}}, [], "train.checkpoint_every must be at least 1"),
+        ({"train": {"log_every": 0}}, [], "train.log_every must be at least 1"),
+        ({"optim": {"lr_decay_epochs": 0}}, [], "optim.lr_decay_epochs must be at least 1"),
+        ({"train": {"num_workers": -1}}, [], "train.num_workers must be at least 0"),
+        ({"train": {"val_top_k": 0}}, [], "train.val_top_k must be at least 1"),
+        ({"train": {"val_shape": [100, 60]}}, [], "train.val_shape (W, H) must be multiples of 8"),
+        ({}, ["--workers", "-1"], "--workers must be at least 0, got -1"),
+    ],
+)
+def test_bad_config_values_stop_before_training(tiny_images, tmp_path, capsys, override, extra, named):
+    """Values that crashed a run after its first step (division by zero, DataLoader) are one-line errors
+    naming the key or option, before anything is written."""
+    config = tmp_path / "bad.yaml"
+    merged = {key: {**TINY.get(key, {}), **override.get(key, {})} for key in {*TINY, *override}}
+    config.write_text(yaml.safe_dump({"extends": "v4", **merged}))
+    out = tmp_path / "run"
+    status = main(["train", str(config), "--data", str(tiny_images), "--out", str(out), "--device", "cpu",
+                   "--max-steps", "2", "--no-progress", *extra])
+    assert status == 2
+    assert named in _one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_bad_hpatches_folder_stops_before_training(tiny_images, tmp_path, capsys):
+    """--hpatches is read up front (sequences, images present, homographies): a bad folder is a one-line
+    error before the first step instead of a crash at the end of the first epoch; a good one validates."""
+    from hpatches_tiny import write_sequence
+
+    config = tmp_path / "tiny.yaml"
+    train_section = {**TINY["train"], "val_shape": [64, 48]}
+    config.write_text(yaml.safe_dump({"extends": "v4", **TINY, "train": train_section}))
+    photo = cv2.imread(str(sorted(tiny_images.iterdir())[0]))
+    shift = np.array([[1.0, 0.0, 3.0], [0.0, 1.0, -2.0], [0.0, 0.0, 1.0]])
+    view = cv2.warpPerspective(photo, shift, (photo.shape[1], photo.shape[0]))
+
+    def hpatches(name: str) -> Path:
+        root = tmp_path / name
+        write_sequence(root / "v_photo", ".png", photo, [(view, shift)])
+        return root
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing_view = hpatches("missing_view")
+    (missing_view / "v_photo" / "2.png").unlink()
+    bad_homography = hpatches("bad_homography")
+    (bad_homography / "v_photo" / "H_1_2").write_text("1 0 0\n0 1\n")
+    cases = [
+        (tmp_path / "nowhere", "--hpatches: HPatches folder not found"),
+        (empty, "--hpatches: no HPatches sequences in"),
+        (missing_view, "image not found (listed by H_1_2)"),
+        (bad_homography, "malformed homography"),
+    ]
+    for root, message in cases:
+        out = tmp_path / f"run_{root.name}"
+        status = main(["train", str(config), "--data", str(tiny_images), "--out", str(out), "--device", "cpu",
+                       "--max-steps", "1", "--no-progress", "--hpatches", str(root)])
+        assert status == 2, root
+        err = _one_error_line(capsys.readouterr().err)
+        assert "--hpatches" in err and message in err
+        assert not out.exists()  # no step was taken
+    good = hpatches("good")
+    out = tmp_path / "run_good"
+    assert main(["train", str(config), "--data", str(tiny_images), "--out", str(out), "--device", "cpu",
+                 "--max-steps", "1", "--no-progress", "--hpatches", str(good)]) == 0
+    assert (out / "checkpoints" / "best.ckpt").is_file()  # validated at the end of the run
+
+
+def test_existing_run_folder_needs_resume_or_overwrite(tiny_images, tmp_path, capsys, monkeypatch):
+    """The same command twice (default --out runs/<config name>) must not overwrite the first run's
+    checkpoints: without --resume or --overwrite it stops, naming both, and last.ckpt is untouched."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"extends": "v4", **TINY}))
+    base = ["train", str(config), "--data", str(tiny_images), "--device", "cpu", "--no-progress"]
+    assert main([*base, "--max-steps", "2"]) == 0
+    last = tmp_path / "runs" / "v4" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    capsys.readouterr()
+    for extra in ([], ["--init", "v4"]):
+        assert main([*base, "--max-steps", "1", *extra]) == 2
+        err = _one_error_line(capsys.readouterr().err)
+        assert f"{Path('runs') / 'v4'} already holds a run" in err
+        assert "--resume" in err and "--overwrite" in err
+        assert last.read_bytes() == before
+    assert main([*base, "--max-steps", "3", "--resume", "--overwrite"]) == 2
+    assert "use one" in _one_error_line(capsys.readouterr().err)
+    assert last.read_bytes() == before
+    # --resume continues the run (step 2 → 3); --overwrite starts a new one there (step 1)
+    assert main([*base, "--max-steps", "3", "--resume"]) == 0
+    assert load_checkpoint(last).extra["step"] == 3
+    assert main([*base, "--max-steps", "1", "--overwrite"]) == 0
+    assert load_checkpoint(last).extra["step"] == 1

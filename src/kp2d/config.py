@@ -33,6 +33,31 @@ __all__ = [
 ]
 
 
+def _check_range(
+    key: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise a :class:`ConfigError` naming ``key`` unless ``value`` is finite and within the bounds."""
+    ok = math.isfinite(value)
+    if low is not None:
+        ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if ok:
+        return
+    if low is not None and high is not None:
+        rule = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        rule = f"above {low}" if low_open else f"at least {low}"
+    else:
+        rule = f"below {high}" if high_open else f"at most {high}"
+    raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     """Network switches (the ablations V0–V4)."""
@@ -64,6 +89,12 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.io_selection not in ("lowest", "highest"):
             raise ConfigError(f"loss.io_selection must be 'lowest' or 'highest', got {self.io_selection!r}")
+        for name in ("keypoint_loss_weight", "descriptor_loss_weight", "score_loss_weight", "relax_field",
+                     "triplet_margin", "min_valid_cells", "io_min_inliers"):
+            _check_range(f"loss.{name}", getattr(self, name), low=0)
+        _check_range("loss.location_threshold", self.location_threshold, low=0, low_open=True)
+        _check_range("loss.io_inlier_threshold", self.io_inlier_threshold, low=0, low_open=True)
+        _check_range("loss.io_top_k", self.io_top_k, low=1)
 
 
 @dataclass
@@ -99,6 +130,23 @@ class AugmentationConfig:
             raise ConfigError(
                 f"augmentation.blur_kernels must be 0 or odd sizes, got {list(self.blur_kernels)}"
             )
+        for name in ("horizontal_flip", "vertical_flip", "channel_shuffle", "grayscale", "noise",
+                     "affine_translate"):
+            _check_range(f"augmentation.{name}", getattr(self, name), low=0, high=1)
+        for name in ("affine_degrees", "perspective_amplitude", "max_angle", "noise_std"):
+            _check_range(f"augmentation.{name}", getattr(self, name), low=0)
+        # the homography sampler scales the patch by up to 1 -/+ scaling_amplitude / 2: it must stay > 0
+        _check_range("augmentation.scaling_amplitude", self.scaling_amplitude, low=0, high=2, high_open=True)
+        _check_range("augmentation.patch_ratio", self.patch_ratio, low=0, high=1, low_open=True)
+        low_scale, high_scale = self.affine_scale
+        if not (math.isfinite(high_scale) and 0 < low_scale <= high_scale):
+            raise ConfigError(
+                "augmentation.affine_scale must be [low, high] with 0 < low <= high, "
+                f"got {list(self.affine_scale)}"
+            )
+        for name, amount in zip(("brightness", "contrast", "saturation"), self.jitter[:3], strict=True):
+            _check_range(f"augmentation.jitter ({name})", amount, low=0)
+        _check_range("augmentation.jitter (hue)", self.jitter[3], low=0, high=0.5)
 
 
 @dataclass
@@ -111,6 +159,14 @@ class OptimConfig:
     lr_decay: float = 0.5
     lr_decay_epochs: int = 40
     max_lr_decays: int = 4
+
+    def __post_init__(self) -> None:
+        _check_range("optim.learning_rate", self.learning_rate, low=0, low_open=True)
+        _check_range("optim.io_learning_rate", self.io_learning_rate, low=0, low_open=True)
+        _check_range("optim.weight_decay", self.weight_decay, low=0)
+        _check_range("optim.lr_decay", self.lr_decay, low=0, high=1, low_open=True)
+        _check_range("optim.lr_decay_epochs", self.lr_decay_epochs, low=1)
+        _check_range("optim.max_lr_decays", self.max_lr_decays, low=0)
 
 
 @dataclass
@@ -134,8 +190,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ConfigError("train.batch_size and train.epochs must be positive")
+        for name in ("epochs", "batch_size", "log_every", "checkpoint_every", "val_top_k"):
+            _check_range(f"train.{name}", getattr(self, name), low=1)
+        for name in ("num_workers", "snapshot_every", "val_every"):
+            _check_range(f"train.{name}", getattr(self, name), low=0)
+        _check_range("train.seed", self.seed, low=0, high=2**32, high_open=True)
+        width, height = self.val_shape
+        if width % 8 or height % 8 or width < 32 or height < 32:
+            raise ConfigError(
+                f"train.val_shape (W, H) must be multiples of 8, at least 32: {list(self.val_shape)}"
+            )
 
 
 @dataclass

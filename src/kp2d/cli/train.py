@@ -37,6 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in OUT even though it holds one (its checkpoints are replaced as the new run "
+        "writes them); without it or --resume, an OUT with checkpoints/last.ckpt is refused",
+    )
+    parser.add_argument(
         "--init",
         metavar="MODEL",
         help="start from these weights (a pretrained name such as v4, or a checkpoint) with a fresh "
@@ -58,11 +64,47 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _check_positive(name: str, value: int | None) -> None:
+def _check_at_least(name: str, value: int | None, minimum: int) -> None:
+    """An option given below ``minimum`` is a one-line error naming it."""
     from kp2d.errors import ConfigError
 
-    if value is not None and value < 1:
-        raise ConfigError(f"--{name} must be at least 1, got {value}")
+    if value is not None and value < minimum:
+        raise ConfigError(f"--{name} must be at least {minimum}, got {value}")
+
+
+def _check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train a new run over the checkpoints of an earlier one unless asked to."""
+    from kp2d.errors import ConfigError
+
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in OUT; --overwrite starts a new one there: use one")
+    last = out / "checkpoints" / "last.ckpt"
+    if last.exists() and not resume and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a run ({last}): add --resume to continue it, --overwrite to start a new "
+            "run over it, or choose another --out"
+        )
+
+
+def _check_hpatches(root: Path) -> None:
+    """Fail now, not after the first epoch, on an HPatches folder that validation could not read.
+
+    Checks the sequences, that every pair's images exist, and reads the homographies (small text files);
+    the images themselves are decoded at validation time.
+    """
+    from kp2d.data.hpatches import find_sequences, read_homography
+    from kp2d.errors import DataError
+
+    try:
+        pairs = [pair for sequence in find_sequences(root) for pair in sequence.pairs]
+        for pair in pairs:
+            folder, listed_by = pair.homography_path.parent, pair.homography_path.name
+            for stem, image in (("1", pair.image1), (str(pair.index), pair.image2)):
+                if image is None:
+                    raise DataError(f"{folder / stem}.*: image not found (listed by {listed_by})")
+            read_homography(pair.homography_path)
+    except DataError as err:
+        raise DataError(f"--hpatches: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.train.trainer import TrainOptions, train
 
     for name in ("epochs", "max_steps", "batch_size"):
-        _check_positive(name.replace("_", "-"), getattr(args, name))
+        _check_at_least(name.replace("_", "-"), getattr(args, name), 1)
+    _check_at_least("workers", args.workers, 0)
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ConfigError(f"--max-minutes must be above 0, got {args.max_minutes}")
     overrides: dict = {"train": {}}
@@ -85,14 +128,16 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"training data folder not found: {args.data}")
     if args.init is not None and args.resume:
         raise ConfigError("--init starts a new run from other weights; --resume continues this run: use one")
+    out = args.out or Path("runs") / config.name
+    _check_run_folder(out, args.resume, args.overwrite)
     if args.init is not None:
         resolve_model_path(args.init)  # a wrong name or path fails here, before any data is read
-    if args.hpatches is not None and not args.hpatches.is_dir():
-        raise DataError(f"HPatches folder not found: {args.hpatches}")
+    if args.hpatches is not None:
+        _check_hpatches(args.hpatches)
     options = TrainOptions(
         config=config,
         data=args.data,
-        out=args.out or Path("runs") / config.name,
+        out=out,
         device=args.device,
         epochs=args.epochs,
         max_steps=args.max_steps,
