@@ -1,4 +1,5 @@
 import json
+import os
 import re
 
 import cv2
@@ -241,3 +242,134 @@ def test_detect_backend_option_gives_the_same_keypoints(tmp_path, checkpoint, ph
     assert len(folded["keypoints"]) == len(plain["keypoints"]) and distance.min(axis=1).max() < 1e-3
     paired = plain["descriptors"][distance.argmin(axis=1)]
     np.testing.assert_allclose(folded["descriptors"], paired, atol=1e-4)
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded: the check came too late")
+
+
+def test_unique_stems_never_repeat_a_stem_handed_out_before():
+    from pathlib import Path
+
+    from kp2d.cli.detect import _unique_stems
+
+    paths = [Path(name) for name in ("d/a.png", "d/a.jpg", "d/a-2.png", "d/A.png", "d/sub/a.png", "d/b.png")]
+    stems = _unique_stems(paths)
+    assert stems == ["a", "a-2", "a-2-2", "A-3", "a-4", "b"]
+    assert len({stem.casefold() for stem in stems}) == len(stems)  # also on case-insensitive file systems
+
+
+def test_detect_outputs_of_colliding_stems_are_distinct(tmp_path, checkpoint, photos):
+    """``d/a.png d/a.jpg d/a-2.png``: a.jpg becomes a-2, so a-2.png must not get a-2 too."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    image = np.asarray(Image.open(photos[0]))
+    Image.fromarray(image).save(folder / "a.png")
+    (folder / "a.jpg").write_bytes(photos[1].read_bytes())
+    Image.fromarray(np.ascontiguousarray(image[:, ::-1])).save(folder / "a-2.png")
+    inputs = [folder / "a.png", folder / "a.jpg", folder / "a-2.png"]
+    out = tmp_path / "out"
+    argv = ["detect", *map(str, inputs), "--model", checkpoint, "--out", str(out), "--top-k", "20"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*.npz")) == ["a-2-2.npz", "a-2.npz", "a.npz"]
+    stems = ("a", "a-2", "a-2-2")
+    sources = [json.loads((out / f"{stem}.json").read_text())["image"] for stem in stems]
+    assert sources == list(map(str, inputs))
+    assert len(list(out.glob("*_keypoints.png"))) == 3
+
+
+def test_detect_folder_run_twice_skips_its_own_outputs(tmp_path, checkpoint, photos, monkeypatch, capsys):
+    """``kp2d detect .`` writes to ./kp2d_detect/; a second run must not detect in those pictures."""
+    (tmp_path / "a.png").write_bytes(photos[0].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    argv = ["detect", ".", "--model", checkpoint, "--top-k", "20", "--device", "cpu"]
+    for _ in range(2):
+        assert main(argv) == 0
+        printed = capsys.readouterr().out
+        assert printed.count("keypoints ->") == 1 and printed.startswith("a.png: 20 keypoints")
+    names = sorted(path.name for path in (tmp_path / "kp2d_detect").iterdir())
+    assert names == ["a.json", "a.npz", "a_keypoints.png", "a_scores.png"]
+    # the output folder itself, given as the input folder, holds no image outside the output folder
+    assert main(["detect", "kp2d_detect", *argv[2:]]) == 2
+    assert "no images" in _single_error_line(capsys)
+
+
+def test_detect_folder_with_out_beside_or_above_it(tmp_path, checkpoint, photos, monkeypatch, capsys):
+    """``--out .`` above the photos keeps them; ``--out`` the photo folder skips only detect's pictures."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(photos[0].read_bytes())
+    monkeypatch.chdir(tmp_path)
+    options = ["--model", checkpoint, "--top-k", "20", "--device", "cpu"]
+    assert main(["detect", "photos", "--out", ".", *options]) == 0
+    assert (tmp_path / "a.npz").is_file() and "photos/a.png: 20 keypoints" in capsys.readouterr().out
+    for _ in range(2):
+        assert main(["detect", "photos", "--out", "photos", *options]) == 0
+        printed = capsys.readouterr().out
+        assert printed.count("keypoints ->") == 1 and printed.startswith("photos/a.png: 20 keypoints")
+    assert sorted(path.name for path in (tmp_path / "photos").glob("*.npz")) == ["a.npz"]
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value", "message"),
+    [
+        ("match", "--threshold", "nan", "--threshold must be a finite number > 0"),
+        ("match", "--threshold", "inf", "--threshold must be a finite number > 0"),
+        ("match", "--ratio", "nan", "--ratio must be a number in (0, 1]"),
+        ("match", "--score-threshold", "nan", "--score-threshold must be a finite number"),
+        ("detect", "--score-threshold", "nan", "--score-threshold must be a finite number"),
+        ("detect", "--score-threshold", "-inf", "--score-threshold must be a finite number"),
+        ("detect", "--nms-radius", "nan", "--nms-radius must be a finite number >= 0"),
+    ],
+)
+def test_non_finite_options_are_rejected(
+    tmp_path, checkpoint, photos, capsys, monkeypatch, command, option, value, message
+):
+    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", _no_model)
+    out = tmp_path / ("out.png" if command == "match" else "out")
+    images = list(map(str, photos)) if command == "match" else [str(photos[0])]
+    argv = [command, *images, "--model", checkpoint, "--out", str(out), f"{option}={value}"]
+    assert main(argv) == 2
+    assert message in _single_error_line(capsys)
+    assert not out.exists()
+
+
+def test_match_out_is_checked_before_matching(tmp_path, checkpoint, photos, capsys, monkeypatch):
+    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", _no_model)
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["match", *map(str, photos), "--model", checkpoint, "--out"]
+    assert main([*argv, str(tmp_path / "emptydir")]) == 2
+    assert "is a folder" in _single_error_line(capsys)
+    for name, found in (("matches", "(none)"), ("matches.xyz", "('.xyz')")):
+        assert main([*argv, str(tmp_path / name)]) == 2
+        line = _single_error_line(capsys)
+        assert f"unsupported picture extension {found}" in line and ".png, .jpg" in line
+    assert main([*argv, str(tmp_path / "notes.txt" / "pair.png")]) == 2
+    assert "notes.txt is a file, not a folder" in _single_error_line(capsys)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_detect_out_is_checked_before_detecting(tmp_path, checkpoint, photos, capsys, monkeypatch):
+    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", _no_model)
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["detect", str(photos[0]), "--model", checkpoint, "--out"]
+    assert main([*argv, str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt is a file, not a folder" in _single_error_line(capsys)
+    assert main([*argv, str(tmp_path / "notes.txt" / "out")]) == 2
+    assert "notes.txt is a file, not a folder" in _single_error_line(capsys)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_detect_and_match_refuse_an_unwritable_folder(tmp_path, checkpoint, photos, capsys, monkeypatch):
+    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", _no_model)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(["detect", str(photos[0]), "--model", checkpoint, "--out", str(locked / "out")]) == 2
+        assert "no permission to write" in _single_error_line(capsys)
+        assert main(["match", *map(str, photos), "--model", checkpoint, "--out", str(locked / "m.png")]) == 2
+        assert "no permission to write" in _single_error_line(capsys)
+    finally:
+        locked.chmod(0o700)

@@ -128,3 +128,80 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys, golden_checkpoint):
         assert message in err, (argv, err)
         assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_output_path_is_checked_first(tmp_path, capsys, golden_checkpoint, monkeypatch):
+    """--onnx an existing folder, or under a file: one line, before the network is even loaded."""
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded: the check came too late")
+
+    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", no_model)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    base = ["export", "--checkpoint", str(golden_checkpoint), "--onnx"]
+    for out, message in (
+        (tmp_path / "folder", "is a folder; give a file name"),
+        (tmp_path / "notes.txt" / "model.onnx", "notes.txt is a file, not a folder"),
+    ):
+        assert cli_main([*base, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def calibration_photos(tmp_path_factory) -> Path:
+    """Two photos for --int8 --calibration."""
+    import skimage.data
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("calibration")
+    Image.fromarray(skimage.data.coffee()).save(folder / "coffee.png")
+    Image.fromarray(skimage.data.chelsea()).save(folder / "chelsea.jpg")
+    return folder
+
+
+def test_int8_export_leaves_files_next_to_the_output_alone(tmp_path, golden_checkpoint, calibration_photos):
+    """The intermediate fp32 graph goes to a temporary folder, not ``<stem>.fp32.onnx`` next to --onnx."""
+    mine = tmp_path / "q.fp32.onnx"
+    mine.write_text("the user's own file")
+    out = tmp_path / "q.onnx"
+    argv = ["export", "--checkpoint", str(golden_checkpoint), "--onnx", str(out), "--int8",
+            "--calibration", str(calibration_photos), "--calibration-count", "2", "--no-verify"]
+    assert cli_main(argv) == 0
+    assert mine.read_text() == "the user's own file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["q.fp32.onnx", "q.onnx"]
+    model = onnx.load(str(out))
+    assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).random((1, 3, 64, 96), np.float32)
+    score, coord, desc = session.run(None, {"image": image})
+    assert score.shape == (1, 1, 8, 12) and desc.shape == (1, 256, 8, 12) and np.isfinite(desc).all()
+
+
+def test_int8_export_failure_removes_the_intermediate_graph(
+    tmp_path, capsys, golden_checkpoint, calibration_photos, monkeypatch
+):
+    """Quantisation fails: one error line, no fp32 graph left, --onnx and its neighbours untouched."""
+    from kp2d.errors import DataError
+
+    seen = {}
+
+    def failing_quantize(fp32_path, int8_path, *args, **kwargs):
+        seen["fp32"] = Path(fp32_path)
+        assert seen["fp32"].is_file()  # the real fp32 graph was written
+        raise DataError("calibration failed")
+
+    monkeypatch.setattr("kp2d.fast.quantize_int8", failing_quantize)
+    out = tmp_path / "q.onnx"
+    out.write_text("previous model")
+    (tmp_path / "q.fp32.onnx").write_text("the user's own file")
+    argv = ["export", "--checkpoint", str(golden_checkpoint), "--onnx", str(out), "--int8",
+            "--calibration", str(calibration_photos), "--calibration-count", "2", "--no-verify"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "calibration failed" in err and err.count("\n") == 1
+    assert seen["fp32"].parent != tmp_path and not seen["fp32"].parent.exists()
+    assert out.read_text() == "previous model"
+    assert (tmp_path / "q.fp32.onnx").read_text() == "the user's own file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["q.fp32.onnx", "q.onnx"]

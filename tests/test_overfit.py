@@ -1,8 +1,13 @@
+import os
+
+import numpy as np
+import pytest
 import skimage.data
 from PIL import Image
 
 from kp2d.cli import main
 from kp2d.config import load_config
+from kp2d.errors import DataError
 from kp2d.overfit import overfit
 from kp2d.train.step import TrainingStep
 
@@ -77,3 +82,74 @@ def test_overfit_ctrl_c_keeps_the_frames_recorded_so_far(monkeypatch, tmp_path, 
     for name in ("keypoints.gif", "scores.gif", "crop.gif"):
         with Image.open(out / name) as gif:
             assert gif.n_frames == 2  # steps 1 and 2
+
+
+def _single_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("training started: the check came too late")
+
+
+def test_overfit_bad_out_fails_before_training(tmp_path, capsys, monkeypatch):
+    """--out an existing file or a path under a file: one line, the file kept, no training done."""
+    monkeypatch.setattr(TrainingStep, "__call__", _no_training)
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    for out in (mine, mine / "gifs"):
+        assert main(_tiny_run(tmp_path, out, steps=2)) == 2
+        assert "notes.txt is a file, not a folder" in _single_error_line(capsys)
+    assert mine.read_text() == "mine"
+
+
+def test_overfit_function_checks_the_folder_before_training(tmp_path, monkeypatch):
+    """The library call too: the folder is made (or refused with a DataError naming it) before step 1."""
+    monkeypatch.setattr(TrainingStep, "__call__", _no_training)
+    config = load_config("v4", {"augmentation": {"image_shape": [64, 96]}})
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    for out in (mine, mine / "gifs"):
+        with pytest.raises(DataError, match="notes.txt"):
+            overfit(skimage.data.coffee(), config, out, steps=2, progress=False)
+    assert mine.read_text() == "mine"
+    with pytest.raises(AssertionError, match="training started"):
+        overfit(skimage.data.coffee(), config, tmp_path / "new" / "gifs", steps=2, progress=False)
+    assert (tmp_path / "new" / "gifs").is_dir()  # made before training
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_overfit_unwritable_out_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(TrainingStep, "__call__", _no_training)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(_tiny_run(tmp_path, locked / "gifs", steps=2)) == 2
+        assert "no permission to write" in _single_error_line(capsys)
+        config = load_config("v4", {"augmentation": {"image_shape": [64, 96]}})
+        with pytest.raises(DataError, match="gifs"):
+            overfit(skimage.data.coffee(), config, locked / "gifs", steps=2, progress=False)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_overfit_rejects_a_tiny_image(tmp_path, capsys, monkeypatch):
+    """A 1x1 image would train on a blank upscaled picture: refused as ``kp2d detect`` does."""
+    monkeypatch.setattr(TrainingStep, "__call__", _no_training)
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(tiny)
+    out = tmp_path / "gifs"
+    argv = _tiny_run(tmp_path, out, steps=2)
+    assert main([*argv[:1], str(tiny), *argv[1:]]) == 2
+    line = _single_error_line(capsys)
+    assert str(tiny) in line and "1x1 pixels" in line and "at least 32" in line
+    assert not out.exists()
+    config = load_config("v4", {"augmentation": {"image_shape": [64, 96]}})
+    with pytest.raises(DataError, match="31x40 pixels"):
+        overfit(np.zeros((40, 31, 3), np.uint8), config, out, steps=2, progress=False)
+    assert not out.exists()

@@ -20,17 +20,19 @@ from tqdm import tqdm
 from kp2d.augmentation import HomographicAugmentation
 from kp2d.checkpoint import build_keypoint_net
 from kp2d.config import Config
-from kp2d.inference import extract_with_score_map
+from kp2d.errors import DataError
+from kp2d.inference import MIN_IMAGE_SIZE, extract_with_score_map
 from kp2d.models import IONet
 from kp2d.runtime import autocast_dtype
 from kp2d.train.step import SiameseLoss, TrainingStep, build_optimizer
 from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_gif, to_rgb_uint8
 
-__all__ = ["OverfitResult", "overfit"]
+__all__ = ["OverfitResult", "check_image_size", "overfit"]
 
 log = logging.getLogger(__name__)
 
 _CPU = torch.device("cpu")
+_GIF_NAMES = ("keypoints.gif", "scores.gif", "crop.gif")
 
 
 @dataclass
@@ -55,6 +57,29 @@ def _frames(net, image_rgb: np.ndarray, crop: torch.Tensor, top_k: int) -> tuple
     )
 
 
+def check_image_size(image_rgb: np.ndarray) -> None:
+    """:class:`DataError` unless the image has 32 pixels a side (a smaller one is blank once upscaled)."""
+    height, width = image_rgb.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIZE:
+        raise DataError(
+            f"image is {width}x{height} pixels; kp2d overfit needs at least {MIN_IMAGE_SIZE} pixels on "
+            "each side"
+        )
+
+
+def _prepare_output_folder(out: Path) -> None:
+    """Create ``out`` (before training, so a bad folder loses no work); :class:`DataError` naming it."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output folder {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+    in_the_way = [name for name in _GIF_NAMES if (out / name).is_dir()]
+    if in_the_way:
+        raise DataError(f"cannot write {out / in_the_way[0]}: it is a folder")
+
+
 def overfit(
     image_rgb: np.ndarray,
     config: Config,
@@ -71,7 +96,14 @@ def overfit(
     The image is resized to ``config.augmentation.image_shape``; each step trains on ``batch_size``
     different random homographies of it. Ctrl-C stops the run and still writes the frames
     recorded so far (``interrupted`` is then set).
+
+    Raises:
+        DataError: the image has under 32 pixels a side, or ``out`` cannot be made a folder (both checked
+            before training).
     """
+    check_image_size(image_rgb)
+    out = Path(out)
+    _prepare_output_folder(out)
     height, width = config.augmentation.image_shape
     resized = cv2.resize(image_rgb, (width, height), interpolation=cv2.INTER_AREA)
     images = torch.from_numpy(resized).permute(2, 0, 1).unsqueeze(0).repeat(batch_size, 1, 1, 1).to(device)
@@ -102,7 +134,6 @@ def overfit(
         interrupted = True
         log.warning("interrupted after step %d: writing the %d frames recorded so far",
                     steps_done, len(recorded))
-    out.mkdir(parents=True, exist_ok=True)
     paths = [save_gif([frame[i] for frame in recorded], out / name, last_frame_ms=1500)
-             for i, name in enumerate(("keypoints.gif", "scores.gif", "crop.gif"))]
+             for i, name in enumerate(_GIF_NAMES)]
     return OverfitResult(*paths, losses, steps_done, interrupted)

@@ -11,8 +11,19 @@ and ``<stem>.json`` (keypoints, scores and image size).
 from __future__ import annotations
 
 import argparse
+import math
+import os
+from pathlib import Path
 
-__all__ = ["add_model_options", "add_parser", "check_scale_factor_option", "model_backend", "run"]
+__all__ = [
+    "add_model_options",
+    "add_parser",
+    "check_finite_option",
+    "check_output_path",
+    "check_scale_factor_option",
+    "model_backend",
+    "run",
+]
 
 #: Backends offered on the command line (``ort-int8`` needs calibration photos: build it with
 #: :func:`kp2d.fast.load_backend` in Python).
@@ -93,12 +104,52 @@ def check_scale_factor_option(scale_factor: float) -> None:
         raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}") from None
 
 
+def check_finite_option(option: str, value: float, requirement: str = "a finite number") -> None:
+    """:class:`~kp2d.errors.ConfigError` naming ``option`` unless ``value`` is finite (not NaN or inf)."""
+    from kp2d.errors import ConfigError
+
+    if not math.isfinite(value):
+        raise ConfigError(f"{option} must be {requirement}, got {value}")
+
+
+def check_output_path(path: Path, option: str, *, folder: bool = False) -> None:
+    """Fail early, before any long work, unless ``path`` can be written.
+
+    With ``folder``, ``path`` must be a folder or not exist yet; otherwise it must not be a folder. Either
+    way the first existing folder on the way to it must be a writable folder (not a file).
+
+    Raises:
+        ConfigError: naming ``option`` and what is in the way.
+    """
+    from kp2d.errors import ConfigError
+
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a folder; give a folder")
+    if not folder:
+        if path.is_dir():
+            raise ConfigError(f"{option} {path} is a folder; give a file name")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise ConfigError(f"{option} {path}: the file is read-only")
+    start = path if folder else path.parent
+    for candidate in (start, *start.parents):
+        if not os.path.lexists(candidate):
+            continue
+        if not candidate.is_dir():
+            raise ConfigError(f"{option} {path}: {candidate} is a file, not a folder")
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {path}: no permission to write in {candidate}")
+        return
+
+
 def selection_options(args: argparse.Namespace) -> dict:
-    """``extract`` keyword arguments from the parsed options."""
+    """``extract`` keyword arguments from the parsed options (``--top-k``, ``--score-threshold``, ...)."""
     from kp2d.errors import ConfigError
 
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
+    check_finite_option("--score-threshold", args.score_threshold)
+    check_finite_option("--nms-radius", args.nms_radius, "a finite number >= 0")
     if args.nms_radius < 0:
         raise ConfigError(f"--nms-radius must be >= 0, got {args.nms_radius}")
     check_scale_factor_option(args.scale_factor)
@@ -123,15 +174,44 @@ def _score_picture(image, cell_scores, scale_factor: float):
     return cv2.resize(draw_score_heatmap(resized, cell_scores), (width, height), interpolation=cv2.INTER_AREA)
 
 
-def _image_paths(arguments: list) -> list:
-    """The image files named on the command line, each folder replaced by the images under it (sorted)."""
+_OUTPUT_PICTURES = ("_keypoints.png", "_scores.png")
+
+
+def _is_detect_output(path: Path) -> bool:
+    """Whether ``path`` is a picture of ``kp2d detect`` (``<stem>_scores.png`` beside ``<stem>.npz``, ...)."""
+    return any(
+        path.name.endswith(suffix) and path.with_name(path.name[: -len(suffix)] + ".npz").is_file()
+        for suffix in _OUTPUT_PICTURES
+    )
+
+
+def _image_paths(arguments: list, out: Path | None = None) -> list:
+    """The image files named on the command line, each folder replaced by the images under it (sorted).
+
+    A folder's images inside ``out`` (the output folder) are left out, so that a second ``kp2d detect .``
+    does not detect in the pictures the first wrote to ``./kp2d_detect/``: all of them when ``out`` is a
+    subfolder of the folder, only ``kp2d detect``'s own pictures when ``out`` is the folder or holds it
+    (``kp2d detect photos --out .``). An image named explicitly is always kept.
+    """
     from kp2d.data.image_folder import list_images
     from kp2d.errors import DataError
 
+    out_dir = out.resolve() if out is not None else None
     paths = []
     for path in arguments:
         if path.is_dir():
-            paths.extend(list_images(path))
+            found = list_images(path)
+            if out_dir is not None:
+                out_below = out_dir != path.resolve() and out_dir.is_relative_to(path.resolve())
+                inside = [image.resolve().is_relative_to(out_dir) for image in found]
+                found = [
+                    image
+                    for image, in_out in zip(found, inside, strict=True)
+                    if not (in_out and (out_below or _is_detect_output(image)))
+                ]
+                if not found:
+                    raise DataError(f"no images found under {path} besides the outputs in {out}")
+            paths.extend(found)
         elif path.is_file():
             paths.append(path)
         else:
@@ -140,13 +220,20 @@ def _image_paths(arguments: list) -> list:
 
 
 def _unique_stems(paths: list) -> list[str]:
-    """File stems, with ``-2``, ``-3``, ... appended to repeats so outputs do not overwrite each other."""
-    seen: dict[str, int] = {}
+    """File stems, made unique with ``-2``, ``-3``, ... so outputs do not overwrite each other.
+
+    A stem is unique against every stem handed out before it (``a.png a.jpg a-2.png`` give ``a``,
+    ``a-2``, ``a-2-2``), ignoring case, for case-insensitive file systems.
+    """
+    taken: set[str] = set()
     stems = []
     for path in paths:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+        stem, count = path.stem, 1
+        while stem.casefold() in taken:
+            count += 1
+            stem = f"{path.stem}-{count}"
+        taken.add(stem.casefold())
+        stems.append(stem)
     return stems
 
 
@@ -154,7 +241,6 @@ def run(args: argparse.Namespace) -> int:
     """Detect in every image and write the files; returns the exit status."""
     import json
     import logging
-    from pathlib import Path
 
     import numpy as np
     from tqdm import tqdm
@@ -167,12 +253,16 @@ def run(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("kp2d.detect")
     options = selection_options(args)
-    paths = _image_paths([Path(p) for p in args.images])
+    out_dir = Path(args.out)
+    check_output_path(out_dir, "--out", folder=True)
+    paths = _image_paths([Path(p) for p in args.images], out_dir)
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
     options["backend"] = model_backend(args, model)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the output folder {out_dir}: {err.strerror or err}") from None
 
     for path, stem in tqdm(
         list(zip(paths, _unique_stems(paths), strict=True)), desc="detect", unit="image", disable=None

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
+import tempfile
 from pathlib import Path
 
-from kp2d.errors import ConfigError, Kp2dError
+from kp2d.errors import ConfigError, DataError, Kp2dError
 
 __all__ = ["add_parser", "run"]
 
@@ -66,11 +68,20 @@ def _require_onnx() -> None:
         raise Kp2dError(f"kp2d export needs {', '.join(missing)}: pip install 'kp2d[onnx]'")
 
 
+def _make_parent(path: Path) -> None:
+    """Create the folder of ``path``; :class:`DataError` naming it if that fails."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the folder {path.parent}: {err.strerror or err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Export; print what was written and how close ONNX Runtime is to PyTorch."""
     import torch
 
     from kp2d.checkpoint import load_keypoint_net
+    from kp2d.cli.detect import check_output_path
     from kp2d.export import DEFAULT_OPSET, export_onnx
     from kp2d.fast import load_calibration_images, quantize_int8
 
@@ -81,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calibration and not args.int8:
         raise ConfigError("--calibration is only used with --int8")
     out = Path(args.onnx)
-    if out.is_dir():
-        raise ConfigError(f"--onnx {out} is a folder; give a file name")
+    check_output_path(out, "--onnx")
     _require_onnx()
     float_layers = [name.strip() for name in args.float_layers.split(",") if name.strip()]
     net = load_keypoint_net(args.checkpoint or args.model, "cpu")
@@ -92,10 +102,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.int8:
         calibration = load_calibration_images(args.calibration, count=args.calibration_count)
-        fp32_path = out.with_name(out.stem + ".fp32.onnx")
-        export_onnx(net, fp32_path, opset=opset, dynamic=not args.static, example_size=(height, width))
-        quantize_int8(fp32_path, out, calibration, float_layers=float_layers, method=args.calibration_method)
-        fp32_path.unlink()
+        # the fp32 graph and the int8 one are made in a scratch folder (removed whatever happens): no file
+        # next to --onnx is touched, and --onnx itself only once the quantisation has succeeded
+        with tempfile.TemporaryDirectory(prefix="kp2d-export-") as scratch:
+            fp32_path, int8_path = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
+            export_onnx(net, fp32_path, opset=opset, dynamic=not args.static, example_size=(height, width))
+            quantize_int8(
+                fp32_path, int8_path, calibration, float_layers=float_layers, method=args.calibration_method
+            )
+            _make_parent(out)
+            shutil.move(int8_path, out)
         print(f"wrote {out} (int8 QDQ, calibrated on {len(calibration)} photos of {args.calibration}; "
               f"float layers: {', '.join(float_layers) or 'none'})")
     else:

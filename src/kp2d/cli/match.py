@@ -9,6 +9,7 @@ prints the mean corner error of the estimate.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from kp2d.cli.detect import add_model_options
 from kp2d.demo import DEMO_PHOTOS
@@ -51,16 +52,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+#: Extensions ``--out`` may have (Pillow writes each of them as an RGB picture).
+PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm")
+
+
+def _check_picture_path(path: Path) -> None:
+    """ConfigError unless ``--out`` names a picture file that can be written (before any matching)."""
+    from kp2d.cli.detect import check_output_path
+    from kp2d.errors import ConfigError
+
+    check_output_path(path, "--out")
+    if path.suffix.lower() not in PICTURE_EXTENSIONS:
+        found = f"'{path.suffix}'" if path.suffix else "none"
+        choices = ", ".join(PICTURE_EXTENSIONS)
+        raise ConfigError(f"--out {path}: unsupported picture extension ({found}); use one of {choices}")
+
+
 def _format_homography(homography) -> str:
     return "\n".join("  [" + "  ".join(f"{value: .6g}" for value in row) + "]" for row in homography)
 
 
 def run(args: argparse.Namespace) -> int:
     """Match, estimate, print and draw; returns the exit status."""
-    from pathlib import Path
-
     from kp2d.checkpoint import load_keypoint_net
-    from kp2d.cli.detect import model_backend, selection_options
+    from kp2d.cli.detect import check_finite_option, model_backend, selection_options
     from kp2d.errors import ConfigError, DataError
     from kp2d.eval.metrics import corner_error
     from kp2d.inference import extract, load_image
@@ -69,14 +84,19 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.visualization import draw_matches, save_image
 
     options = selection_options(args)
-    if args.ratio is not None and not 0.0 < args.ratio <= 1.0:
-        raise ConfigError(f"--ratio must be in (0, 1], got {args.ratio}")
+    if args.ratio is not None:
+        check_finite_option("--ratio", args.ratio, "a number in (0, 1]")
+        if not 0.0 < args.ratio <= 1.0:
+            raise ConfigError(f"--ratio must be in (0, 1], got {args.ratio}")
+    check_finite_option("--threshold", args.threshold, "a finite number > 0 (pixels)")
     if args.threshold <= 0:
-        raise ConfigError(f"--threshold must be > 0 pixels, got {args.threshold}")
+        raise ConfigError(f"--threshold must be a finite number > 0 (pixels), got {args.threshold}")
     if args.demo and args.images:
         raise ConfigError("give either two images A B or --demo, not both")
     if not args.demo and len(args.images) != 2:
         raise ConfigError(f"give two images A B (got {len(args.images)}), or --demo")
+    out = Path(args.out)
+    _check_picture_path(out)
     model = load_keypoint_net(args.model, resolve_device(args.device))
     options["backend"] = model_backend(args, model)
     if args.demo:
@@ -116,7 +136,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"mean corner error: {error:.2f} px")
         caption += f", corner error {error:.2f} px"
 
-    out = Path(args.out)
     picture = draw_matches(
         images[0], images[1], kpts0.keypoints, kpts1.keypoints, matches, inliers, text=caption
     )

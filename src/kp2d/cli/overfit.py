@@ -38,9 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the options, train on the image and write the GIFs; returns the exit status."""
+    from kp2d.cli.detect import check_output_path
     from kp2d.config import load_config, parse_image_shape
-    from kp2d.errors import ConfigError
-    from kp2d.overfit import overfit
+    from kp2d.errors import ConfigError, DataError
+    from kp2d.overfit import check_image_size, overfit
     from kp2d.runtime import resolve_device
 
     for name in ("steps", "every", "batch_size", "top_k"):
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         shape = {"image_shape": list(parse_image_shape(args.shape))}
     except ConfigError as err:
         raise ConfigError(f"--shape: {err}") from None
+    check_output_path(args.out, "--out", folder=True)
     if args.config is None:  # the original's demo: its colour jitter is a no-op
         config = load_config("v4", {"augmentation": {**shape, "original_jitter_noop": True}})
     else:
@@ -62,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         from kp2d.inference import load_image
 
         image = load_image(args.image)
+        try:
+            check_image_size(image)
+        except DataError as err:
+            raise DataError(f"{args.image}: {err}") from None
     result = overfit(
         image, config, args.out, steps=args.steps, every=args.every,
         batch_size=args.batch_size, top_k=args.top_k, device=resolve_device(args.device),
