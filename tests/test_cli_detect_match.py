@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_output import single_error_line
 from kp2d.checkpoint import list_pretrained, save_checkpoint
 from kp2d.cli import main
 from kp2d.config import load_config
@@ -40,14 +41,6 @@ def photos(tmp_path_factory):
     Image.fromarray(image).save(folder / "a.png")
     Image.fromarray(warped).save(folder / "b.jpg", quality=95)
     return folder / "a.png", folder / "b.jpg"
-
-
-def _single_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_detect_writes_pictures_and_arrays(tmp_path, checkpoint, photos, capsys):
@@ -96,7 +89,7 @@ def test_detect_takes_folders(tmp_path, checkpoint, photos, capsys):
     np.testing.assert_array_equal(np.load(out / "a.npz")["keypoints"], np.load(out / "a-2.npz")["keypoints"])
     (tmp_path / "empty").mkdir()
     assert main(["detect", str(tmp_path / "empty"), *args]) == 2
-    assert "no images" in _single_error_line(capsys)
+    assert "no images" in single_error_line(capsys)
 
 
 def test_detect_options_change_the_selection(tmp_path, checkpoint, photos):
@@ -134,7 +127,7 @@ def test_detect_scale_factor_keeps_original_pixels(tmp_path, checkpoint, photos,
     scores = np.asarray(Image.open(tmp_path / "x2" / "a_scores.png"))
     assert scores.shape == (112, 144, 3)
     assert main([*args, "--out", str(tmp_path / "x0"), "--scale-factor", "-1"]) == 2
-    assert "--scale-factor" in _single_error_line(capsys)
+    assert "--scale-factor" in single_error_line(capsys)
 
 
 def test_match_prints_the_homography_and_writes_a_picture(tmp_path, checkpoint, photos, capsys):
@@ -190,45 +183,45 @@ def test_demo_homography_is_recovered_from_sift_matches():
 
 def test_error_unknown_model(photos, capsys):
     assert main(["detect", str(photos[0]), "--model", "v9"]) == 2
-    assert "unknown model 'v9'" in _single_error_line(capsys)
+    assert "unknown model 'v9'" in single_error_line(capsys)
     if "v4" not in list_pretrained():  # until trained weights ship, the default model is a clear error
         assert main(["match", "--demo"]) == 2
-        line = _single_error_line(capsys)
+        line = single_error_line(capsys)
         assert "unknown model 'v4'" in line and "none shipped" in line
 
 
 def test_error_missing_image(tmp_path, checkpoint, capsys):
     missing = tmp_path / "nope.png"
     assert main(["detect", str(missing), "--model", checkpoint, "--out", str(tmp_path)]) == 2
-    assert str(missing) in _single_error_line(capsys)
+    assert str(missing) in single_error_line(capsys)
     assert main(["match", str(missing), str(missing), "--model", checkpoint]) == 2
-    assert "image not found" in _single_error_line(capsys)
+    assert "image not found" in single_error_line(capsys)
 
 
 def test_error_unreadable_image(tmp_path, checkpoint, capsys):
     bad = tmp_path / "bad.png"
     bad.write_text("not a picture")
     assert main(["detect", str(bad), "--model", checkpoint, "--out", str(tmp_path / "o")]) == 2
-    assert "cannot read this file as an image" in _single_error_line(capsys)
+    assert "cannot read this file as an image" in single_error_line(capsys)
 
 
 def test_error_small_image(tmp_path, checkpoint, capsys):
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((20, 64, 3), np.uint8)).save(small)
     assert main(["detect", str(small), "--model", checkpoint, "--out", str(tmp_path / "o")]) == 2
-    line = _single_error_line(capsys)
+    line = single_error_line(capsys)
     assert str(small) in line and "at least 32" in line
 
 
 def test_error_bad_match_arguments(photos, checkpoint, capsys):
     assert main(["match", str(photos[0]), "--model", checkpoint]) == 2
-    assert "give two images" in _single_error_line(capsys)
+    assert "give two images" in single_error_line(capsys)
     assert main(["match", *map(str, photos), "--demo", "--model", checkpoint]) == 2
-    assert "not both" in _single_error_line(capsys)
+    assert "not both" in single_error_line(capsys)
     assert main(["match", *map(str, photos), "--ratio", "1.5", "--model", checkpoint]) == 2
-    assert "ratio" in _single_error_line(capsys)
+    assert "ratio" in single_error_line(capsys)
     assert main(["detect", str(photos[0]), "--top-k", "-1", "--model", checkpoint]) == 2
-    assert "--top-k" in _single_error_line(capsys)
+    assert "--top-k" in single_error_line(capsys)
 
 
 def test_detect_backend_option_gives_the_same_keypoints(tmp_path, checkpoint, photos):
@@ -291,7 +284,7 @@ def test_detect_folder_run_twice_skips_its_own_outputs(tmp_path, checkpoint, pho
     assert names == ["a.json", "a.npz", "a_keypoints.png", "a_scores.png"]
     # the output folder itself, given as the input folder, holds no image outside the output folder
     assert main(["detect", "kp2d_detect", *argv[2:]]) == 2
-    assert "no images" in _single_error_line(capsys)
+    assert "no images" in single_error_line(capsys)
 
 
 def test_detect_folder_with_out_beside_or_above_it(tmp_path, checkpoint, photos, monkeypatch, capsys):
@@ -329,7 +322,7 @@ def test_non_finite_options_are_rejected(
     images = list(map(str, photos)) if command == "match" else [str(photos[0])]
     argv = [command, *images, "--model", checkpoint, "--out", str(out), f"{option}={value}"]
     assert main(argv) == 2
-    assert message in _single_error_line(capsys)
+    assert message in single_error_line(capsys)
     assert not out.exists()
 
 
@@ -339,13 +332,13 @@ def test_match_out_is_checked_before_matching(tmp_path, checkpoint, photos, caps
     (tmp_path / "notes.txt").write_text("mine")
     argv = ["match", *map(str, photos), "--model", checkpoint, "--out"]
     assert main([*argv, str(tmp_path / "emptydir")]) == 2
-    assert "is a folder" in _single_error_line(capsys)
+    assert "is a folder" in single_error_line(capsys)
     for name, found in (("matches", "(none)"), ("matches.xyz", "('.xyz')")):
         assert main([*argv, str(tmp_path / name)]) == 2
-        line = _single_error_line(capsys)
+        line = single_error_line(capsys)
         assert f"unsupported picture extension {found}" in line and ".png, .jpg" in line
     assert main([*argv, str(tmp_path / "notes.txt" / "pair.png")]) == 2
-    assert "notes.txt is a file, not a folder" in _single_error_line(capsys)
+    assert "notes.txt is a file, not a folder" in single_error_line(capsys)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -354,9 +347,9 @@ def test_detect_out_is_checked_before_detecting(tmp_path, checkpoint, photos, ca
     (tmp_path / "notes.txt").write_text("mine")
     argv = ["detect", str(photos[0]), "--model", checkpoint, "--out"]
     assert main([*argv, str(tmp_path / "notes.txt")]) == 2
-    assert "notes.txt is a file, not a folder" in _single_error_line(capsys)
+    assert "notes.txt is a file, not a folder" in single_error_line(capsys)
     assert main([*argv, str(tmp_path / "notes.txt" / "out")]) == 2
-    assert "notes.txt is a file, not a folder" in _single_error_line(capsys)
+    assert "notes.txt is a file, not a folder" in single_error_line(capsys)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -368,8 +361,8 @@ def test_detect_and_match_refuse_an_unwritable_folder(tmp_path, checkpoint, phot
     locked.chmod(0o500)
     try:
         assert main(["detect", str(photos[0]), "--model", checkpoint, "--out", str(locked / "out")]) == 2
-        assert "no permission to write" in _single_error_line(capsys)
+        assert "no permission to write" in single_error_line(capsys)
         assert main(["match", *map(str, photos), "--model", checkpoint, "--out", str(locked / "m.png")]) == 2
-        assert "no permission to write" in _single_error_line(capsys)
+        assert "no permission to write" in single_error_line(capsys)
     finally:
         locked.chmod(0o700)

@@ -5,6 +5,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from cli_output import single_error_line
 from kp2d.cli import main
 from kp2d.config import load_config
 from kp2d.errors import DataError
@@ -84,14 +85,6 @@ def test_overfit_ctrl_c_keeps_the_frames_recorded_so_far(monkeypatch, tmp_path, 
             assert gif.n_frames == 2  # steps 1 and 2
 
 
-def _single_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 def _no_training(*args, **kwargs):
     raise AssertionError("training started: the check came too late")
 
@@ -103,7 +96,7 @@ def test_overfit_bad_out_fails_before_training(tmp_path, capsys, monkeypatch):
     mine.write_text("mine")
     for out in (mine, mine / "gifs"):
         assert main(_tiny_run(tmp_path, out, steps=2)) == 2
-        assert "notes.txt is a file, not a folder" in _single_error_line(capsys)
+        assert "notes.txt is a file, not a folder" in single_error_line(capsys)
     assert mine.read_text() == "mine"
 
 
@@ -130,7 +123,7 @@ def test_overfit_unwritable_out_fails_before_training(tmp_path, capsys, monkeypa
     locked.chmod(0o500)
     try:
         assert main(_tiny_run(tmp_path, locked / "gifs", steps=2)) == 2
-        assert "no permission to write" in _single_error_line(capsys)
+        assert "no permission to write" in single_error_line(capsys)
         config = load_config("v4", {"augmentation": {"image_shape": [64, 96]}})
         with pytest.raises(DataError, match="gifs"):
             overfit(skimage.data.coffee(), config, locked / "gifs", steps=2, progress=False)
@@ -146,7 +139,7 @@ def test_overfit_rejects_a_tiny_image(tmp_path, capsys, monkeypatch):
     out = tmp_path / "gifs"
     argv = _tiny_run(tmp_path, out, steps=2)
     assert main([*argv[:1], str(tiny), *argv[1:]]) == 2
-    line = _single_error_line(capsys)
+    line = single_error_line(capsys)
     assert str(tiny) in line and "1x1 pixels" in line and "at least 32" in line
     assert not out.exists()
     config = load_config("v4", {"augmentation": {"image_shape": [64, 96]}})
