@@ -92,6 +92,21 @@ def test_detect_takes_folders(tmp_path, checkpoint, photos, capsys):
     assert "no images" in single_error_line(capsys)
 
 
+def test_detect_skip_bad_writes_the_readable_images(tmp_path, checkpoint, photos, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(photos[0].read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(np.zeros((20, 64, 3), np.uint8)).save(folder / "small.png")
+    args = ["detect", str(folder), "--model", checkpoint, "--top-k", "10", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "strict")]) == 2
+    line = single_error_line(capsys)
+    assert "broken.jpg" in line and "--skip-bad" in line
+    assert main([*args, "--out", str(tmp_path / "lenient"), "--skip-bad"]) == 0
+    assert [p.name for p in (tmp_path / "lenient").glob("*.npz")] == ["a.npz"]
+    assert "2 of 3 images skipped" in capsys.readouterr().out
+
+
 def test_detect_options_change_the_selection(tmp_path, checkpoint, photos):
     out = tmp_path / "nms"
     assert (

@@ -80,6 +80,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="image files (png, jpg, ppm, ...) or folders of them (searched recursively)",
     )
     parser.add_argument("--out", default="kp2d_detect", help="output folder (default: kp2d_detect/)")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="log and skip unreadable or too small images instead of stopping (the rest are written)",
+    )
     add_model_options(parser)
     parser.set_defaults(func=run)
 
@@ -264,14 +269,20 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise DataError(f"cannot create the output folder {out_dir}: {err.strerror or err}") from None
 
+    skipped = 0
     for path, stem in tqdm(
         list(zip(paths, _unique_stems(paths), strict=True)), desc="detect", unit="image", disable=None
     ):
-        image = load_image(path)
         try:
+            image = load_image(path)
             keypoints, cell_scores = extract_with_score_map(model, image, **options)
         except DataError as err:
-            raise DataError(f"{path}: {err}") from None
+            message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+            if not args.skip_bad:
+                raise DataError(f"{message} (--skip-bad skips such images)") from None
+            log.warning("skipped %s", message)
+            skipped += 1
+            continue
         arrays = keypoints.numpy()
         np.savez(out_dir / f"{stem}.npz", **arrays)
         record = {
@@ -287,4 +298,6 @@ def run(args: argparse.Namespace) -> int:
         save_image(out_dir / f"{stem}_scores.png", _score_picture(image, cell_scores, args.scale_factor))
         log.debug("%s: %d keypoints", path, len(keypoints))
         tqdm.write(f"{path}: {len(keypoints)} keypoints -> {out_dir / stem}.*")
+    if skipped:
+        print(f"{skipped} of {len(paths)} images skipped (unreadable or too small)")
     return 0
