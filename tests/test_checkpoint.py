@@ -8,7 +8,7 @@ import torch
 
 from kp2d.checkpoint import load_checkpoint, load_keypoint_net, save_checkpoint
 from kp2d.config import load_config
-from kp2d.errors import CheckpointError
+from kp2d.errors import CheckpointError, ConfigError
 from kp2d.models import KeyPointNet
 
 
@@ -137,3 +137,23 @@ def test_only_tensor_globals_of_torch_are_loaded(tmp_path, module, name):
     with pytest.raises(CheckpointError, match="does not load"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("preset", "net", "message"),
+    [
+        ("v0", KeyPointNet(), r"model.do_upsample=False but the network has do_upsample=True; model\.do_cr"),
+        ("v4", KeyPointNet(do_cross=False), r"model.do_cross=True but the network has do_cross=False"),
+        ("v4", KeyPointNet(in_channels=1), r"model.use_color=True but the network has in_channels=1"),
+    ],
+)
+def test_save_checkpoint_refuses_a_config_that_does_not_describe_the_network(tmp_path, preset, net, message):
+    path = tmp_path / "mismatch.ckpt"
+    with pytest.raises(ConfigError, match=message):
+        save_checkpoint(path, load_config(preset), net)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    gray = KeyPointNet(in_channels=1, do_upsample=False, do_cross=False)
+    # a matching config is written and reloads the same network
+    save_checkpoint(path, load_config("v0", {"model": {"use_color": False}}), gray)
+    loaded = load_keypoint_net(path)
+    assert (loaded.in_channels, loaded.do_upsample, loaded.do_cross) == (1, False, False)

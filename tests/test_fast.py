@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import cv2
@@ -15,10 +16,12 @@ from kp2d.errors import ConfigError, DataError
 from kp2d.fast import (
     BACKENDS,
     BackendDetector,
+    _iter_images,
     fold_batchnorm,
     fold_conv_bn,
     load_backend,
     load_calibration_images,
+    quantize_int8,
 )
 from kp2d.inference import extract
 from kp2d.models import KeyPointNet
@@ -262,3 +265,43 @@ def test_extract_through_a_backend_gives_the_plain_networks_keypoints(golden_for
         assert nearest.values.max() < 1e-3
         torch.testing.assert_close(fast.scores, plain.scores[nearest.indices], atol=1e-4, rtol=0)
         torch.testing.assert_close(fast.descriptors, plain.descriptors[nearest.indices], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["torch-fp32", "torch-fold", "torch-fused"])
+def test_torch_backends_run_a_half_precision_model(golden_forward, name, dtype):
+    """The input takes the weights' dtype (a float32 input into fp16 weights raised a dtype mismatch)."""
+    net = _golden_net(golden_forward)
+    image = _astronaut((96, 64))
+    with torch.inference_mode():
+        ref = net.describe(image)
+    out = load_backend(name, net.to(dtype))(image)
+    assert all(t.dtype == torch.float32 and bool(torch.isfinite(t).all()) for t in out)
+    assert (out.score - ref.score).abs().max() < 0.05
+    assert (out.coord - ref.coord).abs().max() < 1.0  # pixels
+    assert float((out.desc * ref.desc).sum(1).mean()) > 0.99
+
+
+def test_calibration_images_are_uint8_or_floats_in_0_1(golden_forward):
+    generator = torch.Generator().manual_seed(0)
+    uint8 = torch.randint(0, 256, (2, 3, 16, 24), dtype=torch.uint8, generator=generator)
+    arrays = list(_iter_images(uint8))
+    assert len(arrays) == 2 and all(a.shape == (1, 3, 16, 24) and a.dtype == np.float32 for a in arrays)
+    np.testing.assert_allclose(np.concatenate(arrays), uint8.float().numpy() / 255.0, rtol=1e-6)
+    floats = uint8.float() / 255.0
+    same = list(_iter_images([floats[0], floats[1:]]))  # (3, H, W) and (1, 3, H, W) items
+    np.testing.assert_array_equal(np.concatenate(same), np.concatenate(arrays))
+    nan = floats.clone()
+    nan[1, 0, 0, 0] = float("nan")
+    for bad, message in (
+        (floats * 255.0, r"calibration image 0: float values must be in \[0, 1\], got \[0, 255\]"),
+        (nan, "calibration image 1: float values must be in"),
+        (uint8.int(), "unsupported dtype torch.int32"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            list(_iter_images(bad))
+        with pytest.raises(ConfigError, match=message):  # checked before the graph is exported
+            load_backend("ort-int8", _golden_net(golden_forward), calibration_images=bad)
+        if importlib.util.find_spec("onnxruntime") is not None:
+            with pytest.raises(ConfigError, match=message):
+                quantize_int8("unused.onnx", "unused.int8.onnx", bad)

@@ -362,3 +362,96 @@ def test_keypoints_container():
 def test_top_level_exports():
     assert kp2d.extract is extract and kp2d.Keypoints is Keypoints
     assert callable(kp2d.match) and callable(kp2d.estimate_homography)
+
+
+# --- inputs and options the API must accept or refuse -----------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_pixels_raise_data_error(random_net, bad):
+    array = np.full((64, 64, 3), 0.5, np.float32)
+    array[10, 20, 1] = bad  # one pixel: NaN passes every range comparison
+    for image in (array, torch.from_numpy(array).permute(2, 0, 1)):
+        with pytest.raises(DataError, match="finite"):
+            extract(random_net, image)
+
+
+def test_pil_16_bit_and_float_modes_are_rescaled_not_clipped(random_net):
+    values = np.linspace(0, 65535, 64 * 96).round().astype(np.uint16).reshape(64, 96)
+    expected = image_to_tensor(values, 1)[0]  # the numpy uint16 path: v / 65535
+    np.testing.assert_allclose(expected[0, 0].numpy(), values / 65535.0, rtol=1e-6)
+    for pil in (Image.fromarray(values), Image.fromarray(values.astype(np.int32))):  # modes I;16 and I
+        assert pil.mode in ("I;16", "I")
+        torch.testing.assert_close(image_to_tensor(pil, 1)[0], expected, atol=0, rtol=0)
+    big_endian = Image.frombytes("I;16B", (96, 64), values.astype(">u2").tobytes())
+    torch.testing.assert_close(image_to_tensor(big_endian, 1)[0], expected, atol=0, rtol=0)
+    floats = values.astype(np.float32) / 65535.0
+    pil_float = Image.fromarray(floats)
+    assert pil_float.mode == "F"
+    from_pil, from_numpy = image_to_tensor(pil_float, 3)[0], image_to_tensor(floats, 3)[0]
+    torch.testing.assert_close(from_pil, from_numpy, atol=0, rtol=0)
+    gray_kpts = extract(random_net, floats, top_k=20)
+    torch.testing.assert_close(extract(random_net, pil_float, top_k=20).keypoints, gray_kpts.keypoints)
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        image_to_tensor(Image.fromarray(floats * 255.0))
+    with pytest.raises(DataError, match="65535"):
+        image_to_tensor(Image.fromarray(values.astype(np.int32) * 2))
+
+
+def test_integer_like_top_k_and_indices(random_net):
+    image = smooth_image(64, 96)
+    reference = extract(random_net, image, top_k=12)
+    for top_k in (np.int64(12), np.int32(12), np.uint8(12)):
+        kpts = extract(random_net, image, top_k=top_k)
+        assert torch.equal(kpts.keypoints, reference.keypoints)
+    for bad in (True, np.int64(0), 12.0):
+        with pytest.raises(ConfigError, match="top_k"):
+            extract(random_net, image, top_k=bad)
+    indices = (np.int64(3), torch.tensor(3), np.array(3), np.int32(-1), torch.tensor(-1, dtype=torch.int32))
+    for index in indices:
+        one = reference[index]
+        position = 3 if int(index) == 3 else 11
+        assert len(one) == 1 and one.keypoints.tolist() == [reference.keypoints[position].tolist()]
+        assert torch.equal(one.descriptors, reference.descriptors[position : position + 1])
+
+
+def test_empty_batch_gives_no_keypoints(random_net):
+    assert extract(random_net, torch.rand(0, 3, 64, 96)) == []
+    assert extract(random_net, torch.rand(0, 3, 64, 96), scale_factor=0.5) == []
+    assert random_net.extract(torch.zeros(0, 3, 64, 96, dtype=torch.uint8), top_k=None) == []
+    with pytest.raises(DataError, match="batch of 0"):
+        extract_with_score_map(random_net, torch.rand(0, 3, 64, 96))
+    with pytest.raises(DataError, match="at least 32"):
+        extract(random_net, torch.rand(0, 3, 16, 96))  # sizes are still checked
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_gives_finite_float32_descriptors(random_net, dtype):
+    """fp16 / bf16 weights on the CPU, channels-last (where half-precision grid_sample gave NaN rows)."""
+    net = KeyPointNet().eval()
+    net.load_state_dict(random_net.state_dict())
+    net = net.to(dtype).to(memory_format=torch.channels_last)
+    image = smooth_image(120, 160, seed=4)
+    for scale_factor in (1.0, 0.75):  # 0.75: an antialiased shrink of a half-precision image
+        kpts = extract(net, image, top_k=None, scale_factor=scale_factor)
+        assert len(kpts) > 100
+        assert kpts.descriptors.dtype == torch.float32 and bool(torch.isfinite(kpts.descriptors).all())
+        torch.testing.assert_close(kpts.descriptors.norm(dim=1), torch.ones(len(kpts)))
+    # against the fp32 network: keypoints of the same cell carry nearly the same descriptor
+    reference = extract(random_net, image, top_k=None)
+    full = extract(net, image, top_k=None)
+    nearest = torch.cdist(full.keypoints, reference.keypoints).min(dim=1)
+    close = nearest.values < 0.5  # the same cell's keypoint: compare descriptors
+    assert int(close.sum()) > len(full) // 2
+    cosine = (full.descriptors[close] * reference.descriptors[nearest.indices[close]]).sum(dim=1)
+    assert float(cosine.median()) > 0.95
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rescale_images_in_half_precision(dtype):
+    image = smooth_image(64, 96)[None]
+    for scale_factor in (0.5, 0.75, 2.0):
+        resized = rescale_images(image.to(dtype), scale_factor)
+        assert resized.dtype == dtype
+        expected = rescale_images(image.to(dtype).float(), scale_factor)
+        torch.testing.assert_close(resized, expected.to(dtype), atol=0, rtol=0)

@@ -132,3 +132,64 @@ def test_estimate_homography_accepts_numpy_and_needs_four_matches():
         estimate_homography(kpts0, kpts1, matches, method="lmeds")
     with pytest.raises(ValueError, match=r"kpts0 must have shape \(N, 2\)"):
         estimate_homography(kpts0[:, :1], kpts1, matches)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_and_mixed_descriptors_match_in_float32(dtype):
+    generator = torch.Generator().manual_seed(1)
+    desc0 = torch.nn.functional.normalize(torch.randn(12, 64, generator=generator), dim=1).to(dtype)
+    desc1 = torch.nn.functional.normalize(torch.randn(20, 64, generator=generator), dim=1).to(dtype)
+    expected, expected_distances = match(desc0.float(), desc1.float(), ratio=0.95)
+    assert len(expected) > 0
+    for pair in ((desc0, desc1), (desc0, desc1.float()), (desc0.float(), desc1)):  # <= 25 rows: no mm path
+        matches, distances = match(*pair, ratio=0.95)
+        assert torch.equal(matches, expected)
+        assert distances.dtype == torch.float32
+        torch.testing.assert_close(distances, expected_distances, atol=0, rtol=0)
+    assert descriptor_distances(desc0, desc1.double()).dtype == torch.float64
+    assert match(desc0, desc1[:0])[1].dtype == torch.float32
+    assert torch.equal(match_nn(desc0, desc1)[0], match_nn(desc0.float(), desc1.float())[0])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [lambda m: m.t(), lambda m: torch.cat([m, m[:, :1]], dim=1), lambda m: m.flatten(), lambda m: m[None]],
+)
+def test_estimate_homography_needs_matches_of_shape_m_by_2(bad):
+    kpts0, kpts1, matches = _correspondences()  # 80 matches: a (2, 80) or (80, 3) input would reshape
+    with pytest.raises(ValueError, match=r"matches must have shape \(M, 2\)"):
+        estimate_homography(kpts0, kpts1, bad(matches))
+    for empty in (matches[:0], np.zeros((0, 2), np.int64), []):
+        homography, inliers = estimate_homography(kpts0, kpts1, empty)
+        assert homography is None and inliers.shape == (0,)
+
+
+def test_collinear_matches_give_no_homography():
+    """RANSAC fits 4 collinear matches with a rank-1 matrix (USAC already finds none): no homography."""
+    kpts0 = np.array([[10.0, 10.0], [20.0, 20.0], [30.0, 30.0], [45.0, 45.0]])
+    kpts1 = kpts0 * 2 + 5
+    matches = np.stack([np.arange(4), np.arange(4)], axis=1)
+    rng = np.random.default_rng(2)
+    points0 = rng.uniform(0, [320, 240], size=(30, 2))
+    zoom_out = np.array([[0.05, 0.001, 3000.0], [-0.002, 0.05, 2000.0], [1e-6, 0.0, 1.0]])
+    points1 = warp_points_numpy(points0, zoom_out)
+    pairs = np.stack([np.arange(30)] * 2, axis=1)
+    for method in ("ransac", "usac"):
+        homography, inliers = estimate_homography(kpts0, kpts1, matches, method=method)
+        assert homography is None and inliers.tolist() == [False] * 4
+        # a proper homography with a large translation and zoom is not mistaken for a degenerate one
+        homography, inliers = estimate_homography(points0, points1, pairs, method=method)
+        assert homography is not None and inliers.all()
+        np.testing.assert_allclose(warp_points_numpy(points0, homography), points1, atol=1e-3, rtol=0)
+
+
+def test_estimate_homography_takes_bf16_keypoints():
+    kpts0, kpts1, matches = _correspondences()
+    rounded0, rounded1 = kpts0.bfloat16(), kpts1.bfloat16()  # numpy has no bf16: read through float32
+    homography, inliers = estimate_homography(rounded0, rounded1, matches, method="ransac", threshold=2.0)
+    expected, expected_inliers = estimate_homography(
+        rounded0.float(), rounded1.float(), matches, method="ransac", threshold=2.0
+    )
+    np.testing.assert_array_equal(homography, expected)
+    np.testing.assert_array_equal(inliers, expected_inliers)
+    assert inliers[:60].mean() > 0.9 and corner_error(homography, H_TRUE, (320, 240)) < 2.0

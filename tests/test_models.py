@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kp2d.models import IONet, KeyPointNet, normalize_image
+from kp2d.models import IONet, KeyPointNet, normalize_image, sample_descriptors
 
 
 @pytest.mark.parametrize(
@@ -90,3 +90,20 @@ def test_score_and_keypoints_stay_fp32_under_bf16_autocast():
     assert right.numel() > 100 and (right.remainder(2) != 0).float().mean() > 0.9  # off the 2-px grid
     # only the bf16 trunk differs: keypoints within a fraction of a pixel of the fp32 network's
     assert (mixed.coord - reference.coord).abs().max() < 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_half_precision_descriptors_are_sampled_in_float32(dtype, channels_last):
+    """PyTorch's CPU grid_sample in fp16 / bf16 gives wrong values (NaN rows for channels-last fp16)."""
+    generator = torch.Generator().manual_seed(0)
+    desc = torch.randn(1, 256, 60, 80, generator=generator).to(dtype)
+    coord = torch.rand(1, 2, 30, 40, generator=generator) * torch.tensor([319.0, 239.0]).view(1, 2, 1, 1)
+    expected = sample_descriptors(desc.float(), coord, 240, 320)  # the same (rounded) map, in float32
+    if channels_last:
+        desc = desc.contiguous(memory_format=torch.channels_last)
+    sampled = sample_descriptors(desc, coord, 240, 320)
+    assert sampled.dtype == torch.float32
+    torch.testing.assert_close(sampled, expected, atol=1e-6, rtol=0)
+    float64 = sample_descriptors(desc.double(), coord.double(), 240, 320)
+    assert float64.dtype == torch.float64  # other dtypes are sampled as they are

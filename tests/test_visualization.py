@@ -101,3 +101,35 @@ def test_save_image_errors_are_data_errors(tmp_path):
     assert Image.open(tmp_path / "a.png").size == (4, 4)
     with pytest.raises(DataError, match="cannot write image"):
         save_image(tmp_path / "a.unknown_suffix", np.zeros((4, 4, 3), np.uint8))
+
+
+def test_to_rgb_uint8_scales_uint16_and_takes_bf16():
+    values = np.array([[0, 128, 129, 257 * 100], [65535, 65406, 65407, 1000]], np.uint16)
+    expected = [[0, 0, 1, 100], [255, 254, 255, 4]]  # round(v / 257): 128.5 / 257 = 0.5
+    assert to_rgb_uint8(values)[..., 0].tolist() == expected
+    tensor = torch.from_numpy(values.astype(np.int32)).to(torch.uint16)
+    assert to_rgb_uint8(tensor)[..., 1].tolist() == expected
+    image = torch.rand(3, 6, 7, generator=torch.Generator().manual_seed(0)).bfloat16()
+    np.testing.assert_array_equal(to_rgb_uint8(image), to_rgb_uint8(image.float()))
+    kpts, scores = torch.tensor([[8.0, 8.0], [24.0, 20.0]]), torch.tensor([0.2, 0.9])
+    canvas = np.zeros((32, 32, 3), np.uint8)
+    np.testing.assert_array_equal(
+        draw_keypoints(canvas, kpts.bfloat16(), scores.bfloat16()), draw_keypoints(canvas, kpts, scores)
+    )
+    matches = torch.tensor([[0, 1], [1, 0]])
+    np.testing.assert_array_equal(
+        draw_matches(image, image, kpts.bfloat16(), kpts.bfloat16(), matches),
+        draw_matches(image.float(), image.float(), kpts, kpts, matches),
+    )
+
+
+def test_draw_matches_needs_matches_of_shape_m_by_2():
+    image = np.zeros((32, 40, 3), np.uint8)
+    kpts = np.array([[5.0, 5.0], [10.0, 20.0], [30.0, 8.0]])
+    matches = np.array([[0, 2], [1, 1], [2, 0]])
+    for bad in (matches.T[:, :3], np.concatenate([matches, matches[:, :1]], axis=1), matches.ravel()):
+        with pytest.raises(ValueError, match=r"matches must have shape \(M, 2\)"):
+            draw_matches(image, image, kpts, kpts, bad)
+    plain = draw_matches(image, image, kpts, kpts, np.zeros((0, 2), np.int64))
+    assert plain.shape == (32, 90, 3)
+    np.testing.assert_array_equal(draw_matches(image, image, kpts, kpts, []), plain)

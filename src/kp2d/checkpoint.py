@@ -315,6 +315,30 @@ def checkpoint_config(config: Config) -> dict[str, Any]:
     return {"model": {"params": params}, "kp2d": config.to_dict()}
 
 
+def _check_model_matches_config(model: ModelConfig, keypoint_net: KeyPointNet) -> None:
+    """ConfigError naming every switch where ``keypoint_net`` differs from ``model`` (the file's config).
+
+    A checkpoint is rebuilt from its config (:func:`build_keypoint_net`), so a mismatch would load the
+    weights into a different network (or fail to load them at all).
+    """
+    net_color = keypoint_net.in_channels == 3
+    pairs = (
+        ("use_color", model.use_color, net_color, f"in_channels={keypoint_net.in_channels}"),
+        ("do_upsample", model.do_upsample, keypoint_net.do_upsample, None),
+        ("do_cross", model.do_cross, keypoint_net.do_cross, None),
+    )
+    problems = [
+        f"model.{name}={bool(wanted)!s} but the network has {shown or f'{name}={bool(have)!s}'}"
+        for name, wanted, have, shown in pairs
+        if bool(wanted) != bool(have)
+    ]
+    if problems:
+        raise ConfigError(
+            "the config does not describe the network being saved: " + "; ".join(problems)
+            + " (reloading would build a different network)"
+        )
+
+
 def save_checkpoint(
     path: str | Path,
     config: Config,
@@ -322,7 +346,13 @@ def save_checkpoint(
     io_net: IONet | None = None,
     **extra: Any,
 ) -> None:
-    """Write ``{'config', 'state_dict', 'io_net_state_dict'?, **extra}`` atomically."""
+    """Write ``{'config', 'state_dict', 'io_net_state_dict'?, **extra}`` atomically.
+
+    Raises:
+        ConfigError: ``config.model``'s switches (``use_color``, ``do_upsample``, ``do_cross``) differ
+            from ``keypoint_net``'s; nothing is written.
+    """
+    _check_model_matches_config(config.model, keypoint_net)
     payload: dict[str, Any] = {
         "config": checkpoint_config(config),
         "state_dict": {k: v.detach().cpu() for k, v in keypoint_net.state_dict().items()},

@@ -177,10 +177,14 @@ def _torch_backend(
 ) -> Backend:
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    device_type = next(net.parameters()).device.type
+    parameter = next(net.parameters())
+    device_type = parameter.device.type
+    # under autocast the input stays float32 (autocast casts per op); else it takes the weights' dtype,
+    # so that a model in fp16 / bf16 (``model.half()``) runs on its own dtype
+    input_dtype = torch.float32 if autocast is not None else parameter.dtype
 
     def run(images: torch.Tensor) -> KeyPointNetOutput:
-        images = images.float()
+        images = images.to(input_dtype)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         cast = (
@@ -245,7 +249,8 @@ def load_backend(
         name: backend name.
         model: the network (left unchanged; backends work on copies / exported graphs).
         calibration_images: for ``ort-int8``: a folder of photos (``calibration_count`` of them are
-            resized to 320×240), or images ``(N, 3, H, W)`` / a sequence of ``(1, 3, H, W)`` in [0, 1].
+            resized to 320×240), or images ``(N, 3, H, W)`` / a sequence of ``(1, 3, H, W)``, float in
+            [0, 1] or uint8 (divided by 255); other float values raise ConfigError.
         threads: ORT ``intra_op_num_threads`` (default: ``torch.get_num_threads()``, so ORT and PyTorch
             use the same number of threads).
         work_dir: where the ``.onnx`` files go (default: a temporary folder, removed once the ONNX Runtime
@@ -304,6 +309,10 @@ def _ort_model_backend(
     """``ort-fp32`` / ``ort-int8`` with the graphs written to ``folder`` (see :func:`load_backend`)."""
     from kp2d.export import export_onnx
 
+    if name == "ort-int8":  # read and check the calibration images before the (slow) export
+        if isinstance(calibration_images, (str, Path)):
+            calibration_images = load_calibration_images(calibration_images, count=calibration_count)
+        calibration_images = [torch.from_numpy(array) for array in _iter_images(calibration_images)]
     if onnx_model is not None:
         fp32_path = Path(onnx_model)
         if not fp32_path.is_file():
@@ -314,8 +323,6 @@ def _ort_model_backend(
     if name == "ort-fp32":
         path, details = fp32_path, {}
     else:
-        if isinstance(calibration_images, (str, Path)):
-            calibration_images = load_calibration_images(calibration_images, count=calibration_count)
         path = folder / "keypoint_net.int8.onnx"
         quantize_int8(
             fp32_path, path, calibration_images, float_layers=float_layers, method=calibration_method
@@ -383,9 +390,30 @@ def load_calibration_images(
     return torch.stack(images)
 
 
+_CALIBRATION_RANGE_SLACK = 1e-3
+
+
 def _iter_images(images: torch.Tensor | Sequence[torch.Tensor]) -> Iterator[np.ndarray]:
-    for image in images:
+    """Calibration images one at a time as ``(1, 3, H, W)`` float32 arrays in [0, 1].
+
+    uint8 images are divided by 255; float images must already be in [0, 1] (ConfigError otherwise: a
+    graph calibrated on 0-255 values would quantise real inputs to a handful of levels).
+    """
+    for index, image in enumerate(images):
+        if image.dtype == torch.uint8:
+            image = image.float() / 255.0
+        elif not image.is_floating_point():
+            raise ConfigError(
+                f"calibration image {index}: unsupported dtype {image.dtype} (use uint8 or float in [0, 1])"
+            )
         array = image.detach().float().cpu().numpy()
+        if array.size:
+            low, high = float(array.min()), float(array.max())  # NaN anywhere makes both NaN
+            if not (-_CALIBRATION_RANGE_SLACK <= low and high <= 1 + _CALIBRATION_RANGE_SLACK):
+                raise ConfigError(
+                    f"calibration image {index}: float values must be in [0, 1], got [{low:.3g}, {high:.3g}]"
+                    " (divide 0-255 images by 255)"
+                )
         yield np.ascontiguousarray(array[None] if array.ndim == 3 else array)
 
 
@@ -464,7 +492,8 @@ def quantize_int8(
     Args:
         fp32_path: graph written by :func:`kp2d.export.export_onnx`.
         int8_path: where to write the quantised graph.
-        calibration_images: ``(N, 3, H, W)`` or a sequence of ``(3, H, W)``/``(1, 3, H, W)`` in [0, 1].
+        calibration_images: ``(N, 3, H, W)`` or a sequence of ``(3, H, W)``/``(1, 3, H, W)``, float in
+            [0, 1] or uint8 (divided by 255).
         float_layers: conv modules kept in float.
         method: calibration ``minmax``, ``percentile`` or ``entropy``.
     """

@@ -103,9 +103,12 @@ class Keypoints:
         return self.keypoints.shape[0]
 
     def __getitem__(self, index: Any) -> Keypoints:
-        """The keypoints at ``index`` (an int, a slice, an index tensor or a boolean mask)."""
-        if isinstance(index, int):
-            index = [index]  # keep the leading dimension
+        """The keypoints at ``index`` (an int, a slice, an index tensor or a boolean mask).
+
+        An integer (Python, numpy, or a 0-d integer tensor / array) gives one keypoint, ``N = 1``.
+        """
+        if _is_scalar_integer_index(index):
+            index = [int(index)]  # keep the leading dimension
         return Keypoints(self.keypoints[index], self.scores[index], self.descriptors[index], self.image_size)
 
     @property
@@ -144,6 +147,19 @@ class Keypoints:
         return [cv2.KeyPoint(x, y, size, -1, s) for (x, y), s in zip(points, scores, strict=True)]
 
 
+def _is_scalar_integer_index(index: Any) -> bool:
+    """Whether ``index`` is one integer (Python / numpy integer, 0-d integer tensor or array; not bool)."""
+    if isinstance(index, numbers.Integral):
+        return not isinstance(index, bool)
+    if isinstance(index, torch.Tensor):
+        return index.dim() == 0 and not index.is_floating_point() and not index.is_complex() and (
+            index.dtype != torch.bool
+        )
+    if isinstance(index, np.ndarray):
+        return index.ndim == 0 and np.issubdtype(index.dtype, np.integer)
+    return False
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 **RGB** (grayscale files are replicated to 3 channels)."""
     import cv2
@@ -170,14 +186,35 @@ def _numpy_to_float(array: np.ndarray) -> np.ndarray:
     raise DataError(f"unsupported image dtype {array.dtype} (use uint8, uint16 or float in [0, 1])")
 
 
+def _pil_to_numpy(image: PIL.Image.Image) -> np.ndarray:
+    """A PIL image as a numpy image of the same values: uint8 (H, W) / (H, W, 3), uint16 or float32 (H, W).
+
+    16- and 32-bit integer modes (``I;16*``, ``I``) become uint16 (then scaled by 1/65535 like numpy uint16
+    input; ``I`` must hold values in [0, 65535]); ``F`` stays float32 (then checked to lie in [0, 1] like
+    numpy float input). Converting those with ``convert("L")`` would clip instead of rescaling.
+    """
+    if image.mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)  # also the big-endian I;16B
+    if image.mode == "I":
+        array = np.asarray(image)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise DataError(
+                f"32-bit integer (mode I) images must hold 16-bit values in [0, 65535], got values in "
+                f"[{array.min()}, {array.max()}]"
+            )
+        return array.astype(np.uint16)
+    if image.mode == "F":
+        return np.array(image, dtype=np.float32)  # a writable copy
+    return np.asarray(image.convert("L" if image.mode in ("1", "L") else "RGB"))
+
+
 def _as_batch(image: ImageLike) -> tuple[torch.Tensor, bool]:
     """Any supported image → ``(B, C, H, W)`` float tensor (C = 1 or 3), and whether the input was batched."""
     if not isinstance(image, (np.ndarray, torch.Tensor)):
         import PIL.Image
 
         if isinstance(image, PIL.Image.Image):
-            mode = "L" if image.mode in ("1", "L", "I;16", "I", "F") else "RGB"
-            image = np.asarray(image.convert(mode))
+            image = _pil_to_numpy(image)
         else:
             raise DataError(
                 f"unsupported image type {type(image).__name__} (numpy array, PIL image or tensor)"
@@ -227,11 +264,17 @@ def image_to_tensor(
     """
     batch, batched = _as_batch(image)
     batch = batch.to(device=device, dtype=torch.float32)
-    if batch.numel() and (batch.min() < -_FLOAT_RANGE_SLACK or batch.max() > 1 + _FLOAT_RANGE_SLACK):
-        low, high = batch.min().item(), batch.max().item()
-        raise DataError(
-            f"float images must be in [0, 1], got values in [{low:.3g}, {high:.3g}] (divide uint8 by 255)"
-        )
+    if batch.numel():
+        low, high = (value.item() for value in torch.aminmax(batch))  # NaN anywhere makes both NaN
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise DataError(
+                f"float images must be finite and in [0, 1], got NaN or infinite values (values in "
+                f"[{low:.3g}, {high:.3g}])"
+            )
+        if low < -_FLOAT_RANGE_SLACK or high > 1 + _FLOAT_RANGE_SLACK:
+            raise DataError(
+                f"float images must be in [0, 1], got values in [{low:.3g}, {high:.3g}] (divide uint8 by 255)"
+            )
     channels = batch.shape[1]
     if in_channels == 1 and channels == 3:
         weights = batch.new_tensor(_GRAY_WEIGHTS).view(1, 3, 1, 1)
@@ -282,15 +325,24 @@ def check_scale_factor(scale_factor: float) -> float:
 def rescale_images(images: torch.Tensor, scale_factor: float) -> torch.Tensor:
     """``(B, C, H, W)`` → ``(B, C, round(H * s), round(W * s))``, bilinear (antialiased when shrinking).
 
-    Returns ``images`` itself when the size does not change. Values stay in the input's range.
+    Returns ``images`` itself when the size does not change. Values stay in the input's range. fp16 / bf16
+    images are resized in float32 and cast back (PyTorch has no half-precision antialiased resize on CPU).
     """
     scale_factor = check_scale_factor(scale_factor)
     height, width = images.shape[-2:]
-    size = (max(1, round(height * scale_factor)), max(1, round(width * scale_factor)))
+    size = _network_size(height, width, scale_factor)
     if size == (height, width):
         return images
     shrink = size[0] < height or size[1] < width
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    reduced = images.dtype in (torch.float16, torch.bfloat16)
+    source = images.float() if reduced else images
+    resized = F.interpolate(source, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return resized.to(images.dtype) if reduced else resized
+
+
+def _network_size(height: int, width: int, scale_factor: float) -> tuple[int, int]:
+    """``(H', W')`` of an ``H x W`` image resized by ``scale_factor`` (see :func:`rescale_images`)."""
+    return max(1, round(height * scale_factor)), max(1, round(width * scale_factor))
 
 
 def to_image_pixels(
@@ -309,7 +361,10 @@ def to_image_pixels(
 
 
 def _check_selection(top_k: int | None, nms_radius: float) -> None:
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    """ConfigError unless ``top_k`` is None or an integer >= 1 (numpy integers too; not bool), radius >= 0."""
+    if top_k is not None and (
+        isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, numbers.Integral) or top_k < 1
+    ):
         raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
     if not nms_radius >= 0:
         raise ConfigError(f"nms_radius must be >= 0 pixels, got {nms_radius!r}")
@@ -429,7 +484,7 @@ def select_keypoints(
     if nms_radius > 0:
         keep = grid_nms(scores, coords, keep, float(nms_radius))
     flat = scores.reshape(scores.shape[0], -1).masked_fill(~keep.reshape(scores.shape[0], -1), -math.inf)
-    count = flat.shape[1] if top_k is None else min(top_k, flat.shape[1])
+    count = flat.shape[1] if top_k is None else min(int(top_k), flat.shape[1])
     values, indices = flat.topk(count, dim=1, largest=True, sorted=True)
     return [idx[val > -math.inf] for idx, val in zip(indices, values, strict=True)]
 
@@ -486,6 +541,10 @@ def _extract_batch(
     batch, batched = _model_input(model, image)
     height, width = batch.shape[-2:]
     _check_size(height, width, scale_factor)
+    if batch.shape[0] == 0:  # an empty batch: no images, no keypoints
+        net_height, net_width = _network_size(height, width, scale_factor)
+        cells = (-(-net_height // CELL), -(-net_width // CELL))
+        return [], torch.zeros(0, *cells, device=batch.device), batched
     network_batch = rescale_images(batch, scale_factor)
     net_height, net_width = network_batch.shape[-2:]
     scores, coords, descs = _run(model, network_batch, backend)
@@ -526,7 +585,7 @@ def extract(
     numpy ``(H, W)`` gray, float     :class:`Keypoints`
     ``PIL.Image``                    :class:`Keypoints`
     tensor ``(3, H, W)`` in [0, 1]   :class:`Keypoints`
-    tensor ``(B, 3, H, W)``          ``list[Keypoints]`` (``N`` varies per image)
+    tensor ``(B, 3, H, W)``          ``list[Keypoints]`` (``N`` varies per image; ``[]`` if ``B = 0``)
     list of images (any sizes)       ``list[Keypoints]``
     ===============================  =====================================================
 
@@ -545,7 +604,8 @@ def extract(
             original image.
 
     Returns:
-        Keypoints sorted by decreasing score.
+        Keypoints sorted by decreasing score (float32 keypoints, scores and descriptors, also for a
+        fp16 / bf16 model).
 
     Raises:
         DataError: unsupported image type/shape/range, or an image under 32 px a side (before or after

@@ -2,6 +2,8 @@
 
 Matchers take ``desc0 (N0, D)`` and ``desc1 (N1, D)`` on any device and return ``matches (M, 2)``
 (long; column 0 indexes ``desc0``, column 1 ``desc1``, sorted by column 0) and ``distances (M,)`` (L2).
+Distances are computed in float32 at least (float64 when either input is): fp16 / bf16 descriptors, or
+two of different dtypes, match as their float32 values would.
 :func:`kp2d.eval.metrics.corner_error` measures an estimated homography against a known one.
 """
 
@@ -30,17 +32,27 @@ def _check_descriptors(desc0: torch.Tensor, desc1: torch.Tensor) -> None:
         )
 
 
-def _empty(desc0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _distance_dtype(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.dtype:
+    """The dtype distances are computed in: the inputs' common dtype, at least float32."""
+    return torch.promote_types(torch.promote_types(desc0.dtype, desc1.dtype), torch.float32)
+
+
+def _empty(desc0: torch.Tensor, desc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (
         torch.empty(0, 2, dtype=torch.long, device=desc0.device),
-        torch.empty(0, dtype=desc0.dtype, device=desc0.device),
+        torch.empty(0, dtype=_distance_dtype(desc0, desc1), device=desc0.device),
     )
 
 
 def descriptor_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
-    """``(N0, N1)`` Euclidean distances between ``desc0 (N0, D)`` and ``desc1 (N1, D)``."""
+    """``(N0, N1)`` Euclidean distances between ``desc0 (N0, D)`` and ``desc1 (N1, D)``.
+
+    Computed in the inputs' common dtype, at least float32 (``torch.cdist`` has no fp16 / bf16 CPU kernel
+    for small inputs, and half precision would round the distances).
+    """
     _check_descriptors(desc0, desc1)
-    return torch.cdist(desc0[None], desc1[None])[0]
+    dtype = _distance_dtype(desc0, desc1)
+    return torch.cdist(desc0.to(dtype)[None], desc1.to(dtype)[None])[0]
 
 
 def match_nn(desc0: torch.Tensor, desc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +88,14 @@ def match(
             give the same pairs); otherwise only for ``desc0``'s neighbours in ``desc1``.
 
     Returns:
-        ``matches (M, 2)`` long indices ``(i0, i1)``, sorted by ``i0``, and ``distances (M,)``.
+        ``matches (M, 2)`` long indices ``(i0, i1)``, sorted by ``i0``, and ``distances (M,)`` (float32, or
+        float64 for float64 input).
     """
     _check_descriptors(desc0, desc1)
     if ratio is not None and not 0.0 < ratio <= 1.0:
         raise ConfigError(f"ratio must be in (0, 1], got {ratio}")
     if desc0.shape[0] == 0 or desc1.shape[0] == 0:
-        return _empty(desc0)
+        return _empty(desc0, desc1)
     distances = descriptor_distances(desc0, desc1)
     nearest_distance, nearest = distances.min(dim=1)
     keep = torch.ones_like(nearest, dtype=torch.bool)
@@ -99,12 +112,45 @@ def match(
 
 
 HOMOGRAPHY_METHODS = ("usac", "ransac")
+_SINGULAR_RATIO = 1e-9  # σ_min / σ_max of a normalised homography below which it counts as singular
 
 
 def _to_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A tensor or array-like as numpy (bf16 tensors, which numpy lacks, via float32)."""
     if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
+        array = array.detach().cpu()
+        array = (array.float() if array.dtype == torch.bfloat16 else array).numpy()
     return np.asarray(array)
+
+
+def _check_matches(pairs: np.ndarray) -> np.ndarray:
+    """``matches`` as ``(M, 2)`` int64; ValueError for any other shape (an empty list counts as ``M = 0``)."""
+    if pairs.ndim == 1 and pairs.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"matches must have shape (M, 2) (index pairs (i0, i1)), got {pairs.shape}")
+    return pairs.astype(np.int64)
+
+
+def _is_degenerate(homography: np.ndarray, src: np.ndarray, dst: np.ndarray) -> bool:
+    """Whether ``homography`` (3, 3) is non-finite or (nearly) singular, e.g. fitted to collinear points.
+
+    Judged in Hartley-normalised coordinates (``src`` and ``dst`` ``(M, 2)`` moved to their centroid and
+    scaled to a mean distance of √2), where a proper homography's singular values are of similar size
+    whatever the image size and the translation; a rank-deficient one has ``σ_min / σ_max`` near 1e-16.
+    """
+    if not np.isfinite(homography).all():
+        return True
+
+    def normalizer(points: np.ndarray) -> np.ndarray:
+        center = points.mean(axis=0)
+        spread = np.linalg.norm(points - center, axis=1).mean()
+        scale = np.sqrt(2.0) / spread if spread > 0 else 1.0
+        return np.array([[scale, 0.0, -scale * center[0]], [0.0, scale, -scale * center[1]], [0.0, 0.0, 1.0]])
+
+    normalized = normalizer(dst) @ homography @ np.linalg.inv(normalizer(src))
+    singular = np.linalg.svd(normalized, compute_uv=False)
+    return not singular[0] > 0 or singular[-1] / singular[0] < _SINGULAR_RATIO
 
 
 def estimate_homography(
@@ -121,12 +167,13 @@ def estimate_homography(
     Args:
         kpts0: ``(N0, 2)`` ``(x, y)`` pixels (tensor or array).
         kpts1: ``(N1, 2)``.
-        matches: ``(M, 2)`` indices ``(i0, i1)`` from :func:`match`.
+        matches: ``(M, 2)`` indices ``(i0, i1)`` from :func:`match` (any other shape: ValueError).
         method: ``"usac"`` (``cv2.USAC_MAGSAC``) or ``"ransac"`` (``cv2.RANSAC``, as the HPatches evaluation).
         threshold: inlier reprojection threshold in pixels.
 
     Returns:
-        ``H`` (3, 3) float64 numpy array, or ``None`` with fewer than 4 matches or when OpenCV finds none;
+        ``H`` (3, 3) float64 numpy array, or ``None`` with fewer than 4 matches, when OpenCV finds none,
+        or when its estimate is degenerate (non-finite, or singular: e.g. from collinear points);
         ``inlier_mask`` (M,) bool numpy array (all False without ``H``).
     """
     import cv2
@@ -137,7 +184,7 @@ def estimate_homography(
             f"unknown homography method '{method}' (use one of {', '.join(HOMOGRAPHY_METHODS)})"
         )
     points0, points1 = _to_numpy(kpts0), _to_numpy(kpts1)
-    pairs = _to_numpy(matches).astype(np.int64).reshape(-1, 2)
+    pairs = _check_matches(_to_numpy(matches))
     for name, points in (("kpts0", points0), ("kpts1", points1)):
         if points.ndim != 2 or points.shape[1] != 2:
             raise ValueError(f"{name} must have shape (N, 2), got {points.shape}")
@@ -149,6 +196,6 @@ def estimate_homography(
     homography, mask = cv2.findHomography(
         src, dst, flags[method], threshold, maxIters=max_iters, confidence=confidence
     )
-    if homography is None or mask is None:
+    if homography is None or mask is None or _is_degenerate(homography, src, dst):
         return None, no_inliers
     return homography, mask.ravel().astype(bool)

@@ -33,15 +33,27 @@ _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _SCALE = 1 << _SHIFT
 
 
+def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array on the CPU (bf16, which numpy lacks, via float32)."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
 def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB copy of an image (numpy uint8 / float in [0, 1], or a ``(C, H, W)`` tensor)."""
+    """``(H, W, 3)`` uint8 RGB copy of an image.
+
+    Takes numpy / tensor images ``(H, W)``, ``(H, W, 1|3|4)`` (numpy) or ``(1|3, H, W)`` (tensor):
+    uint8 as is, uint16 scaled to 8 bits (``round(v / 257)``), float (any precision) in [0, 1] (clipped).
+    """
     if isinstance(image, torch.Tensor):
-        array = image.detach().cpu()
-        if array.dim() == 3:
-            array = array.permute(1, 2, 0)
-        array = array.numpy()
+        tensor = image
+        if tensor.dim() == 3:
+            tensor = tensor.permute(1, 2, 0)
+        array = _tensor_to_numpy(tensor)
     else:
         array = np.asarray(image)
+    if array.dtype == np.uint16:  # v / 257 rounded half up, as kp2d reads 16-bit files
+        array = ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if array.dtype != np.uint8:
         array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if array.ndim == 2:
@@ -54,8 +66,9 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Keypoints as ``(N, 2)`` float64 ``(x, y)``."""
     if isinstance(points, torch.Tensor):
-        points = points.detach().cpu().numpy()
+        points = _tensor_to_numpy(points)
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     return points
 
@@ -83,9 +96,7 @@ def draw_keypoints(
     canvas = to_rgb_uint8(image).copy()
     points = _points(keypoints)
     if scores is not None and len(points):
-        score_array = (
-            scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
-        )
+        score_array = _tensor_to_numpy(scores) if isinstance(scores, torch.Tensor) else np.asarray(scores)
         colors = [tuple(int(c) for c in rgb) for rgb in _score_colors(score_array.astype(np.float64))]
     else:
         colors = [tuple(color)] * len(points)
@@ -160,7 +171,7 @@ def draw_matches(
     Args:
         image0, image1: the two images (heights may differ; the shorter is padded with white).
         kpts0: ``(N0, 2)``, kpts1: ``(N1, 2)`` ``(x, y)`` pixels.
-        matches: ``(M, 2)`` indices ``(i0, i1)``.
+        matches: ``(M, 2)`` indices ``(i0, i1)`` (any other shape: ValueError).
         inlier_mask: ``(M,)`` bool; ``None`` draws every match as an inlier.
         gap: white pixels between the images.
         text: optional caption (may hold several lines) drawn at the top-left.
@@ -177,7 +188,11 @@ def draw_matches(
     points0, points1 = _points(kpts0), _points(kpts1) + np.array([offset, 0.0])
     if isinstance(matches, torch.Tensor):
         matches = matches.detach().cpu().numpy()
-    pairs = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+    pairs = np.asarray(matches, dtype=np.int64)
+    if pairs.ndim == 1 and pairs.size == 0:  # an empty list: no matches
+        pairs = pairs.reshape(0, 2)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"matches must have shape (M, 2) (index pairs (i0, i1)), got {pairs.shape}")
     if inlier_mask is None:
         inliers = np.ones(len(pairs), dtype=bool)
     else:

@@ -52,8 +52,11 @@ def sample_descriptors(desc: torch.Tensor, coord: torch.Tensor, height: int, wid
         height, width: input image size in pixels.
 
     Returns:
-        ``(B, C, h, w)`` unit-norm descriptors.
+        ``(B, C, h, w)`` unit-norm descriptors; float32 for fp16 / bf16 ``desc``, which is sampled in float32
+        (PyTorch's CPU ``grid_sample`` in half precision gives wrong values, even NaN, on channels-last maps).
     """
+    if desc.dtype in (torch.float16, torch.bfloat16):
+        desc = desc.float()
     grid = normalize_points(coord.permute(0, 2, 3, 1), height, width)
     sampled = F.grid_sample(desc, grid.to(desc.dtype), mode="bilinear", align_corners=True)
     return sampled / sampled.norm(p=2, dim=1, keepdim=True)
