@@ -18,17 +18,30 @@ from pathlib import Path
 import numpy as np
 
 from kp2d.checkpoint import load_keypoint_net
-from kp2d.cli.eval import OPENCV_METHODS, opencv_detector, parse_baselines, parse_shapes
+from kp2d.cli.eval import (
+    OPENCV_METHODS,
+    check_eval_scale_factor,
+    opencv_detector,
+    parse_baselines,
+    parse_shapes,
+)
 from kp2d.data.hpatches import HPatchesDataset
-from kp2d.errors import Kp2dError
-from kp2d.eval.hpatches import KeyPointNetDetector, pair_groups
+from kp2d.errors import ConfigError, Kp2dError
+from kp2d.eval.hpatches import KeyPointNetDetector, check_sequence_problems, pair_groups
 from kp2d.eval.metrics import DISTANCE_THRESHOLD, nearest_distances
 
 
 def repeated_distances(detector, dataset: HPatchesDataset, top_k: int) -> tuple[list[str], list[np.ndarray]]:
-    """Pair names and, per pair, the nearest distances (both directions) of the repeated keypoints."""
+    """Pair names and, per pair, the nearest distances (both directions) of the repeated keypoints.
+
+    Raises:
+        DataError: a missing or unreadable image or homography (as ``kp2d eval`` without ``--skip-bad``).
+    """
     names, distances = [], []
     for sample in dataset:
+        check_sequence_problems(sample, skip_bad=False, skipped=[])
+        if not sample.pair_names:
+            continue
         detections = detector(sample.images)
         prob1 = detections[0][0]
         pairs = zip(sample.homographies, sample.pair_names, strict=True)
@@ -76,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         ((width, height, top_k),) = parse_shapes([args.shape], [args.top_k] if args.top_k else None)
+        if args.scale_factor != 1:  # as kp2d eval checks it
+            if not args.model:
+                raise ConfigError("--scale-factor applies to KeyPointNet, not to --method")
+            check_eval_scale_factor(args.scale_factor, [(width, height, top_k)])
         dataset = HPatchesDataset(args.hpatches, (width, height))
         methods = ([args.method] if args.method else []) + parse_baselines(args.baselines, args.method)
         detectors = []

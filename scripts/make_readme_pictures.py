@@ -34,8 +34,9 @@ from kp2d.checkpoint import (
     training_steps,
     untrained_keypoint_net,
 )
+from kp2d.cli.detect import check_finite_option, check_output_path
 from kp2d.demo import demo_pair
-from kp2d.errors import DataError, Kp2dError
+from kp2d.errors import ConfigError, DataError, Kp2dError
 from kp2d.eval.metrics import corner_error
 from kp2d.geometry import scale_homography
 from kp2d.inference import extract, extract_with_score_map, load_image
@@ -65,11 +66,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "images", help="output folder")
     parser.add_argument("--width", type=int, default=640, help="resize images to this width (0: keep)")
-    parser.add_argument("--top-k", type=int, default=1000)
+    parser.add_argument(
+        "--top-k", type=int, default=1000, help="keypoints per image, 0 for all (default: 1000)"
+    )
     parser.add_argument("--nms-radius", type=float, default=0.0)
     parser.add_argument("--method", choices=("usac", "ransac"), default="usac")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--max-lines", type=int, default=300, help="match lines drawn at most (default: 300)")
+    parser.add_argument(
+        "--max-lines", type=int, default=300, help="match lines drawn at most, 0 for none (default: 300)"
+    )
     parser.add_argument("--ext", choices=("png", "jpg"), default="png", help="picture format (default: png)")
     parser.add_argument(
         "--overfit", action="store_true", help="also make the over-fitting GIFs (kp2d overfit)"
@@ -85,6 +90,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--progress-width", type=int, default=320, help="image width in training_progress.gif (default: 320)"
     )
     return parser.parse_args(argv)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """ConfigError for a negative size or count (or a 0 where 0 means nothing), or an unwritable ``--out``."""
+    at_least = {"--width": (args.width, 0), "--progress-width": (args.progress_width, 1),
+                "--max-lines": (args.max_lines, 0), "--top-k": (args.top_k, 0)}
+    for option, (value, least) in at_least.items():
+        if value < least:
+            raise ConfigError(f"{option} must be at least {least}, got {value}")
+    check_finite_option("--nms-radius", args.nms_radius, "a finite number >= 0")
+    if args.nms_radius < 0:
+        raise ConfigError(f"--nms-radius must be a finite number >= 0, got {args.nms_radius:g}")
+    check_output_path(args.out, "--out", folder=True)
 
 
 def _resize(image: np.ndarray, width: int) -> np.ndarray:
@@ -207,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        check_options(args)
         model = load_keypoint_net(args.model, resolve_device(args.device))
         graffiti_pictures(model, args)
         demo_picture(model, args)

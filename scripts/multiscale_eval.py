@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kp2d.checkpoint import load_keypoint_net
+from kp2d.cli.detect import check_output_path
 from kp2d.cli.eval import json_ready, parse_shapes
 from kp2d.errors import ConfigError, Kp2dError
 from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
@@ -58,20 +59,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="v4", help="shipped name or checkpoint (default: v4)")
     parser.add_argument("--shape", default="320x240", help="evaluation size WxH (default: 320x240)")
     parser.add_argument("--top-k", default="300", help="keypoints per image (default: 300)")
-    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--json", type=Path, help="write the results here (its folder is created)")
     args = parser.parse_args(argv)
     try:
         scales = parse_scales(args.scales)
         ((width, height, top_k),) = parse_shapes([args.shape], [str(args.top_k)])
+        if args.json:
+            check_output_path(args.json, "--json")  # before the evaluation, so that its results are not lost
         detector = PooledScales(load_keypoint_net(args.model), scales)
         result = evaluate_hpatches(detector, args.hpatches, (width, height), top_k, progress=False)
-    except Kp2dError as error:
+        print(f"| {detector.name} | " + " | ".join(f"{result[name]:.3f}" for name in METRIC_NAMES) + " |")
+        if args.json:
+            entry = {**result, "model": detector.name}
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            partial = args.json.with_name(args.json.name + ".partial")  # never a half-written --json file
+            partial.write_text(json.dumps(json_ready({f"{width}x{height}": entry}), indent=2) + "\n")
+            partial.replace(args.json)
+    except (Kp2dError, OSError) as error:
         print(f"multiscale_eval: error: {error}", file=sys.stderr)
         return 2
-    print(f"| {detector.name} | " + " | ".join(f"{result[name]:.3f}" for name in METRIC_NAMES) + " |")
-    if args.json:
-        entry = {**result, "model": detector.name}
-        args.json.write_text(json.dumps(json_ready({f"{width}x{height}": entry}), indent=2) + "\n")
     return 0
 
 

@@ -29,6 +29,7 @@ from kp2d.checkpoint import (
     load_checkpoint,
     resolve_model_path,
 )
+from kp2d.cli.detect import check_output_path
 from kp2d.config import load_config, parse_image_shape
 from kp2d.data.image_folder import ImageFolderDataset
 from kp2d.errors import ConfigError, DataError, Kp2dError
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 2:
         parser.error(f"--batch-size must be at least 2 (BatchNorm statistics), got {args.batch_size}")
     try:
+        check_output_path(args.out, "--out")  # before the work, so that its result is not lost
         path = resolve_model_path(args.model)
         checkpoint = load_checkpoint(path)
         network = keypoint_net_from(checkpoint, path).float()
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
         atomic_torch_save(payload, args.out)
-    except Kp2dError as error:
+    except (Kp2dError, OSError) as error:
         print(f"recalibrate_batchnorm: error: {error}", file=sys.stderr)
         return 2
     print(f"{args.out}: BatchNorm statistics averaged over {batches} batches at {height}x{width}")

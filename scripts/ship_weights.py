@@ -11,48 +11,74 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
+import sys
 from pathlib import Path
 
 import torch
 
 from kp2d.checkpoint import load_checkpoint, load_keypoint_net, training_steps
+from kp2d.cli.detect import check_output_path
+from kp2d.errors import ConfigError, Kp2dError
 from kp2d.pretrained import make_pretrained, reference_error
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "kp2d" / "weights"
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
-def main() -> None:
+def check_name(name: str) -> None:
+    """ConfigError unless ``name`` is a plain file stem that ``kp2d`` resolves as a pretrained name."""
+    if not NAME.fullmatch(name):
+        raise ConfigError(
+            f"NAME must be a plain name (letters, digits, _, - and ., not starting with .), got {name!r}"
+        )
+    if name.endswith((".pt", ".ckpt", ".pth")):
+        raise ConfigError(f"NAME is given without a suffix ({Path(name).stem!r}, not {name!r})")
+
+
+def provenance_of(checkpoint_path: Path, note: str) -> dict:
+    """The shipped file's provenance record: the run's step and epoch, its fine-tuning source, ``note``."""
+    extra = load_checkpoint(checkpoint_path).extra
+    provenance = {
+        "source": checkpoint_path.name,
+        "step": extra.get("step"),  # steps of this run
+        "epoch": extra.get("epoch"),
+        "note": note,
+        "made_with": f"torch {torch.__version__}, {platform.machine()}",
+    }
+    init_from = extra.get("init_from")
+    if isinstance(init_from, dict):  # a fine-tuning run (kp2d train --init): count the steps before it too
+        provenance["init_from"] = init_from.get("source")
+        provenance["steps_before"] = init_from.get("steps_before")
+    return provenance
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("name", help="v0 … v4 (file name under src/kp2d/weights)")
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
     parser.add_argument("--note", default="", help="free text: data, hardware, wall time, config changes")
-    args = parser.parse_args()
-
-    extra = load_checkpoint(args.checkpoint).extra
-    provenance = {
-        "source": args.checkpoint.name,
-        "step": extra.get("step"),  # steps of this run
-        "epoch": extra.get("epoch"),
-        "note": args.note,
-        "made_with": f"torch {torch.__version__}, {platform.machine()}",
-    }
-    if "init_from" in extra:  # a fine-tuning run (kp2d train --init): count the steps before it too
-        provenance["init_from"] = extra["init_from"].get("source")
-        provenance["steps_before"] = extra["init_from"].get("steps_before")
-    out = make_pretrained(
-        args.checkpoint,
-        WEIGHTS / f"{args.name}.pt",
-        torch.float32 if args.fp32 else torch.float16,
-        provenance,
-    )
-    shipped = torch.load(out, map_location="cpu", weights_only=True)
-    error = reference_error(load_keypoint_net(out), shipped["reference"])
-    steps = training_steps(load_checkpoint(out))
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), {steps} training steps in all; "
-          f"max diff vs checkpoint: score {error['score']:.2e}, coord {error['coord']:.2e} px, "
-          f"desc {error['desc']:.2e}")
+    args = parser.parse_args(argv)
+    try:
+        check_name(args.name)
+        target = WEIGHTS / f"{args.name}.pt"
+        check_output_path(target, "NAME")
+        provenance = provenance_of(args.checkpoint, args.note)
+        out = make_pretrained(
+            args.checkpoint, target, torch.float32 if args.fp32 else torch.float16, provenance
+        )
+        shipped = torch.load(out, map_location="cpu", weights_only=True)
+        diff = reference_error(load_keypoint_net(out), shipped["reference"])
+        steps = training_steps(load_checkpoint(out))
+    except (Kp2dError, OSError) as error:
+        print(f"ship_weights: error: {error}", file=sys.stderr)
+        return 2
+    steps_text = "training steps unknown" if steps is None else f"{steps} training steps in all"
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), {steps_text}; max diff vs checkpoint: "
+          f"score {diff['score']:.2e}, coord {diff['coord']:.2e} px, desc {diff['desc']:.2e}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

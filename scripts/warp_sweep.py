@@ -29,9 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kp2d.cli.detect import check_output_path
 from kp2d.data.hpatches import find_sequences, read_image
 from kp2d.data.image_folder import list_images
-from kp2d.errors import DataError, Kp2dError
+from kp2d.errors import ConfigError, DataError, Kp2dError
 
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
     "zoom": (1.25, 1.5, 2.0, 2.5, 3.0),
@@ -42,6 +43,8 @@ DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
 
 def warp_about_center(kind: str, level: float, width: int, height: int) -> np.ndarray:
     """``(3, 3)`` homography, photo pixels → view pixels, of one ``kind`` at ``level``, about the centre."""
+    if not math.isfinite(level):
+        raise ValueError(f"{kind} levels must be finite numbers, got {level}")
     if kind == "zoom":
         if level <= 0:
             raise ValueError(f"zoom must be positive, got {level}")
@@ -87,6 +90,22 @@ def source_photos(root: Path) -> list[tuple[str, Path]]:
     return named
 
 
+def check_levels(levels: dict[str, Sequence[float]]) -> None:
+    """ConfigError naming the option (``--zoom``, ...) unless every level gives a finite homography."""
+    for kind, kind_levels in levels.items():
+        for level in kind_levels:
+            try:
+                warp_about_center(kind, level, 2, 2)
+            except ValueError as error:
+                raise ConfigError(f"--{kind}: {error}") from None
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """``cv2.imwrite``, with a DataError where OpenCV only returns ``False``."""
+    if not cv2.imwrite(str(path), image):
+        raise DataError(f"cannot write image {path}")
+
+
 def write_sweeps(root: Path, out: Path, levels: dict[str, Sequence[float]], limit: int | None = None) -> int:
     """Write ``out/<kind>/v_<photo>/`` for every kind in ``levels``; returns the number of photos used."""
     photos = source_photos(root)[:limit]
@@ -96,11 +115,11 @@ def write_sweeps(root: Path, out: Path, levels: dict[str, Sequence[float]], limi
         for kind, kind_levels in levels.items():
             folder = out / kind / f"v_{name}"
             folder.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(folder / "1.png"), photo)
+            _write_png(folder / "1.png", photo)
             for view, level in enumerate(kind_levels, start=2):
                 homography = warp_about_center(kind, level, width, height)
                 view_image = cv2.warpPerspective(photo, homography, (width, height))
-                cv2.imwrite(str(folder / f"{view}.png"), view_image)
+                _write_png(folder / f"{view}.png", view_image)
                 np.savetxt(folder / f"H_1_{view}", homography)
     return len(photos)
 
@@ -139,13 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--limit must be at least 1, got {args.limit}")
     levels = {kind: getattr(args, kind) for kind in kinds}
     try:
-        for kind, kind_levels in levels.items():
-            for level in kind_levels:
-                warp_about_center(kind, level, 2, 2)  # check the levels before writing anything
+        check_levels(levels)  # the levels and the output folder before writing anything
+        check_output_path(args.out, "--out", folder=True)
         count = write_sweeps(args.images, args.out, levels, args.limit)
-    except ValueError as error:
-        parser.error(str(error))
-    except Kp2dError as error:
+    except (Kp2dError, OSError) as error:
         print(f"warp_sweep: error: {error}", file=sys.stderr)
         return 2
     print(f"{count} photos × {len(levels)} kinds → {args.out}/{{{','.join(levels)}}}")

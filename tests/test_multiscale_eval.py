@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
+from cli_output import single_error_line
 from hpatches_tiny import make_tiny_hpatches
 from kp2d.checkpoint import load_keypoint_net
 from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
@@ -35,7 +37,7 @@ def test_pool_is_the_scales_in_order(multiscale):
 
 
 def test_one_scale_is_kp2d_eval(multiscale, tiny_root, tmp_path, capsys, load_script):
-    out = tmp_path / "one.json"
+    out = tmp_path / "new" / "folder" / "one.json"  # --json's folder is created
     args = [str(tiny_root), "--scales", "1", "--shape", "64x48", "--top-k", "100", "--json", str(out)]
     assert multiscale.main(args) == 0
     plain = evaluate_hpatches(KeyPointNetDetector(load_keypoint_net("v4")), tiny_root, (64, 48), 100,
@@ -53,3 +55,29 @@ def test_one_scale_is_kp2d_eval(multiscale, tiny_root, tmp_path, capsys, load_sc
 def test_bad_scales(multiscale, tiny_root, scales, capsys):
     assert multiscale.main([str(tiny_root), "--scales", scales]) == 2
     assert capsys.readouterr().err.startswith("multiscale_eval: error: --scales")
+
+
+def _no_evaluation(*args, **kwargs):
+    raise AssertionError("the evaluation ran before --json was checked")
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file", "read_only_file"])
+def test_bad_json_path_fails_before_the_evaluation(
+    multiscale, tiny_root, tmp_path, capsys, monkeypatch, where
+):
+    """``--json`` that cannot be written is refused at once, in one line, and the user's file is untouched."""
+    monkeypatch.setattr(multiscale, "evaluate_hpatches", _no_evaluation)
+    blocker = tmp_path / "blocker.json"
+    blocker.write_text("keep me")
+    if where == "read_only_file":
+        if os.geteuid() == 0:
+            pytest.skip("root may write anywhere")
+        blocker.chmod(0o400)
+    json_out = {"folder": tmp_path, "under_a_file": blocker / "x.json", "read_only_file": blocker}[where]
+    args = [str(tiny_root), "--scales", "1", "--shape", "64x48", "--json", str(json_out)]
+    assert multiscale.main(args) == 2
+    line = single_error_line(capsys)
+    assert line.startswith(f"multiscale_eval: error: --json {json_out}")
+    reason = {"folder": "is a folder", "under_a_file": "is a file, not a folder"}.get(where, "read-only")
+    assert reason in line
+    assert blocker.read_text() == "keep me"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 
 import cv2
 import numpy as np
 import pytest
 
+from cli_output import single_error_line
 from hpatches_tiny import make_tiny_hpatches
 from kp2d.data.hpatches import HPatchesDataset, read_homography
 
@@ -15,6 +17,11 @@ from kp2d.data.hpatches import HPatchesDataset, read_homography
 @pytest.fixture(scope="module")
 def sweep(load_script):
     return load_script("warp_sweep")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
 
 
 def _apply(homography: np.ndarray, x: float, y: float) -> tuple[float, float]:
@@ -82,7 +89,49 @@ def test_folder_of_images_and_bad_input(sweep, tmp_path, capsys):
     assert written[:3] == ["1.png", "2.png", "3.png"]
     assert sweep.main([str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
-    for bad in (["--kinds", "shear"], ["--zoom", "2,x"], ["--perspective", "1.5"], ["--limit", "0"]):
+    for bad in (["--kinds", "shear"], ["--zoom", "2,x"], ["--limit", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             sweep.main([str(tmp_path / "photos"), "--out", str(out), *bad])
         assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--rotation", "10,nan", "--rotation: rotation levels must be finite numbers, got nan"),
+        ("--zoom", "inf", "--zoom: zoom levels must be finite numbers, got inf"),
+        ("--zoom", "2,0", "--zoom: zoom must be positive, got 0.0"),
+        ("--perspective", "1.5", "--perspective: perspective t must be in [0, 1), got 1.5"),
+    ],
+)
+def test_bad_levels_write_nothing(sweep, tiny_root, tmp_path, capsys, option, value, message):
+    """A level that gives no finite homography (NaN, inf, zoom 0) stops the script before it writes."""
+    out = tmp_path / "warps"
+    assert sweep.main([str(tiny_root), "--out", str(out), option, value]) == 2
+    assert single_error_line(capsys) == f"warp_sweep: error: {message}"
+    assert not out.exists()
+    with pytest.raises(ValueError, match="finite"):
+        sweep.warp_about_center("rotation", math.nan, 200, 100)
+
+
+def test_out_under_a_file_writes_nothing(sweep, tiny_root, tmp_path, capsys):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    assert sweep.main([str(tiny_root), "--out", str(blocker / "warps")]) == 2
+    expected = f"warp_sweep: error: --out {blocker / 'warps'}: {blocker} is a file, not a folder"
+    assert single_error_line(capsys) == expected
+    assert sweep.main([str(tiny_root), "--out", str(blocker)]) == 2
+    assert "is a file, not a folder" in single_error_line(capsys)
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_out_in_a_read_only_folder(sweep, tiny_root, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert sweep.main([str(tiny_root), "--out", str(locked / "warps")]) == 2
+        assert "no permission to write" in single_error_line(capsys)
+    finally:
+        locked.chmod(0o700)

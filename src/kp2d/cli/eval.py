@@ -12,7 +12,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "json_ready", "opencv_detector", "parse_baselines", "parse_shapes", "run"]
+__all__ = [
+    "add_parser",
+    "check_eval_scale_factor",
+    "json_ready",
+    "opencv_detector",
+    "parse_baselines",
+    "parse_shapes",
+    "run",
+]
 
 DEFAULT_SETTINGS = ((320, 240, 300), (640, 480, 1000))  # (W, H, top_k) of the original's two tables
 _DEFAULT_TOP_K = {(320, 240): 300, (640, 480): 1000}
@@ -149,7 +157,7 @@ def _build_network(args: argparse.Namespace, device):
     return load_keypoint_net(args.model, device), Path(args.model).stem
 
 
-def _check_scale_factor(scale_factor: float, settings: list[tuple[int, int, int]]) -> None:
+def check_eval_scale_factor(scale_factor: float, settings: list[tuple[int, int, int]]) -> None:
     """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8."""
     from kp2d.cli.detect import check_scale_factor_option
     from kp2d.errors import ConfigError
@@ -256,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         bad = [f"{w}x{h}" for w, h, _ in settings if w % 8 or h % 8]
         if bad:
             raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
-        _check_scale_factor(args.scale_factor, settings)
+        check_eval_scale_factor(args.scale_factor, settings)
         if args.scale_factor != 1:
             label = f"{label} (input x{args.scale_factor:g})"
     elif args.scale_factor != 1:

@@ -41,6 +41,7 @@ __all__ = [
     "METRIC_NAMES",
     "Detector",
     "KeyPointNetDetector",
+    "check_sequence_problems",
     "OpenCVDetector",
     "evaluate_hpatches",
     "pair_groups",
@@ -213,7 +214,11 @@ def pair_groups(pair_names: list[str]) -> dict[str, list[int]]:
     return dict(sorted(groups.items(), key=lambda item: (item[0].split()[0], len(item[0]), item[0])))
 
 
-def _sequence_problems(sample: SequenceSample, skip_bad: bool, skipped: list[str]) -> None:
+def check_sequence_problems(sample: SequenceSample, skip_bad: bool, skipped: list[str]) -> None:
+    """Raise :class:`DataError` for the sequence's first unreadable file (``sample.problems``).
+
+    With ``skip_bad``, log each such pair instead and add ``"<pair>: <reason>"`` to ``skipped``.
+    """
     for pair_name, message in sample.problems:
         if not skip_bad:
             raise DataError(message)
@@ -268,7 +273,7 @@ def evaluate_hpatches(
     )
     try:
         for sample in bar:
-            _sequence_problems(sample, skip_bad, skipped)
+            check_sequence_problems(sample, skip_bad, skipped)
             if not sample.pair_names:
                 continue
             detections = detector(sample.images)

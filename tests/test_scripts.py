@@ -1,0 +1,222 @@
+"""User mistakes in the helper scripts of ``scripts/``: one ``<script>: error:`` line, exit status 2, and
+nothing written (the user's files untouched), checked before any long work.
+
+``warp_sweep`` and ``multiscale_eval`` have their own test files.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from cli_output import single_error_line
+from hpatches_tiny import make_tiny_hpatches
+from kp2d.checkpoint import resolve_model_path
+from kp2d.data.hpatches import HPatchesDataset
+from kp2d.errors import DataError
+
+NOT_ROOT = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere"
+)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("the long work started before the options were checked")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
+
+
+# --- ship_weights ---
+
+
+@pytest.fixture
+def ship(load_script, tmp_path, monkeypatch):
+    """``scripts/ship_weights.py`` writing to ``tmp_path/weights`` instead of the package's folder."""
+    module = load_script("ship_weights")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setattr(module, "WEIGHTS", weights)
+    return module
+
+
+@pytest.mark.parametrize("name", ["", "sub/dir/v9", "../v9", ".v9", "v 9", "v9.pt"])
+def test_ship_weights_wants_a_plain_name(ship, capsys, name):
+    assert ship.main([str(resolve_model_path("v4")), name]) == 2
+    assert single_error_line(capsys).startswith("ship_weights: error: NAME ")
+    assert not any(ship.WEIGHTS.iterdir())
+
+
+@pytest.mark.parametrize("source", ["missing", "folder", "text"])
+def test_ship_weights_refuses_what_is_not_a_checkpoint(ship, tmp_path, capsys, source):
+    path = {"missing": tmp_path / "missing.ckpt", "folder": tmp_path, "text": tmp_path / "notes.ckpt"}[source]
+    if source == "text":
+        path.write_text("not a checkpoint")
+    assert ship.main([str(path), "v9"]) == 2
+    line = single_error_line(capsys)
+    assert line.startswith("ship_weights: error: ") and str(path) in line
+    assert not any(ship.WEIGHTS.iterdir())
+
+
+def test_ship_weights_says_unknown_without_a_step_count(ship, tmp_path, capsys):
+    """A checkpoint that does not count its steps (the original's) ships, and the count reads "unknown"."""
+    shipped = torch.load(resolve_model_path("v4"), map_location="cpu", weights_only=True)
+    source = tmp_path / "original.ckpt"
+    torch.save({"config": shipped["config"], "state_dict": shipped["state_dict"]}, source)
+    assert ship.main([str(source), "v9"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {ship.WEIGHTS / 'v9.pt'}" in out and "training steps unknown" in out and "None" not in out
+    assert [p.name for p in ship.WEIGHTS.iterdir()] == ["v9.pt"]
+
+
+# --- recalibrate_batchnorm ---
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_recalibrate_out_is_checked_first(load_script, tmp_path, capsys, monkeypatch, where):
+    module = load_script("recalibrate_batchnorm")
+    monkeypatch.setattr(module, "resolve_model_path", _refuse)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    out = {"folder": tmp_path, "under_a_file": blocker / "v4_bn.ckpt"}[where]
+    assert module.main(["v4", "--images", str(tmp_path), "--out", str(out)]) == 2
+    line = single_error_line(capsys)
+    assert line.startswith(f"recalibrate_batchnorm: error: --out {out}")
+    assert ("is a folder" if where == "folder" else f"{blocker} is a file, not a folder") in line
+    assert blocker.read_text() == "keep me"
+
+
+@NOT_ROOT
+def test_recalibrate_out_in_a_read_only_folder(load_script, tmp_path, capsys, monkeypatch):
+    module = load_script("recalibrate_batchnorm")
+    monkeypatch.setattr(module, "resolve_model_path", _refuse)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert module.main(["v4", "--images", str(tmp_path), "--out", str(locked / "x.ckpt")]) == 2
+        assert "no permission to write" in single_error_line(capsys)
+    finally:
+        locked.chmod(0o700)
+
+
+# --- localization_errors ---
+
+
+@pytest.mark.parametrize("broken", ["v_chelsea/1.jpg", "v_astronaut/3.ppm"])
+def test_localization_errors_stops_on_an_unreadable_image(load_script, tmp_path, capsys, broken):
+    """An unreadable reference image (was an IndexError) or view (was a pair silently left out): DataError."""
+    module = load_script("localization_errors")
+    root = make_tiny_hpatches(tmp_path / "tiny")
+    (root / broken).write_bytes(b"not an image")
+    assert module.main(["--method", "orb", "--hpatches", str(root), "--shape", "160x120"]) == 2
+    assert single_error_line(capsys) == (
+        f"localization_errors: error: {root / broken}: cannot read image (corrupt or unsupported format)"
+    )
+    with pytest.raises(DataError, match="cannot read image"):
+        module.repeated_distances(module.opencv_detector("orb", 300), HPatchesDataset(root, (160, 120)), 300)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "orb", "--scale-factor", "2"],
+         "--scale-factor applies to KeyPointNet, not to --method"),
+        (["--model", "v4", "--scale-factor", "nan"], "--scale-factor must be a number > 0, got nan"),
+        (["--model", "v4", "--scale-factor", "0"], "--scale-factor must be a number > 0, got 0"),
+    ],
+)
+def test_localization_errors_scale_factor_as_kp2d_eval(
+    load_script, tiny_root, capsys, monkeypatch, args, message
+):
+    module = load_script("localization_errors")
+    monkeypatch.setattr(module, "repeated_distances", _refuse)
+    assert module.main([*args, "--hpatches", str(tiny_root), "--shape", "160x120"]) == 2
+    assert single_error_line(capsys) == f"localization_errors: error: {message}"
+
+
+# --- hpatches_breakdown ---
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[1, 2]", "not a kp2d eval --json result"),
+        ('{"320x240": 5}', "320x240: not a kp2d eval result"),
+        ("{}", "no results in it"),
+        ('{"320x240": {"per_pair": [{"pair": "v_x:1-2", "c3": 1.0}]}}', "pair v_x:1-2: no number for"),
+        ('{"320x240": {"per_pair": [{"c3": 1.0}]}}', "per_pair[0] is not a pair's metrics"),
+        ('{"320x240": {"per_pair": []}}', "320x240: no pair in 'per_pair'"),
+        ('{"320x240": {"per_pair": 3}}', "'per_pair' is not a list of pairs"),
+        ('{"320x240": {"model": "x"}}', "320x240: no per-pair metrics"),
+        ('{"baselines": [1]}', "'baselines' is not an object of methods"),
+        ("not json", "Expecting value"),
+    ],
+)
+def test_breakdown_refuses_what_kp2d_eval_did_not_write(load_script, tmp_path, capsys, content, message):
+    module = load_script("hpatches_breakdown")
+    path = tmp_path / "results.json"
+    path.write_text(content)
+    assert module.main([str(path)]) == 2
+    line = single_error_line(capsys)
+    assert line.startswith(f"hpatches_breakdown: error: {path}: ") and message in line
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("metrics", [",", " , ", ""])
+def test_breakdown_wants_a_metric(load_script, tmp_path, capsys, metrics):
+    module = load_script("hpatches_breakdown")
+    assert module.main([str(tmp_path / "results.json"), "--metrics", metrics]) == 2
+    assert single_error_line(capsys).startswith("hpatches_breakdown: error: --metrics: give at least one of ")
+
+
+def test_breakdown_of_a_folder(load_script, tmp_path, capsys):
+    assert load_script("hpatches_breakdown").main([str(tmp_path)]) == 2
+    assert single_error_line(capsys).startswith("hpatches_breakdown: error: ")
+
+
+def test_breakdown_tables_of_a_minimal_result(load_script):
+    """Only ``per_pair`` with each pair's name and metrics is needed (a metric may be null)."""
+    pair = {"pair": "v_x:1-2", "repeatability": 0.5, "localization_error": None, "c1": 0, "c3": 1,
+            "c5": 1, "mscore": 0.25}
+    (table,) = load_script("hpatches_breakdown").breakdown_tables({"64x48": {"per_pair": [pair]}}, ("c3",))
+    assert table.splitlines()[-1] == "| v 1-2 | 1 | 1.000 |"
+
+
+# --- make_readme_pictures ---
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-lines", "-1"], "--max-lines must be at least 0, got -1"),
+        (["--width", "-5"], "--width must be at least 0, got -5"),
+        (["--progress-width", "0"], "--progress-width must be at least 1, got 0"),
+        (["--progress-width", "-10"], "--progress-width must be at least 1, got -10"),
+        (["--top-k", "-1"], "--top-k must be at least 0, got -1"),
+        (["--nms-radius", "nan"], "--nms-radius must be a finite number >= 0, got nan"),
+        (["--nms-radius", "-1"], "--nms-radius must be a finite number >= 0, got -1"),
+    ],
+)
+def test_readme_pictures_refuse_bad_sizes(load_script, tmp_path, capsys, monkeypatch, args, message):
+    module = load_script("make_readme_pictures")
+    monkeypatch.setattr(module, "load_keypoint_net", _refuse)
+    out = tmp_path / "pictures"
+    assert module.main([*args, "--out", str(out)]) == 2
+    assert single_error_line(capsys) == f"make_readme_pictures: error: {message}"
+    assert not out.exists()
+
+
+def test_readme_pictures_out_under_a_file(load_script, tmp_path, capsys, monkeypatch):
+    module = load_script("make_readme_pictures")
+    monkeypatch.setattr(module, "load_keypoint_net", _refuse)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    assert module.main(["--out", str(blocker)]) == 2
+    assert "is a file, not a folder" in single_error_line(capsys)
+    assert blocker.read_text() == "keep me"
+
