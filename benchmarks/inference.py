@@ -5,7 +5,7 @@ median of ``--repeats`` runs; the backends take turns run by run, so a disturban
 and evaluated on an HPatches-format set (default ``../shared/data/hpatches-synth``, 500 pairs) with
 :func:`kp2d.eval.hpatches.evaluate_hpatches` at 320x240, top 300.
 
-    /work/quiet.sh python benchmarks/inference.py --checkpoint runs/v4/last.pt
+    python benchmarks/inference.py --checkpoint runs/v4/last.pt
     python benchmarks/inference.py --random-init --max-sequences 10      # quick look, no trained weights
 
 ``--random-init`` uses a seeded random network whose BatchNorm statistics are estimated on the
@@ -16,6 +16,7 @@ nothing about KeyPointNet, only how far each backend moves from fp32. Rerun with
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hpatches", default=str(DEFAULT_HPATCHES), help="HPatches-format folder")
     parser.add_argument("--calibration", default=str(DEFAULT_CALIBRATION), help="photos for int8 calibration")
     parser.add_argument("--calibration-count", type=int, default=32, help="calibration photos (32)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads (default: all)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per backend and size (15)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (3)")
     parser.add_argument("--max-sequences", type=int, default=None, help="evaluate the first N sequences only")
@@ -105,18 +106,55 @@ def time_backends(backends: dict, sizes, warmup: int, repeats: int) -> dict[str,
     return results
 
 
-def subset_root(root: Path, max_sequences: int | None, scratch: Path) -> Path:
-    """``root`` itself, or a folder of links to its first ``max_sequences`` sequences (sorted)."""
+def check_args(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
+    """Refuse what would fail or do nothing, before any backend is built (a ``Kp2dError`` naming the option).
+
+    Returns:
+        The backend names and, unless ``--no-accuracy``, the HPatches sequence folders of ``--subset``.
+    """
+    from kp2d.cli.detect import check_output_path
+    from kp2d.cli.train import check_at_least
+    from kp2d.data.hpatches import find_sequences
+    from kp2d.errors import ConfigError, DataError
+    from kp2d.fast import BACKENDS
+
+    minimums = {"threads": 1, "repeats": 1, "warmup": 0, "calibration-count": 1, "max-sequences": 1}
+    for name, minimum in minimums.items():
+        check_at_least(name, getattr(args, name.replace("-", "_")), minimum)
+    if args.no_accuracy and args.no_timing:
+        raise ConfigError("--no-accuracy and --no-timing leave nothing to do; give at most one")
+    names = [name.strip() for name in args.backends.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown or not names:
+        what = f"unknown backend {', '.join(unknown)}" if unknown else "no backend named"
+        raise ConfigError(f"--backends {args.backends!r}: {what} (choose from {', '.join(BACKENDS)})")
+    if args.json:
+        check_output_path(Path(args.json), "--json")
+    if args.no_accuracy:
+        return names, []
+    if Path(args.hpatches).is_file():
+        raise DataError(f"--hpatches {args.hpatches} is a file; give an HPatches-format folder")
+    try:
+        return names, [sequence.folder for sequence in find_sequences(args.hpatches, args.subset)]
+    except DataError as err:
+        raise DataError(f"--hpatches: {err}") from None
+
+
+def subset_root(root: Path, folders: list[Path], max_sequences: int | None, scratch: Path) -> Path:
+    """``root`` itself, or a folder of links to the first ``max_sequences`` of its sequence ``folders``.
+
+    ``i_`` and ``v_`` sequences alternate, so a few cover both kinds; other names come last.
+    """
     if max_sequences is None:
         return root
-    sequences = sorted(p for p in root.iterdir() if p.is_dir())
-    # take i_ and v_ sequences alike
-    illumination = [p for p in sequences if p.name.startswith("i_")]
-    viewpoint = [p for p in sequences if p.name.startswith("v_")]
-    picked = illumination[: (max_sequences + 1) // 2] + viewpoint[: max_sequences // 2]
+    illumination = [path for path in folders if path.name.startswith("i_")]
+    viewpoint = [path for path in folders if path.name.startswith("v_")]
+    rest = [path for path in folders if path not in illumination and path not in viewpoint]
+    pairs = itertools.zip_longest(illumination, viewpoint)
+    mixed = [path for pair in pairs for path in pair if path is not None] + rest
     folder = scratch / "hpatches-subset"
     folder.mkdir()
-    for path in picked:
+    for path in mixed[:max_sequences]:
         (folder / path.name).symlink_to(path.resolve())
     return folder
 
@@ -146,51 +184,18 @@ def print_table(rows: list[dict], sizes) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kp2d.errors import Kp2dError
-    from kp2d.eval.hpatches import evaluate_hpatches
-    from kp2d.fast import BackendDetector, load_backend, load_calibration_images
+    """Build, time and evaluate the backends and print the table; a user mistake exits with status 2."""
+    from kp2d.errors import Kp2dError, user_message
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    torch.set_num_threads(args.threads)
-    cv2_threads = args.threads
     try:
-        import cv2
-
-        cv2.setNumThreads(cv2_threads)
-        net, weights = load_model(args)
-        names = [name.strip() for name in args.backends.split(",") if name.strip()]
-        calibration = None
-        if "ort-int8" in names:
-            calibration = load_calibration_images(args.calibration, count=args.calibration_count)
-        with tempfile.TemporaryDirectory(prefix="kp2d-bench-") as scratch:
-            backends = {}
-            for name in names:
-                start = time.perf_counter()
-                backends[name] = load_backend(
-                    name, net, calibration, threads=args.threads, work_dir=Path(scratch) / "onnx"
-                )
-                log.info("built %s in %.1f s %s", name, time.perf_counter() - start, backends[name].details)
-            rows = [{"backend": name} for name in names]
-            if not args.no_timing:
-                timings = time_backends(backends, SIZES, args.warmup, args.repeats)
-                for row in rows:
-                    row["ms"] = timings[row["backend"]]
-            if not args.no_accuracy:
-                root = subset_root(Path(args.hpatches), args.max_sequences, Path(scratch))
-                for row in rows:
-                    result = evaluate_hpatches(
-                        BackendDetector(backends[row["backend"]]), root, shape=(320, 240), top_k=300,
-                        subset=args.subset, progress=sys.stderr.isatty(), num_workers=0,
-                        # no reader processes: forking after ONNX Runtime has started its threads can hang
-                    )
-                    row["accuracy"] = {k: v for k, v in result.items() if k != "per_pair" and k != "skipped"}
-                    log.info("%s: %s", row["backend"], {k: round(v, 4) for k, v in row["accuracy"].items()
-                                                        if isinstance(v, float)})
+        names, folders = check_args(args)
+        weights, rows = run(args, names, folders)
     except Kp2dError as err:
-        print(f"inference benchmark: error: {err}", file=sys.stderr)
+        print(f"inference benchmark: error: {user_message(err)}", file=sys.stderr)
         return 2
 
     load = os.getloadavg()[0]
@@ -201,9 +206,59 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy: {args.hpatches} ({args.subset}, {pairs} pairs) at 320x240, top 300")
     print_table(rows, SIZES)
     if args.json:
-        Path(args.json).write_text(json.dumps({"weights": weights, "threads": args.threads, "rows": rows},
-                                              indent=2))
+        out = Path(args.json)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"weights": weights, "threads": args.threads, "rows": rows}, indent=2))
+        except OSError as err:
+            print(f"inference benchmark: error: --json {out}: {err.strerror or err}", file=sys.stderr)
+            return 2
     return 0
+
+
+def run(args: argparse.Namespace, names: list[str], folders: list[Path]) -> tuple[str, list[dict]]:
+    """The weights' description and one row per backend (``"ms"`` and/or ``"accuracy"``)."""
+    import cv2
+
+    from kp2d.errors import DataError
+    from kp2d.eval.hpatches import evaluate_hpatches
+    from kp2d.fast import BackendDetector, load_backend, load_calibration_images
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    net, weights = load_model(args)
+    calibration = None
+    if "ort-int8" in names:
+        calibration = load_calibration_images(args.calibration, count=args.calibration_count)
+    with tempfile.TemporaryDirectory(prefix="kp2d-bench-") as scratch:
+        backends = {}
+        for name in names:
+            start = time.perf_counter()
+            backends[name] = load_backend(
+                name, net, calibration, threads=args.threads, work_dir=Path(scratch) / "onnx"
+            )
+            log.info("built %s in %.1f s %s", name, time.perf_counter() - start, backends[name].details)
+        rows = [{"backend": name} for name in names]
+        if not args.no_timing:
+            timings = time_backends(backends, SIZES, args.warmup, args.repeats)
+            for row in rows:
+                row["ms"] = timings[row["backend"]]
+        if args.no_accuracy:
+            return weights, rows
+        root = subset_root(Path(args.hpatches), folders, args.max_sequences, Path(scratch))
+        for row in rows:
+            try:
+                result = evaluate_hpatches(
+                    BackendDetector(backends[row["backend"]]), root, shape=(320, 240), top_k=300,
+                    subset=args.subset, progress=sys.stderr.isatty(), num_workers=0,
+                    # no reader processes: forking after ONNX Runtime has started its threads can hang
+                )
+            except DataError as err:  # name the user's folder, not the temporary one of links
+                raise DataError(str(err).replace(str(root), args.hpatches)) from None
+            row["accuracy"] = {k: v for k, v in result.items() if k != "per_pair" and k != "skipped"}
+            log.info("%s: %s", row["backend"], {k: round(v, 4) for k, v in row["accuracy"].items()
+                                                if isinstance(v, float)})
+    return weights, rows
 
 
 if __name__ == "__main__":

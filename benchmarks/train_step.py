@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,9 @@ import torch
 
 from kp2d.augmentation import HomographicAugmentation
 from kp2d.checkpoint import build_keypoint_net
+from kp2d.cli.train import check_at_least
 from kp2d.config import load_config
+from kp2d.errors import DataError, Kp2dError, user_message
 from kp2d.models import IONet
 from kp2d.runtime import autocast_dtype, resolve_device
 from kp2d.train.step import SiameseLoss, TrainingStep, build_optimizer
@@ -51,13 +54,17 @@ def _time(fn, device: torch.device, warmup: int, steps: int) -> list[float]:
 
 
 def _images(data: Path, batch: int, shape: tuple[int, int]) -> tuple[torch.Tensor, object]:
+    """The first ``batch`` images of ``data`` stacked, and the dataset (a ``DataError`` if too few)."""
     from kp2d.data.image_folder import ImageFolderDataset
 
     dataset = ImageFolderDataset(data, image_shape=shape)
+    if len(dataset) < batch:
+        raise DataError(f"--batch-size {batch} needs at least {batch} images; {data} holds {len(dataset)}")
     return torch.stack([dataset[i] for i in range(batch)]), dataset
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (checked by :func:`benchmark` before any work)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="v4")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -68,8 +75,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print the top operators of (b)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; a user mistake is one line on stderr and exit status 2."""
+    args = parse_args(argv)
+    try:
+        benchmark(args)
+    except Kp2dError as err:
+        print(f"train_step benchmark: error: {user_message(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    """Time (a), (b) and (c) and print the table (and the profile with ``--profile``)."""
+    for name, minimum in (("batch-size", 1), ("steps", 1), ("warmup", 0), ("workers", 0)):
+        check_at_least(name, getattr(args, name.replace("-", "_")), minimum)
     config = load_config(args.config, {"train": {"batch_size": args.batch_size, "precision": args.precision}})
     device = resolve_device(args.device)
     if device.type == "cuda":
@@ -160,4 +183,4 @@ def _profile(fn, device: torch.device, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

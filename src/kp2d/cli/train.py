@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "check_at_least"]
 
 # Steps from random weights after which a V4 checkpoint beat the untrained network on all six HPatches
 # numbers (the README's "What a run looks like"); the run's closing line warns below it.
@@ -64,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _check_at_least(name: str, value: int | None, minimum: int) -> None:
+def check_at_least(name: str, value: int | None, minimum: int) -> None:
     """An option given below ``minimum`` is a one-line error naming it."""
     from kp2d.errors import ConfigError
 
@@ -114,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.train.trainer import TrainOptions, train
 
     for name in ("epochs", "max_steps", "batch_size"):
-        _check_at_least(name.replace("_", "-"), getattr(args, name), 1)
-    _check_at_least("workers", args.workers, 0)
+        check_at_least(name.replace("_", "-"), getattr(args, name), 1)
+    check_at_least("workers", args.workers, 0)
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ConfigError(f"--max-minutes must be above 0, got {args.max_minutes}")
     overrides: dict = {"train": {}}

@@ -1,0 +1,122 @@
+"""Benchmarks: a user mistake is one line `<name> benchmark: error: ...` and status 2, before any timing."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cli_output import single_error_line
+from hpatches_tiny import make_tiny_hpatches
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _benchmark(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """A folder of two small photos."""
+    folder = tmp_path_factory.mktemp("photos")
+    for index in range(2):
+        cv2.imwrite(str(folder / f"{index}.png"), np.full((40, 48, 3), 60 * index, np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hpatches(tmp_path_factory) -> Path:
+    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--workers", "-1"], "--workers must be at least 0, got -1"),
+        (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+        (["--config", "nope"], "unknown config 'nope'"),
+        (["--precision", "fp8"], "train.precision must be"),
+        (["--device", "foo"], "unknown device 'foo'"),
+        (["--device", "cpu", "--precision", "fp16"], "precision fp16 needs a CUDA device"),
+        (["--batch-size", "3"], "--batch-size 3 needs at least 3 images"),
+        (["--data", "{tmp}/missing"], "image folder not found"),
+        (["--data", "{tmp}/empty"], "no images"),
+        (["--data", "{tmp}/bad", "--batch-size", "1"], "cannot decode image"),
+    ],
+)
+def test_train_step_errors(argv, expected, photos, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "0.png").write_bytes(b"not a png")
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    if "--data" not in argv:
+        argv += ["--data", str(photos)]
+    assert _benchmark("train_step").main(argv) == 2
+    line = single_error_line(capsys)
+    assert line.startswith("train_step benchmark: error: ") and expected in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+        (["--batch", "0"], "--batch must be at least 1, got 0"),
+        (["--batch", "-1"], "--batch must be at least 1, got -1"),
+        (["--threads", "-1"], "--threads must be at least 0, got -1"),
+        (
+            ["--height", "10", "--width", "16"],
+            "--height 10 --width 16: both must be multiples of 8, at least 32",
+        ),
+    ],
+)
+def test_augmentation_errors(argv, expected, capsys):
+    assert _benchmark("augmentation").main(argv) == 2
+    assert single_error_line(capsys) == f"augmentation benchmark: error: {expected}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--max-sequences", "0"], "--max-sequences must be at least 1, got 0"),
+        (["--max-sequences", "-1"], "--max-sequences must be at least 1, got -1"),
+        (["--no-accuracy", "--no-timing"], "leave nothing to do"),
+        (["--backends", ","], "no backend named"),
+        (["--backends", "torch-fp32,nope"], "unknown backend nope"),
+        (["--json", "{tmp}"], "is a folder"),
+        (["--json", "{tmp}/file/out.json"], "is a file, not a folder"),
+        (["--hpatches", "{tmp}/missing", "--max-sequences", "2"], "--hpatches: HPatches folder not found"),
+        (["--hpatches", "{tmp}/file"], "is a file; give an HPatches-format folder"),
+        (["--hpatches", "{hpatches}/i_coffee", "--subset", "v"], "no sequences of subset 'v'"),
+    ],
+)
+def test_inference_errors(argv, expected, hpatches, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)  # leave pytest's logging alone
+    (tmp_path / "file").write_text("x")
+    argv = [arg.format(tmp=tmp_path, hpatches=hpatches) for arg in argv]
+    if "--hpatches" not in argv:
+        argv += ["--hpatches", str(hpatches)]
+    assert _benchmark("inference").main(["--random-init", *argv]) == 2
+    line = single_error_line(capsys)
+    assert line.startswith("inference benchmark: error: ") and expected in line
+    assert "kp2d-bench-" not in line  # never the temporary folder
+
+
+def test_inference_subset_alternates_kinds(hpatches, tmp_path):
+    inference = _benchmark("inference")
+    folders = sorted(path for path in hpatches.iterdir() if path.name != "notes")
+    root = inference.subset_root(hpatches, folders, 3, tmp_path)
+    assert sorted(path.name for path in root.iterdir()) == ["i_camera", "i_coffee", "v_astronaut"]
+    assert inference.subset_root(hpatches, folders, None, tmp_path) == hpatches
