@@ -37,6 +37,14 @@ def load_script():
     return load
 
 
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """A tiny HPatches-format folder (``hpatches_tiny``), one per test module (tests may damage it)."""
+    from hpatches_tiny import make_tiny_hpatches
+
+    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     """``../shared/golden``: outputs of the original code."""

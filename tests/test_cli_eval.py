@@ -9,17 +9,12 @@ import shutil
 import pytest
 import torch
 
-from hpatches_tiny import PAIRS_PER_SUBSET, make_tiny_hpatches
+from hpatches_tiny import PAIRS_PER_SUBSET
 from kp2d.cli import main
 from kp2d.cli.eval import parse_shapes
 from kp2d.errors import ConfigError
 
 METRICS = ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
 
 
 def _eval(*args: str) -> int:

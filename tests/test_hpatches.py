@@ -9,18 +9,13 @@ import pytest
 import torch
 
 import kp2d.data.hpatches as hpatches_data
-from hpatches_tiny import PAIRS_PER_SUBSET, SIZE, UPSCALE, make_tiny_hpatches, write_sequence
+from hpatches_tiny import PAIRS_PER_SUBSET, SIZE, UPSCALE, write_sequence
 from kp2d.data.hpatches import HPatchesDataset, find_sequences, read_homography, read_image
 from kp2d.errors import ConfigError, DataError
 from kp2d.eval.hpatches import KeyPointNetDetector, OpenCVDetector, evaluate_hpatches
 from kp2d.geometry import scale_homography
 from kp2d.inference import rescale_images
 from kp2d.models import KeyPointNet
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
 
 
 @pytest.fixture

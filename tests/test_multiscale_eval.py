@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from cli_output import single_error_line
-from hpatches_tiny import make_tiny_hpatches
 from kp2d.checkpoint import load_keypoint_net
 from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
 
@@ -17,11 +16,6 @@ from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatc
 @pytest.fixture(scope="module")
 def multiscale(load_script):
     return load_script("multiscale_eval")
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
 
 
 def test_pool_is_the_scales_in_order(multiscale):

@@ -26,11 +26,6 @@ def _refuse(*args, **kwargs):
     raise AssertionError("the long work started before the options were checked")
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
-
-
 # --- ship_weights ---
 
 

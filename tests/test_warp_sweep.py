@@ -19,11 +19,6 @@ def sweep(load_script):
     return load_script("warp_sweep")
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return make_tiny_hpatches(tmp_path_factory.mktemp("hpatches"))
-
-
 def _apply(homography: np.ndarray, x: float, y: float) -> tuple[float, float]:
     u, v, w = homography @ np.array([x, y, 1.0])
     return u / w, v / w
