@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import statistics
@@ -206,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy: {args.hpatches} ({args.subset}, {pairs} pairs) at 320x240, top 300")
     print_table(rows, SIZES)
     if args.json:
+        from kp2d.cli.eval import write_json
+
         out = Path(args.json)
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"weights": weights, "threads": args.threads, "rows": rows}, indent=2))
+            write_json(out, {"weights": weights, "threads": args.threads, "rows": rows})
         except OSError as err:
             print(f"inference benchmark: error: --json {out}: {err.strerror or err}", file=sys.stderr)
             return 2

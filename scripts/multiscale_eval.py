@@ -11,7 +11,6 @@ metrics; ``--json`` writes what ``kp2d eval --json`` writes, so ``scripts/hpatch
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from kp2d.checkpoint import load_keypoint_net
 from kp2d.cli.detect import check_output_path
-from kp2d.cli.eval import json_ready, parse_shapes
+from kp2d.cli.eval import parse_shapes, write_json
 from kp2d.errors import ConfigError, Kp2dError
 from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
 
@@ -70,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_hpatches(detector, args.hpatches, (width, height), top_k, progress=False)
         print(f"| {detector.name} | " + " | ".join(f"{result[name]:.3f}" for name in METRIC_NAMES) + " |")
         if args.json:
-            entry = {**result, "model": detector.name}
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            partial = args.json.with_name(args.json.name + ".partial")  # never a half-written --json file
-            partial.write_text(json.dumps(json_ready({f"{width}x{height}": entry}), indent=2) + "\n")
-            partial.replace(args.json)
+            write_json(args.json, {f"{width}x{height}": {**result, "model": detector.name}})
     except (Kp2dError, OSError) as error:
         print(f"multiscale_eval: error: {error}", file=sys.stderr)
         return 2

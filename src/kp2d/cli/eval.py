@@ -20,6 +20,7 @@ __all__ = [
     "parse_baselines",
     "parse_shapes",
     "run",
+    "write_json",
 ]
 
 DEFAULT_SETTINGS = ((320, 240, 300), (640, 480, 1000))  # (W, H, top_k) of the original's two tables
@@ -239,6 +240,17 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON (non-finite floats as ``null``) at ``path``, its folder created.
+
+    Written to ``<path>.partial`` first and renamed, so ``path`` is never half written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(json_ready(value), indent=2) + "\n")
+    partial.replace(path)
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the tables, write the JSON; returns the exit status."""
     from kp2d.errors import ConfigError
@@ -255,7 +267,11 @@ def run(args: argparse.Namespace) -> int:
         from kp2d.errors import DataError
 
         raise DataError(f"HPatches folder not found: {hpatches}")
-    json_out = _checked_output(args.json) if args.json else None
+    json_out = Path(args.json) if args.json else None
+    if json_out is not None:
+        from kp2d.cli.detect import check_output_path
+
+        check_output_path(json_out, "--json")  # before the evaluation, so that its results are not lost
 
     network, label, device = None, (args.method or "").upper(), None
     if args.method is None:
@@ -300,22 +316,7 @@ def run(args: argparse.Namespace) -> int:
         print(flush=True)
 
     if json_out is not None:
-        partial = json_out.with_name(json_out.name + ".partial")
-        partial.write_text(json.dumps(json_ready(results), indent=2) + "\n")
-        partial.replace(json_out)
+        write_json(json_out, results)
     return 0
 
 
-def _checked_output(path: str) -> Path:
-    """``--json``'s path, its folder created, checked before the evaluation so its results are not lost."""
-    import os
-
-    from kp2d.errors import ConfigError
-
-    out = Path(path)
-    if out.is_dir():
-        raise ConfigError(f"--json {out} is a folder; give a file name")
-    out.parent.mkdir(parents=True, exist_ok=True)  # an OSError here is printed as one line
-    if not os.access(out.parent, os.W_OK):
-        raise ConfigError(f"--json {out}: cannot write in {out.parent}")
-    return out
