@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "Kp2dError", "user_message"]
+import os
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "Kp2dError", "make_folder", "user_message"]
 
 
 class Kp2dError(Exception):
@@ -36,3 +38,11 @@ def user_message(err: BaseException) -> str:
         if start >= 0:
             text = text[start + len(marker) :]
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def make_folder(folder: str | os.PathLike, what: str = "folder") -> None:
+    """``mkdir -p folder``; a failure is a :class:`DataError` naming it (``cannot create the <what> ...``)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the {what} {folder}: {err.strerror or err}") from None

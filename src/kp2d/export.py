@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kp2d.errors import ConfigError, DataError, Kp2dError
+from kp2d.errors import ConfigError, Kp2dError, make_folder
 from kp2d.models import KeyPointNet
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "DescribeGraph", "export_onnx", "onnx_output_names"]
@@ -111,10 +111,7 @@ def export_onnx(
     if height % 8 or width % 8 or height < 16 or width < 16:
         raise ValueError(f"example_size must be multiples of 8 and at least 16, got {example_size}")
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create the folder {path.parent}: {err.strerror or err}") from None
+    make_folder(path.parent)
 
     net = fold_batchnorm(model) if fold_bn else _eval_copy(model)
     graph = DescribeGraph(net).eval()

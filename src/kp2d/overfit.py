@@ -20,7 +20,7 @@ from tqdm import tqdm
 from kp2d.augmentation import HomographicAugmentation
 from kp2d.checkpoint import build_keypoint_net
 from kp2d.config import Config
-from kp2d.errors import DataError
+from kp2d.errors import DataError, make_folder
 from kp2d.inference import MIN_IMAGE_SIZE, extract_with_score_map
 from kp2d.models import IONet
 from kp2d.runtime import autocast_dtype
@@ -71,10 +71,7 @@ def _prepare_output_folder(out: Path) -> None:
     """Create ``out`` (before training, so a bad folder loses no work); :class:`DataError` naming it."""
     if out.exists() and not out.is_dir():
         raise DataError(f"output folder {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+    make_folder(out, "output folder")
     in_the_way = [name for name in _GIF_NAMES if (out / name).is_dir()]
     if in_the_way:
         raise DataError(f"cannot write {out / in_the_way[0]}: it is a folder")

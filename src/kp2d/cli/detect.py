@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from kp2d.checkpoint import load_keypoint_net
-    from kp2d.errors import DataError
+    from kp2d.errors import DataError, make_folder
     from kp2d.inference import extract_with_score_map, load_image
     from kp2d.runtime import resolve_device
     from kp2d.visualization import draw_keypoints, save_image
@@ -264,10 +264,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
     options["backend"] = model_backend(args, model)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create the output folder {out_dir}: {err.strerror or err}") from None
+    make_folder(out_dir, "output folder")
 
     skipped = 0
     for path, stem in tqdm(

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kp2d.errors import ConfigError, DataError, Kp2dError
+from kp2d.errors import ConfigError, Kp2dError, make_folder
 
 __all__ = ["add_parser", "run"]
 
@@ -68,14 +68,6 @@ def _require_onnx() -> None:
         raise Kp2dError(f"kp2d export needs {', '.join(missing)}: pip install 'kp2d[onnx]'")
 
 
-def _make_parent(path: Path) -> None:
-    """Create the folder of ``path``; :class:`DataError` naming it if that fails."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create the folder {path.parent}: {err.strerror or err}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     """Export; print what was written and how close ONNX Runtime is to PyTorch."""
     import torch
@@ -110,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             quantize_int8(
                 fp32_path, int8_path, calibration, float_layers=float_layers, method=args.calibration_method
             )
-            _make_parent(out)
+            make_folder(out.parent)
             shutil.move(int8_path, out)
         print(f"wrote {out} (int8 QDQ, calibrated on {len(calibration)} photos of {args.calibration}; "
               f"float layers: {', '.join(float_layers) or 'none'})")
