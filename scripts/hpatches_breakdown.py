@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kp2d.errors import user_message
 from kp2d.eval.hpatches import METRIC_NAMES, pair_groups, summarize
 
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:  # not JSON, or not kp2d eval's
             raise ValueError(f"{args.json}: {error}") from None
     except (OSError, ValueError) as error:
-        print(f"hpatches_breakdown: error: {error}", file=sys.stderr)
+        print(f"hpatches_breakdown: error: {user_message(error)}", file=sys.stderr)
         return 2
     print("\n\n".join(tables))
     return 0

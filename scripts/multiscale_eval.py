@@ -19,7 +19,7 @@ import numpy as np
 from kp2d.checkpoint import load_keypoint_net
 from kp2d.cli.detect import check_output_path
 from kp2d.cli.eval import parse_shapes, write_json
-from kp2d.errors import ConfigError, Kp2dError
+from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             write_json(args.json, {f"{width}x{height}": {**result, "model": detector.name}})
     except (Kp2dError, OSError) as error:
-        print(f"multiscale_eval: error: {error}", file=sys.stderr)
+        print(f"multiscale_eval: error: {user_message(error)}", file=sys.stderr)
         return 2
     return 0
 

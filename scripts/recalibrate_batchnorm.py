@@ -32,7 +32,7 @@ from kp2d.checkpoint import (
 from kp2d.cli.detect import check_output_path
 from kp2d.config import load_config, parse_image_shape
 from kp2d.data.image_folder import ImageFolderDataset
-from kp2d.errors import ConfigError, DataError, Kp2dError
+from kp2d.errors import ConfigError, DataError, Kp2dError, user_message
 from kp2d.models import KeyPointNet
 
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         atomic_torch_save(payload, args.out)
     except (Kp2dError, OSError) as error:
-        print(f"recalibrate_batchnorm: error: {error}", file=sys.stderr)
+        print(f"recalibrate_batchnorm: error: {user_message(error)}", file=sys.stderr)
         return 2
     print(f"{args.out}: BatchNorm statistics averaged over {batches} batches at {height}x{width}")
     return 0

@@ -19,7 +19,7 @@ import torch
 
 from kp2d.checkpoint import load_checkpoint, load_keypoint_net, training_steps
 from kp2d.cli.detect import check_output_path
-from kp2d.errors import ConfigError, Kp2dError
+from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.pretrained import make_pretrained, reference_error
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "kp2d" / "weights"
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         diff = reference_error(load_keypoint_net(out), shipped["reference"])
         steps = training_steps(load_checkpoint(out))
     except (Kp2dError, OSError) as error:
-        print(f"ship_weights: error: {error}", file=sys.stderr)
+        print(f"ship_weights: error: {user_message(error)}", file=sys.stderr)
         return 2
     steps_text = "training steps unknown" if steps is None else f"{steps} training steps in all"
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), {steps_text}; max diff vs checkpoint: "

@@ -32,7 +32,7 @@ import numpy as np
 from kp2d.cli.detect import check_output_path
 from kp2d.data.hpatches import find_sequences, read_image
 from kp2d.data.image_folder import list_images
-from kp2d.errors import ConfigError, DataError, Kp2dError
+from kp2d.errors import ConfigError, DataError, Kp2dError, user_message
 
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
     "zoom": (1.25, 1.5, 2.0, 2.5, 3.0),
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         check_output_path(args.out, "--out", folder=True)
         count = write_sweeps(args.images, args.out, levels, args.limit)
     except (Kp2dError, OSError) as error:
-        print(f"warp_sweep: error: {error}", file=sys.stderr)
+        print(f"warp_sweep: error: {user_message(error)}", file=sys.stderr)
         return 2
     print(f"{count} photos × {len(levels)} kinds → {args.out}/{{{','.join(levels)}}}")
     return 0

@@ -29,8 +29,12 @@ def user_message(err: BaseException) -> str:
     PyTorch re-raises a worker's exception in the main process as the same type, but with the worker's
     whole traceback as its message (``Caught DataError in DataLoader worker process 0. Original
     Traceback ... kp2d.errors.DataError: <message>``); the user wants the last part only. Messages that
-    quote a library's multi-line text are joined into one line.
+    quote a library's multi-line text are joined into one line. An ``OSError`` about a file reads
+    ``No such file or directory: out/x.png`` rather than ``[Errno 2] No such file or directory: '...'``.
     """
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        names = [str(name) for name in (err.filename, err.filename2) if name is not None]
+        return f"{err.strerror}: {' -> '.join(names)}"
     text = str(err)
     if text.startswith("Caught ") and "\nOriginal Traceback" in text:
         marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "

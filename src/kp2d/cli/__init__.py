@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (Kp2dError, OSError) as err:
-        message = _os_error_message(err) if isinstance(err, OSError) else user_message(err)
-        print(f"kp2d {args.command}: error: {message}", file=sys.stderr)
+        print(f"kp2d {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:
         if not _is_out_of_memory(err):
@@ -64,14 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"kp2d {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def _os_error_message(err: OSError) -> str:
-    """``No such file or directory: out/x.png`` rather than ``[Errno 2] No such file or directory: '...'``."""
-    if err.strerror and err.filename is not None:
-        names = [str(name) for name in (err.filename, err.filename2) if name is not None]
-        return f"{err.strerror}: {' -> '.join(names)}"
-    return user_message(err)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
