@@ -363,7 +363,7 @@ def to_image_pixels(
 def _check_selection(top_k: int | None, nms_radius: float) -> None:
     """ConfigError unless ``top_k`` is None or an integer >= 1 (numpy integers too; not bool), radius >= 0."""
     if top_k is not None and (
-        isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, numbers.Integral) or top_k < 1
+        isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
     ):
         raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
     if not nms_radius >= 0:

@@ -16,6 +16,8 @@ from kp2d.errors import ConfigError
 
 __all__ = [
     "HOMOGRAPHY_METHODS",
+    "as_match_pairs",
+    "as_numpy",
     "descriptor_distances",
     "estimate_homography",
     "match",
@@ -115,7 +117,7 @@ HOMOGRAPHY_METHODS = ("usac", "ransac")
 _SINGULAR_RATIO = 1e-9  # σ_min / σ_max of a normalised homography below which it counts as singular
 
 
-def _to_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
+def as_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
     """A tensor or array-like as numpy (bf16 tensors, which numpy lacks, via float32)."""
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu()
@@ -123,7 +125,7 @@ def _to_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(array)
 
 
-def _check_matches(pairs: np.ndarray) -> np.ndarray:
+def as_match_pairs(pairs: np.ndarray) -> np.ndarray:
     """``matches`` as ``(M, 2)`` int64; ValueError for any other shape (an empty list counts as ``M = 0``)."""
     if pairs.ndim == 1 and pairs.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
@@ -183,8 +185,8 @@ def estimate_homography(
         raise ConfigError(
             f"unknown homography method '{method}' (use one of {', '.join(HOMOGRAPHY_METHODS)})"
         )
-    points0, points1 = _to_numpy(kpts0), _to_numpy(kpts1)
-    pairs = _check_matches(_to_numpy(matches))
+    points0, points1 = as_numpy(kpts0), as_numpy(kpts1)
+    pairs = as_match_pairs(as_numpy(matches))
     for name, points in (("kpts0", points0), ("kpts1", points1)):
         if points.ndim != 2 or points.shape[1] != 2:
             raise ValueError(f"{name} must have shape (N, 2), got {points.shape}")

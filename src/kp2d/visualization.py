@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from kp2d.matching import as_match_pairs, as_numpy
+
 __all__ = [
     "INLIER_COLOR",
     "draw_caption",
@@ -33,12 +35,6 @@ _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _SCALE = 1 << _SHIFT
 
 
-def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A tensor as a numpy array on the CPU (bf16, which numpy lacks, via float32)."""
-    tensor = tensor.detach().cpu()
-    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
-
-
 def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB copy of an image.
 
@@ -49,7 +45,7 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
         tensor = image
         if tensor.dim() == 3:
             tensor = tensor.permute(1, 2, 0)
-        array = _tensor_to_numpy(tensor)
+        array = as_numpy(tensor)
     else:
         array = np.asarray(image)
     if array.dtype == np.uint16:  # v / 257 rounded half up, as kp2d reads 16-bit files
@@ -67,9 +63,7 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
     """Keypoints as ``(N, 2)`` float64 ``(x, y)``."""
-    if isinstance(points, torch.Tensor):
-        points = _tensor_to_numpy(points)
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    points = np.asarray(as_numpy(points), dtype=np.float64).reshape(-1, 2)
     return points
 
 
@@ -96,7 +90,7 @@ def draw_keypoints(
     canvas = to_rgb_uint8(image).copy()
     points = _points(keypoints)
     if scores is not None and len(points):
-        score_array = _tensor_to_numpy(scores) if isinstance(scores, torch.Tensor) else np.asarray(scores)
+        score_array = as_numpy(scores)
         colors = [tuple(int(c) for c in rgb) for rgb in _score_colors(score_array.astype(np.float64))]
     else:
         colors = [tuple(color)] * len(points)
@@ -119,9 +113,7 @@ def draw_score_heatmap(
     range [0, 1], so pictures of different images compare. The image is shown in gray under the colours.
     """
     canvas = to_rgb_uint8(image)
-    if isinstance(cell_scores, torch.Tensor):
-        cell_scores = cell_scores.detach().cpu().float().numpy()
-    cell_scores = np.asarray(cell_scores, dtype=np.float32)
+    cell_scores = np.asarray(as_numpy(cell_scores), dtype=np.float32)
     if cell_scores.ndim != 2:
         raise ValueError(f"cell_scores must have shape (Hc, Wc), got {cell_scores.shape}")
     height, width = canvas.shape[:2]
@@ -186,20 +178,11 @@ def draw_matches(
     canvas[: right.shape[0], offset:] = right
 
     points0, points1 = _points(kpts0), _points(kpts1) + np.array([offset, 0.0])
-    if isinstance(matches, torch.Tensor):
-        matches = matches.detach().cpu().numpy()
-    pairs = np.asarray(matches, dtype=np.int64)
-    if pairs.ndim == 1 and pairs.size == 0:  # an empty list: no matches
-        pairs = pairs.reshape(0, 2)
-    if pairs.ndim != 2 or pairs.shape[1] != 2:
-        raise ValueError(f"matches must have shape (M, 2) (index pairs (i0, i1)), got {pairs.shape}")
+    pairs = as_match_pairs(as_numpy(matches))
     if inlier_mask is None:
         inliers = np.ones(len(pairs), dtype=bool)
     else:
-        inliers = np.asarray(
-            inlier_mask.detach().cpu().numpy() if isinstance(inlier_mask, torch.Tensor) else inlier_mask,
-            dtype=bool,
-        ).reshape(-1)
+        inliers = np.asarray(as_numpy(inlier_mask), dtype=bool).reshape(-1)
         if inliers.shape[0] != pairs.shape[0]:
             raise ValueError(f"inlier_mask has {inliers.shape[0]} entries for {pairs.shape[0]} matches")
 
