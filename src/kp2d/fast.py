@@ -328,7 +328,8 @@ def _ort_model_backend(
             fp32_path, path, calibration_images, float_layers=float_layers, method=calibration_method
         )
         details = {"float_layers": list(float_layers), "calibration": calibration_method}
-    if not (keep_files or path == Path(onnx_model or "")):
+    users_graph = onnx_model is not None and path == Path(onnx_model)  # ort-fp32 on a given graph
+    if not (keep_files or users_graph):
         details["onnx"] = None  # the graph was in a temporary folder, removed once the session is built
     return _ort_backend(name, path, threads, details)
 
