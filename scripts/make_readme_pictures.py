@@ -99,9 +99,7 @@ def check_options(args: argparse.Namespace) -> None:
     for option, (value, least) in at_least.items():
         if value < least:
             raise ConfigError(f"{option} must be at least {least}, got {value}")
-    check_finite_option("--nms-radius", args.nms_radius, "a finite number >= 0")
-    if args.nms_radius < 0:
-        raise ConfigError(f"--nms-radius must be a finite number >= 0, got {args.nms_radius:g}")
+    check_finite_option("--nms-radius", args.nms_radius, minimum=0)
     check_output_path(args.out, "--out", folder=True)
 
 

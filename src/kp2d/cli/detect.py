@@ -109,12 +109,16 @@ def check_scale_factor_option(scale_factor: float) -> None:
         raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}") from None
 
 
-def check_finite_option(option: str, value: float, requirement: str = "a finite number") -> None:
-    """:class:`~kp2d.errors.ConfigError` naming ``option`` unless ``value`` is finite (not NaN or inf)."""
+def check_finite_option(option: str, value: float, minimum: float | None = None) -> None:
+    """:class:`~kp2d.errors.ConfigError` naming ``option`` unless ``value`` is finite and >= ``minimum``.
+
+    NaN and infinity fail; without ``minimum`` any finite number passes.
+    """
     from kp2d.errors import ConfigError
 
-    if not math.isfinite(value):
-        raise ConfigError(f"{option} must be {requirement}, got {value}")
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum:g}"
+        raise ConfigError(f"{option} must be a finite number{bound}, got {value:g}")
 
 
 def check_output_path(path: Path, option: str, *, folder: bool = False) -> None:
@@ -154,9 +158,7 @@ def selection_options(args: argparse.Namespace) -> dict:
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
     check_finite_option("--score-threshold", args.score_threshold)
-    check_finite_option("--nms-radius", args.nms_radius, "a finite number >= 0")
-    if args.nms_radius < 0:
-        raise ConfigError(f"--nms-radius must be >= 0, got {args.nms_radius}")
+    check_finite_option("--nms-radius", args.nms_radius, minimum=0)
     check_scale_factor_option(args.scale_factor)
     return {
         "top_k": args.top_k or None,
