@@ -35,8 +35,9 @@ from kp2d.checkpoint import (
     untrained_keypoint_net,
 )
 from kp2d.cli.detect import check_finite_option, check_output_path
+from kp2d.cli.train import check_at_least
 from kp2d.demo import demo_pair
-from kp2d.errors import ConfigError, DataError, Kp2dError
+from kp2d.errors import DataError, Kp2dError
 from kp2d.eval.metrics import corner_error
 from kp2d.geometry import scale_homography
 from kp2d.inference import extract, extract_with_score_map, load_image
@@ -94,11 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_options(args: argparse.Namespace) -> None:
     """ConfigError for a negative size or count (or a 0 where 0 means nothing), or an unwritable ``--out``."""
-    at_least = {"--width": (args.width, 0), "--progress-width": (args.progress_width, 1),
-                "--max-lines": (args.max_lines, 0), "--top-k": (args.top_k, 0)}
-    for option, (value, least) in at_least.items():
-        if value < least:
-            raise ConfigError(f"{option} must be at least {least}, got {value}")
+    for name, minimum in (("width", 0), ("progress_width", 1), ("max_lines", 0), ("top_k", 0)):
+        check_at_least(name.replace("_", "-"), getattr(args, name), minimum)
     check_finite_option("--nms-radius", args.nms_radius, minimum=0)
     check_output_path(args.out, "--out", folder=True)
 
