@@ -53,6 +53,7 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "ImageLike",
     "Keypoints",
+    "check_image_size",
     "check_scale_factor",
     "extract",
     "extract_with_score_map",
@@ -294,7 +295,7 @@ def pad_to_multiple(images: torch.Tensor, multiple: int = CELL) -> torch.Tensor:
     return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
 
 
-def _check_size(height: int, width: int, scale_factor: float = 1.0) -> None:
+def check_image_size(height: int, width: int, scale_factor: float = 1.0) -> None:
     """DataError unless the image and the network's input at ``scale_factor`` fit the network.
 
     Both need :data:`MIN_IMAGE_SIZE` px a side; the network's input at most :data:`MAX_NETWORK_SIZE`.
@@ -540,7 +541,7 @@ def _extract_batch(
     scale_factor = check_scale_factor(scale_factor)
     batch, batched = _model_input(model, image)
     height, width = batch.shape[-2:]
-    _check_size(height, width, scale_factor)
+    check_image_size(height, width, scale_factor)
     if batch.shape[0] == 0:  # an empty batch: no images, no keypoints
         net_height, net_width = _network_size(height, width, scale_factor)
         cells = (-(-net_height // CELL), -(-net_width // CELL))
@@ -651,6 +652,6 @@ def score_map(model: KeyPointNet, image: ImageLike) -> torch.Tensor:
     batch, batched = _model_input(model, image)
     if batched and batch.shape[0] != 1:
         raise DataError(f"score_map takes one image, got a batch of {batch.shape[0]}")
-    _check_size(*batch.shape[-2:])
+    check_image_size(*batch.shape[-2:])
     scores, _, _ = _run(model, batch)
     return scores[0].clone()

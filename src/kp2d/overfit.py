@@ -21,13 +21,13 @@ from kp2d.augmentation import HomographicAugmentation
 from kp2d.checkpoint import build_keypoint_net
 from kp2d.config import Config
 from kp2d.errors import DataError, make_folder
-from kp2d.inference import MIN_IMAGE_SIZE, extract_with_score_map
+from kp2d.inference import check_image_size, extract_with_score_map
 from kp2d.models import IONet
 from kp2d.runtime import autocast_dtype
 from kp2d.train.step import SiameseLoss, TrainingStep, build_optimizer
 from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_gif, to_rgb_uint8
 
-__all__ = ["OverfitResult", "check_image_size", "overfit"]
+__all__ = ["OverfitResult", "overfit"]
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,6 @@ def _frames(net, image_rgb: np.ndarray, crop: torch.Tensor, top_k: int) -> tuple
         draw_score_heatmap(image_rgb, cell_scores),
         to_rgb_uint8(crop),
     )
-
-
-def check_image_size(image_rgb: np.ndarray) -> None:
-    """:class:`DataError` unless the image has 32 pixels a side (a smaller one is blank once upscaled)."""
-    height, width = image_rgb.shape[:2]
-    if min(height, width) < MIN_IMAGE_SIZE:
-        raise DataError(
-            f"image is {width}x{height} pixels; kp2d overfit needs at least {MIN_IMAGE_SIZE} pixels on "
-            "each side"
-        )
 
 
 def _prepare_output_folder(out: Path) -> None:
@@ -98,7 +88,7 @@ def overfit(
         DataError: the image has under 32 pixels a side, or ``out`` cannot be made a folder (both checked
             before training).
     """
-    check_image_size(image_rgb)
+    check_image_size(*image_rgb.shape[:2])  # a smaller image is blank once upscaled
     out = Path(out)
     _prepare_output_folder(out)
     height, width = config.augmentation.image_shape

@@ -40,14 +40,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check the options, train on the image and write the GIFs; returns the exit status."""
     from kp2d.cli.detect import check_output_path
+    from kp2d.cli.train import check_at_least
     from kp2d.config import load_config, parse_image_shape
     from kp2d.errors import ConfigError, DataError
-    from kp2d.overfit import check_image_size, overfit
+    from kp2d.inference import check_image_size, load_image
+    from kp2d.overfit import overfit
     from kp2d.runtime import resolve_device
 
     for name in ("steps", "every", "batch_size", "top_k"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        check_at_least(name.replace("_", "-"), getattr(args, name), 1)
     try:
         shape = {"image_shape": list(parse_image_shape(args.shape))}
     except ConfigError as err:
@@ -62,11 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
         image = skimage.data.astronaut()
     else:
-        from kp2d.inference import load_image
-
         image = load_image(args.image)
         try:
-            check_image_size(image)
+            check_image_size(*image.shape[:2])
         except DataError as err:
             raise DataError(f"{args.image}: {err}") from None
     result = overfit(
