@@ -381,3 +381,23 @@ def test_detect_and_match_refuse_an_unwritable_folder(tmp_path, checkpoint, phot
         assert "no permission to write" in single_error_line(capsys)
     finally:
         locked.chmod(0o700)
+
+
+def test_opencv_prints_nothing_beside_the_error_line(tmp_path):
+    """OpenCV logs its own decoding error to the process's stderr; only kp2d's line should show."""
+    import subprocess
+    import sys
+
+    truncated = tmp_path / "cut.ppm"
+    header = b"P6\n64 64\n255\n"
+    truncated.write_bytes(header + bytes(100))  # 64 * 64 * 3 bytes announced
+    result = subprocess.run(
+        [sys.executable, "-m", "kp2d", "detect", str(truncated), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"kp2d detect: error: {truncated}: cannot read this file as an image (--skip-bad skips such images)"
+    ]

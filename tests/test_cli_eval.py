@@ -104,10 +104,22 @@ def test_bad_checkpoint(tiny_root, tmp_path, capsys):
     assert "no_such_model" in _error_line(capsys)
 
 
-@pytest.mark.parametrize("shape", ["64x", "axb", "0x48", "60x44"])
+@pytest.mark.parametrize("shape", ["64x", "axb", "0x48", "60x44", "24x24", "16392x32"])
 def test_bad_shape(tiny_root, capsys, shape):
     assert _eval("--random-init", "--hpatches", str(tiny_root), "--shape", shape) == 2
-    assert "--shape" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert "--shape" in line and "--scale-factor" not in line  # 24x24 used to blame --scale-factor
+    assert _eval("--method", "sift", "--hpatches", str(tiny_root), "--shape", "20x20") == 2  # a row of NaN
+    assert "must be from 32 to 16384 pixels" in _error_line(capsys)
+
+
+def test_views_without_a_homography_are_named(tiny_root, tmp_path, caplog):
+    """A pair exists for each ``H_1_k``; an image ``k.*`` without one is left out, and the log says so."""
+    root = shutil.copytree(tiny_root, tmp_path / "hp")
+    (root / "v_astronaut" / "H_1_3").unlink()
+    with caplog.at_level("WARNING", logger="kp2d.data.hpatches"):
+        assert _eval("--method", "orb", "--hpatches", str(root), "--shape", "80x60", "--subset", "v") == 0
+    assert "v_astronaut: no H_1_k file for 3.ppm; left out of the evaluation" in caplog.text
 
 
 def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):

@@ -199,9 +199,20 @@ def test_scale_factor_beyond_the_largest_input_is_refused_before_resizing(random
         extract(random_net, image, scale_factor=1e6)
 
 
-@pytest.mark.parametrize("options", [{"top_k": 0}, {"top_k": -5}, {"nms_radius": -1.0}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"top_k": 0},
+        {"top_k": -5},
+        {"nms_radius": -1.0},
+        {"nms_radius": None},  # was a raw TypeError
+        {"score_threshold": float("nan")},  # selected nothing, silently
+        {"score_threshold": None},
+    ],
+)
 def test_bad_selection_options(random_net, options):
-    with pytest.raises(ConfigError):
+    name = next(iter(options))
+    with pytest.raises(ConfigError, match=f"^{name} must be"):
         extract(random_net, np.zeros((64, 64, 3), np.uint8), **options)
 
 

@@ -193,3 +193,29 @@ def test_estimate_homography_takes_bf16_keypoints():
     np.testing.assert_array_equal(homography, expected)
     np.testing.assert_array_equal(inliers, expected_inliers)
     assert inliers[:60].mean() > 0.9 and corner_error(homography, H_TRUE, (320, 240)) < 2.0
+
+
+def test_numpy_descriptors_match_as_tensors():
+    """``kp2d detect`` writes numpy descriptors; matching them gives what the tensors give."""
+    matches, distances = match(DESC0.numpy(), DESC1.numpy()[::-1], mutual=False)
+    expected, expected_distances = match(DESC0, DESC1.flip(0), mutual=False)
+    assert torch.equal(matches, expected) and torch.equal(distances, expected_distances)
+    assert descriptor_distances(DESC0.numpy(), DESC1).shape == (2, 2)
+    with pytest.raises(ValueError, match=r"shapes \(N0, D\) and \(N1, D\)"):
+        match(DESC0.numpy().ravel(), DESC1.numpy())
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ([3, 80], "column 1 indexes kpts1, which has 80 keypoints; got index 80"),
+        ([-1, 4], "column 0 indexes kpts0, which has 80 keypoints; got index -1"),
+    ],
+)
+def test_estimate_homography_refuses_match_indices_outside_the_keypoints(row, message):
+    """A negative index used to pick the last keypoint silently; one too large was a raw IndexError."""
+    kpts0, kpts1, matches = _correspondences()
+    bad = matches.clone()
+    bad[3] = torch.tensor(row)
+    with pytest.raises(ValueError, match=message):
+        estimate_homography(kpts0, kpts1, bad)

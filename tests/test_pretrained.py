@@ -79,3 +79,16 @@ def test_every_shipped_model_gives_its_checkpoint_outputs(name):
     shipped = torch.load(str(resources.files("kp2d") / "weights" / f"{name}.pt"), weights_only=True)
     error = reference_error(net, shipped["reference"])
     assert error["score"] < 2e-2 and error["coord"] < 0.25 and error["desc"] < 5e-2, error
+
+
+def test_devices_are_resolved_and_a_missing_one_is_a_kp2d_error(source_checkpoint):
+    """``from_pretrained(..., device="cuda")`` on a CPU build was torch's raw AssertionError."""
+    from kp2d.errors import Kp2dError
+
+    for device in ("cpu", torch.device("cpu"), "auto"):
+        assert load_keypoint_net(source_checkpoint, device).training is False
+    if not torch.cuda.is_available():
+        with pytest.raises(Kp2dError, match="CUDA is not available"):
+            KeyPointNet.from_pretrained(str(source_checkpoint), device="cuda")
+    with pytest.raises(Kp2dError, match="unknown device 'gpu'"):
+        load_keypoint_net(source_checkpoint, "gpu")

@@ -133,3 +133,6 @@ def test_draw_matches_needs_matches_of_shape_m_by_2():
     plain = draw_matches(image, image, kpts, kpts, np.zeros((0, 2), np.int64))
     assert plain.shape == (32, 90, 3)
     np.testing.assert_array_equal(draw_matches(image, image, kpts, kpts, []), plain)
+    for outside in ([[0, 3]], [[-1, 0]]):  # numpy would draw the last keypoint for -1
+        with pytest.raises(ValueError, match="which has 3 keypoints"):
+            draw_matches(image, image, kpts, kpts, np.array(outside))

@@ -275,9 +275,16 @@ def keypoint_net_from(checkpoint: Checkpoint, source: str | Path) -> KeyPointNet
 
 
 def load_keypoint_net(name_or_path: str | Path, device: str | torch.device = "cpu") -> KeyPointNet:
-    """KeyPointNet from a pretrained name or a checkpoint file, in eval mode, on ``device``."""
+    """KeyPointNet from a pretrained name or a checkpoint file, in eval mode, on ``device``.
+
+    ``device`` as :func:`kp2d.runtime.resolve_device` takes it (``"auto"`` too); one that this machine
+    lacks is a :class:`~kp2d.errors.Kp2dError`.
+    """
+    from kp2d.runtime import resolve_device
+
+    target = resolve_device(str(device))
     path = resolve_model_path(name_or_path)
-    return keypoint_net_from(load_checkpoint(path), path).to(device).eval()
+    return keypoint_net_from(load_checkpoint(path), path).to(target).eval()
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

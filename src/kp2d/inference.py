@@ -361,14 +361,24 @@ def to_image_pixels(
     return (coords + 0.5) * ratio - 0.5
 
 
-def _check_selection(top_k: int | None, nms_radius: float) -> None:
-    """ConfigError unless ``top_k`` is None or an integer >= 1 (numpy integers too; not bool), radius >= 0."""
+def _check_selection(top_k: int | None, nms_radius: float, score_threshold: float = 0.0) -> None:
+    """ConfigError unless the selection options are usable.
+
+    ``top_k``: None or an integer >= 1 (numpy integers too; not bool); ``nms_radius``: a number >= 0;
+    ``score_threshold``: a number, not NaN (which would select nothing).
+    """
     if top_k is not None and (
         isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
     ):
         raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if not nms_radius >= 0:
+    if isinstance(nms_radius, bool) or not isinstance(nms_radius, numbers.Real) or not nms_radius >= 0:
         raise ConfigError(f"nms_radius must be >= 0 pixels, got {nms_radius!r}")
+    if (
+        isinstance(score_threshold, bool)
+        or not isinstance(score_threshold, numbers.Real)
+        or math.isnan(score_threshold)
+    ):
+        raise ConfigError(f"score_threshold must be a number, got {score_threshold!r}")
 
 
 def grid_nms(
@@ -476,7 +486,7 @@ def select_keypoints(
     Returns:
         Per image, the flat cell indices (into ``Hc * Wc``) of the kept keypoints, by decreasing score.
     """
-    _check_selection(top_k, nms_radius)
+    _check_selection(top_k, nms_radius, score_threshold)
     if scores.dim() != 3:
         raise ValueError(f"scores must have shape (B, Hc, Wc), got {tuple(scores.shape)}")
     keep = scores > score_threshold
@@ -537,7 +547,7 @@ def _extract_batch(
     scale_factor: float = 1.0,
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
     """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched."""
-    _check_selection(top_k, nms_radius)
+    _check_selection(top_k, nms_radius, score_threshold)
     scale_factor = check_scale_factor(scale_factor)
     batch, batched = _model_input(model, image)
     height, width = batch.shape[-2:]

@@ -14,6 +14,8 @@ import torch
 
 from kp2d.errors import ConfigError
 
+DescriptorsLike = torch.Tensor | np.ndarray
+
 __all__ = [
     "HOMOGRAPHY_METHODS",
     "as_match_pairs",
@@ -26,12 +28,18 @@ __all__ = [
 ]
 
 
-def _check_descriptors(desc0: torch.Tensor, desc1: torch.Tensor) -> None:
+def _as_descriptors(desc0: DescriptorsLike, desc1: DescriptorsLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both as tensors (numpy arrays, e.g. from ``kp2d detect``'s ``.npz``, converted); shapes checked."""
+    desc0, desc1 = (
+        d if isinstance(d, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(d))
+        for d in (desc0, desc1)
+    )
     if desc0.dim() != 2 or desc1.dim() != 2 or desc0.shape[1] != desc1.shape[1]:
         raise ValueError(
             "descriptors must have shapes (N0, D) and (N1, D), "
             f"got {tuple(desc0.shape)} and {tuple(desc1.shape)}"
         )
+    return desc0, desc1
 
 
 def _distance_dtype(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.dtype:
@@ -46,23 +54,23 @@ def _empty(desc0: torch.Tensor, desc1: torch.Tensor) -> tuple[torch.Tensor, torc
     )
 
 
-def descriptor_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
+def descriptor_distances(desc0: DescriptorsLike, desc1: DescriptorsLike) -> torch.Tensor:
     """``(N0, N1)`` Euclidean distances between ``desc0 (N0, D)`` and ``desc1 (N1, D)``.
 
     Computed in the inputs' common dtype, at least float32 (``torch.cdist`` has no fp16 / bf16 CPU kernel
     for small inputs, and half precision would round the distances).
     """
-    _check_descriptors(desc0, desc1)
+    desc0, desc1 = _as_descriptors(desc0, desc1)
     dtype = _distance_dtype(desc0, desc1)
     return torch.cdist(desc0.to(dtype)[None], desc1.to(dtype)[None])[0]
 
 
-def match_nn(desc0: torch.Tensor, desc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def match_nn(desc0: DescriptorsLike, desc1: DescriptorsLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Each descriptor of ``desc0`` with its nearest neighbour in ``desc1``: ``M = N0`` (0 if ``N1 = 0``)."""
     return match(desc0, desc1, mutual=False, ratio=None)
 
 
-def match_mutual_nn(desc0: torch.Tensor, desc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def match_mutual_nn(desc0: DescriptorsLike, desc1: DescriptorsLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs that are each other's nearest neighbour (a one-to-one matching)."""
     return match(desc0, desc1, mutual=True, ratio=None)
 
@@ -77,12 +85,12 @@ def _passes_ratio(distances: torch.Tensor, ratio: float, dim: int) -> torch.Tens
 
 
 def match(
-    desc0: torch.Tensor, desc1: torch.Tensor, mutual: bool = True, ratio: float | None = None
+    desc0: DescriptorsLike, desc1: DescriptorsLike, mutual: bool = True, ratio: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest-neighbour matching with an optional mutual check and Lowe's ratio test.
 
     Args:
-        desc0: ``(N0, D)`` descriptors.
+        desc0: ``(N0, D)`` descriptors (tensor or numpy array).
         desc1: ``(N1, D)`` descriptors.
         mutual: keep a pair only if each is the other's nearest neighbour.
         ratio: in (0, 1]; keep a pair only if nearest distance < ``ratio`` × second-nearest distance.
@@ -91,9 +99,9 @@ def match(
 
     Returns:
         ``matches (M, 2)`` long indices ``(i0, i1)``, sorted by ``i0``, and ``distances (M,)`` (float32, or
-        float64 for float64 input).
+        float64 for float64 input), on ``desc0``'s device (tensors also for numpy input).
     """
-    _check_descriptors(desc0, desc1)
+    desc0, desc1 = _as_descriptors(desc0, desc1)
     if ratio is not None and not 0.0 < ratio <= 1.0:
         raise ConfigError(f"ratio must be in (0, 1], got {ratio}")
     if desc0.shape[0] == 0 or desc1.shape[0] == 0:
@@ -125,13 +133,25 @@ def as_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(array)
 
 
-def as_match_pairs(pairs: np.ndarray) -> np.ndarray:
-    """``matches`` as ``(M, 2)`` int64; ValueError for any other shape (an empty list counts as ``M = 0``)."""
+def as_match_pairs(pairs: np.ndarray, num_keypoints: tuple[int, int] | None = None) -> np.ndarray:
+    """``matches`` as ``(M, 2)`` int64; ValueError for any other shape (an empty list counts as ``M = 0``).
+
+    With ``num_keypoints = (N0, N1)``, also a ValueError for an index outside ``[0, N0)`` / ``[0, N1)``
+    (numpy would take a negative one silently from the end).
+    """
     if pairs.ndim == 1 and pairs.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
     if pairs.ndim != 2 or pairs.shape[1] != 2:
         raise ValueError(f"matches must have shape (M, 2) (index pairs (i0, i1)), got {pairs.shape}")
-    return pairs.astype(np.int64)
+    pairs = pairs.astype(np.int64)
+    for column, count in enumerate(num_keypoints or ()):
+        outside = (pairs[:, column] < 0) | (pairs[:, column] >= count)
+        if outside.any():
+            raise ValueError(
+                f"matches column {column} indexes kpts{column}, which has {count} keypoints; "
+                f"got index {pairs[outside, column][0]}"
+            )
+    return pairs
 
 
 def _is_degenerate(homography: np.ndarray, src: np.ndarray, dst: np.ndarray) -> bool:
@@ -186,10 +206,10 @@ def estimate_homography(
             f"unknown homography method '{method}' (use one of {', '.join(HOMOGRAPHY_METHODS)})"
         )
     points0, points1 = as_numpy(kpts0), as_numpy(kpts1)
-    pairs = as_match_pairs(as_numpy(matches))
     for name, points in (("kpts0", points0), ("kpts1", points1)):
         if points.ndim != 2 or points.shape[1] != 2:
             raise ValueError(f"{name} must have shape (N, 2), got {points.shape}")
+    pairs = as_match_pairs(as_numpy(matches), (len(points0), len(points1)))
     no_inliers = np.zeros(len(pairs), dtype=bool)
     if len(pairs) < 4:
         return None, no_inliers

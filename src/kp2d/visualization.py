@@ -178,7 +178,7 @@ def draw_matches(
     canvas[: right.shape[0], offset:] = right
 
     points0, points1 = _points(kpts0), _points(kpts1) + np.array([offset, 0.0])
-    pairs = as_match_pairs(as_numpy(matches))
+    pairs = as_match_pairs(as_numpy(matches), (len(points0), len(points1)))
     if inlier_mask is None:
         inliers = np.ones(len(pairs), dtype=bool)
     else:

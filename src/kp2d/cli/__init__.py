@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    # OpenCV's own warnings (e.g. "PNG input buffer is incomplete") would print beside kp2d's one-line errors
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    # OpenCV's own warnings and errors (e.g. "PNG input buffer is incomplete") would print beside kp2d's
+    # one-line errors, which name the file
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     try:
         return int(args.func(args) or 0)
     except (Kp2dError, OSError) as err:

@@ -97,8 +97,12 @@ def _parse_shape(text: str) -> tuple[int, int]:
         width, height = (int(part) for part in parts)
     except ValueError:
         raise ConfigError(f"--shape '{text}': expected WIDTHxHEIGHT, e.g. 320x240") from None
-    if width <= 0 or height <= 0:
-        raise ConfigError(f"--shape '{text}': width and height must be positive")
+    from kp2d.inference import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
+
+    if not MIN_IMAGE_SIZE <= min(width, height) <= max(width, height) <= MAX_NETWORK_SIZE:
+        raise ConfigError(
+            f"--shape '{text}': width and height must be from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} pixels"
+        )
     return width, height
 
 
@@ -280,8 +284,8 @@ def run(args: argparse.Namespace) -> int:
         bad = [f"{w}x{h}" for w, h, _ in settings if w % 8 or h % 8]
         if bad:
             raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
-        check_eval_scale_factor(args.scale_factor, settings)
         if args.scale_factor != 1:
+            check_eval_scale_factor(args.scale_factor, settings)
             label = f"{label} (input x{args.scale_factor:g})"
     elif args.scale_factor != 1:
         raise ConfigError("--scale-factor applies to KeyPointNet, not to --method")

@@ -123,12 +123,26 @@ def _homography_files(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+_VIEW_NAME = re.compile(r"^(\d+)$")
+
+
 def _read_sequence_folder(folder: Path) -> HPatchesSequence:
+    """The sequence's pairs, one per ``H_1_k`` file; views ``k.*`` without one are logged as left out."""
     reference = _find_image(folder, "1")
+    homographies = _homography_files(folder)
     pairs = tuple(
-        HPatchesPair(folder.name, k, reference, _find_image(folder, str(k)), path)
-        for k, path in _homography_files(folder)
+        HPatchesPair(folder.name, k, reference, _find_image(folder, str(k)), path) for k, path in homographies
     )
+    listed = {k for k, _ in homographies}
+    unlisted = sorted(
+        path.name
+        for path in folder.iterdir()
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and _VIEW_NAME.match(path.stem)
+        and int(path.stem) not in listed | {1}
+    )
+    if unlisted:
+        log.warning("%s: no H_1_k file for %s; left out of the evaluation", folder.name, ", ".join(unlisted))
     return HPatchesSequence(folder.name, folder, pairs)
 
 

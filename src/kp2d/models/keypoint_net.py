@@ -125,7 +125,8 @@ class KeyPointNet(nn.Module):
     def from_pretrained(cls, name_or_path: str = "v4", device: str | torch.device = "cpu") -> KeyPointNet:
         """Load shipped weights by name (``"v0"`` … ``"v4"``) or a checkpoint file.
 
-        Returns the network in eval mode, on ``device``.
+        Returns the network in eval mode, on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or
+        ``"auto"``).
         """
         from kp2d.checkpoint import load_keypoint_net
 
