@@ -157,3 +157,45 @@ def test_save_checkpoint_refuses_a_config_that_does_not_describe_the_network(tmp
     save_checkpoint(path, load_config("v0", {"model": {"use_color": False}}), gray)
     loaded = load_keypoint_net(path)
     assert (loaded.in_channels, loaded.do_upsample, loaded.do_cross) == (1, False, False)
+
+
+_WRITE_PAST_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys, torch
+from kp2d.checkpoint import atomic_torch_save
+atomic_torch_save({"step": 1}, sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+try:
+    atomic_torch_save({"step": 2, "weights": torch.zeros(250_000)}, sys.argv[1])
+except Exception as err:
+    print(type(err).__name__, err)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs resource.RLIMIT_FSIZE")
+def test_a_failed_write_is_an_oserror_and_leaves_the_previous_checkpoint(tmp_path):
+    """PyTorch's zip writer turned the failed writes of a full disk into a RuntimeError ("unexpected pos"),
+    which the CLI printed as a traceback; now it is the OSError, the temporary file goes and ``last.ckpt``
+    stays as it was."""
+    import subprocess
+
+    path = tmp_path / "last.ckpt"
+    result = subprocess.run(
+        [sys.executable, "-c", _WRITE_PAST_A_FILE_SIZE_LIMIT, str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OSError [Errno 27] File too large"), result.stdout
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_checkpoints_get_the_usual_permissions_without_os_fchmod(tmp_path, monkeypatch):
+    """``os.fchmod`` exists on Windows only from Python 3.13; every checkpoint write failed there."""
+    from kp2d.checkpoint import atomic_torch_save
+
+    monkeypatch.delattr(os, "fchmod", raising=False)
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1}, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -43,6 +43,9 @@ def test_user_file_extends_preset(tmp_path):
     path.write_text("extends: v3\ntrain:\n  batch_size: 4\n")
     c = load_config(path)
     assert c.train.batch_size == 4 and c.model.with_io and not c.loss.descriptor_loss
+    assert c.name == "mine"  # its runs go to runs/mine by default, not to the preset's runs/v3
+    path.write_text("extends: v3\nname: fine\n")
+    assert load_config(path).name == "fine"
 
 
 @pytest.mark.parametrize(
@@ -89,6 +92,19 @@ def test_user_file_extends_preset(tmp_path):
         ({"augmentation": {"affine_scale": [0, 1.1]}}, "augmentation.affine_scale must be [low, high]"),
         ({"augmentation": {"jitter": [0.5, -0.5, 0.2, 0.05]}}, "augmentation.jitter (contrast) must be at"),
         ({"augmentation": {"jitter": [0.5, 0.5, 0.2, 0.6]}}, "augmentation.jitter (hue) must be in [0, 0.5]"),
+        # crashed mid-run: a blur wider than the images, corners that line up (singular homographies; 8.0
+        # gave a NaN loss at step 1), an integer too large for a float (OverflowError)
+        (
+            {"augmentation": {"image_shape": [64, 96], "blur_kernels": [0, 129]}},
+            "a 129-tap blur needs images of more than 64 px a side, image_shape is [64, 96]",
+        ),
+        (
+            {"augmentation": {"perspective_amplitude": 0.7}},
+            "augmentation.perspective_amplitude (below patch_ratio, 0.7) must be in [0, 0.7), got 0.7",
+        ),
+        ({"augmentation": {"perspective_amplitude": 8.0}}, "augmentation.perspective_amplitude"),
+        ({"train": {"epochs": 10**400}}, "train.epochs is too large"),
+        ({"optim": {"learning_rate": "fast"}}, "optim.learning_rate: expected a number, got 'fast'"),
     ],
 )
 def test_bad_values(override, message):
@@ -129,3 +145,21 @@ def test_parse_image_shape():
     for bad in ("240x321", "16x16", "240", "240x320x3", "ax320"):
         with pytest.raises(ConfigError, match=f"expected HxW .* got '{bad}'"):
             parse_image_shape(bad)
+
+
+def test_yaml_exponents_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) reads ``1e-4`` as a string; a float field takes it as the number it means."""
+    path = tmp_path / "lr.yaml"
+    path.write_text("extends: v4\noptim: {learning_rate: 1e-4, io_learning_rate: 3.0e-4}\n")
+    config = load_config(path)
+    assert (config.optim.learning_rate, config.optim.io_learning_rate) == (1e-4, 3e-4)
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    """``kp2d train v4 --out v4`` makes a folder ``v4``; ``kp2d train v4`` there still finds the preset."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "v4").mkdir()
+    (tmp_path / "v3").mkdir()
+    (tmp_path / "mine.yaml").write_text("extends: v3\n")
+    assert load_config("v4").model.with_io
+    assert not load_config("mine.yaml").loss.descriptor_loss

@@ -84,7 +84,7 @@ def test_init_refuses_other_networks_and_resume(tiny_images, tmp_path, capsys):
     source = train(_options(tmp_path / "a", tiny_images, max_steps=1)).last_checkpoint
     v0 = TrainOptions(config=load_config("v0", TINY), data=tiny_images, out=tmp_path / "b", device="cpu",
                       progress=False, max_steps=1, init=str(source))
-    with pytest.raises(CheckpointError, match="not ModelConfig"):
+    with pytest.raises(CheckpointError, match="with model.do_upsample=True, model.do_cross=True; the conf"):
         train(v0)
     args = ["train", "v4", "--data", str(tiny_images), "--init", "v4", "--resume"]
     assert main(args) == 2
@@ -390,13 +390,13 @@ def test_existing_run_folder_needs_resume_or_overwrite(tiny_images, tmp_path, ca
     config.write_text(yaml.safe_dump({"extends": "v4", **TINY}))
     base = ["train", str(config), "--data", str(tiny_images), "--device", "cpu", "--no-progress"]
     assert main([*base, "--max-steps", "2"]) == 0
-    last = tmp_path / "runs" / "v4" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
     capsys.readouterr()
     for extra in ([], ["--init", "v4"]):
         assert main([*base, "--max-steps", "1", *extra]) == 2
         err = _one_error_line(capsys.readouterr().err)
-        assert f"{Path('runs') / 'v4'} already holds a run" in err
+        assert f"{Path('runs') / 'tiny'} already holds a run" in err
         assert "--resume" in err and "--overwrite" in err
         assert last.read_bytes() == before
     assert main([*base, "--max-steps", "3", "--resume", "--overwrite"]) == 2
@@ -407,3 +407,84 @@ def test_existing_run_folder_needs_resume_or_overwrite(tiny_images, tmp_path, ca
     assert load_checkpoint(last).extra["step"] == 3
     assert main([*base, "--max-steps", "1", "--overwrite"]) == 0
     assert load_checkpoint(last).extra["step"] == 1
+
+
+def _survive_stop_signals(queue) -> None:
+    """In a spawned process: what a training DataLoader worker does at start, then Ctrl-C and SIGTERM."""
+    import signal
+
+    from kp2d.train.trainer import _ignore_stop_signals
+
+    _ignore_stop_signals(0)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        os.kill(os.getpid(), sig)
+    queue.put("alive")
+
+
+def test_loader_workers_leave_stop_signals_to_the_main_process(tiny_images, tmp_path, monkeypatch):
+    """Spawned workers (macOS, Windows) do not inherit the run's handlers: Ctrl-C, which the whole process
+    group gets, killed them and the waiting main process crashed. They now ignore it; the run still works
+    with the spawn start method (everything handed to the workers pickles)."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    worker = spawn.Process(target=_survive_stop_signals, args=(queue,))
+    worker.start()
+    assert queue.get(timeout=60) == "alive"
+    worker.join(timeout=60)
+    assert worker.exitcode == 0
+
+    from kp2d.train import trainer
+
+    made = []
+    real_loader = torch.utils.data.DataLoader
+
+    def spawning_loader(*args, **kwargs):
+        made.append(kwargs)
+        return real_loader(*args, multiprocessing_context="spawn", **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", spawning_loader)
+    summary = train(_options(tmp_path, tiny_images, max_steps=2, num_workers=1))
+    assert summary.steps == 2 and made[0]["worker_init_fn"] is trainer._ignore_stop_signals
+
+
+def test_init_takes_weights_across_io_net_and_dropout_switches(tiny_images, tmp_path, caplog):
+    """Neither IO-Net nor dropout changes KeyPointNet's weights: V2's weights start a V4 run (IO-Net from
+    random weights) and V4's a V2 run; both used to be refused."""
+    def options(preset: str, out: str, **kwargs) -> TrainOptions:
+        return TrainOptions(config=load_config(preset, TINY), data=tiny_images, out=tmp_path / out,
+                            device="cpu", progress=False, max_steps=1, **kwargs)
+
+    v2 = train(options("v2", "v2")).last_checkpoint
+    with caplog.at_level("INFO", logger="kp2d.train.trainer"):
+        v4 = train(options("v4", "v4", init=str(v2))).last_checkpoint
+    assert "has no IO-Net weights; IO-Net starts from random weights" in caplog.text
+    assert train(options("v2", "v2b", init=str(v4))).steps == 1
+
+
+def test_resume_refuses_a_changed_config_but_not_a_longer_run(tiny_images, tmp_path):
+    """--resume continues a run exactly; a config with another image size, batch or learning rate would
+    silently have trained on with it (and overwritten the run's config.yaml)."""
+    train(_options(tmp_path, tiny_images, max_steps=1))
+    changed = load_config("v4", {**TINY, "optim": {"learning_rate": 1e-4},
+                                 "augmentation": {"image_shape": [64, 64]}})
+    options = TrainOptions(config=changed, data=tiny_images, out=tmp_path, device="cpu", progress=False,
+                           max_steps=2, resume=True)
+    with pytest.raises(CheckpointError, match=r"augmentation.image_shape: \[64, 96\] -> \[64, 64\]; "
+                                              r"optim.learning_rate: 0.001 -> 0.0001\); resume with"):
+        train(options)
+    longer = load_config("v4", {**TINY, "train": {**TINY["train"], "epochs": 80, "checkpoint_every": 5}})
+    options.config = longer
+    assert train(options).steps == 2
+
+
+def test_a_grayscale_network_trains_on_the_luma_of_the_pairs(tiny_images, tmp_path):
+    """``model.use_color: false`` is the original's 1-channel network; the first step used to crash feeding
+    it the RGB pair."""
+    gray = load_config("v4", {**TINY, "model": {"use_color": False}})
+    summary = train(TrainOptions(config=gray, data=tiny_images, out=tmp_path, device="cpu", progress=False,
+                                 max_steps=2))
+    assert summary.steps == 2 and np.isfinite(summary.last_loss)
+    weights = load_checkpoint(summary.last_checkpoint).state_dict
+    assert weights["conv1a.0.weight"].shape[1] == 1

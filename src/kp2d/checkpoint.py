@@ -12,6 +12,7 @@ numpy scalars and that one class. Files are written atomically (temp file + rena
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -287,19 +288,34 @@ def load_keypoint_net(name_or_path: str | Path, device: str | torch.device = "cp
     return keypoint_net_from(load_checkpoint(path), path).to(target).eval()
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+@functools.lru_cache(maxsize=1)
+def _file_mode() -> int:
+    """Permissions of a newly created file under this process's umask.
+
+    Read once: reading the umask means setting it, for the whole process.
+    """
     umask = os.umask(0)
     os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    The object is serialised in memory first, so that a full disk is an ``OSError`` of the write (PyTorch's
+    own file writer reports it as a RuntimeError), and ``path`` is only ever replaced by a whole file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            handle.write(buffer.getbuffer())
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _file_mode())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -42,7 +42,10 @@ def _check_range(
     high_open: bool = False,
 ) -> None:
     """Raise a :class:`ConfigError` naming ``key`` unless ``value`` is finite and within the bounds."""
-    ok = math.isfinite(value)
+    try:
+        ok = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        raise ConfigError(f"{key} is too large") from None
     if low is not None:
         ok = ok and (value > low if low_open else value >= low)
     if high is not None:
@@ -130,6 +133,11 @@ class AugmentationConfig:
             raise ConfigError(
                 f"augmentation.blur_kernels must be 0 or odd sizes, got {list(self.blur_kernels)}"
             )
+        if max(self.blur_kernels) // 2 >= min(height, width):
+            raise ConfigError(
+                f"augmentation.blur_kernels: a {max(self.blur_kernels)}-tap blur needs images of more than "
+                f"{max(self.blur_kernels) // 2} px a side, image_shape is {list(self.image_shape)}"
+            )
         for name in ("horizontal_flip", "vertical_flip", "channel_shuffle", "grayscale", "noise",
                      "affine_translate"):
             _check_range(f"augmentation.{name}", getattr(self, name), low=0, high=1)
@@ -138,6 +146,12 @@ class AugmentationConfig:
         # the homography sampler scales the patch by up to 1 -/+ scaling_amplitude / 2: it must stay > 0
         _check_range("augmentation.scaling_amplitude", self.scaling_amplitude, low=0, high=2, high_open=True)
         _check_range("augmentation.patch_ratio", self.patch_ratio, low=0, high=1, low_open=True)
+        # each patch corner moves by up to perspective_amplitude / 2 per axis; at patch_ratio the corners
+        # can line up and the homography is singular
+        _check_range(
+            f"augmentation.perspective_amplitude (below patch_ratio, {self.patch_ratio:g})",
+            self.perspective_amplitude, low=0, high=self.patch_ratio, high_open=True,
+        )
         low_scale, high_scale = self.affine_scale
         if not (math.isfinite(high_scale) and 0 < low_scale <= high_scale):
             raise ConfigError(
@@ -251,6 +265,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot, unsigned exponent) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -317,7 +336,7 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
     if text_name in seen:
         raise ConfigError(f"config 'extends' loops: {' -> '.join([*seen, text_name])}")
     path = Path(text_name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named v4 does not hide the preset
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         text = path.read_text()
@@ -334,13 +353,15 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
         raise ConfigError(f"{text_name}: invalid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{text_name}: a config must be a mapping of keys")
+    if path.is_file():
+        data.setdefault("name", path.stem)  # a user file names its runs (default --out runs/<name>)
     parent = data.pop("extends", None)
     if parent is None:
         return data
     if not isinstance(parent, str):
         raise ConfigError(f"{text_name}: 'extends' must name a preset or a file")
     parent_path = Path(parent)
-    if not parent_path.is_absolute() and path.parent != Path("") and (path.parent / parent).exists():
+    if not parent_path.is_absolute() and path.parent != Path("") and (path.parent / parent).is_file():
         parent = str(path.parent / parent)
     return _merge(_read_yaml(parent, (*seen, text_name)), data)
 

@@ -7,6 +7,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from kp2d.augmentation import rgb_to_grayscale
 from kp2d.config import Config, OptimConfig
 from kp2d.errors import Kp2dError
 from kp2d.losses import LossTerms, keypoint_net_losses
@@ -41,7 +42,12 @@ class SiameseLoss(nn.Module):
         self.autocast_dtype = autocast_dtype
 
     def forward(self, source: torch.Tensor, target: torch.Tensor, homography: torch.Tensor) -> LossTerms:
-        """Losses for ``(B, 3, H, W)`` source/target images in [0, 1] and ``(B, 3, 3)`` homographies."""
+        """Losses for ``(B, 3, H, W)`` source/target images in [0, 1] and ``(B, 3, 3)`` homographies.
+
+        A grayscale network (``model.use_color: false``) sees the pair's luma (the augmentation is RGB).
+        """
+        if self.keypoint_net.in_channels == 1:
+            source, target = rgb_to_grayscale(source), rgb_to_grayscale(target)
         device_type = source.device.type
         autocast = (
             torch.autocast(device_type, dtype=self.autocast_dtype)

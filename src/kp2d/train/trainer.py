@@ -95,6 +95,38 @@ def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, An
     return state
 
 
+# model switches that change KeyPointNet's weights (dropout has none; IO-Net is a network of its own)
+_WEIGHT_SWITCHES = ("use_color", "do_upsample", "do_cross")
+# config keys that --resume may change: how long, how often to log / save / validate, workers, precision
+_RESUME_MAY_CHANGE = frozenset(
+    ["name"]
+    + [f"train.{key}" for key in ("epochs", "num_workers", "precision", "log_every", "checkpoint_every",
+                                  "snapshot_every", "val_every", "val_shape", "val_top_k", "wandb",
+                                  "wandb_project")]
+)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"seed": 42}}`` → ``{"train.seed": 42}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C / SIGTERM to the main process, which stops the run cleanly.
+
+    A forked worker inherits the main process's handlers; a spawned one (macOS, Windows) would die on the
+    signal the whole process group gets, and the main process, waiting for its batch, with it.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class _Run:
     """State of one training run; methods are the phases of :func:`train`."""
 
@@ -142,6 +174,7 @@ class _Run:
             # Its own generator: starting an iterator (each epoch, and on --resume in mid-epoch) must not
             # draw from the global stream that dropout uses, or a resumed run would part from a straight one.
             generator=torch.Generator().manual_seed(train_cfg.seed + self.dist.rank),
+            worker_init_fn=_ignore_stop_signals,
         )
         self.keypoint_net = build_keypoint_net(self.config.model).to(self.device)
         self.io_net = IONet().to(self.device) if self.config.model.with_io else None
@@ -169,7 +202,7 @@ class _Run:
             raise CheckpointError(f"nothing to resume: {self.last_checkpoint} does not exist")
         checkpoint = load_checkpoint(self.last_checkpoint)
         if checkpoint.config is not None:
-            self._require_same_network(checkpoint.config.model, self.last_checkpoint)
+            self._require_same_settings(checkpoint.config)
         extra = checkpoint.extra
         if "optimizer" not in extra:
             raise CheckpointError(f"{self.last_checkpoint} has no optimizer state; it cannot be resumed")
@@ -215,11 +248,30 @@ class _Run:
         log.info("starting from the weights of %s (%s steps)", path, prior if prior is not None else "?")
 
     def _require_same_network(self, model: ModelConfig, source: Path) -> None:
-        """Weights from ``source`` fit only a network with this config's switches."""
-        if model != self.config.model:
+        """Weights from ``source`` fit only a network with this config's input and layers.
+
+        Dropout and IO-Net do not change KeyPointNet's weights: V2's weights can start a V4 run and back.
+        """
+        wanted = self.config.model
+        differ = [name for name in _WEIGHT_SWITCHES if getattr(model, name) != getattr(wanted, name)]
+        if differ:
+            theirs = ", ".join(f"model.{name}={getattr(model, name)}" for name in differ)
+            ours = ", ".join(f"{getattr(wanted, name)}" for name in differ)
             raise CheckpointError(
-                f"{source} holds a network with settings {model}, not {self.config.model} "
-                f"as the config '{self.config.name}' asks"
+                f"{source} holds a network with {theirs}; the config '{self.config.name}' asks for {ours}"
+            )
+
+    def _require_same_settings(self, stored: Config) -> None:
+        """``--resume`` continues a run exactly: only the keys of :data:`_RESUME_MAY_CHANGE` may differ."""
+        theirs, ours = _flatten(stored.to_dict()), _flatten(self.config.to_dict())
+        differ = [key for key in ours if key not in _RESUME_MAY_CHANGE and theirs.get(key) != ours[key]]
+        if differ:
+            changes = "; ".join(f"{key}: {theirs.get(key)} -> {ours[key]}" for key in differ[:4])
+            more = f" (and {len(differ) - 4} more)" if len(differ) > 4 else ""
+            raise CheckpointError(
+                f"--resume: the config differs from the run in {self.out} ({changes}{more}); resume with the "
+                f"run's own config ({self.out / 'config.yaml'}), or start a new run from its weights with "
+                f"--init {self.last_checkpoint}"
             )
 
     # -- checkpoints ----------------------------------------------------------------------------------------
