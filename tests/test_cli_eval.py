@@ -102,6 +102,8 @@ def test_bad_checkpoint(tiny_root, tmp_path, capsys):
     assert "none.ckpt" in _error_line(capsys)
     assert _eval("--model", "no_such_model", "--hpatches", str(tiny_root)) == 2
     assert "no_such_model" in _error_line(capsys)
+    assert _eval("--checkpoint", "v4", "--hpatches", str(tiny_root)) == 2
+    assert _error_line(capsys).endswith("checkpoint not found: v4 (shipped weights: --model v4)")
 
 
 @pytest.mark.parametrize("shape", ["64x", "axb", "0x48", "60x44", "24x24", "16392x32"])

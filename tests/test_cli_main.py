@@ -43,3 +43,11 @@ def test_other_errors_keep_their_traceback(monkeypatch):
 
 def test_user_message_joins_lines():
     assert user_message(DataError("first\n  second\n\nthird")) == "first second third"
+
+
+def test_version(capsys):
+    import kp2d
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"kp2d {kp2d.__version__}"

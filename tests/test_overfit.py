@@ -16,12 +16,12 @@ from kp2d.train.step import TrainingStep
 def test_overfit_writes_three_gifs_with_one_frame_per_record(tmp_path):
     config = load_config("v4", {"augmentation": {"image_shape": [64, 96]}, "loss": {"io_top_k": 40},
                                 "train": {"precision": "fp32"}})
-    result = overfit(skimage.data.coffee(), config, tmp_path, steps=4, every=2, batch_size=2, top_k=20,
+    result = overfit(skimage.data.coffee(), config, tmp_path, steps=5, every=2, batch_size=2, top_k=20,
                      progress=False)
-    assert len(result.losses) == 3  # step 1, 2 and 4
+    assert len(result.losses) == 4  # step 1, 2, 4 and the last, 5 (it was left out: 5 steps gave 1 frame)
     for path in (result.keypoints_gif, result.scores_gif, result.crop_gif):
         with Image.open(path) as gif:
-            assert gif.n_frames == 3 and gif.size == (96, 64)
+            assert gif.n_frames == 4 and gif.size == (96, 64)
 
 
 def test_overfit_cli_rejects_bad_values(tmp_path, capsys):

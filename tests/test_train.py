@@ -174,6 +174,9 @@ def test_sampler_shards_and_resumes():
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "v4", "--data", str(tmp_path / "missing")]) == 2
     assert "training data folder not found" in capsys.readouterr().err
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    assert main(["train", "v4", "--data", str(tmp_path / "photo.jpg")]) == 2
+    assert "photo.jpg is a file; give the folder of training images" in capsys.readouterr().err
     assert main(["train", "v9", "--data", str(tmp_path)]) == 2
     assert "unknown config 'v9'" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
@@ -405,23 +408,26 @@ def test_existing_run_folder_needs_resume_or_overwrite(tiny_images, tmp_path, ca
     # --resume continues the run (step 2 → 3); --overwrite starts a new one there (step 1)
     assert main([*base, "--max-steps", "3", "--resume"]) == 0
     assert load_checkpoint(last).extra["step"] == 3
+    capsys.readouterr()
+    assert main([*base, "--max-steps", "3", "--resume"]) == 0  # nothing left to do: no "last loss nan"
+    out = capsys.readouterr().out
+    assert "done: 3 steps" in out and "; no step taken; checkpoint" in out and "nan" not in out
     assert main([*base, "--max-steps", "1", "--overwrite"]) == 0
     assert load_checkpoint(last).extra["step"] == 1
 
 
 def _survive_stop_signals(queue) -> None:
-    """In a spawned process: what a training DataLoader worker does at start, then Ctrl-C and SIGTERM."""
+    """In a spawned process: what a training DataLoader worker does at start, then Ctrl-C."""
     import signal
 
-    from kp2d.train.trainer import _ignore_stop_signals
+    from kp2d.train.trainer import _ignore_ctrl_c
 
-    _ignore_stop_signals(0)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        os.kill(os.getpid(), sig)
+    _ignore_ctrl_c(0)
+    os.kill(os.getpid(), signal.SIGINT)
     queue.put("alive")
 
 
-def test_loader_workers_leave_stop_signals_to_the_main_process(tiny_images, tmp_path, monkeypatch):
+def test_loader_workers_leave_ctrl_c_to_the_main_process(tiny_images, tmp_path, monkeypatch):
     """Spawned workers (macOS, Windows) do not inherit the run's handlers: Ctrl-C, which the whole process
     group gets, killed them and the waiting main process crashed. They now ignore it; the run still works
     with the spawn start method (everything handed to the workers pickles)."""
@@ -446,7 +452,7 @@ def test_loader_workers_leave_stop_signals_to_the_main_process(tiny_images, tmp_
 
     monkeypatch.setattr(torch.utils.data, "DataLoader", spawning_loader)
     summary = train(_options(tmp_path, tiny_images, max_steps=2, num_workers=1))
-    assert summary.steps == 2 and made[0]["worker_init_fn"] is trainer._ignore_stop_signals
+    assert summary.steps == 2 and made[0]["worker_init_fn"] is trainer._ignore_ctrl_c
 
 
 def test_init_takes_weights_across_io_net_and_dropout_switches(tiny_images, tmp_path, caplog):
@@ -488,3 +494,79 @@ def test_a_grayscale_network_trains_on_the_luma_of_the_pairs(tiny_images, tmp_pa
     assert summary.steps == 2 and np.isfinite(summary.last_loss)
     weights = load_checkpoint(summary.last_checkpoint).state_dict
     assert weights["conv1a.0.weight"].shape[1] == 1
+
+
+def _failing_reads(monkeypatch, fail_at: int, before_failing=None) -> None:
+    """Make the training images' ``fail_at``-th read (counting from 1) fail with a DataError."""
+    from kp2d.data.image_folder import ImageFolderDataset
+
+    real = ImageFolderDataset.__getitem__
+    calls = {"n": 0}
+
+    def reading(self, index):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            if before_failing is not None:
+                before_failing()
+            raise DataError("photo.jpg: cannot decode image")
+        return real(self, index)
+
+    monkeypatch.setattr(ImageFolderDataset, "__getitem__", reading)
+
+
+def test_an_unreadable_image_mid_run_loses_no_step(tiny_images, tmp_path, monkeypatch):
+    """The run is between two steps when a read fails: last.ckpt is written before the error goes on."""
+    _failing_reads(monkeypatch, fail_at=5)  # batch 2: reads 1-2, 3-4, then the third batch's first
+    rare = load_config("v4", {**TINY, "train": {**TINY["train"], "checkpoint_every": 100}})
+    with pytest.raises(DataError, match="photo.jpg"):
+        train(TrainOptions(config=rare, data=tiny_images, out=tmp_path, device="cpu", progress=False,
+                           max_steps=4))
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt").extra["step"] == 2
+
+
+def test_a_signal_that_also_ends_a_loader_process_stops_the_run_cleanly(tiny_images, tmp_path, monkeypatch):
+    """SIGTERM to a process group ends the DataLoader's workers too: the batch the run waits for never comes.
+    With the stop already asked for, the run ends as after the step, with last.ckpt to resume from."""
+    import signal
+
+    _failing_reads(monkeypatch, fail_at=5, before_failing=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"extends": "v4", **TINY, "train": {**TINY["train"],
+                                                                          "checkpoint_every": 100}}))
+    status = main(["train", str(config), "--data", str(tiny_images), "--out", str(tmp_path / "run"),
+                   "--device", "cpu", "--max-steps", "4", "--no-progress"])
+    assert status == 130
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").extra["step"] == 2
+
+
+def test_a_bad_photo_with_loader_processes_ends_the_command(tiny_images, tmp_path):
+    """With loader processes, an unreadable photo must end ``kp2d train`` (not leave it waiting on them)."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(tiny_images, photos)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"extends": "v4", **TINY}))
+    result = subprocess.run(
+        [sys.executable, "-m", "kp2d", "train", str(config), "--data", str(photos), "--out",
+         str(tmp_path / "r"), "--device", "cpu", "--max-steps", "6", "--workers", "2", "--no-progress"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "broken.jpg" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_validation_is_reported_once(tmp_path, capsys, caplog, progress):
+    """Above the progress bar when there is one, else in the log; it used to be both."""
+    from kp2d.train.logger import RunLogger
+
+    logger = RunLogger(tmp_path, load_config("v4"), is_main=True, total_steps=10, start_step=0,
+                       progress=progress)
+    with caplog.at_level("INFO", logger="kp2d.train.logger"):
+        logger.validation({"mscore": 0.5, "c3": 0.25}, step=7)
+    logger.close()
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err + caplog.text
+    assert shown.count("validation at step 7") == 1 and "c3=0.250" in shown

@@ -1,9 +1,9 @@
 """The over-fitting demo: train on one image and record how keypoints and scores settle, as GIFs.
 
-Three animations, one frame every ``every`` steps: the image with its detected keypoints
-(``keypoints.gif``), the score map (``scores.gif``), and the random warped crop the step trained on
-(``crop.gif``). From random weights the score map first goes flat (a few hundred steps), then the detector
-concentrates on salient, repeatable structure (edges and corners, after about 1,000 steps at batch 4).
+Three animations, one frame every ``every`` steps (and at the first and the last): the image with its
+detected keypoints (``keypoints.gif``), the score map (``scores.gif``), and the random warped crop the step
+trained on (``crop.gif``). From random weights the score map first goes flat (a few hundred steps), then the
+detector settles on salient, repeatable structure (edges and corners, after about 1,000 steps at batch 4).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def overfit(
         for index in tqdm(range(1, steps + 1), desc="overfit", unit="step", disable=not progress):
             terms = step(images, generator)
             steps_done = index
-            if index % every == 0 or index == 1:
+            if index % every == 0 or index in (1, steps):
                 recorded.append(_frames(net, resized, step.last_batch.source[0], top_k))
                 losses.append(terms.total.item())
                 log.info("step %d: loss %.4f", index, losses[-1])

@@ -21,12 +21,19 @@ __all__ = ["main"]
 SUBCOMMANDS = ("train", "eval", "detect", "match", "export", "overfit")
 
 
+def _version() -> str:
+    from kp2d import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kp2d`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="kp2d", description="KeyPointNet / IO-Net: train, evaluate, detect, match, export."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"kp2d {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         try:

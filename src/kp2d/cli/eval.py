@@ -157,7 +157,10 @@ def _build_network(args: argparse.Namespace, device):
     if args.checkpoint is not None:
         path = Path(args.checkpoint)
         if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
+            from kp2d.checkpoint import list_pretrained
+
+            hint = f" (shipped weights: --model {path})" if str(path) in list_pretrained() else ""
+            raise CheckpointError(f"checkpoint not found: {path}{hint}")
         return load_keypoint_net(path, device), path.stem
     return load_keypoint_net(args.model, device), Path(args.model).stem
 
@@ -251,8 +254,12 @@ def write_json(path: Path, value: Any) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(json_ready(value), indent=2) + "\n")
-    partial.replace(path)
+    try:
+        partial.write_text(json.dumps(json_ready(value), indent=2) + "\n")
+        partial.replace(path)
+    except OSError as err:  # named after the file asked for, not the temporary one
+        partial.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def run(args: argparse.Namespace) -> int:

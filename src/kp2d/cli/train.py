@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 __all__ = ["add_parser", "check_at_least"]
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if args.precision:
         overrides["train"]["precision"] = args.precision
     config = load_config(args.config, overrides)
+    if args.data.is_file():
+        raise DataError(f"--data {args.data} is a file; give the folder of training images")
     if not args.data.is_dir():
         raise DataError(f"training data folder not found: {args.data}")
     if args.init is not None and args.resume:
@@ -152,9 +155,11 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = train(options)
     ended = "done" if summary.stopped_by is None else f"stopped ({summary.stopped_by})"
+    # a resumed run that had its steps already trains none: it has no loss of its own to report
+    last_loss = "no step taken" if math.isnan(summary.last_loss) else f"last loss {summary.last_loss:.4f}"
     print(
         f"{ended}: {summary.steps} steps, {summary.epochs_completed} epoch(s), {summary.seconds:.0f} s; "
-        f"last loss {summary.last_loss:.4f}; checkpoint {summary.last_checkpoint}"
+        f"{last_loss}; checkpoint {summary.last_checkpoint}"
     )
     if summary.stopped_by is not None:
         print(f"continue with: kp2d train ... --out {options.out} --resume")

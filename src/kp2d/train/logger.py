@@ -98,9 +98,10 @@ class RunLogger:
             return
         shown = {k: float(metrics[k]) for k in _VALIDATION_KEYS if k in metrics}
         message = " ".join(f"{k}={v:.3f}" for k, v in shown.items())
-        if self.bar is not None:
+        if self.bar is not None and not self.bar.disable:  # once: above the bar, or in the log without one
             self.bar.write(f"validation at step {step}: {message}")
-        log.info("validation at step %d: %s", step, message)
+        else:
+            log.info("validation at step %d: %s", step, message)
         if self.writer is not None:
             for name, value in shown.items():
                 self.writer.add_scalar(f"val/{name}", value, step)

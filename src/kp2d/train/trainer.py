@@ -117,14 +117,14 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C / SIGTERM to the main process, which stops the run cleanly.
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops the run after the step.
 
-    A forked worker inherits the main process's handlers; a spawned one (macOS, Windows) would die on the
-    signal the whole process group gets, and the main process, waiting for its batch, with it.
+    A forked worker inherits the main process's handler; a spawned one (macOS, Windows) would die of the
+    SIGINT that the whole process group gets. SIGTERM keeps PyTorch's worker handler: the main process
+    ends its workers with it (ignored, the interpreter's exit would wait for them forever).
     """
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Run:
@@ -174,7 +174,7 @@ class _Run:
             # Its own generator: starting an iterator (each epoch, and on --resume in mid-epoch) must not
             # draw from the global stream that dropout uses, or a resumed run would part from a straight one.
             generator=torch.Generator().manual_seed(train_cfg.seed + self.dist.rank),
-            worker_init_fn=_ignore_stop_signals,
+            worker_init_fn=_ignore_ctrl_c,
         )
         self.keypoint_net = build_keypoint_net(self.config.model).to(self.device)
         self.io_net = IONet().to(self.device) if self.config.model.with_io else None
@@ -369,7 +369,7 @@ class _Run:
             while self.progress.step < total and self.progress.epoch < self.epochs and stopped_by is None:
                 lr = self.set_learning_rate()
                 self.sampler.set_epoch(self.progress.epoch, self.progress.batch_in_epoch)
-                for images in self.loader:
+                for images in self._batches():
                     terms = self._step(images)
                     last_loss = terms.total.item()
                     logger.step(terms, self.progress.step, self.progress.epoch, lr)
@@ -380,6 +380,8 @@ class _Run:
                         break
                 if self.progress.batch_in_epoch >= len(self.sampler):
                     metrics = self.finish_epoch(logger) or metrics
+                if stopped_by is None and self.progress.step < total:
+                    stopped_by = self.stop_reason()  # e.g. a signal while a batch was read
             self.save()
             if self.options.hpatches is not None and not metrics and stopped_by is None:
                 metrics = self.validate(logger)
@@ -390,6 +392,29 @@ class _Run:
                      self.progress.step, self.stop_signal or stopped_by, self.last_checkpoint)
         return TrainSummary(self.progress.step, self.progress.epoch, time.perf_counter() - self.started,
                             self.last_checkpoint, last_loss, metrics, stopped_by, self.init_from is None)
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        """The loader's batches for the current epoch.
+
+        A failed read leaves the run between two steps. In one process, a stop already asked for (a loader
+        process may have died of the same SIGTERM) just ends the epoch, and any other error (an unreadable
+        image) writes ``last.ckpt`` before it goes on, so that no step is lost.
+        """
+        batches = iter(self.loader)
+        while True:
+            try:
+                images = next(batches)
+            except StopIteration:
+                return
+            except Exception:
+                if self.dist.enabled:  # a checkpoint needs every process
+                    raise
+                if self.stop_signal is not None:
+                    return
+                if self.progress.step > 0:
+                    self.save()
+                raise
+            yield images
 
     def finish_epoch(self, logger: RunLogger) -> dict[str, Any]:
         """Count the epoch, checkpoint, keep a snapshot and validate when due; returns validation metrics."""
