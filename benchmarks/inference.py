@@ -5,7 +5,7 @@ median of ``--repeats`` runs; the backends take turns run by run, so a disturban
 and evaluated on an HPatches-format set (default ``../shared/data/hpatches-synth``, 500 pairs) with
 :func:`kp2d.eval.hpatches.evaluate_hpatches` at 320x240, top 300.
 
-    python benchmarks/inference.py --checkpoint runs/v4/last.pt
+    python benchmarks/inference.py --checkpoint runs/v4/checkpoints/last.ckpt
     python benchmarks/inference.py --random-init --max-sequences 10      # quick look, no trained weights
 
 ``--random-init`` uses a seeded random network whose BatchNorm statistics are estimated on the

@@ -115,6 +115,8 @@ def write_sweeps(root: Path, out: Path, levels: dict[str, Sequence[float]], limi
         for kind, kind_levels in levels.items():
             folder = out / kind / f"v_{name}"
             folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob("H_1_*"):  # views of an earlier sweep with more levels
+                stale.unlink()
             _write_png(folder / "1.png", photo)
             for view, level in enumerate(kind_levels, start=2):
                 homography = warp_about_center(kind, level, width, height)

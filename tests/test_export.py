@@ -119,6 +119,11 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys, golden_checkpoint):
              "--calibration", str(tmp_path / "nowhere")],
             "calibration folder not found",
         ),
+        (  # a layer without a convolution was only found after the slow export, naming a removed file
+            ["export", "--checkpoint", ckpt, "--onnx", out, "--int8", "--calibration", str(tmp_path),
+             "--float-layers", "convDb,relu"],
+            "--float-layers: no convolution layer named relu in KeyPointNet",
+        ),
     ]
     if "v4" not in list_pretrained():  # no shipped weights yet: --model v4 must say so
         cases.append((["export", "--model", "v4", "--onnx", out], "unknown model 'v4'"))
@@ -128,6 +133,17 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys, golden_checkpoint):
         assert message in err, (argv, err)
         assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_failed_export_leaves_an_existing_file_as_it_was(tmp_path, capsys, golden_checkpoint):
+    """The graph is written next to ``--onnx`` and renamed when finished: an opset that the converter
+    cannot reach used to leave the exporter's opset-18 graph in place of the user's file."""
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the user's graph")
+    argv = ["export", "--checkpoint", str(golden_checkpoint), "--onnx", str(out), "--opset", "99"]
+    assert cli_main(argv) == 2
+    assert "cannot write opset 99" in capsys.readouterr().err
+    assert out.read_bytes() == b"the user's graph" and sorted(tmp_path.iterdir()) == [out]
 
 
 def test_export_output_path_is_checked_first(tmp_path, capsys, golden_checkpoint, monkeypatch):

@@ -268,9 +268,12 @@ def test_extract_through_a_backend_gives_the_plain_networks_keypoints(golden_for
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["torch-fp32", "torch-fold", "torch-fused"])
-def test_torch_backends_run_a_half_precision_model(golden_forward, name, dtype):
-    """The input takes the weights' dtype (a float32 input into fp16 weights raised a dtype mismatch)."""
+@pytest.mark.parametrize("name", ["torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp32"])
+def test_backends_run_a_half_precision_model(golden_forward, name, dtype):
+    """The input takes the weights' dtype (a float32 input into fp16 weights raised a dtype mismatch);
+    torch-bf16 and the ONNX export take float32 copies (they raised a dtype mismatch and an export error)."""
+    if name.startswith("ort"):
+        pytest.importorskip("onnxruntime")
     net = _golden_net(golden_forward)
     image = _astronaut((96, 64))
     with torch.inference_mode():
@@ -305,3 +308,38 @@ def test_calibration_images_are_uint8_or_floats_in_0_1(golden_forward):
         if importlib.util.find_spec("onnxruntime") is not None:
             with pytest.raises(ConfigError, match=message):
                 quantize_int8("unused.onnx", "unused.int8.onnx", bad)
+
+
+def test_a_grayscale_network_gets_the_luma_in_every_backend(golden_forward, calibration_folder):
+    """``use_color: false`` networks take one channel: the int8 calibration and the HPatches detector fed
+    them RGB (an ONNX Runtime dimension error)."""
+    pytest.importorskip("onnxruntime")
+    from kp2d.inference import to_network_channels
+
+    color = _golden_net(golden_forward)
+    gray = KeyPointNet(in_channels=1).eval()
+    state = dict(golden_forward["state_dict"])
+    state["conv1a.0.weight"] = state["conv1a.0.weight"].sum(dim=1, keepdim=True)
+    gray.load_state_dict(state)
+    image = _astronaut((96, 64))
+    with torch.inference_mode():
+        ref = gray.describe(to_network_channels(image, 1))
+    for name in ("torch-fused", "ort-fp32"):
+        out = load_backend(name, gray)(image)  # RGB in, luma to the network
+        assert (out.score - ref.score).abs().max() < 1e-3, name
+    int8 = load_backend("ort-int8", gray, calibration_images=calibration_folder, calibration_count=3)
+    rows, _ = BackendDetector(int8)(np.zeros((1, 64, 96, 3), np.uint8))[0]
+    assert rows.shape[1] == 3 and color.in_channels == 3
+
+
+def test_int8_calibration_fits_a_fixed_size_graph(golden_forward, calibration_folder, tmp_path):
+    """``kp2d export --static --size 200x152 --int8``: the 320x240 calibration photos did not fit."""
+    pytest.importorskip("onnxruntime")
+    from kp2d.export import export_onnx
+
+    fixed = export_onnx(_golden_net(golden_forward), tmp_path / "fixed.onnx", dynamic=False,
+                        example_size=(152, 200))
+    photos = load_calibration_images(calibration_folder, count=2)
+    assert tuple(photos.shape[-2:]) == (240, 320)
+    int8 = quantize_int8(fixed, tmp_path / "fixed.int8.onnx", photos)
+    assert int8.is_file()

@@ -224,7 +224,9 @@ def test_two_process_gloo_training(tiny_images, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
-    assert "2 process(es)" in torchrun("run", 3).stderr
+    first = torchrun("run", 3)
+    assert "2 process(es)" in first.stderr
+    assert first.stdout.count("done: 3 steps") == 1  # rank 0 reports for both
     straight = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert straight.extra["step"] == 3
     assert all(torch.isfinite(v).all() for v in straight.state_dict.values() if v.is_floating_point())
@@ -235,6 +237,12 @@ def test_two_process_gloo_training(tiny_images, tmp_path):
     resumed = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.ckpt")
     for key, value in straight.state_dict.items():
         torch.testing.assert_close(resumed.state_dict[key], value, rtol=0, atol=0)
+    # one process cannot take over the two's data order and streams (it retrained batches, and both ranks
+    # of the other way round drew the same augmentations)
+    one = TrainOptions(config=load_config(config), data=tiny_images, out=tmp_path / "stopped", device="cpu",
+                       progress=False, max_steps=4, resume=True)
+    with pytest.raises(CheckpointError, match=r"of 2 process\(es\), this one has 1: .* --nproc_per_node 2"):
+        train(one)
 
 
 def test_descriptor_spread_script_measures_a_collapsed_network(tiny_images, tmp_path, capsys, load_script):
@@ -420,11 +428,11 @@ def _survive_stop_signals(queue) -> None:
     """In a spawned process: what a training DataLoader worker does at start, then Ctrl-C."""
     import signal
 
-    from kp2d.train.trainer import _ignore_ctrl_c
+    from kp2d.train.trainer import _leave_signals_to_the_run
 
-    _ignore_ctrl_c(0)
+    _leave_signals_to_the_run(0)
     os.kill(os.getpid(), signal.SIGINT)
-    queue.put("alive")
+    queue.put(("alive", os.getpgrp() == os.getpid() if hasattr(os, "getpgrp") else True))
 
 
 def test_loader_workers_leave_ctrl_c_to_the_main_process(tiny_images, tmp_path, monkeypatch):
@@ -437,7 +445,7 @@ def test_loader_workers_leave_ctrl_c_to_the_main_process(tiny_images, tmp_path, 
     queue = spawn.Queue()
     worker = spawn.Process(target=_survive_stop_signals, args=(queue,))
     worker.start()
-    assert queue.get(timeout=60) == "alive"
+    assert queue.get(timeout=60) == ("alive", True)  # and out of the parent's process group
     worker.join(timeout=60)
     assert worker.exitcode == 0
 
@@ -452,7 +460,7 @@ def test_loader_workers_leave_ctrl_c_to_the_main_process(tiny_images, tmp_path, 
 
     monkeypatch.setattr(torch.utils.data, "DataLoader", spawning_loader)
     summary = train(_options(tmp_path, tiny_images, max_steps=2, num_workers=1))
-    assert summary.steps == 2 and made[0]["worker_init_fn"] is trainer._ignore_ctrl_c
+    assert summary.steps == 2 and made[0]["worker_init_fn"] is trainer._leave_signals_to_the_run
 
 
 def test_init_takes_weights_across_io_net_and_dropout_switches(tiny_images, tmp_path, caplog):

@@ -69,6 +69,9 @@ def test_writes_readable_sequences_whose_views_are_the_warped_photo(sweep, tmp_p
     dataset = HPatchesDataset(out / "zoom", (120, 90))
     assert dataset.num_pairs == 10
     assert dataset[0].pair_names == ["v_astronaut:1-2", "v_astronaut:1-3"]
+    # a second sweep into the same folder with fewer levels: the first one's extra pairs are gone
+    assert sweep.main([str(root), "--out", str(out), "--kinds", "rotation", "--rotation", "10"]) == 0
+    assert sorted(p.name for p in (out / "rotation" / "v_astronaut").glob("H_1_*")) == ["H_1_2"]
 
 
 def test_folder_of_images_and_bad_input(sweep, tmp_path, capsys):

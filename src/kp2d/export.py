@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,7 +114,7 @@ def export_onnx(
     path = Path(path)
     make_folder(path.parent)
 
-    net = fold_batchnorm(model) if fold_bn else _eval_copy(model)
+    net = (fold_batchnorm(model) if fold_bn else _eval_copy(model)).float()  # a .half() model too
     graph = DescribeGraph(net).eval()
     device = next(net.parameters()).device
     example = torch.rand(1, net.in_channels, height, width, device=device)
@@ -136,10 +137,17 @@ def export_onnx(
             dynamo=True,
             verbose=False,
         )
-    program.save(str(path))
-    _finalize(path, opset)
-    if check:
-        check_onnx(path)
+    # written next to ``path`` and renamed once finished and checked: a failure (e.g. an opset the
+    # converter cannot reach) leaves no file, and an existing file at ``path`` as it was
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        program.save(str(partial))
+        _finalize(partial, opset)
+        if check:
+            check_onnx(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     log.info("exported %s (opset %d, %s shapes)", path, opset, "dynamic" if dynamic else "fixed")
     return path
 

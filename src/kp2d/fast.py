@@ -40,10 +40,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kp2d.data.image_folder import list_images, read_image_rgb
 from kp2d.errors import ConfigError, DataError
+from kp2d.inference import to_network_channels
 from kp2d.models import KeyPointNet, KeyPointNetOutput
 
 __all__ = [
@@ -143,10 +145,11 @@ class Backend:
     name: str
     run: Callable[[torch.Tensor], KeyPointNetOutput]
     details: dict[str, object] = field(default_factory=dict)
+    in_channels: int = 3  # the network's: a grayscale network (1) gets the luma of RGB images
 
     def __call__(self, images: torch.Tensor) -> KeyPointNetOutput:
         """Score ``(B, 1, Hc, Wc)``, coord ``(B, 2, Hc, Wc)``, desc ``(B, 256, Hc, Wc)``, all float32."""
-        return self.run(images)
+        return self.run(to_network_channels(images, self.in_channels))
 
 
 class _Float32Conv(nn.Module):
@@ -199,7 +202,7 @@ def _torch_backend(
 
 
 def _bf16_net(model: KeyPointNet) -> KeyPointNet:
-    net = fold_batchnorm(model)
+    net = fold_batchnorm(model).float()  # autocast wants fp32 weights (a .half() model's are not)
     net.convDb = _Float32Conv(net.convDb)
     net.convPb = _Float32Conv(net.convPb)
     net.convFbb = _Float32Output(net.convFbb)
@@ -264,6 +267,26 @@ def load_backend(
     Returns:
         A :class:`Backend`.
     """
+    backend = _build_backend(
+        name, model, calibration_images, threads, work_dir, float_layers, calibration_method,
+        calibration_count, onnx_model,
+    )
+    backend.in_channels = model.in_channels
+    return backend
+
+
+def _build_backend(
+    name: str,
+    model: KeyPointNet,
+    calibration_images: torch.Tensor | Sequence[torch.Tensor] | str | Path | None,
+    threads: int | None,
+    work_dir: str | Path | None,
+    float_layers: Sequence[str],
+    calibration_method: str,
+    calibration_count: int,
+    onnx_model: str | Path | None,
+) -> Backend:
+    """:func:`load_backend` but for the input channels."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")
     if name == "ort-int8" and calibration_images is None:
@@ -474,6 +497,28 @@ def _non_feature_nodes(model_path: Path) -> list[str]:
     ]
 
 
+def _fit_to_graph(images: Iterable[np.ndarray], graph_path: Path) -> Iterator[np.ndarray]:
+    """Calibration images ``(1, 3, H, W)`` as the graph takes them.
+
+    Its channels (a grayscale network gets the luma) and, for a fixed-size graph (``kp2d export
+    --static``), its size (bilinear).
+    """
+    import onnx
+
+    arrays = list(images)  # checked (_iter_images) before the graph is read
+    if not arrays:
+        return
+    dims = onnx.load(str(graph_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    channels, height, width = (dim.dim_value for dim in dims[1:4])  # 0 where dynamic
+    for array in arrays:
+        image = torch.from_numpy(array)
+        if channels:
+            image = to_network_channels(image, channels)
+        if height and width and tuple(image.shape[-2:]) != (height, width):
+            image = F.interpolate(image, size=(height, width), mode="bilinear", align_corners=False)
+        yield np.ascontiguousarray(image.numpy())
+
+
 def quantize_int8(
     fp32_path: str | Path,
     int8_path: str | Path,
@@ -509,7 +554,7 @@ def quantize_int8(
     if method not in methods:
         raise ConfigError(f"unknown calibration method '{method}' (choose from {', '.join(methods)})")
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
-    reader = _CalibrationReader(_iter_images(calibration_images))
+    reader = _CalibrationReader(_fit_to_graph(_iter_images(calibration_images), fp32_path))
     if not reader._images:
         raise DataError("no calibration images")
 

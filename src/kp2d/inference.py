@@ -276,13 +276,21 @@ def image_to_tensor(
             raise DataError(
                 f"float images must be in [0, 1], got values in [{low:.3g}, {high:.3g}] (divide uint8 by 255)"
             )
+    return to_network_channels(batch, in_channels).clamp(0.0, 1.0), batched
+
+
+def to_network_channels(batch: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """``(B, C, H, W)`` images with the network's ``in_channels``.
+
+    3 → 1 by BT.601 luma (in the channel order given), 1 → 3 by replication; unchanged otherwise.
+    """
     channels = batch.shape[1]
     if in_channels == 1 and channels == 3:
         weights = batch.new_tensor(_GRAY_WEIGHTS).view(1, 3, 1, 1)
-        batch = (batch * weights).sum(dim=1, keepdim=True)
-    elif in_channels == 3 and channels == 1:
-        batch = batch.expand(-1, 3, -1, -1)
-    return batch.clamp(0.0, 1.0), batched
+        return (batch * weights).sum(dim=1, keepdim=True)
+    if in_channels == 3 and channels == 1:
+        return batch.expand(-1, 3, -1, -1)
+    return batch
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int = CELL) -> torch.Tensor:

@@ -88,9 +88,15 @@ def run(args: argparse.Namespace) -> int:
     _require_onnx()
     float_layers = [name.strip() for name in args.float_layers.split(",") if name.strip()]
     net = load_keypoint_net(args.checkpoint or args.model, "cpu")
-    unknown = [name for name in float_layers if not isinstance(getattr(net, name, None), torch.nn.Module)]
-    if unknown:
-        raise ConfigError(f"--float-layers: no layer named {', '.join(unknown)} in KeyPointNet")
+    def has_conv(name: str) -> bool:
+        layer = getattr(net, name, None)
+        return isinstance(layer, torch.nn.Module) and any(
+            isinstance(module, torch.nn.Conv2d) for module in layer.modules()
+        )
+
+    unknown = [name for name in float_layers if not has_conv(name)]
+    if unknown:  # found before the slow export (they are kept in float by their convolutions)
+        raise ConfigError(f"--float-layers: no convolution layer named {', '.join(unknown)} in KeyPointNet")
 
     if args.int8:
         calibration = load_calibration_images(args.calibration, count=args.calibration_count)

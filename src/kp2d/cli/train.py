@@ -154,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = train(options)
+    status = 130 if summary.stopped_by == "signal" else 0
+    if not summary.is_main:  # under torchrun, rank 0 reports for all
+        return status
     ended = "done" if summary.stopped_by is None else f"stopped ({summary.stopped_by})"
     # a resumed run that had its steps already trains none: it has no loss of its own to report
     last_loss = "no step taken" if math.isnan(summary.last_loss) else f"last loss {summary.last_loss:.4f}"
@@ -169,4 +172,4 @@ def run(args: argparse.Namespace) -> int:
             "evaluate below the untrained network: the early objective flattens the score map and draws the "
             "descriptors together (README, 'What a run looks like')"
         )
-    return 130 if summary.stopped_by == "signal" else 0
+    return status

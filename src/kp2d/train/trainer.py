@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -76,6 +77,7 @@ class TrainSummary:
     validation: dict[str, Any] = field(default_factory=dict)
     stopped_by: str | None = None  # "time limit" or "signal" when the run ended before its last step
     from_scratch: bool = True  # the weights started random (no --init, in this run or the one it resumes)
+    is_main: bool = True  # the process that reports (rank 0 under torchrun)
 
 
 @dataclass
@@ -117,13 +119,17 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _ignore_ctrl_c(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which stops the run after the step.
+def _leave_signals_to_the_run(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops the run after the step.
 
-    A forked worker inherits the main process's handler; a spawned one (macOS, Windows) would die of the
-    SIGINT that the whole process group gets. SIGTERM keeps PyTorch's worker handler: the main process
-    ends its workers with it (ignored, the interpreter's exit would wait for them forever).
+    Ctrl-C, torchrun and job schedulers signal a whole process group; a worker that dies of it makes the
+    main process fail wherever it is (PyTorch's SIGCHLD check), losing the steps since the last
+    checkpoint. On POSIX the worker leaves the group; elsewhere it ignores Ctrl-C. SIGTERM sent to the
+    worker itself keeps PyTorch's handler: the main process ends its workers with it (ignored, the
+    interpreter's exit would wait for them forever). A worker whose main process is gone exits by itself.
     """
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -174,7 +180,7 @@ class _Run:
             # Its own generator: starting an iterator (each epoch, and on --resume in mid-epoch) must not
             # draw from the global stream that dropout uses, or a resumed run would part from a straight one.
             generator=torch.Generator().manual_seed(train_cfg.seed + self.dist.rank),
-            worker_init_fn=_ignore_ctrl_c,
+            worker_init_fn=_leave_signals_to_the_run,
         )
         self.keypoint_net = build_keypoint_net(self.config.model).to(self.device)
         self.io_net = IONet().to(self.device) if self.config.model.with_io else None
@@ -209,15 +215,23 @@ class _Run:
         load_state_dict_strict(self.keypoint_net, checkpoint.state_dict, str(self.last_checkpoint))
         if self.io_net is not None:
             load_state_dict_strict(self.io_net, checkpoint.io_net_state_dict or {}, str(self.last_checkpoint))
+        rng = extra.get("rng", {})
+        per_process = rng.get("per_process") or []
+        trained_with = len(per_process) or 1  # the streams of every process are kept, one per rank
+        if trained_with != self.dist.world_size:
+            raise CheckpointError(
+                f"{self.last_checkpoint} comes from a run of {trained_with} process(es), this one has "
+                f"{self.dist.world_size}: the data order and random streams are per process, so resume with "
+                f"{trained_with} (torchrun --nproc_per_node {trained_with}), or start a new run from its "
+                f"weights with --init"
+            )
         self.optimizer.load_state_dict(extra["optimizer"])
         if self.scaler is not None and "scaler" in extra:
             self.scaler.load_state_dict(extra["scaler"])
         self.progress = _Progress(extra["step"], extra["epoch"], extra["batch_in_epoch"])
         self.best_score = extra.get("best_score", -math.inf)
         self.init_from = extra.get("init_from")
-        rng = extra.get("rng", {})
-        per_process = rng.get("per_process") or []
-        if len(per_process) == self.dist.world_size:
+        if per_process:
             rng = per_process[self.dist.rank]
         if "cpu" in rng:
             self.generator.set_state(rng["cpu"])
@@ -391,7 +405,8 @@ class _Run:
             log.info("stopped at step %d (%s); %s written: continue with --resume",
                      self.progress.step, self.stop_signal or stopped_by, self.last_checkpoint)
         return TrainSummary(self.progress.step, self.progress.epoch, time.perf_counter() - self.started,
-                            self.last_checkpoint, last_loss, metrics, stopped_by, self.init_from is None)
+                            self.last_checkpoint, last_loss, metrics, stopped_by, self.init_from is None,
+                            self.dist.is_main)
 
     def _batches(self) -> Iterator[torch.Tensor]:
         """The loader's batches for the current epoch.
