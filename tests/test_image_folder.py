@@ -170,3 +170,17 @@ def test_tiff_and_webp_photos_are_found_and_read(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["a.tif", "b.TIFF", "c.webp"]
     np.testing.assert_array_equal(read_image_rgb(tmp_path / "a.tif"), rgb)  # lossless
     assert read_image_rgb(tmp_path / "c.webp").shape == rgb.shape
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "symlink"), reason="needs symbolic links")
+def test_links_back_up_the_tree_are_walked_once(tmp_path):
+    """``os.walk(followlinks=True)`` followed a link to a parent about 40 times (each photo 41 times in the
+    training set); two such links made the walk exponential (it never ended)."""
+    import os
+
+    root = tmp_path / "photos"
+    write_rgb(root / "a" / "x.jpg", samples.coffee()[:64, :64])
+    write_rgb(root / "b c.jpg", samples.chelsea()[:64, :64])
+    os.symlink("..", root / "a" / "up")
+    os.symlink("..", root / "a" / "up2")
+    assert list_images(root) == [root / "a" / "x.jpg", root / "b c.jpg"]

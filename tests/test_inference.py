@@ -466,3 +466,22 @@ def test_rescale_images_in_half_precision(dtype):
         assert resized.dtype == dtype
         expected = rescale_images(image.to(dtype).float(), scale_factor)
         torch.testing.assert_close(resized, expected.to(dtype), atol=0, rtol=0)
+
+
+def test_a_phone_photo_is_upright_from_its_path_and_from_pil(tmp_path):
+    """OpenCV applies the EXIF orientation when kp2d reads a file; a PIL image of the same file was used as
+    stored (sideways), so the two gave different keypoints."""
+    import skimage.data
+
+    from kp2d.inference import load_image
+
+    stored = cv2.resize(skimage.data.astronaut(), (96, 64), interpolation=cv2.INTER_AREA)  # RGB, 96 wide
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    from_path = load_image(path)
+    assert from_path.shape == (96, 64, 3)  # upright: the stored 96x64 turned
+    with Image.open(path) as pil:
+        upright = image_to_tensor(pil)[0]
+    torch.testing.assert_close(upright, image_to_tensor(from_path)[0], atol=3 / 255, rtol=0)

@@ -220,3 +220,66 @@ def test_summarize_leaves_nan_localization_out():
     assert means["localization_error"] == 1.0
     assert (means["c1"], means["c5"]) == (0.5, 1.0)
     assert means["mscore"] == pytest.approx(0.3)
+
+
+# --- boundaries and the protocol's constants (each would survive a one-character change otherwise) --------
+
+
+def test_three_pixels_repeat_but_do_not_match():
+    """Repeatability counts a counterpart at exactly 3 px (``<=``); the matching score does not (``<``)."""
+    prob1, prob2 = _rows([(20, 15)]), _rows([(23, 15)])
+    desc = _one_hot([0])
+    assert repeatability(prob1, prob2, np.eye(3), SHAPE, top_k=300) == (1, 1, 1.0, 3.0)
+    assert matching_score(prob1, desc, prob2, desc, np.eye(3), SHAPE, top_k=300) == 0.0
+    nearer = _rows([(22.9, 15)])
+    assert matching_score(prob1, desc, nearer, desc, np.eye(3), SHAPE, top_k=300) == 1.0
+
+
+def test_corner_error_uses_the_last_pixel_as_corner():
+    """Corners (0, 0), (0, H-1), (W-1, 0), (W-1, H-1): a 2x zoom about the origin moves each by its norm."""
+    width, height = SHAPE
+    expected = (0 + (height - 1) + (width - 1) + math.hypot(width - 1, height - 1)) / 4
+    assert corner_error(np.diag([2.0, 2.0, 1.0]), np.eye(3), SHAPE) == pytest.approx(expected)
+
+
+def test_correctness_thresholds_are_inclusive(monkeypatch):
+    """An estimate exactly 1 px off at every corner counts for C1 (``<=``), 3 and 5 too."""
+    import kp2d.eval.metrics as metrics
+
+    shifted = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    monkeypatch.setattr(metrics, "estimate_homography", lambda *args, **kwargs: shifted)
+    prob, desc = _rows([(10, 10)]), _one_hot([0])
+    assert tuple(homography_correctness(prob, desc, prob, desc, np.eye(3), SHAPE, 300)) == (1.0, 1.0, 1.0)
+
+
+def test_ransac_gets_the_mutual_matches_three_pixels_and_5000_iterations(monkeypatch):
+    """``cv2.findHomography(src, dst, RANSAC, 3, maxIters=5000)`` on cross-checked matches only."""
+    import kp2d.eval.metrics as metrics
+
+    calls = []
+
+    def capture(src, dst, method, threshold, maxIters):  # noqa: N803 - OpenCV's keyword
+        calls.append((len(src), method, threshold, maxIters))
+        return np.eye(3), None
+
+    monkeypatch.setattr(metrics.cv2, "findHomography", capture)
+    points = [(10, 10), (30, 12), (50, 40), (70, 20), (15, 60), (60, 65)]
+    prob1, prob2 = _rows(points), _rows(points)
+    desc1 = _one_hot([0, 1, 2, 3, 4, 5])
+    desc2 = _one_hot([0, 1, 2, 3, 4, 4])  # 4 and 5 of image 2 both fit 4 of image 1: one mutual pair
+    metrics.estimate_homography(prob1, desc1, prob2, desc2, np.eye(3), SHAPE, 300)
+    assert calls == [(5, cv2.RANSAC, 3.0, 5000)]
+
+
+def test_hpatches_images_are_read_bgr_and_resized_bilinearly(tmp_path):
+    """The original feeds OpenCV's BGR and ``cv2.resize``'s default bilinear interpolation."""
+    from kp2d.data.hpatches import read_image, resize_image
+
+    red = np.zeros((30, 40, 3), np.uint8)
+    red[..., 2] = 255  # BGR: red
+    cv2.imwrite(str(tmp_path / "red.png"), red)
+    assert read_image(tmp_path / "red.png")[0, 0].tolist() == [0, 0, 255]
+    ramp = np.tile(np.arange(0, 240, 6, dtype=np.uint8), (30, 1))[..., None].repeat(3, axis=2)
+    resized = resize_image(ramp, (64, 48))
+    np.testing.assert_array_equal(resized, cv2.resize(ramp, (64, 48), interpolation=cv2.INTER_LINEAR))
+    assert not np.array_equal(resized, cv2.resize(ramp, (64, 48), interpolation=cv2.INTER_AREA))

@@ -136,3 +136,13 @@ def test_draw_matches_needs_matches_of_shape_m_by_2():
     for outside in ([[0, 3]], [[-1, 0]]):  # numpy would draw the last keypoint for -1
         with pytest.raises(ValueError, match="which has 3 keypoints"):
             draw_matches(image, image, kpts, kpts, np.array(outside))
+
+
+def test_draw_keypoints_needs_x_y_rows():
+    """``(x, y, score)`` rows (the evaluation's) were reshaped into wrong points and drawn without a word."""
+    image = np.zeros((32, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"keypoints must have shape \(N, 2\)"):
+        draw_keypoints(image, [[1.0, 2.0, 0.5], [3.0, 4.0, 0.6]])
+    single, pairs = draw_keypoints(image, [5.0, 6.0]), draw_keypoints(image, [[5.0, 6.0]])
+    np.testing.assert_array_equal(single, pairs)
+    np.testing.assert_array_equal(draw_keypoints(image, np.zeros((0, 2))), draw_keypoints(image, []))

@@ -192,8 +192,13 @@ def _pil_to_numpy(image: PIL.Image.Image) -> np.ndarray:
 
     16- and 32-bit integer modes (``I;16*``, ``I``) become uint16 (then scaled by 1/65535 like numpy uint16
     input; ``I`` must hold values in [0, 65535]); ``F`` stays float32 (then checked to lie in [0, 1] like
-    numpy float input). Converting those with ``convert("L")`` would clip instead of rescaling.
+    numpy float input). Converting those with ``convert("L")`` would clip instead of rescaling. The EXIF
+    orientation is applied, as OpenCV does when kp2d reads a file: a phone photo gives the same keypoints
+    whether its path or ``PIL.Image.open(path)`` is passed.
     """
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16"):
         return np.asarray(image).astype(np.uint16)  # also the big-endian I;16B
     if image.mode == "I":

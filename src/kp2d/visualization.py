@@ -62,8 +62,17 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Keypoints as ``(N, 2)`` float64 ``(x, y)``."""
-    points = np.asarray(as_numpy(points), dtype=np.float64).reshape(-1, 2)
+    """Keypoints as ``(N, 2)`` float64 ``(x, y)``.
+
+    ValueError for another shape (e.g. ``(x, y, score)`` rows, which a reshape would have scrambled).
+    """
+    points = np.asarray(as_numpy(points), dtype=np.float64)
+    if points.size == 0:
+        return points.reshape(0, 2)
+    if points.ndim == 1 and points.shape[0] == 2:  # a single keypoint
+        return points.reshape(1, 2)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"keypoints must have shape (N, 2) ((x, y) rows), got {points.shape}")
     return points
 
 

@@ -40,7 +40,13 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"not a folder: {root}")
     paths = []
+    visited: set[tuple[int, int]] = set()  # (device, inode) of each folder: a link back up is walked once
     for folder, subfolders, files in os.walk(root, followlinks=True):
+        status = os.stat(folder)
+        if (status.st_dev, status.st_ino) in visited:
+            subfolders[:] = []
+            continue
+        visited.add((status.st_dev, status.st_ino))
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         paths.extend(
             Path(folder) / name
