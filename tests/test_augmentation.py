@@ -424,3 +424,17 @@ def test_noise_std_and_probability():
     assert 0.45 < half.noise.double().mean() < 0.55
     kernels = sample_photometric_params(500, AugmentationConfig(), seeded(22)).blur_kernel
     assert set(kernels.tolist()) == {0, 1, 3, 5}
+
+
+def test_random_crop_cuts_each_image_at_its_own_drawn_offset():
+    from kp2d.augmentation import random_crop
+
+    images = torch.arange(2 * 3 * 6 * 8, dtype=torch.float32).view(2, 3, 6, 8)
+    crops = random_crop(images, (4, 5), torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    top = torch.randint(0, 3, (2,), generator=generator)
+    left = torch.randint(0, 4, (2,), generator=generator)
+    for b in range(2):
+        torch.testing.assert_close(crops[b], images[b, :, top[b] : top[b] + 4, left[b] : left[b] + 5])
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        random_crop(images, (7, 5))

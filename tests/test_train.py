@@ -14,7 +14,7 @@ from kp2d.checkpoint import load_checkpoint
 from kp2d.cli import main
 from kp2d.config import load_config
 from kp2d.data.sampler import EpochBatchSampler
-from kp2d.errors import CheckpointError, DataError
+from kp2d.errors import CheckpointError, ConfigError, DataError
 from kp2d.train.step import NonFiniteLossError, learning_rate_at
 from kp2d.train.trainer import TrainOptions, train
 
@@ -578,3 +578,13 @@ def test_validation_is_reported_once(tmp_path, capsys, caplog, progress):
     captured = capsys.readouterr()
     shown = captured.out + captured.err + caplog.text
     assert shown.count("validation at step 7") == 1 and "c3=0.250" in shown
+
+
+def test_crop_from_trains_on_windows_of_larger_photos(tiny_images, tmp_path):
+    """``augmentation.crop_from``: photos resized to (H, W), a random ``image_shape`` window per pair."""
+    with pytest.raises(ConfigError, match=r"crop_from \[32, 96\] must be at least image_shape \[64, 96\]"):
+        load_config("v4", {**TINY, "augmentation": {"image_shape": [64, 96], "crop_from": [32, 96]}})
+    cropped = load_config("v4", {**TINY, "augmentation": {"image_shape": [64, 96], "crop_from": [128, 192]}})
+    summary = train(TrainOptions(config=cropped, data=tiny_images, out=tmp_path, device="cpu", progress=False,
+                                 max_steps=2))
+    assert summary.steps == 2 and np.isfinite(summary.last_loss)

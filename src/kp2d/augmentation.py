@@ -447,6 +447,23 @@ def apply_photometric(
     return images[:batch], images[batch:]
 
 
+def random_crop(
+    images: torch.Tensor, shape: tuple[int, int], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A random ``shape = (h, w)`` window of each of ``images (B, C, H, W)`` (offsets drawn on the CPU)."""
+    batch, _, height, width = images.shape
+    crop_h, crop_w = shape
+    if crop_h > height or crop_w > width:
+        raise ValueError(f"images of shape {tuple(images.shape)} are smaller than the crop {tuple(shape)}")
+    top = torch.randint(0, height - crop_h + 1, (batch,), generator=generator).to(images.device)
+    left = torch.randint(0, width - crop_w + 1, (batch,), generator=generator).to(images.device)
+    rows = (top[:, None] + torch.arange(crop_h, device=images.device))[:, None, :, None]  # (B, 1, h, 1)
+    cols = (left[:, None] + torch.arange(crop_w, device=images.device))[:, None, None, :]  # (B, 1, 1, w)
+    index = torch.arange(batch, device=images.device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return images[index, channel, rows, cols]
+
+
 # --------------------------------------------------------------------------------------------------
 # The whole augmentation
 # --------------------------------------------------------------------------------------------------
@@ -487,6 +504,8 @@ class HomographicAugmentation:
         if generator is not None and generator.device.type != "cpu":
             raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
         images = _to_unit_float(images)
+        if tuple(images.shape[-2:]) != tuple(self.config.image_shape):  # augmentation.crop_from
+            images = random_crop(images, self.config.image_shape, generator)
         batch, _, height, width = images.shape
         affine = sample_spatial_transforms(batch, height, width, self.config, generator)
         homography = sample_homographies(batch, height, width, self.sampler_config, generator)

@@ -121,12 +121,20 @@ class AugmentationConfig:
     blur_kernels: tuple[int, ...] = (0, 1, 3, 5)  # drawn uniformly per image; 0 and 1 = no blur
     jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.2, 0.05)  # brightness, contrast, saturation, hue
     original_jitter_noop: bool = False  # True reproduces the original code, whose jitter does nothing
+    # (H, W) photos are resized to before a random image_shape window is cut from each (0, 0: no crop):
+    # e.g. [480, 640] with image_shape [240, 320] shows the content scale of 480x640 training at its cost
+    crop_from: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         height, width = self.image_shape
         if height % 8 or width % 8 or height < 32 or width < 32:
             raise ConfigError(
                 f"augmentation.image_shape must be multiples of 8, at least 32: {self.image_shape}"
+            )
+        if self.crop_from != (0, 0) and not (self.crop_from[0] >= height and self.crop_from[1] >= width):
+            raise ConfigError(
+                f"augmentation.crop_from {list(self.crop_from)} must be at least image_shape "
+                f"{list(self.image_shape)} on both sides (or [0, 0]: no crop)"
             )
         bad_kernels = [k for k in self.blur_kernels if k < 0 or (k > 1 and k % 2 == 0)]
         if bad_kernels or not self.blur_kernels:

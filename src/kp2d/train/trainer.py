@@ -162,7 +162,9 @@ class _Run:
             torch.backends.cudnn.benchmark = True  # fixed image size: let cuDNN pick the fastest kernels
         self.dataset = ImageFolderDataset(
             self.options.data,
-            image_shape=self.config.augmentation.image_shape,
+            image_shape=self.config.augmentation.crop_from
+            if self.config.augmentation.crop_from != (0, 0)
+            else self.config.augmentation.image_shape,
             skip_bad=self.options.skip_bad,
             cache=self.options.cache_images,
         )
