@@ -504,7 +504,7 @@ class HomographicAugmentation:
         if generator is not None and generator.device.type != "cpu":
             raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
         images = _to_unit_float(images)
-        if tuple(images.shape[-2:]) != tuple(self.config.image_shape):  # augmentation.crop_from
+        if tuple(self.config.crop_from) != (0, 0):  # photos loaded at crop_from: an image_shape window each
             images = random_crop(images, self.config.image_shape, generator)
         batch, _, height, width = images.shape
         affine = sample_spatial_transforms(batch, height, width, self.config, generator)
