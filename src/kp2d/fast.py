@@ -198,7 +198,7 @@ def _torch_backend(
         return KeyPointNetOutput(*(t.float().contiguous() for t in out))
 
     details = {"channels_last": channels_last, "autocast": str(autocast) if autocast else None}
-    return Backend(name, run, details)
+    return Backend(name, run, details, net.in_channels)
 
 
 def _bf16_net(model: KeyPointNet) -> KeyPointNet:
@@ -221,7 +221,9 @@ def _ort_session(path: Path, threads: int | None):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _ort_backend(name: str, path: Path, threads: int | None, details: dict[str, object]) -> Backend:
+def _ort_backend(
+    name: str, path: Path, threads: int | None, details: dict[str, object], in_channels: int
+) -> Backend:
     session = _ort_session(path, threads)
 
     def run(images: torch.Tensor) -> KeyPointNetOutput:
@@ -231,7 +233,8 @@ def _ort_backend(name: str, path: Path, threads: int | None, details: dict[str, 
             *(torch.from_numpy(t).to(images.device) for t in (score, coord, desc))
         )
 
-    return Backend(name, run, {"onnx": str(path), "threads": threads or torch.get_num_threads(), **details})
+    details = {"onnx": str(path), "threads": threads or torch.get_num_threads(), **details}
+    return Backend(name, run, details, in_channels)
 
 
 def load_backend(
@@ -267,26 +270,6 @@ def load_backend(
     Returns:
         A :class:`Backend`.
     """
-    backend = _build_backend(
-        name, model, calibration_images, threads, work_dir, float_layers, calibration_method,
-        calibration_count, onnx_model,
-    )
-    backend.in_channels = model.in_channels
-    return backend
-
-
-def _build_backend(
-    name: str,
-    model: KeyPointNet,
-    calibration_images: torch.Tensor | Sequence[torch.Tensor] | str | Path | None,
-    threads: int | None,
-    work_dir: str | Path | None,
-    float_layers: Sequence[str],
-    calibration_method: str,
-    calibration_count: int,
-    onnx_model: str | Path | None,
-) -> Backend:
-    """:func:`load_backend` but for the input channels."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")
     if name == "ort-int8" and calibration_images is None:
@@ -354,7 +337,7 @@ def _ort_model_backend(
     users_graph = onnx_model is not None and path == Path(onnx_model)  # ort-fp32 on a given graph
     if not (keep_files or users_graph):
         details["onnx"] = None  # the graph was in a temporary folder, removed once the session is built
-    return _ort_backend(name, path, threads, details)
+    return _ort_backend(name, path, threads, details, model.in_channels)
 
 
 class BackendDetector:

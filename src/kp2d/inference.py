@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kp2d.augmentation import rgb_to_grayscale
 from kp2d.errors import ConfigError, DataError
 from kp2d.geometry import cell_centers
 from kp2d.models.keypoint_net import CELL, sample_descriptors
@@ -70,7 +71,6 @@ __all__ = [
 MIN_IMAGE_SIZE = 32  # pixels, each side
 MAX_NETWORK_SIZE = 16384  # pixels, each side of the network's input (after scale_factor)
 ImageLike = Union[np.ndarray, torch.Tensor, "PIL.Image.Image"]
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, RGB order
 _FLOAT_RANGE_SLACK = 1e-3
 
 
@@ -287,12 +287,12 @@ def image_to_tensor(
 def to_network_channels(batch: torch.Tensor, in_channels: int) -> torch.Tensor:
     """``(B, C, H, W)`` images with the network's ``in_channels``.
 
-    3 → 1 by BT.601 luma (in the channel order given), 1 → 3 by replication; unchanged otherwise.
+    3 → 1 by BT.601 luma (:func:`kp2d.augmentation.rgb_to_grayscale`, in the channel order given), 1 → 3
+    by replication; unchanged otherwise.
     """
     channels = batch.shape[1]
     if in_channels == 1 and channels == 3:
-        weights = batch.new_tensor(_GRAY_WEIGHTS).view(1, 3, 1, 1)
-        return (batch * weights).sum(dim=1, keepdim=True)
+        return rgb_to_grayscale(batch)
     if in_channels == 3 and channels == 1:
         return batch.expand(-1, 3, -1, -1)
     return batch

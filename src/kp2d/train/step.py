@@ -7,9 +7,9 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from kp2d.augmentation import rgb_to_grayscale
 from kp2d.config import Config, OptimConfig
 from kp2d.errors import Kp2dError
+from kp2d.inference import to_network_channels
 from kp2d.losses import LossTerms, keypoint_net_losses
 from kp2d.models import IONet, KeyPointNet
 
@@ -46,8 +46,8 @@ class SiameseLoss(nn.Module):
 
         A grayscale network (``model.use_color: false``) sees the pair's luma (the augmentation is RGB).
         """
-        if self.keypoint_net.in_channels == 1:
-            source, target = rgb_to_grayscale(source), rgb_to_grayscale(target)
+        channels = self.keypoint_net.in_channels
+        source, target = to_network_channels(source, channels), to_network_channels(target, channels)
         device_type = source.device.type
         autocast = (
             torch.autocast(device_type, dtype=self.autocast_dtype)
