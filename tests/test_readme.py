@@ -1,6 +1,7 @@
 """The README's commands are accepted as written: every ``kp2d``, ``python scripts/…`` and
-``python benchmarks/…`` call in its ``bash`` blocks parses with the current options (nothing is run), and
-every ``python`` block compiles.
+``python benchmarks/…`` call in its ``bash`` blocks and every row of its command-line table parses with the
+current options (nothing is run), every ``python`` block compiles and the ``../shared/data`` paths it names
+exist.
 
 The README's tables are reproduced by those commands, so an option renamed or dropped must fail here rather
 than on a user's machine. Shell is read just enough for that: line continuations, here-documents (skipped),
@@ -98,6 +99,20 @@ def readme_commands() -> list[tuple[int, list[str]]]:
     return [command for first, block in _blocks("bash") for command in shell_commands(block, first)]
 
 
+def readme_table_commands() -> list[tuple[int, list[str]]]:
+    """``(README line, argv)`` of the command-line table's rows.
+
+    Options in ``[…]`` are taken, of alternatives ``a\\|b`` the first.
+    """
+    rows = []
+    for number, line in enumerate(README.read_text(encoding="utf-8").splitlines(), start=1):
+        match = re.match(r"\| `kp2d ([^`]*)` \|", line)
+        if match:
+            text = re.sub(r"(\S+?)\\\|\S+", r"\1", match.group(1)).replace("[", "").replace("]", "")
+            rows.append((number, shlex.split(text)))
+    return rows
+
+
 class _Parsed(Exception):
     """Raised by the patched ``parse_args`` once a script's options parsed (so that nothing runs)."""
 
@@ -122,7 +137,7 @@ def _kp2d_argv(argv: list[str]) -> list[str] | None:
 
 
 COMMANDS = readme_commands()
-KP2D_CALLS = [(n, a) for n, argv in COMMANDS if (a := _kp2d_argv(argv)) is not None]
+KP2D_CALLS = [(n, a) for n, argv in COMMANDS if (a := _kp2d_argv(argv)) is not None] + readme_table_commands()
 SCRIPT_CALLS = [(n, s) for n, argv in COMMANDS if (s := _script_argv(argv)) is not None]
 
 
