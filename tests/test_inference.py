@@ -82,9 +82,11 @@ def test_extract_reproduces_the_golden_eval_output(golden_net, golden_forward):
 # --- inputs -----------------------------------------------------------------------------------------------
 
 
-def test_every_input_type_gives_the_same_keypoints(random_net):
+def test_every_input_type_gives_the_same_keypoints(random_net, tmp_path):
     tensor = smooth_image(64, 80)
     uint8 = (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    png = tmp_path / "image.png"
+    Image.fromarray(uint8).save(png)  # lossless
     reference = extract(random_net, uint8, top_k=30)  # of 6 x 8 interior cells
     assert isinstance(reference, Keypoints) and len(reference) == 30
     assert reference.keypoints.shape == (30, 2) and reference.keypoints.dtype == torch.float32
@@ -96,6 +98,8 @@ def test_every_input_type_gives_the_same_keypoints(random_net):
         Image.fromarray(uint8),
         torch.from_numpy(uint8).permute(2, 0, 1),  # uint8 tensor
         torch.from_numpy(uint8).permute(2, 0, 1).float() / 255.0,
+        png,  # a path, read with load_image
+        str(png),
     ]
     for image in same:
         kpts = extract(random_net, image, top_k=30)
@@ -184,7 +188,8 @@ def test_score_map_comes_with_the_keypoints(random_net):
         (np.zeros((64, 64, 3), np.float32) + 2.0, r"\[0, 1\]"),
         (np.zeros((64, 64, 5), np.uint8), r"\(H, W, 3\)"),
         (np.zeros((64, 64, 3), np.int32), "dtype"),
-        ("image.png", "unsupported image type"),
+        (3.0, "unsupported image type"),
+        ("missing.png", "image not found: missing.png"),
         (torch.zeros(2, 2, 64, 64), "C = 1 or 3"),
     ],
 )

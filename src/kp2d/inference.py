@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -70,7 +71,7 @@ __all__ = [
 
 MIN_IMAGE_SIZE = 32  # pixels, each side
 MAX_NETWORK_SIZE = 16384  # pixels, each side of the network's input (after scale_factor)
-ImageLike = Union[np.ndarray, torch.Tensor, "PIL.Image.Image"]
+ImageLike = Union[np.ndarray, torch.Tensor, "PIL.Image.Image", str, os.PathLike]
 _FLOAT_RANGE_SLACK = 1e-3
 
 
@@ -216,6 +217,8 @@ def _pil_to_numpy(image: PIL.Image.Image) -> np.ndarray:
 
 def _as_batch(image: ImageLike) -> tuple[torch.Tensor, bool]:
     """Any supported image → ``(B, C, H, W)`` float tensor (C = 1 or 3), and whether the input was batched."""
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
     if not isinstance(image, (np.ndarray, torch.Tensor)):
         import PIL.Image
 
@@ -223,7 +226,7 @@ def _as_batch(image: ImageLike) -> tuple[torch.Tensor, bool]:
             image = _pil_to_numpy(image)
         else:
             raise DataError(
-                f"unsupported image type {type(image).__name__} (numpy array, PIL image or tensor)"
+                f"unsupported image type {type(image).__name__} (file path, numpy array, PIL image or tensor)"
             )
 
     if isinstance(image, np.ndarray):
@@ -608,6 +611,7 @@ def extract(
     numpy ``(H, W, 3)`` RGB uint8    :class:`Keypoints` (``N <= top_k``)
     numpy ``(H, W)`` gray, float     :class:`Keypoints`
     ``PIL.Image``                    :class:`Keypoints`
+    file path (``str``, ``Path``)    :class:`Keypoints` (read with :func:`load_image`)
     tensor ``(3, H, W)`` in [0, 1]   :class:`Keypoints`
     tensor ``(B, 3, H, W)``          ``list[Keypoints]`` (``N`` varies per image; ``[]`` if ``B = 0``)
     list of images (any sizes)       ``list[Keypoints]``
