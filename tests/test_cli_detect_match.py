@@ -401,3 +401,40 @@ def test_opencv_prints_nothing_beside_the_error_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"kp2d detect: error: {truncated}: cannot read this file as an image (--skip-bad skips such images)"
     ]
+
+
+def test_match_json_holds_what_it_printed_and_the_inliers_fit_the_homography(tmp_path, photos, capsys):
+    record_path = tmp_path / "pair.json"
+    argv = ["match", *map(str, photos), "--model", "v4", "--out", str(tmp_path / "pair.png")]
+    assert main([*argv, "--json", str(record_path), "--threshold", "2"]) == 0
+    out = capsys.readouterr().out
+    record = json.loads(record_path.read_text())
+    assert record["image_a"] == str(photos[0]) and record["image_size_b"] == [144, 112]
+    assert (record["method"], record["threshold"]) == ("usac", 2.0)
+    assert f"matches: {len(record['matches'])}\n" in out
+    assert f"inliers: {sum(record['inliers'])} (" in out
+    count = len(record["matches"])
+    assert len(record["points_a"]) == len(record["points_b"]) == len(record["inliers"]) == count
+    homography = np.array(record["homography"])
+    printed = [[float(v) for v in row.split()] for row in re.findall(r"^  \[(.*)\]$", out, re.M)]
+    np.testing.assert_allclose(homography, printed, rtol=1e-5)
+    inliers = np.array(record["inliers"])
+    assert inliers.sum() >= 8
+    points_a, points_b = np.array(record["points_a"]), np.array(record["points_b"])
+    projected = cv2.perspectiveTransform(points_a[None], homography)[0]
+    error = np.linalg.norm(projected - points_b, axis=1)
+    assert (error[inliers] <= 2.0 + 1e-6).all()
+    assert corner_error(homography, demo_homography(144, 112), (144, 112)) < 8.0  # b.jpg is a; warped
+
+
+def test_match_json_of_the_demo_has_the_corner_error_and_is_checked_first(tmp_path, capsys, monkeypatch):
+    record_path = tmp_path / "demo.json"
+    assert main(["match", "--demo", "--out", str(tmp_path / "d.png"), "--json", str(record_path)]) == 0
+    out = capsys.readouterr().out
+    record = json.loads(record_path.read_text())
+    assert f"mean corner error: {record['corner_error']:.2f} px" in out
+    assert record["image_b"] == "astronaut (warped)" and record["keypoints"] == [1000, 1000]
+    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", _no_model)
+    assert main(["match", "--demo", "--out", str(tmp_path / "d.png"), "--json", str(tmp_path)]) == 2
+    line = single_error_line(capsys)
+    assert "--json" in line and "is a folder" in line

@@ -1,9 +1,10 @@
 """``kp2d match A B`` / ``kp2d match --demo``: match two images, fit a homography, draw the matches.
 
 Prints the number of keypoints, matches and inliers and the 3x3 homography (image A pixels → image B
-pixels); writes a side-by-side picture with inliers in green and outliers in red. ``--demo`` uses a
-scikit-image photo and a copy warped by a known homography (made in memory, no files needed) and also
-prints the mean corner error of the estimate.
+pixels); writes a side-by-side picture with inliers in green and outliers in red, and with ``--json`` the
+same results for scripts (see :func:`match_record`). ``--demo`` uses a scikit-image photo and a copy warped
+by a known homography (made in memory, no files needed) and also prints the mean corner error of the
+estimate.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="matches.png", help="picture to write (default: matches.png)")
     parser.add_argument(
+        "--json", metavar="FILE", default=None,
+        help="also write the homography, the matches and their inliers as JSON",
+    )
+    parser.add_argument(
         "--ratio", type=float, default=None, help="Lowe ratio test threshold in (0, 1] (default: off)"
     )
     parser.add_argument("--no-mutual", action="store_true", help="plain nearest neighbours, no mutual check")
@@ -69,6 +74,35 @@ def _check_picture_path(path: Path) -> None:
         raise ConfigError(f"--out {path}: unsupported picture extension ({found}); use one of {choices}")
 
 
+def match_record(names, kpts0, kpts1, matches, inliers, homography, args, corner_error=None) -> dict:
+    """What ``--json`` writes.
+
+    ``image_a``/``image_b`` (paths or demo names), ``image_size_a``/``image_size_b`` ``[W, H]``,
+    ``keypoints`` ``[N_a, N_b]``, ``method`` and ``threshold`` of the robust fit, ``homography`` (3x3, image A
+    pixels → image B pixels, ``null`` when none was found), ``matches`` (``[i_a, i_b]`` keypoint indices),
+    ``points_a``/``points_b`` (their ``[x, y]`` pixels), ``inliers`` (one bool per match), and with
+    ``--demo`` the ``corner_error`` of the estimate in pixels.
+    """
+    pairs = matches.tolist()
+    record = {
+        "image_a": names[0],
+        "image_b": names[1],
+        "image_size_a": list(kpts0.image_size),
+        "image_size_b": list(kpts1.image_size),
+        "keypoints": [len(kpts0), len(kpts1)],
+        "method": args.method,
+        "threshold": args.threshold,
+        "homography": None if homography is None else [[float(v) for v in row] for row in homography],
+        "matches": pairs,
+        "points_a": kpts0.keypoints[matches[:, 0]].tolist() if pairs else [],
+        "points_b": kpts1.keypoints[matches[:, 1]].tolist() if pairs else [],
+        "inliers": [bool(v) for v in inliers],
+    }
+    if corner_error is not None:
+        record["corner_error"] = corner_error if math.isfinite(corner_error) else None
+    return record
+
+
 def _format_homography(homography) -> str:
     return "\n".join("  [" + "  ".join(f"{value: .6g}" for value in row) + "]" for row in homography)
 
@@ -95,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"give two images A B (got {len(args.images)}), or --demo")
     out = Path(args.out)
     _check_picture_path(out)
+    if args.json is not None:
+        from kp2d.cli.detect import check_output_path
+
+        check_output_path(Path(args.json), "--json")
     model = load_keypoint_net(args.model, resolve_device(args.device))
     options["backend"] = model_backend(args, model)
     if args.demo:
@@ -129,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"homography ({args.method}, {names[0]} -> {names[1]}):")
         print(_format_homography(homography))
+    error = None
     if true_homography is not None:
         error = corner_error(homography, true_homography, kpts0.image_size)
         print(f"mean corner error: {error:.2f} px")
@@ -139,4 +178,10 @@ def run(args: argparse.Namespace) -> int:
     )
     save_image(out, picture)
     print(f"picture: {out}")
+    if args.json is not None:
+        import json
+
+        record = match_record(names, kpts0, kpts1, matches, inliers, homography, args, error)
+        Path(args.json).write_text(json.dumps(record) + "\n")
+        print(f"results: {args.json}")
     return 0
