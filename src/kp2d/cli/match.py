@@ -12,9 +12,16 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kp2d.cli.detect import add_model_options
 from kp2d.demo import DEMO_PHOTOS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from kp2d.inference import Keypoints
 
 __all__ = ["add_parser", "run"]
 
@@ -38,7 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="matches.png", help="picture to write (default: matches.png)")
     parser.add_argument(
-        "--json", metavar="FILE", default=None,
+        "--json",
+        metavar="FILE",
+        default=None,
         help="also write the homography, the matches and their inliers as JSON",
     )
     parser.add_argument(
@@ -74,14 +83,24 @@ def _check_picture_path(path: Path) -> None:
         raise ConfigError(f"--out {path}: unsupported picture extension ({found}); use one of {choices}")
 
 
-def match_record(names, kpts0, kpts1, matches, inliers, homography, args, corner_error=None) -> dict:
+def match_record(
+    names: list[str],
+    kpts0: Keypoints,
+    kpts1: Keypoints,
+    matches: torch.Tensor,
+    inliers: np.ndarray,
+    homography: np.ndarray | None,
+    args: argparse.Namespace,
+    corner_error_px: float | None = None,
+) -> dict:
     """What ``--json`` writes.
 
     ``image_a``/``image_b`` (paths or demo names), ``image_size_a``/``image_size_b`` ``[W, H]``,
     ``keypoints`` ``[N_a, N_b]``, ``method`` and ``threshold`` of the robust fit, ``homography`` (3x3, image A
     pixels → image B pixels, ``null`` when none was found), ``matches`` (``[i_a, i_b]`` keypoint indices),
     ``points_a``/``points_b`` (their ``[x, y]`` pixels), ``inliers`` (one bool per match), and with
-    ``--demo`` the ``corner_error`` of the estimate in pixels.
+    ``--demo`` the ``corner_error`` of the estimate in pixels. ``matches`` is ``(M, 2)``, ``inliers``
+    ``(M,)``.
     """
     pairs = matches.tolist()
     record = {
@@ -98,8 +117,8 @@ def match_record(names, kpts0, kpts1, matches, inliers, homography, args, corner
         "points_b": kpts1.keypoints[matches[:, 1]].tolist() if pairs else [],
         "inliers": [bool(v) for v in inliers],
     }
-    if corner_error is not None:
-        record["corner_error"] = corner_error if math.isfinite(corner_error) else None
+    if corner_error_px is not None:
+        record["corner_error"] = corner_error_px if math.isfinite(corner_error_px) else None
     return record
 
 
