@@ -61,8 +61,44 @@ def test_heatmap_follows_the_cells_and_crops_the_padding():
     hot, cold = heat[12, 20], heat[12, 12]  # inside cell (1, 2) and its left neighbour
     assert int(hot.sum()) > int(cold.sum()) + 300
     assert (heat[8:16, 16:24] == hot).all()
-    with pytest.raises(ValueError, match="does not cover"):
-        draw_score_heatmap(image, np.zeros((2, 4)))
+    for wrong in ((2, 4), (4, 4), (6, 8)):  # too small, too large, a 2x score map without its scale_factor
+        with pytest.raises(ValueError, match=r"does not match a 20x27 image with 8-px cells \(3x4\)"):
+            draw_score_heatmap(image, np.zeros(wrong))
+
+
+def test_heatmap_of_a_resized_score_map_covers_the_whole_image():
+    """A score map from ``scale_factor=2`` (a 5x7 grid: the 2x image is 40x54) drawn with its scale factor: the
+    hot cell (2, 5) of the 2x image covers pixels 8..11 x 20..23 here. Without the factor it used to show the
+    top-left quarter of the map over the whole image (only the CLI resized around it)."""
+    image = np.full((20, 27, 3), 128, np.uint8)
+    cells = np.zeros((6, 7), np.float32)  # ceil(40/8) x ceil(54/8) = 5 x 7; 6 rows is wrong
+    with pytest.raises(ValueError, match="does not match"):
+        draw_score_heatmap(image, cells, scale_factor=2)
+    cells = np.zeros((5, 7), np.float32)
+    cells[2, 5] = 1.0
+    heat = draw_score_heatmap(image, cells, alpha=1.0, scale_factor=2).astype(int)
+    assert heat.shape == (20, 27, 3)
+    hot = heat[9:11, 21:23].sum(axis=2)
+    assert hot.min() > heat[2, 2].sum() + 300 and hot.min() > heat[15, 12].sum() + 300
+
+
+def test_drawing_refuses_float_images_in_0_255():
+    """A float 0-255 image used to be clipped to a white picture; ``extract`` refuses it, so drawing does."""
+    image = np.full((32, 32, 3), 100.0, np.float32)
+    with pytest.raises(ValueError, match=r"float images must be in \[0, 1\], got values up to 100"):
+        draw_keypoints(image, [[8.0, 8.0]])
+    assert to_rgb_uint8(image / 255.0)[0, 0].tolist() == [100, 100, 100]
+    assert to_rgb_uint8(np.eye(3, dtype=bool))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_save_gif_errors_are_data_errors_and_any_suffix_writes_a_gif(tmp_path):
+    frame = np.zeros((8, 8, 3), np.uint8)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="cannot write GIF"):
+        save_gif([frame], tmp_path / "file" / "a.gif")
+    path = save_gif([frame, frame + 255], tmp_path / "animation")  # no suffix: still a GIF
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 2
 
 
 def test_draw_keypoints_marks_the_points():

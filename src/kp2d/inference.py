@@ -72,7 +72,7 @@ __all__ = [
 MIN_IMAGE_SIZE = 32  # pixels, each side
 MAX_NETWORK_SIZE = 16384  # pixels, each side of the network's input (after scale_factor)
 ImageLike = Union[np.ndarray, torch.Tensor, "PIL.Image.Image", str, os.PathLike]
-_FLOAT_RANGE_SLACK = 1e-3
+FLOAT_RANGE_SLACK = 1e-3  # float images may exceed [0, 1] by this much (resampling overshoot)
 
 
 @dataclass
@@ -280,7 +280,7 @@ def image_to_tensor(
                 f"float images must be finite and in [0, 1], got NaN or infinite values (values in "
                 f"[{low:.3g}, {high:.3g}])"
             )
-        if low < -_FLOAT_RANGE_SLACK or high > 1 + _FLOAT_RANGE_SLACK:
+        if low < -FLOAT_RANGE_SLACK or high > 1 + FLOAT_RANGE_SLACK:
             raise DataError(
                 f"float images must be in [0, 1], got values in [{low:.3g}, {high:.3g}] (divide uint8 by 255)"
             )

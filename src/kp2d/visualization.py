@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from kp2d.inference import FLOAT_RANGE_SLACK
 from kp2d.matching import as_match_pairs, as_numpy
 
 __all__ = [
@@ -39,7 +40,8 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB copy of an image.
 
     Takes numpy / tensor images ``(H, W)``, ``(H, W, 1|3|4)`` (numpy) or ``(1|3, H, W)`` (tensor):
-    uint8 as is, uint16 scaled to 8 bits (``round(v / 257)``), float (any precision) in [0, 1] (clipped).
+    uint8 as is, uint16 scaled to 8 bits (``round(v / 257)``), float (any precision) in [0, 1]; a float
+    image with values well above 1 (e.g. 0–255) is a ``ValueError``, as in ``extract``, not a white picture.
     """
     if isinstance(image, torch.Tensor):
         tensor = image
@@ -50,8 +52,15 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
         array = np.asarray(image)
     if array.dtype == np.uint16:  # v / 257 rounded half up, as kp2d reads 16-bit files
         array = ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
     if array.dtype != np.uint8:
-        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        array = array.astype(np.float32)
+        if array.size and np.nanmax(array) > 1.0 + FLOAT_RANGE_SLACK:
+            raise ValueError(
+                f"float images must be in [0, 1], got values up to {np.nanmax(array):g} (divide uint8 by 255)"
+            )
+        array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
@@ -114,22 +123,33 @@ def draw_score_heatmap(
     alpha: float = 0.6,
     cell: int = 8,
     colormap: int = cv2.COLORMAP_INFERNO,
+    scale_factor: float = 1.0,
 ) -> np.ndarray:
     """Overlay cell scores ``(Hc, Wc)`` in [0, 1] on the image, each cell covering ``cell × cell`` pixels.
 
-    The score map may cover a padded image (``Hc = ceil(H / cell)``); it is upsampled by ``cell``
-    (nearest: one block per cell, as the network sees it) and cropped to the image. Colours use the fixed
-    range [0, 1], so pictures of different images compare. The image is shown in gray under the colours.
+    The score map covers the padded image, ``Hc = ceil(H / cell)`` (what :func:`kp2d.inference.score_map`
+    gives); it is upsampled by ``cell`` (nearest: one block per cell, as the network sees it) and cropped to
+    the image. A score map of :func:`~kp2d.inference.extract_with_score_map` with ``scale_factor`` belongs
+    to the resized image: pass the same ``scale_factor`` (the picture is drawn at that size and resized
+    back). Colours use the fixed range [0, 1], so pictures of different images compare. The image is shown
+    in gray under the colours.
     """
     canvas = to_rgb_uint8(image)
     cell_scores = np.asarray(as_numpy(cell_scores), dtype=np.float32)
     if cell_scores.ndim != 2:
         raise ValueError(f"cell_scores must have shape (Hc, Wc), got {cell_scores.shape}")
     height, width = canvas.shape[:2]
+    if scale_factor != 1:
+        size = (max(1, round(width * scale_factor)), max(1, round(height * scale_factor)))
+        resized = cv2.resize(canvas, size)
+        picture = draw_score_heatmap(resized, cell_scores, alpha, cell, colormap)
+        return cv2.resize(picture, (width, height), interpolation=cv2.INTER_AREA)
     rows, cols = cell_scores.shape
-    if rows * cell < height or cols * cell < width:
+    expected = (-(-height // cell), -(-width // cell))
+    if (rows, cols) != expected:
         raise ValueError(
-            f"a {rows}x{cols} score grid does not cover a {height}x{width} image with {cell}-px cells"
+            f"a {rows}x{cols} score grid does not match a {height}x{width} image with {cell}-px cells "
+            f"({expected[0]}x{expected[1]}); a score map of a resized image needs its scale_factor"
         )
     dense = np.repeat(np.repeat(cell_scores, cell, axis=0), cell, axis=1)[:height, :width]
     gray = (np.clip(dense, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -245,6 +265,8 @@ def save_gif(
     """
     from PIL import Image
 
+    from kp2d.errors import DataError
+
     images = [to_rgb_uint8(frame) for frame in frames]
     if not images:
         raise ValueError("save_gif needs at least one frame")
@@ -252,10 +274,16 @@ def save_gif(
     if len(sizes) != 1:
         raise ValueError(f"all GIF frames must have the same size, got {sorted(sizes)}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     durations = [duration_ms] * len(images)
     if last_frame_ms is not None:
         durations[-1] = last_frame_ms
     first, *rest = (Image.fromarray(image) for image in images)
-    first.save(path, save_all=True, append_images=rest, duration=durations, loop=loop, optimize=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        first.save(
+            path, format="GIF", save_all=True, append_images=rest, duration=durations, loop=loop,
+            optimize=False,
+        )
+    except OSError as err:  # e.g. a read-only folder, a file where a folder should be
+        raise DataError(f"cannot write GIF {path}: {err}") from None
     return path

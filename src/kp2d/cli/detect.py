@@ -168,19 +168,6 @@ def selection_options(args: argparse.Namespace) -> dict:
     }
 
 
-def _score_picture(image, cell_scores, scale_factor: float):
-    """The score heat map over ``image``; with ``--scale-factor`` the cells are those of the resized image."""
-    import cv2
-
-    from kp2d.visualization import draw_score_heatmap
-
-    if scale_factor == 1:
-        return draw_score_heatmap(image, cell_scores)
-    height, width = image.shape[:2]
-    resized = cv2.resize(image, (round(width * scale_factor), round(height * scale_factor)))
-    return cv2.resize(draw_score_heatmap(resized, cell_scores), (width, height), interpolation=cv2.INTER_AREA)
-
-
 _OUTPUT_PICTURES = ("_keypoints.png", "_scores.png")
 
 
@@ -256,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.errors import DataError, make_folder
     from kp2d.inference import extract_with_score_map, load_image
     from kp2d.runtime import resolve_device
-    from kp2d.visualization import draw_keypoints, save_image
+    from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
 
     log = logging.getLogger("kp2d.detect")
     options = selection_options(args)
@@ -294,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
         save_image(
             out_dir / f"{stem}_keypoints.png", draw_keypoints(image, arrays["keypoints"], arrays["scores"])
         )
-        save_image(out_dir / f"{stem}_scores.png", _score_picture(image, cell_scores, args.scale_factor))
+        heat_map = draw_score_heatmap(image, cell_scores, scale_factor=args.scale_factor)
+        save_image(out_dir / f"{stem}_scores.png", heat_map)
         log.debug("%s: %d keypoints", path, len(keypoints))
         tqdm.write(f"{path}: {len(keypoints)} keypoints -> {out_dir / stem}.*")
     if skipped:
