@@ -248,6 +248,21 @@ def test_errors(golden_forward, tmp_path):
     assert set(BACKENDS) >= {"torch-fp32", "torch-fused", "torch-bf16", "ort-fp32", "ort-int8"}
 
 
+def test_a_backend_refuses_what_it_cannot_run_and_extract_refuses_a_backend_name(golden_forward):
+    """A uint8 tensor ran on values 0-255 (scores off by up to 0.99), a (3, H, W) tensor was a raw
+    RuntimeError, and ``backend="torch-bf16"`` a TypeError ('str' object is not callable)."""
+    net = _golden_net(golden_forward)
+    fast = load_backend("torch-fused", net)
+    image = torch.rand(1, 3, 32, 32)
+    with pytest.raises(DataError, match=r"got torch.uint8 \(divide by 255, or use extract\)"):
+        fast((image * 255).to(torch.uint8))
+    with pytest.raises(DataError, match=r"float images \(B, 3, H, W\) in \[0, 1\], got \(3, 32, 32\)"):
+        fast(image[0])
+    torch.testing.assert_close(fast(image).score, net.describe(image).score, atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match=r"built once with kp2d.fast.load_backend\('torch-bf16', model\)"):
+        extract(net, image, backend="torch-bf16")
+
+
 def test_extract_through_a_backend_gives_the_plain_networks_keypoints(golden_forward):
     """``extract(..., backend=)`` pads, selects and maps back exactly as without one (fp32 backends).
 

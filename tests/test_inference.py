@@ -351,6 +351,34 @@ def test_nms_on_a_real_extraction_spaces_the_keypoints(golden_net):
 # --- Keypoints --------------------------------------------------------------------------------------------
 
 
+def test_extract_results_go_straight_into_match_homography_and_pictures(random_net):
+    """``match(a, b)``, ``estimate_homography(a, b, m)`` and ``draw_keypoints(image, a)`` with the
+    :class:`Keypoints` themselves (as LightGlue takes its feature dicts) give what their arrays give; they
+    used to fail in numpy ("setting an array element with a sequence")."""
+    from kp2d.matching import estimate_homography, match
+    from kp2d.visualization import draw_keypoints, draw_matches
+
+    image = (smooth_image(96, 128).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    a = extract(random_net, image, top_k=100)
+    b = extract(random_net, np.ascontiguousarray(image[:, ::-1]), top_k=100)
+    matches, distances = match(a, b)
+    expected, expected_distances = match(a.descriptors, b.descriptors)
+    assert torch.equal(matches, expected) and torch.equal(distances, expected_distances)
+    homography, inliers = estimate_homography(a, b, matches, method="ransac")
+    expected_h, expected_inliers = estimate_homography(a.keypoints, b.keypoints, matches, method="ransac")
+    assert (homography is None) == (expected_h is None) and (inliers == expected_inliers).all()
+    assert (draw_keypoints(image, a) == draw_keypoints(image, a.keypoints)).all()
+    both = draw_matches(image, image, a, b, matches, inliers)
+    assert (both == draw_matches(image, image, a.keypoints, b.keypoints, matches, inliers)).all()
+
+
+def test_keypoints_compare_by_identity():
+    """``==`` on the dataclass compared tensors field by field: a RuntimeError (ambiguous truth value)."""
+    kpts = Keypoints(torch.zeros(2, 2), torch.ones(2), torch.zeros(2, 4), (8, 8))
+    same_values = Keypoints(torch.zeros(2, 2), torch.ones(2), torch.zeros(2, 4), (8, 8))
+    assert kpts == kpts and kpts != same_values
+
+
 def test_keypoints_container():
     kpts = Keypoints(
         keypoints=torch.tensor([[1.5, 2.5], [10.0, 20.0]]),

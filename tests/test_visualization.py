@@ -67,9 +67,9 @@ def test_heatmap_follows_the_cells_and_crops_the_padding():
 
 
 def test_heatmap_of_a_resized_score_map_covers_the_whole_image():
-    """A score map from ``scale_factor=2`` (a 5x7 grid: the 2x image is 40x54) drawn with its scale factor: the
-    hot cell (2, 5) of the 2x image covers pixels 8..11 x 20..23 here. Without the factor it used to show the
-    top-left quarter of the map over the whole image (only the CLI resized around it)."""
+    """A score map from ``scale_factor=2`` (a 5x7 grid: the 2x image is 40x54) drawn with its scale factor:
+    the hot cell (2, 5) of the 2x image covers pixels 8..11 x 20..23 here. Without the factor it used to show
+    the top-left quarter of the map over the whole image (only the CLI resized around it)."""
     image = np.full((20, 27, 3), 128, np.uint8)
     cells = np.zeros((6, 7), np.float32)  # ceil(40/8) x ceil(54/8) = 5 x 7; 6 rows is wrong
     with pytest.raises(ValueError, match="does not match"):

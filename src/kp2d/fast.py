@@ -148,7 +148,18 @@ class Backend:
     in_channels: int = 3  # the network's: a grayscale network (1) gets the luma of RGB images
 
     def __call__(self, images: torch.Tensor) -> KeyPointNetOutput:
-        """Score ``(B, 1, Hc, Wc)``, coord ``(B, 2, Hc, Wc)``, desc ``(B, 256, Hc, Wc)``, all float32."""
+        """Score ``(B, 1, Hc, Wc)``, coord ``(B, 2, Hc, Wc)``, desc ``(B, 256, Hc, Wc)``, all float32.
+
+        DataError unless ``images`` is a float tensor ``(B, 1|3, H, W)`` (``extract`` converts other
+        inputs; a uint8 tensor here would run on values 0–255).
+        """
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise DataError(f"a backend takes float images (B, 3, H, W) in [0, 1], got {shape}")
+        if not images.is_floating_point():
+            raise DataError(
+                f"a backend takes float images in [0, 1], got {images.dtype} (divide by 255, or use extract)"
+            )
         return self.run(to_network_channels(images, self.in_channels))
 
 

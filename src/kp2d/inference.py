@@ -75,7 +75,7 @@ ImageLike = Union[np.ndarray, torch.Tensor, "PIL.Image.Image", str, os.PathLike]
 FLOAT_RANGE_SLACK = 1e-3  # float images may exceed [0, 1] by this much (resampling overshoot)
 
 
-@dataclass
+@dataclass(eq=False)  # tensors have no single truth value: compare fields with torch.equal
 class Keypoints:
     """Keypoints of one image.
 
@@ -564,6 +564,11 @@ def _extract_batch(
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
     """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched."""
     _check_selection(top_k, nms_radius, score_threshold)
+    if backend is not None and not callable(backend):
+        raise ConfigError(
+            f"backend must be built once with kp2d.fast.load_backend({backend!r}, model), got "
+            f"{type(backend).__name__} {backend!r}"
+        )
     scale_factor = check_scale_factor(scale_factor)
     batch, batched = _model_input(model, image)
     height, width = batch.shape[-2:]

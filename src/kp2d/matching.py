@@ -29,7 +29,12 @@ __all__ = [
 
 
 def _as_descriptors(desc0: DescriptorsLike, desc1: DescriptorsLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both as tensors (numpy arrays, e.g. from ``kp2d detect``'s ``.npz``, converted); shapes checked."""
+    """Both as tensors, shapes checked.
+
+    Numpy arrays (e.g. from ``kp2d detect``'s ``.npz``) are converted; of a :class:`~kp2d.inference.Keypoints`
+    its ``descriptors`` are taken.
+    """
+    desc0, desc1 = (getattr(d, "descriptors", d) for d in (desc0, desc1))
     desc0, desc1 = (
         d if isinstance(d, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(d))
         for d in (desc0, desc1)
@@ -90,7 +95,8 @@ def match(
     """Nearest-neighbour matching with an optional mutual check and Lowe's ratio test.
 
     Args:
-        desc0: ``(N0, D)`` descriptors (tensor or numpy array).
+        desc0: ``(N0, D)`` descriptors (tensor or numpy array), or the :class:`~kp2d.inference.Keypoints`
+            of an ``extract`` (its ``descriptors``).
         desc1: ``(N1, D)`` descriptors.
         mutual: keep a pair only if each is the other's nearest neighbour.
         ratio: in (0, 1]; keep a pair only if nearest distance < ``ratio`` × second-nearest distance.
@@ -187,7 +193,7 @@ def estimate_homography(
     """Robust homography mapping image-0 pixels to image-1 pixels from matched keypoints.
 
     Args:
-        kpts0: ``(N0, 2)`` ``(x, y)`` pixels (tensor or array).
+        kpts0: ``(N0, 2)`` ``(x, y)`` pixels (tensor or array), or :class:`~kp2d.inference.Keypoints`.
         kpts1: ``(N1, 2)``.
         matches: ``(M, 2)`` indices ``(i0, i1)`` from :func:`match` (any other shape: ValueError).
         method: ``"usac"`` (``cv2.USAC_MAGSAC``) or ``"ransac"`` (``cv2.RANSAC``, as the HPatches evaluation).
@@ -205,7 +211,7 @@ def estimate_homography(
         raise ConfigError(
             f"unknown homography method '{method}' (use one of {', '.join(HOMOGRAPHY_METHODS)})"
         )
-    points0, points1 = as_numpy(kpts0), as_numpy(kpts1)
+    points0, points1 = (as_numpy(getattr(k, "keypoints", k)) for k in (kpts0, kpts1))
     for name, points in (("kpts0", points0), ("kpts1", points1)):
         if points.ndim != 2 or points.shape[1] != 2:
             raise ValueError(f"{name} must have shape (N, 2), got {points.shape}")

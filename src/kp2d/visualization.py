@@ -71,11 +71,11 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Keypoints as ``(N, 2)`` float64 ``(x, y)``.
+    """Keypoints (or a :class:`~kp2d.inference.Keypoints`' ``keypoints``) as ``(N, 2)`` float64 ``(x, y)``.
 
     ValueError for another shape (e.g. ``(x, y, score)`` rows, which a reshape would have scrambled).
     """
-    points = np.asarray(as_numpy(points), dtype=np.float64)
+    points = np.asarray(as_numpy(getattr(points, "keypoints", points)), dtype=np.float64)
     if points.size == 0:
         return points.reshape(0, 2)
     if points.ndim == 1 and points.shape[0] == 2:  # a single keypoint
@@ -104,7 +104,10 @@ def draw_keypoints(
     radius: float = 3.0,
     color: tuple[int, int, int] = KEYPOINT_COLOR,
 ) -> np.ndarray:
-    """Circles at ``keypoints (N, 2)`` ``(x, y)``; coloured by ``scores (N,)`` (turbo map) when given."""
+    """Circles at ``keypoints (N, 2)`` ``(x, y)``; coloured by ``scores (N,)`` (turbo map) when given.
+
+    ``keypoints`` may also be what ``extract`` returns (a :class:`~kp2d.inference.Keypoints`).
+    """
     canvas = to_rgb_uint8(image).copy()
     points = _points(keypoints)
     if scores is not None and len(points):
