@@ -372,6 +372,23 @@ def test_extract_results_go_straight_into_match_homography_and_pictures(random_n
     assert (both == draw_matches(image, image, a.keypoints, b.keypoints, matches, inliers)).all()
 
 
+def test_blank_images_have_no_keypoints_by_default():
+    """The shipped V4 scores a blank image under 1e-5 everywhere; at the old default threshold (0) two blank
+    images gave 1,000 keypoints each, ~1,000 matches and an identity homography. 0 still keeps every cell."""
+    import skimage.data
+
+    from kp2d.models.keypoint_net import DEFAULT_SCORE_THRESHOLD
+
+    net = KeyPointNet.from_pretrained("v4")
+    assert DEFAULT_SCORE_THRESHOLD == 1e-4
+    for value in (0, 128, 255):
+        blank = np.full((240, 320, 3), value, np.uint8)
+        assert len(net.extract(blank)) == 0
+        assert len(net.extract(blank, score_threshold=0)) == 1000
+    photo = cv2.resize(skimage.data.astronaut(), (320, 240), interpolation=cv2.INTER_AREA)
+    assert len(net.extract(photo, top_k=300)) == 300
+
+
 def test_keypoints_compare_by_identity():
     """``==`` on the dataclass compared tensors field by field: a RuntimeError (ambiguous truth value)."""
     kpts = Keypoints(torch.zeros(2, 2), torch.ones(2), torch.zeros(2, 4), (8, 8))

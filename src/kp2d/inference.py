@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from kp2d.augmentation import rgb_to_grayscale
 from kp2d.errors import ConfigError, DataError
 from kp2d.geometry import cell_centers
-from kp2d.models.keypoint_net import CELL, sample_descriptors
+from kp2d.models.keypoint_net import CELL, DEFAULT_SCORE_THRESHOLD, sample_descriptors
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from kp2d.models import KeyPointNet
 
 __all__ = [
+    "DEFAULT_SCORE_THRESHOLD",
     "MAX_NETWORK_SIZE",
     "MIN_IMAGE_SIZE",
     "ImageLike",
@@ -603,7 +604,7 @@ def extract(
     model: KeyPointNet,
     image: ImageLike | list[ImageLike],
     top_k: int | None = 1000,
-    score_threshold: float = 0.0,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     nms_radius: float = 0,
     backend: Backend | None = None,
     scale_factor: float = 1.0,
@@ -627,8 +628,9 @@ def extract(
             mode (its previous mode is restored afterwards).
         image: RGB image(s), at least 32 px a side.
         top_k: most keypoints per image (``None``: all).
-        score_threshold: keep keypoints with ``score > score_threshold`` (the grid's border cells, whose
-            score is 0, are never kept).
+        score_threshold: keep keypoints with ``score > score_threshold`` (default
+            :data:`DEFAULT_SCORE_THRESHOLD`, 1e-4: no keypoints on a blank image; 0 keeps every cell, as
+            the HPatches protocol does; the grid's border cells, whose score is 0, are never kept).
         nms_radius: greedy NMS radius in pixels; 0 turns it off.
         backend: a fast backend built from ``model`` (:func:`kp2d.fast.load_backend`, e.g.
             ``"torch-bf16"`` or ``"ort-int8"``) to run instead of the plain network.
@@ -659,7 +661,7 @@ def extract_with_score_map(
     model: KeyPointNet,
     image: ImageLike,
     top_k: int | None = 1000,
-    score_threshold: float = 0.0,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     nms_radius: float = 0,
     backend: Backend | None = None,
     scale_factor: float = 1.0,

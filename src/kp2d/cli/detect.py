@@ -39,7 +39,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--top-k", type=int, default=1000, help="keypoints per image, 0 for all (default: 1000)"
     )
     parser.add_argument(
-        "--score-threshold", type=float, default=0.0, help="keep keypoints with a higher score (default: 0)"
+        "--score-threshold", type=float, default=1e-4,
+        help="keep keypoints with a higher score; 0 keeps every cell (default: 1e-4)",
     )
     parser.add_argument(
         "--nms-radius",

@@ -15,10 +15,21 @@ from torch import nn
 
 from kp2d.geometry import cell_centers, normalize_points
 
-__all__ = ["CELL", "KeyPointNet", "KeyPointNetOutput", "normalize_image", "sample_descriptors"]
+__all__ = [
+    "CELL",
+    "DEFAULT_SCORE_THRESHOLD",
+    "KeyPointNet",
+    "KeyPointNetOutput",
+    "normalize_image",
+    "sample_descriptors",
+]
 
 CELL = 8  # pixels per output cell (three 2x poolings)
 DESCRIPTOR_DIM = 256
+#: ``extract``'s default: cells scoring at most this are no keypoints. A blank or featureless image scores
+#: under 1e-5 everywhere (at 0, two blank images gave 1,000 "keypoints" each and an identity homography);
+#: on photos, the shipped V4's top 1,000 at 640x480 score above it but for 0.1 %, in flat sky or walls.
+DEFAULT_SCORE_THRESHOLD = 1e-4
 _IMAGE_MEAN = 0.5
 _IMAGE_SCALE = 0.225  # the published weights expect (img - 0.5) * 0.225 (multiplied, not divided)
 
@@ -136,7 +147,7 @@ class KeyPointNet(nn.Module):
         self,
         image,
         top_k: int | None = 1000,
-        score_threshold: float = 0.0,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         nms_radius: float = 0,
         backend=None,
         scale_factor: float = 1.0,
