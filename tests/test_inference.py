@@ -389,6 +389,21 @@ def test_blank_images_have_no_keypoints_by_default():
     assert len(net.extract(photo, top_k=300)) == 300
 
 
+def test_a_float64_model_gives_float32_results_and_a_list_takes_single_images(random_net):
+    """As the docstring says; a float64 model gave float64 descriptors, and a batch inside a list came back
+    as a list inside the list."""
+    import copy
+
+    image = smooth_image(64, 80)
+    double = copy.deepcopy(random_net).double()
+    kpts = extract(double, image, top_k=20)
+    assert kpts.keypoints.dtype == kpts.scores.dtype == kpts.descriptors.dtype == torch.float32
+    reference = extract(random_net, image, top_k=20)
+    torch.testing.assert_close(kpts.keypoints, reference.keypoints, atol=1e-3, rtol=0)
+    with pytest.raises(DataError, match=r"item 1 is a batch \(2, 3, 64, 80\)"):
+        extract(random_net, [image, torch.stack([image, image])])
+
+
 def test_keypoints_compare_by_identity():
     """``==`` on the dataclass compared tensors field by field: a RuntimeError (ambiguous truth value)."""
     kpts = Keypoints(torch.zeros(2, 2), torch.ones(2), torch.zeros(2, 4), (8, 8))

@@ -89,7 +89,7 @@ def test_shape_errors_name_the_shapes(desc0, desc1):
         match(desc0, desc1)
 
 
-@pytest.mark.parametrize("ratio", [0.0, 1.5, -0.2])
+@pytest.mark.parametrize("ratio", [0.0, 1.5, -0.2, True, float("nan")])
 def test_bad_ratio(ratio):
     with pytest.raises(ConfigError, match="ratio"):
         match(DESC0, DESC1, ratio=ratio)

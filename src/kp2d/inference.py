@@ -549,7 +549,7 @@ def _run(
                 return out.score[:, 0], out.coord, out.desc
             out = model(padded)
             desc = sample_descriptors(out.desc, out.coord, padded.shape[-2], padded.shape[-1])
-            return out.score[:, 0], out.coord, desc
+            return out.score[:, 0], out.coord, desc.float()  # float32 also from a float64 model
     finally:
         model.train(was_training)
 
@@ -648,6 +648,12 @@ def extract(
         ConfigError: ``top_k < 1``, ``nms_radius < 0`` or ``scale_factor <= 0``.
     """
     if isinstance(image, (list, tuple)):
+        for index, item in enumerate(image):
+            if isinstance(item, torch.Tensor) and item.dim() == 4:
+                raise DataError(
+                    f"a list takes single images, item {index} is a batch {tuple(item.shape)} (pass a batch "
+                    "on its own, or its images in the list)"
+                )
         return [
             extract(model, item, top_k, score_threshold, nms_radius, backend, scale_factor) for item in image
         ]

@@ -108,7 +108,7 @@ def match(
         float64 for float64 input), on ``desc0``'s device (tensors also for numpy input).
     """
     desc0, desc1 = _as_descriptors(desc0, desc1)
-    if ratio is not None and not 0.0 < ratio <= 1.0:
+    if ratio is not None and (isinstance(ratio, bool) or not 0.0 < ratio <= 1.0):
         raise ConfigError(f"ratio must be in (0, 1], got {ratio}")
     if desc0.shape[0] == 0 or desc1.shape[0] == 0:
         return _empty(desc0, desc1)
