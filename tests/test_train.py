@@ -391,6 +391,12 @@ def test_bad_hpatches_folder_stops_before_training(tiny_images, tmp_path, capsys
     assert main(["train", str(config), "--data", str(tiny_images), "--out", str(out), "--device", "cpu",
                  "--max-steps", "1", "--no-progress", "--hpatches", str(good)]) == 0
     assert (out / "checkpoints" / "best.ckpt").is_file()  # validated at the end of the run
+    off = tmp_path / "off.yaml"  # val_every 0: no validation, also not at the end (there used to be one)
+    off.write_text(yaml.safe_dump({"extends": "v4", **TINY, "train": {**train_section, "val_every": 0}}))
+    out = tmp_path / "run_off"
+    assert main(["train", str(off), "--data", str(tiny_images), "--out", str(out), "--device", "cpu",
+                 "--max-steps", "1", "--no-progress", "--hpatches", str(good)]) == 0
+    assert not (out / "checkpoints" / "best.ckpt").exists() and (out / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_existing_run_folder_needs_resume_or_overwrite(tiny_images, tmp_path, capsys, monkeypatch):

@@ -476,8 +476,9 @@ class HomographicAugmentation:
         config: the augmentation parameters.
         photometric: apply step 3 (False: target and source are pure resamplings of the input).
 
-    Draw order per call (from the CPU ``generator``): flips and affine, homographies, photometric
-    parameters (including a seed for the per-pixel noise, drawn on the images' device).
+    Draw order per call (from the CPU ``generator``): the crop offsets (with ``crop_from``), flips and
+    affine, homographies, photometric parameters (including a seed for the per-pixel noise, drawn on the
+    images' device).
     """
 
     def __init__(self, config: AugmentationConfig | None = None, photometric: bool = True) -> None:

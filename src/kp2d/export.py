@@ -5,7 +5,7 @@ The graph has one input and three outputs, all float32:
 ============  =====================  ==========================================================
 name          shape                  meaning
 ============  =====================  ==========================================================
-``image``     ``(B, 3, H, W)``       RGB (or whatever order the network was trained on) in [0, 1]
+``image``     ``(B, C, H, W)``       C = 3: RGB (the training order), 1 for a grayscale network; [0, 1]
 ``score``     ``(B, 1, H/8, W/8)``   keypoint score, 0 on the border cells
 ``coord``     ``(B, 2, H/8, W/8)``   keypoint ``(x, y)`` in input pixels
 ``desc``      ``(B, 256, H/8, W/8)`` descriptors sampled at ``coord``, L2-normalised

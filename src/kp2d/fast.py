@@ -140,6 +140,7 @@ class Backend:
         name: one of :data:`BACKENDS`.
         run: the function itself.
         details: what was built (e.g. the ONNX file, the layers kept in float), for reports.
+        in_channels: the network's input channels (1: it gets the luma of RGB images).
     """
 
     name: str

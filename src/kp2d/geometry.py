@@ -53,7 +53,8 @@ def warp_points(points: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
         homography: ``(B, 3, 3)`` or ``(3, 3)``.
 
     Returns:
-        Warped points, same shape as ``points``.
+        Warped points: ``points``' shape, broadcast against the homographies' batch (``(N, 2)`` points and
+        ``(B, 3, 3)`` homographies give ``(B, N, 2)``).
     """
     if points.shape[-1] != 2:
         raise ValueError(f"points must have shape (..., 2), got {tuple(points.shape)}")
@@ -101,6 +102,7 @@ def warp_image(image: torch.Tensor, homography: torch.Tensor, mode: str = "bilin
     Args:
         image: ``(B, C, H, W)``.
         homography: ``(B, 3, 3)``, output-normalised → input-normalised coordinates.
+        mode: ``grid_sample``'s interpolation (``"bilinear"``, ``"nearest"``, ``"bicubic"``).
 
     Returns:
         ``(B, C, H, W)``; pixels that land outside ``image`` are 0.

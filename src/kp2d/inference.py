@@ -3,7 +3,7 @@
 The user story::
 
     model = kp2d.KeyPointNet.from_pretrained("v4")
-    kpts0, kpts1 = model.extract(image0), model.extract(image1)      # RGB, any size
+    kpts0, kpts1 = model.extract(image0), model.extract(image1)      # RGB, any size from 32 px
     matches, distances = kp2d.match(kpts0.descriptors, kpts1.descriptors)
     H, inliers = kp2d.estimate_homography(kpts0.keypoints, kpts1.keypoints, matches)
 
@@ -645,7 +645,8 @@ def extract(
     Raises:
         DataError: unsupported image type/shape/range, or an image under 32 px a side (before or after
             resizing).
-        ConfigError: ``top_k < 1``, ``nms_radius < 0`` or ``scale_factor <= 0``.
+        ConfigError: a bad ``top_k`` (not an integer >= 1), ``nms_radius`` (< 0), ``score_threshold``
+            (NaN) or ``scale_factor`` (<= 0), or a ``backend`` given by name instead of built.
     """
     if isinstance(image, (list, tuple)):
         for index, item in enumerate(image):

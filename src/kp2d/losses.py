@@ -64,7 +64,8 @@ class LossTerms(NamedTuple):
 
     ``total = kw·location + dw·2·descriptor + sw·(score_usp + 2·score_mse) + kw·io`` with ``kw, dw, sw`` the
     keypoint, descriptor and score loss weights; disabled terms are 0. ``recall`` is the fraction of
-    anchors whose nearest descriptor is the positive (for logs); ``io_inliers`` counts IO-Net inliers.
+    anchors whose nearest descriptor is the positive (for logs); ``io_inliers`` counts the correspondences
+    given to IO-Net that are true matches (its +1 labels).
     """
 
     total: torch.Tensor

@@ -198,6 +198,8 @@ def estimate_homography(
         matches: ``(M, 2)`` indices ``(i0, i1)`` from :func:`match` (any other shape: ValueError).
         method: ``"usac"`` (``cv2.USAC_MAGSAC``) or ``"ransac"`` (``cv2.RANSAC``, as the HPatches evaluation).
         threshold: inlier reprojection threshold in pixels.
+        max_iters: the robust fit's iterations (OpenCV's ``maxIters``).
+        confidence: OpenCV's ``confidence`` (stops earlier once this sure of the consensus).
 
     Returns:
         ``H`` (3, 3) float64 numpy array, or ``None`` with fewer than 4 matches, when OpenCV finds none,

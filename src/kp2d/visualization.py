@@ -40,8 +40,9 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB copy of an image.
 
     Takes numpy / tensor images ``(H, W)``, ``(H, W, 1|3|4)`` (numpy) or ``(1|3, H, W)`` (tensor):
-    uint8 as is, uint16 scaled to 8 bits (``round(v / 257)``), float (any precision) in [0, 1]; a float
-    image with values well above 1 (e.g. 0–255) is a ``ValueError``, as in ``extract``, not a white picture.
+    uint8 as is, uint16 scaled to 8 bits (``round(v / 257)``), float (any precision) in [0, 1] (values
+    below 0 clipped, NaN as 0); a float image with values above 1 (e.g. 0–255) is a ``ValueError``
+    (``extract`` refuses it too, with a ``DataError``) rather than a white picture.
     """
     if isinstance(image, torch.Tensor):
         tensor = image

@@ -1,6 +1,7 @@
 """``kp2d export``: write KeyPointNet as an ONNX graph (fp32, or static int8 calibrated on photos).
 
-The graph takes ``image`` ``(B, 3, H, W)`` in [0, 1] (dynamic B, H, W; H, W multiples of 8) and returns
+The graph takes ``image`` ``(B, C, H, W)`` in [0, 1] (C = 3, 1 for a grayscale network; B, H, W dynamic
+unless ``--static``; H, W multiples of 8) and returns
 ``score``, ``coord`` and ``desc`` at ``H/8 x W/8`` (see :mod:`kp2d.export`). After writing, the graph is
 run once with ONNX Runtime next to PyTorch and the largest differences are printed.
 """

@@ -7,7 +7,7 @@ A *detector* is any callable ``detector(images) -> list[(prob, desc)]``:
 - returns, per image, ``prob`` ``(N, 3)`` float32 rows ``(x, y, score)`` in pixels of the resized image
   (higher score = better) and ``desc`` ``(N, D)`` descriptors (float32, or uint8 for binary ones).
 - optional attributes: ``norm`` (``cv2.NORM_L2`` by default, ``cv2.NORM_HAMMING`` for binary
-  descriptors) and ``name`` (shown in tables).
+  descriptors) and ``name``.
 
 :class:`KeyPointNetDetector` and :class:`OpenCVDetector` (SIFT, ORB) implement it; other backends (ONNX,
 int8, ...) only need the same call. Per-pair numbers are those of the original protocol
@@ -256,7 +256,8 @@ def evaluate_hpatches(
         ``{"repeatability", "localization_error", "c1", "c3", "c5", "mscore"}`` (means over pairs; the
         localization error over pairs with at least one repeated keypoint), ``"pairs"`` (evaluated),
         ``"skipped"`` (``"<pair>: <reason>"``), ``"seconds"``, ``"pairs_per_second"``, ``"shape"``,
-        ``"top_k"``, ``"subset"`` and ``"per_pair"`` (a dict of metrics per pair, with its ``"pair"`` name).
+        ``"top_k"``, ``"subset"`` and ``"per_pair"`` (a list, one dict of metrics per pair with its
+        ``"pair"`` name).
 
     Raises:
         DataError: missing folder, no sequences, a bad file (without ``skip_bad``), or no pair left.

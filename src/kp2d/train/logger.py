@@ -27,6 +27,7 @@ class RunLogger:
         config: logged once as text; ``config.train.wandb`` turns W&B on when the package is installed.
         is_main: only the main process logs.
         total_steps, start_step: progress bar range.
+        progress: show a progress bar (validation lines print above it); False logs them instead.
     """
 
     def __init__(

@@ -399,7 +399,8 @@ class _Run:
                 if stopped_by is None and self.progress.step < total:
                     stopped_by = self.stop_reason()  # e.g. a signal while a batch was read
             self.save()
-            if self.options.hpatches is not None and not metrics and stopped_by is None:
+            validating = self.options.hpatches is not None and self.config.train.val_every > 0
+            if validating and not metrics and stopped_by is None:  # a run shorter than val_every epochs
                 metrics = self.validate(logger)
         finally:
             logger.close()
