@@ -116,7 +116,9 @@ def benchmark(args: argparse.Namespace) -> None:
     def floor_step() -> None:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             outputs = (*net(source), *net(target))
-        loss = sum(t.float().mean() for t in outputs)
+        # sums, not means: a mean's 1/numel gradients shrink into denormals on the way back, which x86
+        # computes slowly (an fp32 floor then took longer than the full step, whose gradients are normal)
+        loss = sum(t.float().sum() for t in outputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -187,10 +187,13 @@ def _descriptor_distance(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tens
     return (2 - 2 * cosine).clamp_min(1e-12).sqrt()
 
 
-def _descriptor_distance_inplace(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
-    """:func:`_descriptor_distance` without autograd, computed in place (same values, fewer passes)."""
-    cosine = torch.bmm(desc0, desc1.transpose(1, 2))
-    return cosine.clamp_(-1, 1).mul_(-2).add_(2).clamp_min_(1e-12).sqrt_()
+def _similarity(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
+    """``(B, N, C) x (B, M, C)`` unit descriptors → ``(B, N, M)`` cosines clamped to [-1, 1], no autograd.
+
+    The L2 distance ``sqrt(2 - 2 cos)`` falls as the cosine rises, so the nearest descriptor is the one of
+    the largest cosine: the negative mining needs no distances (four fewer passes over ``N x M``).
+    """
+    return torch.bmm(desc0, desc1.transpose(1, 2)).clamp_(-1, 1)
 
 
 def descriptor_loss(
@@ -223,15 +226,15 @@ def descriptor_loss(
 
     with torch.no_grad():
         # Rows of invalid anchors are never used, so masking the invalid candidates (columns) is enough.
-        distance = _descriptor_distance_inplace(anchors, positives).masked_fill_(
-            ~valid.unsqueeze(1), float("inf")
-        )
+        # Nearest = largest cosine; the original's distance 2 for candidates within the relax field is a
+        # cosine of -1, an excluded invalid candidate -inf (argmax takes the first of equals, as argmin).
+        similarity = _similarity(anchors, positives).masked_fill_(~valid.unsqueeze(1), -float("inf"))
         positions = warped.warped  # (B, N, 2) target pixels of every candidate
-        nearest = distance.argmin(dim=2)  # (B, N)
+        nearest = similarity.argmax(dim=2)  # (B, N)
         nearest_position = torch.gather(positions, 1, nearest.unsqueeze(-1).expand(-1, -1, 2))
         correct = (nearest_position == positions).all(dim=-1) & valid
         near = _within_chebyshev(positions, config.relax_field)  # (B, N, N)
-        negative = distance.masked_fill_(near, 2.0).argmin(dim=2)  # (B, N)
+        negative = similarity.masked_fill_(near, -1.0).argmax(dim=2)  # (B, N)
 
     counts = valid.sum(dim=1).clamp_min(1)
     recall = ((correct.sum(dim=1) / counts) * used).sum() / batch
