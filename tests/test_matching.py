@@ -89,6 +89,19 @@ def test_shape_errors_name_the_shapes(desc0, desc1):
         match(desc0, desc1)
 
 
+def test_match_distances_are_the_pairs_own():
+    """Identical unit descriptors are 0 apart; cdist's matrix-product form (used above 25 rows) gave up to
+    9e-4, and every returned distance is now ``|d0[i] - d1[j]|`` of its pair."""
+    generator = torch.Generator().manual_seed(0)
+    desc = torch.nn.functional.normalize(torch.randn(1000, 256, generator=generator), dim=1)
+    matches, distances = match(desc, desc)
+    assert len(matches) == 1000 and bool((distances == 0).all())
+    other = torch.nn.functional.normalize(desc + 0.1 * torch.randn(1000, 256, generator=generator), dim=1)
+    matches, distances = match(desc, other, ratio=0.9)
+    expected = (desc[matches[:, 0]] - other[matches[:, 1]]).norm(dim=1)
+    assert len(matches) > 900 and torch.equal(distances, expected)
+
+
 @pytest.mark.parametrize("ratio", [0.0, 1.5, -0.2, True, float("nan")])
 def test_bad_ratio(ratio):
     with pytest.raises(ConfigError, match="ratio"):
