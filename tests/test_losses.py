@@ -235,3 +235,20 @@ def test_descriptor_loss_finite_when_an_invalid_point_lies_outside_the_image():
     assert torch.isfinite(loss) and torch.isfinite(recall)
     loss.backward()
     assert torch.isfinite(source_desc.grad).all() and torch.isfinite(target_desc.grad).all()
+
+
+def test_nearest_target_is_the_exact_nearest_on_a_cpu():
+    """The original takes the norm of the coordinates' differences; the matrix-product form of ``cdist``
+    (``|a|^2 + |b|^2 - 2ab`` in float32, used before on CPUs) picked another cell for about 1 point in 10,000
+    at image-sized coordinates (here 1 of 9,600)."""
+    from kp2d.losses import WarpedKeypoints
+
+    generator = torch.Generator().manual_seed(0)
+    warped = torch.rand(8, 1200, 2, generator=generator) * 320
+    target = torch.rand(8, 1200, 2, generator=generator) * 320
+    keypoints = WarpedKeypoints(warped, warped, warped, torch.ones(8, 1200, dtype=torch.bool))
+    nearest = nearest_target(keypoints, target.transpose(1, 2).reshape(8, 2, 30, 40), threshold=4.0)
+    exact = (warped.double()[:, :, None] - target.double()[:, None]).norm(dim=-1).argmin(dim=2)
+    assert torch.equal(nearest.index, exact)
+    rounded = torch.cdist(warped, target, compute_mode="use_mm_for_euclid_dist").argmin(dim=2)
+    assert 0 < int((rounded != exact).sum()) < 10
