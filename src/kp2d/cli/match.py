@@ -99,8 +99,8 @@ def match_record(
     ``keypoints`` ``[N_a, N_b]``, ``method`` and ``threshold`` of the robust fit, ``homography`` (3x3, image A
     pixels → image B pixels, ``null`` when none was found), ``matches`` (``[i_a, i_b]`` keypoint indices),
     ``points_a``/``points_b`` (their ``[x, y]`` pixels), ``inliers`` (one bool per match), and with
-    ``--demo`` the ``corner_error`` of the estimate in pixels. ``matches`` is ``(M, 2)``, ``inliers``
-    ``(M,)``.
+    ``--demo`` the ``corner_error`` of the estimate in pixels (``null`` without one). ``matches`` is
+    ``(M, 2)``, ``inliers`` ``(M,)``.
     """
     pairs = matches.tolist()
     record = {
@@ -118,7 +118,7 @@ def match_record(
         "inliers": [bool(v) for v in inliers],
     }
     if corner_error_px is not None:
-        record["corner_error"] = corner_error_px if math.isfinite(corner_error_px) else None
+        record["corner_error"] = corner_error_px  # inf (no estimate) is written as null
     return record
 
 
@@ -198,9 +198,9 @@ def run(args: argparse.Namespace) -> int:
     save_image(out, picture)
     print(f"picture: {out}")
     if args.json is not None:
-        import json
+        from kp2d.cli.eval import write_json
 
         record = match_record(names, kpts0, kpts1, matches, inliers, homography, args, error)
-        Path(args.json).write_text(json.dumps(record) + "\n")
+        write_json(Path(args.json), record)
         print(f"results: {args.json}")
     return 0
