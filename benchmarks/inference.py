@@ -1,6 +1,7 @@
 """Inference backends side by side: ms/image at 320x240 and 640x480, and HPatches accuracy at 320x240.
 
-Every backend of :mod:`kp2d.fast` is built from the same weights, timed at batch 1 (warm-up, then the
+Every backend of :mod:`kp2d.deploy.backends` is
+built from the same weights, timed at batch 1 (warm-up, then the
 median of ``--repeats`` runs; the backends take turns run by run, so a disturbance hits them all alike),
 and evaluated on an HPatches-format set (default ``../shared/data/hpatches-synth``, 500 pairs) with
 :func:`kp2d.eval.hpatches.evaluate_hpatches` at 320x240, top 300.
@@ -36,7 +37,7 @@ log = logging.getLogger("benchmarks.inference")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from kp2d.fast import BACKENDS
+    from kp2d.deploy.backends import BACKENDS
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -62,9 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
-    from kp2d.checkpoint import load_keypoint_net
-    from kp2d.fast import load_calibration_images
+    from kp2d.deploy.int8 import load_calibration_images
     from kp2d.models import KeyPointNet
+    from kp2d.models.keypoint_net import load_keypoint_net
 
     if not args.random_init:
         name = args.checkpoint or args.model or "v4"
@@ -114,8 +115,8 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
     from kp2d.cli.detect import check_output_path
     from kp2d.cli.train import check_at_least
     from kp2d.data.hpatches import find_sequences
+    from kp2d.deploy.backends import BACKENDS
     from kp2d.errors import ConfigError, DataError
-    from kp2d.fast import BACKENDS
 
     minimums = {"threads": 1, "repeats": 1, "warmup": 0, "calibration-count": 1, "max-sequences": 1}
     for name, minimum in minimums.items():
@@ -220,9 +221,10 @@ def run(args: argparse.Namespace, names: list[str], folders: list[Path]) -> tupl
     """The weights' description and one row per backend (``"ms"`` and/or ``"accuracy"``)."""
     import cv2
 
+    from kp2d.deploy.backends import BackendDetector, load_backend
+    from kp2d.deploy.int8 import load_calibration_images
     from kp2d.errors import DataError
     from kp2d.eval.hpatches import evaluate_hpatches
-    from kp2d.fast import BackendDetector, load_backend, load_calibration_images
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)

@@ -19,11 +19,11 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from kp2d.checkpoint import load_keypoint_net, untrained_keypoint_net
 from kp2d.config import parse_image_shape
 from kp2d.data.image_folder import ImageFolderDataset
 from kp2d.errors import ConfigError, Kp2dError
 from kp2d.models import KeyPointNet
+from kp2d.models.keypoint_net import load_keypoint_net, untrained_keypoint_net
 
 
 def spread(network: KeyPointNet, images: torch.Tensor, batch_statistics: bool) -> tuple[float, float]:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kp2d.checkpoint import load_keypoint_net
 from kp2d.cli.eval import (
     OPENCV_METHODS,
     check_eval_scale_factor,
@@ -29,6 +28,7 @@ from kp2d.data.hpatches import HPatchesDataset
 from kp2d.errors import ConfigError, Kp2dError
 from kp2d.eval.hpatches import KeyPointNetDetector, check_sequence_problems, pair_groups
 from kp2d.eval.metrics import DISTANCE_THRESHOLD, nearest_distances
+from kp2d.models.keypoint_net import load_keypoint_net
 
 
 def repeated_distances(detector, dataset: HPatchesDataset, top_k: int) -> tuple[list[str], list[np.ndarray]]:

@@ -26,22 +26,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kp2d.checkpoint import (
-    keypoint_net_from,
-    load_checkpoint,
-    load_keypoint_net,
-    resolve_model_path,
-    training_steps,
-    untrained_keypoint_net,
-)
 from kp2d.cli.detect import check_finite_option, check_output_path
 from kp2d.cli.train import check_at_least
 from kp2d.demo import demo_pair
 from kp2d.errors import DataError, Kp2dError
 from kp2d.eval.metrics import corner_error
+from kp2d.features.extraction import extract, extract_with_score_map
+from kp2d.features.matching import estimate_homography, match
 from kp2d.geometry import scale_homography
-from kp2d.inference import extract, extract_with_score_map, load_image
-from kp2d.matching import estimate_homography, match
+from kp2d.io.checkpoint import load_checkpoint, training_steps
+from kp2d.io.images import load_image
+from kp2d.io.weights import resolve_model_path
+from kp2d.models.keypoint_net import keypoint_net_from, load_keypoint_net, untrained_keypoint_net
 from kp2d.runtime import resolve_device
 from kp2d.visualization import (
     draw_caption,

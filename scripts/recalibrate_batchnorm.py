@@ -23,17 +23,15 @@ from pathlib import Path
 import torch
 
 from kp2d.augmentation import HomographicAugmentation
-from kp2d.checkpoint import (
-    atomic_torch_save,
-    keypoint_net_from,
-    load_checkpoint,
-    resolve_model_path,
-)
 from kp2d.cli.detect import check_output_path
 from kp2d.config import load_config, parse_image_shape
 from kp2d.data.image_folder import ImageFolderDataset
 from kp2d.errors import ConfigError, DataError, Kp2dError, user_message
+from kp2d.io.checkpoint import load_checkpoint
+from kp2d.io.files import atomic_torch_save
+from kp2d.io.weights import resolve_model_path
 from kp2d.models import KeyPointNet
+from kp2d.models.keypoint_net import keypoint_net_from
 
 
 def recalibrate(network: KeyPointNet, batches: Iterable[torch.Tensor]) -> int:

@@ -15,7 +15,6 @@ from kp2d.augmentation import (
     color_jitter,
     gaussian_blur,
     gaussian_kernel_1d,
-    rgb_to_grayscale,
     sample_photometric_params,
     sample_spatial_transforms,
     shift_hue,
@@ -30,6 +29,7 @@ from kp2d.geometry import (
     sample_homographies,
     warp_points,
 )
+from kp2d.io.images import rgb_to_grayscale
 
 HEIGHT, WIDTH = 240, 320
 NO_PHOTOMETRY = {"channel_shuffle": 0.0, "grayscale": 0.0, "noise": 0.0, "blur_kernels": (0,)}

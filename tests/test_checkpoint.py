@@ -6,10 +6,11 @@ import types
 import pytest
 import torch
 
-from kp2d.checkpoint import load_checkpoint, load_keypoint_net, save_checkpoint
 from kp2d.config import load_config
 from kp2d.errors import CheckpointError, ConfigError
+from kp2d.io.checkpoint import load_checkpoint, save_checkpoint
 from kp2d.models import KeyPointNet
+from kp2d.models.keypoint_net import load_keypoint_net
 
 
 def _fake_yacs_cfgnode():
@@ -161,7 +162,7 @@ def test_save_checkpoint_refuses_a_config_that_does_not_describe_the_network(tmp
 
 _WRITE_PAST_A_FILE_SIZE_LIMIT = """
 import resource, signal, sys, torch
-from kp2d.checkpoint import atomic_torch_save
+from kp2d.io.files import atomic_torch_save
 atomic_torch_save({"step": 1}, sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
@@ -191,7 +192,7 @@ def test_a_failed_write_is_an_oserror_and_leaves_the_previous_checkpoint(tmp_pat
 
 def test_checkpoints_get_the_usual_permissions_without_os_fchmod(tmp_path, monkeypatch):
     """``os.fchmod`` exists on Windows only from Python 3.13; every checkpoint write failed there."""
-    from kp2d.checkpoint import atomic_torch_save
+    from kp2d.io.files import atomic_torch_save
 
     monkeypatch.delattr(os, "fchmod", raising=False)
     path = tmp_path / "last.ckpt"

@@ -9,12 +9,13 @@ import torch
 from PIL import Image
 
 from cli_output import single_error_line
-from kp2d.checkpoint import list_pretrained, save_checkpoint
 from kp2d.cli import main
 from kp2d.config import load_config
 from kp2d.demo import DEMO_PHOTOS, demo_homography, demo_pair
 from kp2d.eval.metrics import corner_error
-from kp2d.matching import estimate_homography, match
+from kp2d.features.matching import estimate_homography, match
+from kp2d.io.checkpoint import save_checkpoint
+from kp2d.io.weights import list_pretrained
 from kp2d.models import KeyPointNet
 
 
@@ -332,7 +333,7 @@ def test_detect_folder_with_out_beside_or_above_it(tmp_path, checkpoint, photos,
 def test_non_finite_options_are_rejected(
     tmp_path, checkpoint, photos, capsys, monkeypatch, command, option, value, message
 ):
-    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", _no_model)
+    monkeypatch.setattr("kp2d.models.keypoint_net.load_keypoint_net", _no_model)
     out = tmp_path / ("out.png" if command == "match" else "out")
     images = list(map(str, photos)) if command == "match" else [str(photos[0])]
     argv = [command, *images, "--model", checkpoint, "--out", str(out), f"{option}={value}"]
@@ -342,7 +343,7 @@ def test_non_finite_options_are_rejected(
 
 
 def test_match_out_is_checked_before_matching(tmp_path, checkpoint, photos, capsys, monkeypatch):
-    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", _no_model)
+    monkeypatch.setattr("kp2d.models.keypoint_net.load_keypoint_net", _no_model)
     (tmp_path / "emptydir").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
     argv = ["match", *map(str, photos), "--model", checkpoint, "--out"]
@@ -358,7 +359,7 @@ def test_match_out_is_checked_before_matching(tmp_path, checkpoint, photos, caps
 
 
 def test_detect_out_is_checked_before_detecting(tmp_path, checkpoint, photos, capsys, monkeypatch):
-    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", _no_model)
+    monkeypatch.setattr("kp2d.models.keypoint_net.load_keypoint_net", _no_model)
     (tmp_path / "notes.txt").write_text("mine")
     argv = ["detect", str(photos[0]), "--model", checkpoint, "--out"]
     assert main([*argv, str(tmp_path / "notes.txt")]) == 2
@@ -370,7 +371,7 @@ def test_detect_out_is_checked_before_detecting(tmp_path, checkpoint, photos, ca
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
 def test_detect_and_match_refuse_an_unwritable_folder(tmp_path, checkpoint, photos, capsys, monkeypatch):
-    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", _no_model)
+    monkeypatch.setattr("kp2d.models.keypoint_net.load_keypoint_net", _no_model)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -434,7 +435,7 @@ def test_match_json_of_the_demo_has_the_corner_error_and_is_checked_first(tmp_pa
     record = json.loads(record_path.read_text())
     assert f"mean corner error: {record['corner_error']:.2f} px" in out
     assert record["image_b"] == "astronaut (warped)" and record["keypoints"] == [1000, 1000]
-    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", _no_model)
+    monkeypatch.setattr("kp2d.models.keypoint_net.load_keypoint_net", _no_model)
     assert main(["match", "--demo", "--out", str(tmp_path / "d.png"), "--json", str(tmp_path)]) == 2
     line = single_error_line(capsys)
     assert "--json" in line and "is a folder" in line

@@ -50,8 +50,8 @@ def test_random_init_is_seeded(tiny_root, tmp_path):
 
 
 def test_checkpoint_and_method(tiny_root, tmp_path, capsys):
-    from kp2d.checkpoint import save_checkpoint
     from kp2d.config import load_config
+    from kp2d.io.checkpoint import save_checkpoint
     from kp2d.models import KeyPointNet
 
     config = load_config("v0")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from kp2d.checkpoint import list_pretrained
 from kp2d.cli import main as cli_main
-from kp2d.export import DEFAULT_OPSET
+from kp2d.deploy.onnx import DEFAULT_OPSET
+from kp2d.io.weights import list_pretrained
 from kp2d.models import KeyPointNet
 
 onnx = pytest.importorskip("onnx")
@@ -93,7 +93,7 @@ def test_onnx_runtime_matches_pytorch_at_other_sizes(exported, golden_forward, s
 
 def test_older_opset_gives_the_same_outputs(exported, golden_forward, tmp_path):
     """Opset 16 (the oldest with GridSample) through the version converter, as ``--opset 16`` does."""
-    from kp2d.export import _finalize
+    from kp2d.deploy.onnx import _finalize
 
     old = tmp_path / "opset16.onnx"
     old.write_bytes(exported.read_bytes())
@@ -151,7 +151,7 @@ def test_export_output_path_is_checked_first(tmp_path, capsys, golden_checkpoint
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded: the check came too late")
 
-    monkeypatch.setattr("kp2d.checkpoint.load_keypoint_net", no_model)
+    monkeypatch.setattr("kp2d.models.keypoint_net.load_keypoint_net", no_model)
     (tmp_path / "folder").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
     base = ["export", "--checkpoint", str(golden_checkpoint), "--onnx"]
@@ -208,7 +208,7 @@ def test_int8_export_failure_removes_the_intermediate_graph(
         assert seen["fp32"].is_file()  # the real fp32 graph was written
         raise DataError("calibration failed")
 
-    monkeypatch.setattr("kp2d.fast.quantize_int8", failing_quantize)
+    monkeypatch.setattr("kp2d.deploy.int8.quantize_int8", failing_quantize)
     out = tmp_path / "q.onnx"
     out.write_text("previous model")
     (tmp_path / "q.fp32.onnx").write_text("the user's own file")

@@ -12,18 +12,11 @@ import skimage.data
 import torch
 from torch import nn
 
+from kp2d.deploy.backends import BACKENDS, BackendDetector, load_backend
+from kp2d.deploy.fold import fold_batchnorm, fold_conv_bn
+from kp2d.deploy.int8 import _iter_images, load_calibration_images, quantize_int8
 from kp2d.errors import ConfigError, DataError
-from kp2d.fast import (
-    BACKENDS,
-    BackendDetector,
-    _iter_images,
-    fold_batchnorm,
-    fold_conv_bn,
-    load_backend,
-    load_calibration_images,
-    quantize_int8,
-)
-from kp2d.inference import extract
+from kp2d.features.extraction import extract
 from kp2d.models import KeyPointNet
 
 
@@ -137,7 +130,7 @@ def test_bf16_backend_is_close_and_keeps_fp32_outputs(golden_forward):
 @pytest.fixture(scope="module")
 def golden_onnx(golden_forward, tmp_path_factory) -> Path:
     pytest.importorskip("onnxruntime")
-    from kp2d.export import export_onnx
+    from kp2d.deploy.onnx import export_onnx
 
     return export_onnx(_golden_net(golden_forward), tmp_path_factory.mktemp("onnx") / "golden.onnx")
 
@@ -259,7 +252,8 @@ def test_a_backend_refuses_what_it_cannot_run_and_extract_refuses_a_backend_name
     with pytest.raises(DataError, match=r"float images \(B, 3, H, W\) in \[0, 1\], got \(3, 32, 32\)"):
         fast(image[0])
     torch.testing.assert_close(fast(image).score, net.describe(image).score, atol=1e-5, rtol=0)
-    with pytest.raises(ConfigError, match=r"built once with kp2d.fast.load_backend\('torch-bf16', model\)"):
+    with pytest.raises(ConfigError, match=r"built once with "
+                       r"kp2d.deploy.backends.load_backend\('torch-bf16', model\)"):
         extract(net, image, backend="torch-bf16")
 
 
@@ -329,7 +323,7 @@ def test_a_grayscale_network_gets_the_luma_in_every_backend(golden_forward, cali
     """``use_color: false`` networks take one channel: the int8 calibration and the HPatches detector fed
     them RGB (an ONNX Runtime dimension error)."""
     pytest.importorskip("onnxruntime")
-    from kp2d.inference import to_network_channels
+    from kp2d.io.images import to_network_channels
 
     color = _golden_net(golden_forward)
     gray = KeyPointNet(in_channels=1).eval()
@@ -350,7 +344,7 @@ def test_a_grayscale_network_gets_the_luma_in_every_backend(golden_forward, cali
 def test_int8_calibration_fits_a_fixed_size_graph(golden_forward, calibration_folder, tmp_path):
     """``kp2d export --static --size 200x152 --int8``: the 320x240 calibration photos did not fit."""
     pytest.importorskip("onnxruntime")
-    from kp2d.export import export_onnx
+    from kp2d.deploy.onnx import export_onnx
 
     fixed = export_onnx(_golden_net(golden_forward), tmp_path / "fixed.onnx", dynamic=False,
                         example_size=(152, 200))

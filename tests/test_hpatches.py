@@ -13,8 +13,8 @@ from hpatches_tiny import PAIRS_PER_SUBSET, SIZE, UPSCALE, write_sequence
 from kp2d.data.hpatches import HPatchesDataset, find_sequences, read_homography, read_image
 from kp2d.errors import ConfigError, DataError
 from kp2d.eval.hpatches import KeyPointNetDetector, OpenCVDetector, evaluate_hpatches
+from kp2d.features.extraction import rescale_images
 from kp2d.geometry import scale_homography
-from kp2d.inference import rescale_images
 from kp2d.models import KeyPointNet
 
 

@@ -9,17 +9,11 @@ from PIL import Image
 
 import kp2d
 from kp2d.errors import ConfigError, DataError
+from kp2d.features.extraction import extract, extract_with_score_map, rescale_images, to_image_pixels
+from kp2d.features.keypoints import Keypoints
+from kp2d.features.selection import grid_nms, select_keypoints
 from kp2d.geometry import cell_centers
-from kp2d.inference import (
-    Keypoints,
-    extract,
-    extract_with_score_map,
-    grid_nms,
-    image_to_tensor,
-    rescale_images,
-    select_keypoints,
-    to_image_pixels,
-)
+from kp2d.io.images import image_to_tensor
 from kp2d.models import KeyPointNet
 
 
@@ -355,7 +349,7 @@ def test_extract_results_go_straight_into_match_homography_and_pictures(random_n
     """``match(a, b)``, ``estimate_homography(a, b, m)`` and ``draw_keypoints(image, a)`` with the
     :class:`Keypoints` themselves (as LightGlue takes its feature dicts) give what their arrays give; they
     used to fail in numpy ("setting an array element with a sequence")."""
-    from kp2d.matching import estimate_homography, match
+    from kp2d.features.matching import estimate_homography, match
     from kp2d.visualization import draw_keypoints, draw_matches
 
     image = (smooth_image(96, 128).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
@@ -377,7 +371,7 @@ def test_blank_images_have_no_keypoints_by_default():
     images gave 1,000 keypoints each, ~1,000 matches and an identity homography. 0 still keeps every cell."""
     import skimage.data
 
-    from kp2d.models.keypoint_net import DEFAULT_SCORE_THRESHOLD
+    from kp2d.features.dense import DEFAULT_SCORE_THRESHOLD
 
     net = KeyPointNet.from_pretrained("v4")
     assert DEFAULT_SCORE_THRESHOLD == 1e-4
@@ -538,7 +532,7 @@ def test_a_phone_photo_is_upright_from_its_path_and_from_pil(tmp_path):
     stored (sideways), so the two gave different keypoints."""
     import skimage.data
 
-    from kp2d.inference import load_image
+    from kp2d.io.images import load_image
 
     stored = cv2.resize(skimage.data.astronaut(), (96, 64), interpolation=cv2.INTER_AREA)  # RGB, 96 wide
     path = tmp_path / "phone.jpg"

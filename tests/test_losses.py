@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kp2d.config import LossConfig
+from kp2d.features.dense import KeyPointNetOutput
 from kp2d.losses import (
     descriptor_loss,
     keypoint_net_losses,
@@ -11,7 +12,7 @@ from kp2d.losses import (
     nearest_target,
     warp_source_keypoints,
 )
-from kp2d.models import IONet, KeyPointNet, KeyPointNetOutput
+from kp2d.models import IONet, KeyPointNet
 
 
 @pytest.fixture(scope="module")

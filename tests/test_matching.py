@@ -6,14 +6,8 @@ import torch
 
 from kp2d.errors import ConfigError
 from kp2d.eval.metrics import corner_error
+from kp2d.features.matching import descriptor_distances, estimate_homography, match, match_mutual_nn, match_nn
 from kp2d.geometry import warp_points_numpy
-from kp2d.matching import (
-    descriptor_distances,
-    estimate_homography,
-    match,
-    match_mutual_nn,
-    match_nn,
-)
 
 
 def unit(degrees: float) -> list[float]:

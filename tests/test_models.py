@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from kp2d.models import IONet, KeyPointNet, normalize_image, sample_descriptors
+from kp2d.features.dense import sample_descriptors
+from kp2d.models import IONet, KeyPointNet
+from kp2d.models.keypoint_net import normalize_image
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cli_output import single_error_line
-from kp2d.checkpoint import load_keypoint_net
 from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
+from kp2d.models.keypoint_net import load_keypoint_net
 
 
 @pytest.fixture(scope="module")

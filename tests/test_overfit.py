@@ -9,7 +9,7 @@ from cli_output import single_error_line
 from kp2d.cli import main
 from kp2d.config import load_config
 from kp2d.errors import DataError
-from kp2d.overfit import overfit
+from kp2d.train.overfit import overfit
 from kp2d.train.step import TrainingStep
 
 
@@ -58,7 +58,7 @@ def test_overfit_cli_defaults_are_the_original_demo(monkeypatch, tmp_path):
         seen.update(config=config, **kwargs)
         raise KeyboardInterrupt  # stop before any work
 
-    monkeypatch.setattr("kp2d.overfit.overfit", fake_overfit)
+    monkeypatch.setattr("kp2d.train.overfit.overfit", fake_overfit)
     assert main(["overfit", "--out", str(tmp_path)]) == 130
     config = seen["config"]
     assert config.model == load_config("v4").model

@@ -13,9 +13,9 @@ import torch
 
 from cli_output import single_error_line
 from hpatches_tiny import make_tiny_hpatches
-from kp2d.checkpoint import resolve_model_path
 from kp2d.data.hpatches import HPatchesDataset
 from kp2d.errors import DataError
+from kp2d.io.weights import resolve_model_path
 
 NOT_ROOT = pytest.mark.skipif(
     not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere"

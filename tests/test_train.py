@@ -10,11 +10,11 @@ import skimage.data
 import torch
 import yaml
 
-from kp2d.checkpoint import load_checkpoint
 from kp2d.cli import main
 from kp2d.config import load_config
 from kp2d.data.sampler import EpochBatchSampler
 from kp2d.errors import CheckpointError, ConfigError, DataError
+from kp2d.io.checkpoint import load_checkpoint
 from kp2d.train.step import NonFiniteLossError, learning_rate_at
 from kp2d.train.trainer import TrainOptions, train
 
@@ -248,7 +248,8 @@ def test_two_process_gloo_training(tiny_images, tmp_path):
 def test_descriptor_spread_script_measures_a_collapsed_network(tiny_images, tmp_path, capsys, load_script):
     """``scripts/descriptor_spread.py``: a descriptor head that outputs one vector everywhere has mean
     cosine 1, a score head that outputs one value has score std 0, in both BatchNorm modes."""
-    from kp2d.checkpoint import build_keypoint_net, save_checkpoint
+    from kp2d.io.checkpoint import save_checkpoint
+    from kp2d.models.keypoint_net import build_keypoint_net
 
     module = load_script("descriptor_spread")
     config = load_config("v4", TINY)
@@ -283,8 +284,8 @@ def test_recalibrate_batchnorm_script_averages_batch_statistics(
     """``scripts/recalibrate_batchnorm.py``: after two batches, the first BatchNorm's running mean and
     variance are the averages of the two batches' channel means and unbiased variances of its input; the
     written checkpoint changes only BatchNorm statistics."""
-    from kp2d.checkpoint import build_keypoint_net, save_checkpoint
-    from kp2d.models.keypoint_net import normalize_image
+    from kp2d.io.checkpoint import save_checkpoint
+    from kp2d.models.keypoint_net import build_keypoint_net, normalize_image
 
     module = load_script("recalibrate_batchnorm")
     config = load_config("v4", TINY)

@@ -5,9 +5,11 @@ Learning*, ICLR 2020) — training, HPatches evaluation, inference and export in
 """
 
 from kp2d.errors import CheckpointError, ConfigError, DataError, Kp2dError
-from kp2d.inference import Keypoints, extract
-from kp2d.matching import estimate_homography, match
-from kp2d.models import IONet, KeyPointNet, KeyPointNetOutput
+from kp2d.features.dense import KeyPointNetOutput
+from kp2d.features.extraction import extract
+from kp2d.features.keypoints import Keypoints
+from kp2d.features.matching import estimate_homography, match
+from kp2d.models import IONet, KeyPointNet
 
 __version__ = "0.1.0"
 

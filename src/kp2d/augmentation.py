@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from kp2d.config import AugmentationConfig
 from kp2d.geometry import HomographySamplerConfig, sample_homographies
+from kp2d.io.images import GRAY_WEIGHTS, rgb_to_grayscale
 
 __all__ = [
     "AugmentedBatch",
@@ -40,7 +41,6 @@ __all__ = [
     "color_jitter",
     "gaussian_blur",
     "gaussian_kernel_1d",
-    "rgb_to_grayscale",
     "sample_photometric_params",
     "sample_spatial_transforms",
     "shift_hue",
@@ -48,7 +48,6 @@ __all__ = [
     "warp_pair",
 ]
 
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # OpenCV's RGB -> gray
 _OUTSIDE = 4.0  # a normalised coordinate far enough outside [-1, 1] that bilinear sampling gives 0
 
 
@@ -270,12 +269,6 @@ def sample_photometric_params(
     return PhotometricParams(
         channel_order, grayscale, noise, blur_kernel, brightness, contrast, saturation, hue, noise_seed
     )
-
-
-def rgb_to_grayscale(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` RGB → ``(B, 1, H, W)`` luma with OpenCV's weights (0.299, 0.587, 0.114)."""
-    red, green, blue = images.unbind(dim=1)
-    return (GRAY_WEIGHTS[0] * red + GRAY_WEIGHTS[1] * green + GRAY_WEIGHTS[2] * blue).unsqueeze(1)
 
 
 def gaussian_kernel_1d(size: int) -> list[float]:

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from kp2d.config import LossConfig
+from kp2d.features.dense import KeyPointNetOutput
 from kp2d.geometry import denormalize_points, normalize_points, warp_points
 from kp2d.models.io_net import IONet
-from kp2d.models.keypoint_net import KeyPointNetOutput
 
 __all__ = [
     "LossTerms",

@@ -17,8 +17,10 @@ from typing import Any
 
 import torch
 
-from kp2d.checkpoint import atomic_torch_save, keypoint_net_from, load_checkpoint
+from kp2d.io.checkpoint import load_checkpoint
+from kp2d.io.files import atomic_torch_save
 from kp2d.models import KeyPointNet
+from kp2d.models.keypoint_net import keypoint_net_from
 
 __all__ = ["REFERENCE_SIZE", "make_pretrained", "reference_error", "reference_image"]
 

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import torch
 
-from kp2d.inference import FLOAT_RANGE_SLACK
-from kp2d.matching import as_match_pairs, as_numpy
+from kp2d.features.matching import as_match_pairs, as_numpy
+from kp2d.io.images import FLOAT_RANGE_SLACK
 
 __all__ = [
     "INLIER_COLOR",
@@ -72,7 +72,7 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Keypoints (or a :class:`~kp2d.inference.Keypoints`' ``keypoints``) as ``(N, 2)`` float64 ``(x, y)``.
+    """Keypoints (or a :class:`~kp2d.Keypoints`' ``keypoints``) as ``(N, 2)`` float64 ``(x, y)``.
 
     ValueError for another shape (e.g. ``(x, y, score)`` rows, which a reshape would have scrambled).
     """
@@ -107,7 +107,7 @@ def draw_keypoints(
 ) -> np.ndarray:
     """Circles at ``keypoints (N, 2)`` ``(x, y)``; coloured by ``scores (N,)`` (turbo map) when given.
 
-    ``keypoints`` may also be what ``extract`` returns (a :class:`~kp2d.inference.Keypoints`).
+    ``keypoints`` may also be what ``extract`` returns (a :class:`~kp2d.Keypoints`).
     """
     canvas = to_rgb_uint8(image).copy()
     points = _points(keypoints)
@@ -131,9 +131,10 @@ def draw_score_heatmap(
 ) -> np.ndarray:
     """Overlay cell scores ``(Hc, Wc)`` in [0, 1] on the image, each cell covering ``cell × cell`` pixels.
 
-    The score map covers the padded image, ``Hc = ceil(H / cell)`` (what :func:`kp2d.inference.score_map`
-    gives); it is upsampled by ``cell`` (nearest: one block per cell, as the network sees it) and cropped to
-    the image. A score map of :func:`~kp2d.inference.extract_with_score_map` with ``scale_factor`` belongs
+    The score map covers the padded image, ``Hc = ceil(H / cell)`` (what
+    :func:`~kp2d.features.extraction.score_map` gives); it is upsampled by ``cell`` (nearest: one block per
+    cell, as the network sees it) and cropped to the image. A score map of
+    :func:`~kp2d.features.extraction.extract_with_score_map` with ``scale_factor`` belongs
     to the resized image: pass the same ``scale_factor`` (the picture is drawn at that size and resized
     back). Colours use the fixed range [0, 1], so pictures of different images compare. The image is shown
     in gray under the colours.

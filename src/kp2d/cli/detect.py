@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 #: Backends offered on the command line (``ort-int8`` needs calibration photos: build it with
-#: :func:`kp2d.fast.load_backend` in Python).
+#: :func:`kp2d.deploy.backends.load_backend` in Python).
 CLI_BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp32")
 
 
@@ -91,18 +91,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def model_backend(args: argparse.Namespace, model):
-    """The :class:`kp2d.fast.Backend` chosen with ``--backend``, or ``None`` for the plain network."""
+    """The :class:`~kp2d.deploy.backends.Backend` chosen with ``--backend``; ``None``: the plain network."""
     if args.backend == "torch-fp32":
         return None
-    from kp2d.fast import load_backend
+    from kp2d.deploy.backends import load_backend
 
     return load_backend(args.backend, model)
 
 
 def check_scale_factor_option(scale_factor: float) -> None:
-    """:func:`kp2d.inference.check_scale_factor` with an error naming ``--scale-factor`` (eval's too)."""
+    """``check_scale_factor`` of :mod:`kp2d.features.extraction`, errors naming ``--scale-factor``."""
     from kp2d.errors import ConfigError
-    from kp2d.inference import check_scale_factor
+    from kp2d.features.extraction import check_scale_factor
 
     try:
         check_scale_factor(scale_factor)
@@ -240,9 +240,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from kp2d.checkpoint import load_keypoint_net
     from kp2d.errors import DataError, make_folder
-    from kp2d.inference import extract_with_score_map, load_image
+    from kp2d.features.extraction import extract_with_score_map
+    from kp2d.io.images import load_image
+    from kp2d.models.keypoint_net import load_keypoint_net
     from kp2d.runtime import resolve_device
     from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
 

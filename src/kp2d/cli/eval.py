@@ -97,7 +97,7 @@ def _parse_shape(text: str) -> tuple[int, int]:
         width, height = (int(part) for part in parts)
     except ValueError:
         raise ConfigError(f"--shape '{text}': expected WIDTHxHEIGHT, e.g. 320x240") from None
-    from kp2d.inference import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
+    from kp2d.features.extraction import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 
     if not MIN_IMAGE_SIZE <= min(width, height) <= max(width, height) <= MAX_NETWORK_SIZE:
         raise ConfigError(
@@ -147,8 +147,8 @@ def parse_shapes(shapes: list[str] | None, top_ks: list[str] | None) -> list[tup
 
 def _build_network(args: argparse.Namespace, device):
     """The KeyPointNet to evaluate and its table label."""
-    from kp2d.checkpoint import load_keypoint_net, untrained_keypoint_net
     from kp2d.errors import CheckpointError
+    from kp2d.models.keypoint_net import load_keypoint_net, untrained_keypoint_net
 
     if args.random_init:
         config_name = args.config or "v4"
@@ -157,7 +157,7 @@ def _build_network(args: argparse.Namespace, device):
     if args.checkpoint is not None:
         path = Path(args.checkpoint)
         if not path.is_file():
-            from kp2d.checkpoint import list_pretrained
+            from kp2d.io.weights import list_pretrained
 
             hint = f" (shipped weights: --model {path})" if str(path) in list_pretrained() else ""
             raise CheckpointError(f"checkpoint not found: {path}{hint}")
@@ -169,8 +169,8 @@ def check_eval_scale_factor(scale_factor: float, settings: list[tuple[int, int, 
     """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8."""
     from kp2d.cli.detect import check_scale_factor_option
     from kp2d.errors import ConfigError
-    from kp2d.inference import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
-    from kp2d.models.keypoint_net import CELL
+    from kp2d.features.dense import CELL
+    from kp2d.features.extraction import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 
     check_scale_factor_option(scale_factor)
     for width, height, _ in settings:

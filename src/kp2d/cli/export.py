@@ -2,7 +2,7 @@
 
 The graph takes ``image`` ``(B, C, H, W)`` in [0, 1] (C = 3, 1 for a grayscale network; B, H, W dynamic
 unless ``--static``; H, W multiples of 8) and returns
-``score``, ``coord`` and ``desc`` at ``H/8 x W/8`` (see :mod:`kp2d.export`). After writing, the graph is
+``score``, ``coord`` and ``desc`` at ``H/8 x W/8`` (see :mod:`kp2d.deploy.onnx`). After writing, the graph is
 run once with ONNX Runtime next to PyTorch and the largest differences are printed.
 """
 
@@ -73,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
     """Export; print what was written and how close ONNX Runtime is to PyTorch."""
     import torch
 
-    from kp2d.checkpoint import load_keypoint_net
     from kp2d.cli.detect import check_output_path
-    from kp2d.export import DEFAULT_OPSET, export_onnx
-    from kp2d.fast import load_calibration_images, quantize_int8
+    from kp2d.deploy.int8 import load_calibration_images, quantize_int8
+    from kp2d.deploy.onnx import DEFAULT_OPSET, export_onnx
+    from kp2d.models.keypoint_net import load_keypoint_net
 
     width, height = _parse_size(args.size)
     opset = args.opset if args.opset is not None else DEFAULT_OPSET

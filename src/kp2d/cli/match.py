@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from kp2d.inference import Keypoints
+    from kp2d.features.keypoints import Keypoints
 
 __all__ = ["add_parser", "run"]
 
@@ -128,12 +128,13 @@ def _format_homography(homography) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Match, estimate, print and draw; returns the exit status."""
-    from kp2d.checkpoint import load_keypoint_net
     from kp2d.cli.detect import model_backend, selection_options
     from kp2d.errors import ConfigError, DataError
     from kp2d.eval.metrics import corner_error
-    from kp2d.inference import extract, load_image
-    from kp2d.matching import estimate_homography, match
+    from kp2d.features.extraction import extract
+    from kp2d.features.matching import estimate_homography, match
+    from kp2d.io.images import load_image
+    from kp2d.models.keypoint_net import load_keypoint_net
     from kp2d.runtime import resolve_device
     from kp2d.visualization import draw_matches, save_image
 

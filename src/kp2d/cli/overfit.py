@@ -43,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.cli.train import check_at_least
     from kp2d.config import load_config, parse_image_shape
     from kp2d.errors import ConfigError, DataError
-    from kp2d.inference import check_image_size, load_image
-    from kp2d.overfit import overfit
+    from kp2d.features.extraction import check_image_size
+    from kp2d.io.images import load_image
     from kp2d.runtime import resolve_device
+    from kp2d.train.overfit import overfit
 
     for name in ("steps", "every", "batch_size", "top_k"):
         check_at_least(name.replace("_", "-"), getattr(args, name), 1)

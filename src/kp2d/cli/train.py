@@ -109,9 +109,9 @@ def _check_hpatches(root: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kp2d.checkpoint import resolve_model_path
     from kp2d.config import load_config
     from kp2d.errors import ConfigError, DataError
+    from kp2d.io.weights import resolve_model_path
     from kp2d.train.trainer import TrainOptions, train
 
     for name in ("epochs", "max_steps", "batch_size"):

@@ -34,8 +34,8 @@ from tqdm import tqdm
 from kp2d.data.hpatches import HPatchesDataset, SequenceSample
 from kp2d.errors import ConfigError, DataError
 from kp2d.eval.metrics import evaluate_pair
-from kp2d.inference import check_scale_factor, rescale_images, to_image_pixels
-from kp2d.models.keypoint_net import CELL
+from kp2d.features.dense import CELL
+from kp2d.features.extraction import check_scale_factor, rescale_images, to_image_pixels
 
 __all__ = [
     "METRIC_NAMES",
@@ -75,9 +75,9 @@ class KeyPointNetDetector:
         name: label for tables.
         channels_last: convert the model to channels-last memory layout (default: on CPU, where
             oneDNN convolutions are about 25 % faster in that layout; outputs differ by float rounding only).
-        scale_factor: run the network on the images resized by this factor (bilinear, see
-            :func:`kp2d.inference.rescale_images`) and map the keypoints back to the evaluation shape;
-            1 (default) is the original protocol. The resized size must stay a multiple of 8.
+        scale_factor: run the network on the images resized by this factor (bilinear,
+            see :func:`~kp2d.features.extraction.rescale_images`) and map the keypoints back to the evaluation
+            shape; 1 (default) is the original protocol. The resized size must stay a multiple of 8.
     """
 
     norm = cv2.NORM_L2

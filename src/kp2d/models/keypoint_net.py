@@ -1,76 +1,49 @@
 """KeyPointNet: keypoint score, sub-cell location and descriptor maps from one image (SPEC §1).
 
 The network file holds the network only: losses live in :mod:`kp2d.losses`, keypoint extraction in
-:mod:`kp2d.inference`. State-dict keys are those of the original checkpoints (``conv1a.0.weight``,
+:mod:`kp2d.features.extraction`. State-dict keys are those of the original checkpoints (``conv1a.0.weight``,
 ``conv1a.1.running_mean``, ``convDb.weight``, ...), so they load unchanged.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import os
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kp2d.geometry import cell_centers, normalize_points
+from kp2d.config import ModelConfig, load_config
+from kp2d.features.dense import (
+    CELL,
+    DEFAULT_SCORE_THRESHOLD,
+    DESCRIPTOR_DIM,
+    KeyPointNetOutput,
+    interior_mask,
+    sample_descriptors,
+)
+from kp2d.features.extraction import extract
+from kp2d.geometry import cell_centers
+from kp2d.io.checkpoint import Checkpoint, load_checkpoint, load_state_dict_strict
+from kp2d.io.weights import resolve_model_path
+from kp2d.runtime import resolve_device
 
 __all__ = [
-    "CELL",
-    "DEFAULT_SCORE_THRESHOLD",
     "KeyPointNet",
-    "KeyPointNetOutput",
+    "build_keypoint_net",
+    "keypoint_net_from",
+    "load_keypoint_net",
     "normalize_image",
-    "sample_descriptors",
+    "untrained_keypoint_net",
 ]
 
-CELL = 8  # pixels per output cell (three 2x poolings)
-DESCRIPTOR_DIM = 256
-#: ``extract``'s default: cells scoring at most this are no keypoints. A blank or featureless image scores
-#: under 1e-5 everywhere (at 0, two blank images gave 1,000 "keypoints" each and an identity homography);
-#: on photos, the shipped V4's top 1,000 at 640x480 score above it but for 0.1 %, in flat sky or walls.
-DEFAULT_SCORE_THRESHOLD = 1e-4
 _IMAGE_MEAN = 0.5
 _IMAGE_SCALE = 0.225  # the published weights expect (img - 0.5) * 0.225 (multiplied, not divided)
-
-
-class KeyPointNetOutput(NamedTuple):
-    """Dense outputs of :class:`KeyPointNet` for ``(B, C, H, W)`` input, ``Hc = H/8``, ``Wc = W/8``.
-
-    Attributes:
-        score: ``(B, 1, Hc, Wc)`` keypoint score in [0, 1]; 0 on the border cells.
-        coord: ``(B, 2, Hc, Wc)`` keypoint position ``(x, y)`` in input pixels.
-        desc: ``(B, 256, Hd, Wd)`` dense descriptor map, ``(Hd, Wd) = (H/4, W/4)`` with upsampling,
-            else ``(Hc, Wc)``. Not normalised; see :func:`sample_descriptors`.
-    """
-
-    score: torch.Tensor
-    coord: torch.Tensor
-    desc: torch.Tensor
 
 
 def normalize_image(image: torch.Tensor) -> torch.Tensor:
     """Map an image in [0, 1] to the network's input range: ``(image - 0.5) * 0.225``."""
     return (image - _IMAGE_MEAN) * _IMAGE_SCALE
-
-
-def sample_descriptors(desc: torch.Tensor, coord: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinearly sample a dense descriptor map at pixel positions and L2-normalise.
-
-    Args:
-        desc: ``(B, C, Hd, Wd)`` dense descriptors covering an ``height x width`` image.
-        coord: ``(B, 2, h, w)`` pixel positions ``(x, y)`` (e.g. :attr:`KeyPointNetOutput.coord`).
-        height, width: input image size in pixels.
-
-    Returns:
-        ``(B, C, h, w)`` unit-norm descriptors; float32 for fp16 / bf16 ``desc``, which is sampled in float32
-        (PyTorch's CPU ``grid_sample`` in half precision gives wrong values, even NaN, on channels-last maps).
-    """
-    if desc.dtype in (torch.float16, torch.bfloat16):
-        desc = desc.float()
-    grid = normalize_points(coord.permute(0, 2, 3, 1), height, width)
-    sampled = F.grid_sample(desc, grid.to(desc.dtype), mode="bilinear", align_corners=True)
-    return sampled / sampled.norm(p=2, dim=1, keepdim=True)
 
 
 def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -139,8 +112,6 @@ class KeyPointNet(nn.Module):
         Returns the network in eval mode, on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or
         ``"auto"``).
         """
-        from kp2d.checkpoint import load_keypoint_net
-
         return load_keypoint_net(name_or_path, device)
 
     def extract(
@@ -152,9 +123,7 @@ class KeyPointNet(nn.Module):
         backend=None,
         scale_factor: float = 1.0,
     ):
-        """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.inference.extract`."""
-        from kp2d.inference import extract
-
+        """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.extract`."""
         return extract(
             self,
             image,
@@ -192,7 +161,7 @@ class KeyPointNet(nn.Module):
         # Score and keypoint heads finish in fp32 even under bf16/fp16 autocast: a bf16 pixel coordinate
         # near x = 300 is only good to 2 px (8-bit mantissa), far coarser than the losses' thresholds.
         score = self.convDb(self.dropout(self.relu(self.convDa(x)))).float().sigmoid()
-        score = score * _interior_mask(score)
+        score = score * interior_mask(score)
 
         offset = self.convPb(self.dropout(self.relu(self.convPa(x)))).float().tanh()
         batch, _, rows, cols = offset.shape
@@ -219,9 +188,39 @@ class KeyPointNet(nn.Module):
         return out._replace(desc=sample_descriptors(out.desc, out.coord, height, width))
 
 
-def _interior_mask(score: torch.Tensor) -> torch.Tensor:
-    """``(1, 1, Hc, Wc)`` mask that is 0 on the first/last row and column of the cell grid, else 1."""
-    rows, cols = score.shape[-2:]
-    mask = torch.zeros(1, 1, rows, cols, dtype=score.dtype, device=score.device)
-    mask[..., 1:-1, 1:-1] = 1
-    return mask
+def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
+    """A fresh (randomly initialised) KeyPointNet with the given switches."""
+    return KeyPointNet(
+        in_channels=3 if model.use_color else 1,
+        do_upsample=model.do_upsample,
+        do_cross=model.do_cross,
+        with_dropout=model.with_dropout,
+    )
+
+
+def untrained_keypoint_net(config: str | os.PathLike = "v4") -> KeyPointNet:
+    """The untrained network of ``kp2d eval --random-init``: ``config``'s switches, weights drawn with seed 0.
+
+    Reseeds the global torch generator.
+    """
+    model = load_config(config).model
+    torch.manual_seed(0)
+    return build_keypoint_net(model)
+
+
+def keypoint_net_from(checkpoint: Checkpoint, source: str | Path) -> KeyPointNet:
+    """A KeyPointNet with ``checkpoint``'s switches and weights (``source`` names the file in errors)."""
+    net = build_keypoint_net(checkpoint.model)
+    load_state_dict_strict(net, checkpoint.state_dict, str(source))
+    return net
+
+
+def load_keypoint_net(name_or_path: str | Path, device: str | torch.device = "cpu") -> KeyPointNet:
+    """KeyPointNet from a pretrained name or a checkpoint file, in eval mode, on ``device``.
+
+    ``device`` as :func:`kp2d.runtime.resolve_device` takes it (``"auto"`` too); one that this machine
+    lacks is a :class:`~kp2d.errors.Kp2dError`.
+    """
+    target = resolve_device(str(device))
+    path = resolve_model_path(name_or_path)
+    return keypoint_net_from(load_checkpoint(path), path).to(target).eval()

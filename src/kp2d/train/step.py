@@ -9,7 +9,7 @@ from torch import nn
 
 from kp2d.config import Config, OptimConfig
 from kp2d.errors import Kp2dError
-from kp2d.inference import to_network_channels
+from kp2d.io.images import to_network_channels
 from kp2d.losses import LossTerms, keypoint_net_losses
 from kp2d.models import IONet, KeyPointNet
 

@@ -25,17 +25,12 @@ from typing import Any
 import torch
 import yaml
 
-from kp2d.checkpoint import (
-    build_keypoint_net,
-    load_checkpoint,
-    load_state_dict_strict,
-    resolve_model_path,
-    save_checkpoint,
-    training_steps,
-)
 from kp2d.config import Config, ModelConfig
 from kp2d.errors import CheckpointError
+from kp2d.io.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint, training_steps
+from kp2d.io.weights import resolve_model_path
 from kp2d.models import IONet
+from kp2d.models.keypoint_net import build_keypoint_net
 from kp2d.runtime import autocast_dtype, init_distributed, resolve_device
 from kp2d.train.logger import RunLogger
 from kp2d.train.step import NonFiniteLossError, SiameseLoss, TrainingStep, build_optimizer, learning_rate_at

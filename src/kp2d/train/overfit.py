@@ -18,11 +18,11 @@ import torch
 from tqdm import tqdm
 
 from kp2d.augmentation import HomographicAugmentation
-from kp2d.checkpoint import build_keypoint_net
 from kp2d.config import Config
 from kp2d.errors import DataError, make_folder
-from kp2d.inference import check_image_size, extract_with_score_map
+from kp2d.features.extraction import check_image_size, extract_with_score_map
 from kp2d.models import IONet
+from kp2d.models.keypoint_net import build_keypoint_net
 from kp2d.runtime import autocast_dtype
 from kp2d.train.step import SiameseLoss, TrainingStep, build_optimizer
 from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_gif, to_rgb_uint8

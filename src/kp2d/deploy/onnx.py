@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kp2d.deploy.fold import fold_batchnorm
 from kp2d.errors import ConfigError, Kp2dError, make_folder
 from kp2d.models import KeyPointNet
 
@@ -99,14 +100,12 @@ def export_onnx(
         opset: ONNX opset, at least 16.
         dynamic: batch, height and width dynamic; else fixed to ``(1, C, *example_size)``.
         example_size: ``(H, W)`` of the example used for tracing (the fixed size when not dynamic).
-        fold_bn: fold BatchNorm into the convolutions first (see :func:`kp2d.fast.fold_batchnorm`).
+        fold_bn: fold BatchNorm into the convolutions first (see :func:`kp2d.deploy.fold.fold_batchnorm`).
         check: run ``onnx.checker`` (full check, with shape inference) on the written file.
 
     Returns:
         The path written.
     """
-    from kp2d.fast import fold_batchnorm
-
     _check_opset(opset)
     height, width = example_size
     if height % 8 or width % 8 or height < 16 or width < 16:

@@ -31,7 +31,7 @@ __all__ = [
 def _as_descriptors(desc0: DescriptorsLike, desc1: DescriptorsLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Both as tensors, shapes checked.
 
-    Numpy arrays (e.g. from ``kp2d detect``'s ``.npz``) are converted; of a :class:`~kp2d.inference.Keypoints`
+    Numpy arrays (e.g. from ``kp2d detect``'s ``.npz``) are converted; of a :class:`~kp2d.Keypoints`
     its ``descriptors`` are taken.
     """
     desc0, desc1 = (getattr(d, "descriptors", d) for d in (desc0, desc1))
@@ -95,7 +95,7 @@ def match(
     """Nearest-neighbour matching with an optional mutual check and Lowe's ratio test.
 
     Args:
-        desc0: ``(N0, D)`` descriptors (tensor or numpy array), or the :class:`~kp2d.inference.Keypoints`
+        desc0: ``(N0, D)`` descriptors (tensor or numpy array), or the :class:`~kp2d.Keypoints`
             of an ``extract`` (its ``descriptors``).
         desc1: ``(N1, D)`` descriptors.
         mutual: keep a pair only if each is the other's nearest neighbour.
@@ -197,7 +197,7 @@ def estimate_homography(
     """Robust homography mapping image-0 pixels to image-1 pixels from matched keypoints.
 
     Args:
-        kpts0: ``(N0, 2)`` ``(x, y)`` pixels (tensor or array), or :class:`~kp2d.inference.Keypoints`.
+        kpts0: ``(N0, 2)`` ``(x, y)`` pixels (tensor or array), or :class:`~kp2d.Keypoints`.
         kpts1: ``(N1, 2)``.
         matches: ``(M, 2)`` indices ``(i0, i1)`` from :func:`match` (any other shape: ValueError).
         method: ``"usac"`` (``cv2.USAC_MAGSAC``) or ``"ransac"`` (``cv2.RANSAC``, as the HPatches evaluation).

@@ -12,35 +12,27 @@ numpy scalars and that one class. Files are written atomically (temp file + rena
 
 from __future__ import annotations
 
-import functools
 import io
-import os
 import pickle
-import tempfile
 import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kp2d.config import Config, ModelConfig, config_from_dict, load_config
+from kp2d.config import Config, ModelConfig, config_from_dict
 from kp2d.errors import CheckpointError, ConfigError
-from kp2d.models import IONet, KeyPointNet
+from kp2d.io.files import atomic_torch_save
 
 __all__ = [
     "Checkpoint",
-    "atomic_torch_save",
-    "build_keypoint_net",
-    "keypoint_net_from",
-    "list_pretrained",
+    "checkpoint_config",
     "load_checkpoint",
-    "load_keypoint_net",
-    "resolve_model_path",
+    "load_state_dict_strict",
     "save_checkpoint",
-    "untrained_keypoint_net",
+    "training_steps",
 ]
 
 _MODEL_PARAM_NAMES = ("use_color", "do_upsample", "do_cross", "with_io")
@@ -203,26 +195,6 @@ def training_steps(checkpoint: Checkpoint) -> int | None:
     return step + before if isinstance(before, int) else step
 
 
-def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
-    """A fresh (randomly initialised) KeyPointNet with the given switches."""
-    return KeyPointNet(
-        in_channels=3 if model.use_color else 1,
-        do_upsample=model.do_upsample,
-        do_cross=model.do_cross,
-        with_dropout=model.with_dropout,
-    )
-
-
-def untrained_keypoint_net(config: str | os.PathLike = "v4") -> KeyPointNet:
-    """The untrained network of ``kp2d eval --random-init``: ``config``'s switches, weights drawn with seed 0.
-
-    Reseeds the global torch generator.
-    """
-    model = load_config(config).model
-    torch.manual_seed(0)
-    return build_keypoint_net(model)
-
-
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict`` that names missing, unexpected and mis-shaped keys in a ``CheckpointError``."""
     own = module.state_dict()
@@ -245,83 +217,6 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.
     module.load_state_dict(state_dict)
 
 
-def list_pretrained() -> list[str]:
-    """Names of the pretrained weights shipped in the package (``v0`` … ``v4`` when trained)."""
-    folder = resources.files("kp2d") / "weights"
-    if not folder.is_dir():
-        return []
-    return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".pt"))
-
-
-def resolve_model_path(name_or_path: str | Path) -> Path:
-    """A pretrained name (``"v4"``) or a checkpoint path → the file to read."""
-    text = str(name_or_path)
-    shipped = resources.files("kp2d") / "weights" / f"{text}.pt"
-    if "/" not in text and not text.endswith((".pt", ".ckpt", ".pth")) and shipped.is_file():
-        return Path(str(shipped))
-    path = Path(text)
-    if path.is_file():
-        return path
-    if path.suffix or "/" in text:
-        raise CheckpointError(f"checkpoint not found: {path}")
-    available = ", ".join(list_pretrained()) or "none shipped in this install"
-    raise CheckpointError(f"unknown model '{text}': not a file and not a pretrained name ({available})")
-
-
-def keypoint_net_from(checkpoint: Checkpoint, source: str | Path) -> KeyPointNet:
-    """A KeyPointNet with ``checkpoint``'s switches and weights (``source`` names the file in errors)."""
-    net = build_keypoint_net(checkpoint.model)
-    load_state_dict_strict(net, checkpoint.state_dict, str(source))
-    return net
-
-
-def load_keypoint_net(name_or_path: str | Path, device: str | torch.device = "cpu") -> KeyPointNet:
-    """KeyPointNet from a pretrained name or a checkpoint file, in eval mode, on ``device``.
-
-    ``device`` as :func:`kp2d.runtime.resolve_device` takes it (``"auto"`` too); one that this machine
-    lacks is a :class:`~kp2d.errors.Kp2dError`.
-    """
-    from kp2d.runtime import resolve_device
-
-    target = resolve_device(str(device))
-    path = resolve_model_path(name_or_path)
-    return keypoint_net_from(load_checkpoint(path), path).to(target).eval()
-
-
-@functools.lru_cache(maxsize=1)
-def _file_mode() -> int:
-    """Permissions of a newly created file under this process's umask.
-
-    Read once: reading the umask means setting it, for the whole process.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    The object is serialised in memory first, so that a full disk is an ``OSError`` of the write (PyTorch's
-    own file writer reports it as a RuntimeError), and ``path`` is only ever replaced by a whole file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, _file_mode())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def checkpoint_config(config: Config) -> dict[str, Any]:
     """The ``config`` entry we write: the original's ``model.params`` plus our full config."""
     params = {
@@ -338,7 +233,7 @@ def checkpoint_config(config: Config) -> dict[str, Any]:
     return {"model": {"params": params}, "kp2d": config.to_dict()}
 
 
-def _check_model_matches_config(model: ModelConfig, keypoint_net: KeyPointNet) -> None:
+def _check_model_matches_config(model: ModelConfig, keypoint_net: torch.nn.Module) -> None:
     """ConfigError naming every switch where ``keypoint_net`` differs from ``model`` (the file's config).
 
     A checkpoint is rebuilt from its config (:func:`build_keypoint_net`), so a mismatch would load the
@@ -365,8 +260,8 @@ def _check_model_matches_config(model: ModelConfig, keypoint_net: KeyPointNet) -
 def save_checkpoint(
     path: str | Path,
     config: Config,
-    keypoint_net: KeyPointNet,
-    io_net: IONet | None = None,
+    keypoint_net: torch.nn.Module,
+    io_net: torch.nn.Module | None = None,
     **extra: Any,
 ) -> None:
     """Write ``{'config', 'state_dict', 'io_net_state_dict'?, **extra}`` atomically.

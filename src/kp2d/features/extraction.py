@@ -1,0 +1,318 @@
+"""Keypoints, scores and descriptors of whole images, in original-image pixels.
+
+The user story::
+
+    model = kp2d.KeyPointNet.from_pretrained("v4")
+    kpts0, kpts1 = model.extract(image0), model.extract(image1)      # RGB, any size from 32 px
+    matches, distances = kp2d.match(kpts0.descriptors, kpts1.descriptors)
+    H, inliers = kp2d.estimate_homography(kpts0.keypoints, kpts1.keypoints, matches)
+
+:func:`extract` takes **RGB** images (the order our training pipeline feeds the network), of any size
+of at least 32 px a side. Inside, the image is padded at the bottom and right to a multiple of 8 by
+*replicating* its last row and column (zero padding would add an artificial edge, which the detector
+fires on); the network's coordinates are already in pixels of the padded image, whose top-left corner is
+the original's, so keypoints need no rescaling; keypoints that land in the padding are dropped.
+
+Selection, per image: cells with ``score > score_threshold``; then, with ``nms_radius > 0``, greedy
+non-maximum suppression (a keypoint is dropped when a kept keypoint with a higher score lies within
+``nms_radius`` pixels; the same result as visiting keypoints by decreasing score); then the ``top_k``
+highest scores, sorted by decreasing score.
+
+``scale_factor`` runs the network on the image resized by that factor (bilinear; antialiased when
+shrinking) and maps the keypoints back to pixels of the original image (pixel centres at integers:
+``x = (x' + 0.5) * W / W' - 0.5``). At 2 the grid of cells is 4 px of the original image instead of 8 and
+the regressed offsets are twice as fine: on ``hpatches-synth`` at 320×240 the shipped V4's localization
+error drops from 0.84 px to 0.54 px (README, Results), for four times the compute. OpenCV's SIFT
+doubles its input the same way before building its pyramid.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from kp2d.errors import ConfigError, DataError
+from kp2d.features.dense import CELL, DEFAULT_SCORE_THRESHOLD, KeyPointNetOutput, sample_descriptors
+from kp2d.features.keypoints import Keypoints
+from kp2d.features.selection import _check_selection, select_keypoints
+from kp2d.io.images import ImageLike, image_to_tensor
+
+#: What ``extract`` runs instead of the plain network (a :class:`kp2d.deploy.backends.Backend`).
+Backend = Callable[[torch.Tensor], KeyPointNetOutput]
+
+__all__ = [
+    "MAX_NETWORK_SIZE",
+    "MIN_IMAGE_SIZE",
+    "check_image_size",
+    "check_scale_factor",
+    "extract",
+    "extract_with_score_map",
+    "pad_to_multiple",
+    "rescale_images",
+    "score_map",
+    "to_image_pixels",
+]
+
+MIN_IMAGE_SIZE = 32  # pixels, each side
+MAX_NETWORK_SIZE = 16384  # pixels, each side of the network's input (after scale_factor)
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int = CELL) -> torch.Tensor:
+    """Pad ``(B, C, H, W)`` bottom and right to multiples of ``multiple``, replicating the last row/column."""
+    height, width = images.shape[-2:]
+    pad_h = -height % multiple
+    pad_w = -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images
+    return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def check_image_size(height: int, width: int, scale_factor: float = 1.0) -> None:
+    """DataError unless the image and the network's input at ``scale_factor`` fit the network.
+
+    Both need :data:`MIN_IMAGE_SIZE` px a side; the network's input at most :data:`MAX_NETWORK_SIZE`.
+    """
+    net_height, net_width = round(height * scale_factor), round(width * scale_factor)
+    resized = f", {net_width}x{net_height} at scale_factor {scale_factor:g}" if scale_factor != 1 else ""
+    if min(height, width, net_height, net_width) < MIN_IMAGE_SIZE:
+        raise DataError(
+            f"image is {width}x{height} pixels{resized}; kp2d needs at least {MIN_IMAGE_SIZE} pixels on "
+            "each side"
+        )
+    if max(net_height, net_width) > MAX_NETWORK_SIZE:
+        raise DataError(
+            f"image is {width}x{height} pixels{resized}; the network takes at most {MAX_NETWORK_SIZE} "
+            "pixels a side (resize the image, or use a smaller scale_factor)"
+        )
+
+
+def check_scale_factor(scale_factor: float) -> float:
+    """``scale_factor`` as a float; :class:`ConfigError` unless it is a finite number > 0."""
+    if isinstance(scale_factor, bool) or not isinstance(scale_factor, numbers.Real):
+        raise ConfigError(f"scale_factor must be a number > 0, got {scale_factor!r}")
+    if not (math.isfinite(scale_factor) and scale_factor > 0):
+        raise ConfigError(f"scale_factor must be a finite number > 0, got {scale_factor!r}")
+    return float(scale_factor)
+
+
+def rescale_images(images: torch.Tensor, scale_factor: float) -> torch.Tensor:
+    """``(B, C, H, W)`` → ``(B, C, round(H * s), round(W * s))``, bilinear (antialiased when shrinking).
+
+    Returns ``images`` itself when the size does not change. Values stay in the input's range. fp16 / bf16
+    images are resized in float32 and cast back (PyTorch has no half-precision antialiased resize on CPU).
+    """
+    scale_factor = check_scale_factor(scale_factor)
+    height, width = images.shape[-2:]
+    size = _network_size(height, width, scale_factor)
+    if size == (height, width):
+        return images
+    shrink = size[0] < height or size[1] < width
+    reduced = images.dtype in (torch.float16, torch.bfloat16)
+    source = images.float() if reduced else images
+    resized = F.interpolate(source, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return resized.to(images.dtype) if reduced else resized
+
+
+def _network_size(height: int, width: int, scale_factor: float) -> tuple[int, int]:
+    """``(H', W')`` of an ``H x W`` image resized by ``scale_factor`` (see :func:`rescale_images`)."""
+    return max(1, round(height * scale_factor)), max(1, round(width * scale_factor))
+
+
+def to_image_pixels(
+    coords: torch.Tensor, network_size: tuple[int, int], image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Keypoints ``(B, 2, ...)`` in pixels of the resized ``(W', H')`` image → pixels of the ``(W, H)`` one.
+
+    Pixel centres sit at integer coordinates in both, so ``x = (x' + 0.5) * W / W' - 0.5`` (likewise y),
+    the inverse of :func:`rescale_images`' sampling grid. The identity when the sizes are equal.
+    """
+    if tuple(network_size) == tuple(image_size):
+        return coords
+    ratio = coords.new_tensor([image_size[0] / network_size[0], image_size[1] / network_size[1]])
+    ratio = ratio.view(1, 2, *([1] * (coords.dim() - 2)))
+    return (coords + 0.5) * ratio - 0.5
+
+
+def _model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's parameters (CPU / float32 for a parameterless module)."""
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return torch.device("cpu"), torch.float32
+    return parameter.device, parameter.dtype
+
+
+def _model_input(model: torch.nn.Module, image: ImageLike) -> tuple[torch.Tensor, bool]:
+    device, dtype = _model_placement(model)
+    batch, batched = image_to_tensor(image, model.in_channels, device)
+    return batch.to(dtype), batched
+
+
+def _run(
+    model: torch.nn.Module, batch: torch.Tensor, backend: Backend | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network, or ``backend`` (a :class:`kp2d.deploy.backends.Backend` built from it), on the padded batch.
+
+    Runs in eval and inference mode. Returns ``score (B, Hc, Wc)``, ``coord (B, 2, Hc, Wc)``,
+    ``desc (B, D, Hc, Wc)`` (sampled, unit norm).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            padded = pad_to_multiple(batch, CELL)
+            if backend is not None:
+                out = backend(padded.float())
+                return out.score[:, 0], out.coord, out.desc
+            out = model(padded)
+            desc = sample_descriptors(out.desc, out.coord, padded.shape[-2], padded.shape[-1])
+            return out.score[:, 0], out.coord, desc.float()  # float32 also from a float64 model
+    finally:
+        model.train(was_training)
+
+
+def _extract_batch(
+    model: torch.nn.Module,
+    image: ImageLike,
+    top_k: int | None,
+    score_threshold: float,
+    nms_radius: float,
+    backend: Backend | None = None,
+    scale_factor: float = 1.0,
+) -> tuple[list[Keypoints], torch.Tensor, bool]:
+    """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched."""
+    _check_selection(top_k, nms_radius, score_threshold)
+    if backend is not None and not callable(backend):
+        raise ConfigError(
+            f"backend must be built once with kp2d.deploy.backends.load_backend({backend!r}, model), got "
+            f"{type(backend).__name__} {backend!r}"
+        )
+    scale_factor = check_scale_factor(scale_factor)
+    batch, batched = _model_input(model, image)
+    height, width = batch.shape[-2:]
+    check_image_size(height, width, scale_factor)
+    if batch.shape[0] == 0:  # an empty batch: no images, no keypoints
+        net_height, net_width = _network_size(height, width, scale_factor)
+        cells = (-(-net_height // CELL), -(-net_width // CELL))
+        return [], torch.zeros(0, *cells, device=batch.device), batched
+    network_batch = rescale_images(batch, scale_factor)
+    net_height, net_width = network_batch.shape[-2:]
+    scores, coords, descs = _run(model, network_batch, backend)
+    # border cells (score forced to 0) and keypoints in the padding never count, whatever the threshold
+    valid = (scores > 0) & (coords[:, 0] <= net_width - 1) & (coords[:, 1] <= net_height - 1)
+    nms_radius = nms_radius * net_width / width  # the selection works in pixels of the network's input
+    selected = select_keypoints(scores, coords, top_k, score_threshold, nms_radius, valid=valid)
+    coords = to_image_pixels(coords, (net_width, net_height), (width, height))
+    results = []
+    for score, coord, desc, index in zip(scores, coords, descs, selected, strict=True):
+        # indexing outside inference mode gives ordinary tensors (the caller may modify them in place)
+        results.append(
+            Keypoints(
+                keypoints=coord.flatten(1)[:, index].t(),
+                scores=score.flatten()[index],
+                descriptors=desc.flatten(1)[:, index].t(),
+                image_size=(width, height),
+            )
+        )
+    return results, scores.clone(), batched
+
+
+def extract(
+    model: torch.nn.Module,
+    image: ImageLike | list[ImageLike],
+    top_k: int | None = 1000,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    nms_radius: float = 0,
+    backend: Backend | None = None,
+    scale_factor: float = 1.0,
+) -> Keypoints | list[Keypoints]:
+    """Detect and describe keypoints (see the module docstring for padding and selection).
+
+    ===============================  =====================================================
+    input                            output
+    ===============================  =====================================================
+    numpy ``(H, W, 3)`` RGB uint8    :class:`Keypoints` (``N <= top_k``)
+    numpy ``(H, W)`` gray, float     :class:`Keypoints`
+    ``PIL.Image``                    :class:`Keypoints`
+    file path (``str``, ``Path``)    :class:`Keypoints` (read with :func:`load_image`)
+    tensor ``(3, H, W)`` in [0, 1]   :class:`Keypoints`
+    tensor ``(B, 3, H, W)``          ``list[Keypoints]`` (``N`` varies per image; ``[]`` if ``B = 0``)
+    list of images (any sizes)       ``list[Keypoints]``
+    ===============================  =====================================================
+
+    Args:
+        model: a :class:`~kp2d.models.KeyPointNet`; the image goes to its device, and it runs in eval
+            mode (its previous mode is restored afterwards).
+        image: RGB image(s), at least 32 px a side.
+        top_k: most keypoints per image (``None``: all).
+        score_threshold: keep keypoints with ``score > score_threshold`` (default
+            :data:`DEFAULT_SCORE_THRESHOLD`, 1e-4: no keypoints on a blank image; 0 keeps every cell, as
+            the HPatches protocol does; the grid's border cells, whose score is 0, are never kept).
+        nms_radius: greedy NMS radius in pixels; 0 turns it off.
+        backend: a fast backend built from ``model`` (:func:`kp2d.deploy.backends.load_backend`, e.g.
+            ``"torch-bf16"`` or ``"ort-int8"``) to run instead of the plain network.
+        scale_factor: run the network on the image resized by this factor (e.g. 2 for finer keypoints;
+            see the module docstring); keypoints, ``nms_radius`` and ``image_size`` stay in pixels of the
+            original image.
+
+    Returns:
+        Keypoints sorted by decreasing score (float32 keypoints, scores and descriptors, also for a
+        fp16 / bf16 model).
+
+    Raises:
+        DataError: unsupported image type/shape/range, or an image under 32 px a side (before or after
+            resizing).
+        ConfigError: a bad ``top_k`` (not an integer >= 1), ``nms_radius`` (< 0), ``score_threshold``
+            (NaN) or ``scale_factor`` (<= 0), or a ``backend`` given by name instead of built.
+    """
+    if isinstance(image, (list, tuple)):
+        for index, item in enumerate(image):
+            if isinstance(item, torch.Tensor) and item.dim() == 4:
+                raise DataError(
+                    f"a list takes single images, item {index} is a batch {tuple(item.shape)} (pass a batch "
+                    "on its own, or its images in the list)"
+                )
+        return [
+            extract(model, item, top_k, score_threshold, nms_radius, backend, scale_factor) for item in image
+        ]
+    results, _, batched = _extract_batch(
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor
+    )
+    return results if batched else results[0]
+
+
+def extract_with_score_map(
+    model: torch.nn.Module,
+    image: ImageLike,
+    top_k: int | None = 1000,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    nms_radius: float = 0,
+    backend: Backend | None = None,
+    scale_factor: float = 1.0,
+) -> tuple[Keypoints, torch.Tensor]:
+    """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run.
+
+    With ``scale_factor`` the cells are those of the resized image: ``(ceil(H'/8), ceil(W'/8))``.
+    """
+    results, scores, _ = _extract_batch(
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor
+    )
+    if len(results) != 1:
+        raise DataError(f"extract_with_score_map takes one image, got a batch of {len(results)}")
+    return results[0], scores[0]
+
+
+def score_map(model: torch.nn.Module, image: ImageLike) -> torch.Tensor:
+    """Cell scores of one image: ``(ceil(H/8), ceil(W/8))``, cell ``(i, j)`` covering pixels ``8i..8i+7``.
+
+    Cells of the padded border hold the score of the padded image; crop after upsampling by 8.
+    """
+    batch, batched = _model_input(model, image)
+    if batched and batch.shape[0] != 1:
+        raise DataError(f"score_map takes one image, got a batch of {batch.shape[0]}")
+    check_image_size(*batch.shape[-2:])
+    scores, _, _ = _run(model, batch)
+    return scores[0].clone()
