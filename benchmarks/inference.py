@@ -112,11 +112,10 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
     Returns:
         The backend names and, unless ``--no-accuracy``, the HPatches sequence folders of ``--subset``.
     """
-    from kp2d.cli.detect import check_output_path
-    from kp2d.cli.train import check_at_least
     from kp2d.data.hpatches import find_sequences
     from kp2d.deploy.backends import BACKENDS
     from kp2d.errors import ConfigError, DataError
+    from kp2d.options import check_at_least, check_output_path
 
     minimums = {"threads": 1, "repeats": 1, "warmup": 0, "calibration-count": 1, "max-sequences": 1}
     for name, minimum in minimums.items():
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy: {args.hpatches} ({args.subset}, {pairs} pairs) at 320x240, top 300")
     print_table(rows, SIZES)
     if args.json:
-        from kp2d.cli.eval import write_json
+        from kp2d.io.files import write_json
 
         out = Path(args.json)
         try:

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from kp2d.cli.eval import (
+from kp2d.data.hpatches import HPatchesDataset
+from kp2d.errors import ConfigError, Kp2dError
+from kp2d.eval.hpatches import KeyPointNetDetector, check_sequence_problems, pair_groups
+from kp2d.eval.metrics import DISTANCE_THRESHOLD, nearest_distances
+from kp2d.eval.settings import (
     OPENCV_METHODS,
     check_eval_scale_factor,
     opencv_detector,
     parse_baselines,
     parse_shapes,
 )
-from kp2d.data.hpatches import HPatchesDataset
-from kp2d.errors import ConfigError, Kp2dError
-from kp2d.eval.hpatches import KeyPointNetDetector, check_sequence_problems, pair_groups
-from kp2d.eval.metrics import DISTANCE_THRESHOLD, nearest_distances
 from kp2d.models.keypoint_net import load_keypoint_net
 
 

@@ -26,8 +26,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kp2d.cli.detect import check_finite_option, check_output_path
-from kp2d.cli.train import check_at_least
 from kp2d.demo import demo_pair
 from kp2d.errors import DataError, Kp2dError
 from kp2d.eval.metrics import corner_error
@@ -38,6 +36,7 @@ from kp2d.io.checkpoint import load_checkpoint, training_steps
 from kp2d.io.images import load_image
 from kp2d.io.weights import resolve_model_path
 from kp2d.models.keypoint_net import keypoint_net_from, load_keypoint_net, untrained_keypoint_net
+from kp2d.options import check_at_least, check_finite_option, check_output_path
 from kp2d.runtime import resolve_device
 from kp2d.visualization import (
     draw_caption,
@@ -206,9 +205,11 @@ def progress_gif(args: argparse.Namespace) -> None:
 
 def overfit_gifs(args: argparse.Namespace) -> None:
     """The over-fitting GIFs of the original README: ``kp2d overfit --out <out>/overfit``."""
-    from kp2d.cli import main
+    import subprocess
+    import sys
 
-    status = main(["overfit", "--out", str(args.out / "overfit")])
+    # run as a command, as a user would: scripts sit beside the CLI, not on top of it
+    status = subprocess.call([sys.executable, "-m", "kp2d", "overfit", "--out", str(args.out / "overfit")])
     if status:
         raise Kp2dError(f"kp2d overfit failed with status {status}")
 

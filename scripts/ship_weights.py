@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from kp2d.cli.detect import check_output_path
 from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.io.checkpoint import load_checkpoint, training_steps
 from kp2d.models.keypoint_net import load_keypoint_net
+from kp2d.options import check_output_path
 from kp2d.pretrained import make_pretrained, reference_error
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "kp2d" / "weights"

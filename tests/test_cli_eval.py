@@ -11,8 +11,8 @@ import torch
 
 from hpatches_tiny import PAIRS_PER_SUBSET
 from kp2d.cli import main
-from kp2d.cli.eval import parse_shapes
 from kp2d.errors import ConfigError
+from kp2d.eval.settings import parse_shapes
 
 METRICS = ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")
 

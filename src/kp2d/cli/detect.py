@@ -11,16 +11,13 @@ and ``<stem>.json`` (keypoints, scores and image size).
 from __future__ import annotations
 
 import argparse
-import math
-import os
 from pathlib import Path
+
+from kp2d.options import check_finite_option, check_output_path, check_scale_factor_option
 
 __all__ = [
     "add_model_options",
     "add_parser",
-    "check_finite_option",
-    "check_output_path",
-    "check_scale_factor_option",
     "model_backend",
     "run",
 ]
@@ -97,59 +94,6 @@ def model_backend(args: argparse.Namespace, model):
     from kp2d.deploy.backends import load_backend
 
     return load_backend(args.backend, model)
-
-
-def check_scale_factor_option(scale_factor: float) -> None:
-    """``check_scale_factor`` of :mod:`kp2d.features.extraction`, errors naming ``--scale-factor``."""
-    from kp2d.errors import ConfigError
-    from kp2d.features.extraction import check_scale_factor
-
-    try:
-        check_scale_factor(scale_factor)
-    except ConfigError:
-        raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}") from None
-
-
-def check_finite_option(option: str, value: float, minimum: float | None = None) -> None:
-    """:class:`~kp2d.errors.ConfigError` naming ``option`` unless ``value`` is finite and >= ``minimum``.
-
-    NaN and infinity fail; without ``minimum`` any finite number passes.
-    """
-    from kp2d.errors import ConfigError
-
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
-        bound = "" if minimum is None else f" >= {minimum:g}"
-        raise ConfigError(f"{option} must be a finite number{bound}, got {value:g}")
-
-
-def check_output_path(path: Path, option: str, *, folder: bool = False) -> None:
-    """Fail early, before any long work, unless ``path`` can be written.
-
-    With ``folder``, ``path`` must be a folder or not exist yet; otherwise it must not be a folder. Either
-    way the first existing folder on the way to it must be a writable folder (not a file).
-
-    Raises:
-        ConfigError: naming ``option`` and what is in the way.
-    """
-    from kp2d.errors import ConfigError
-
-    path = Path(path)
-    if folder and path.exists() and not path.is_dir():
-        raise ConfigError(f"{option} {path} is a file, not a folder; give a folder")
-    if not folder:
-        if path.is_dir():
-            raise ConfigError(f"{option} {path} is a folder; give a file name")
-        if path.exists() and not os.access(path, os.W_OK):
-            raise ConfigError(f"{option} {path}: the file is read-only")
-    start = path if folder else path.parent
-    for candidate in (start, *start.parents):
-        if not os.path.lexists(candidate):
-            continue
-        if not candidate.is_dir():
-            raise ConfigError(f"{option} {path}: {candidate} is a file, not a folder")
-        if not os.access(candidate, os.W_OK | os.X_OK):
-            raise ConfigError(f"{option} {path}: no permission to write in {candidate}")
-        return
 
 
 def selection_options(args: argparse.Namespace) -> dict:

@@ -7,26 +7,19 @@ Prints one markdown table per evaluation shape in the original README's layout a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "add_parser",
-    "check_eval_scale_factor",
-    "json_ready",
-    "opencv_detector",
-    "parse_baselines",
-    "parse_shapes",
-    "run",
-    "write_json",
-]
+from kp2d.eval.settings import (
+    OPENCV_METHODS,
+    check_eval_scale_factor,
+    opencv_detector,
+    parse_baselines,
+    parse_shapes,
+)
 
-DEFAULT_SETTINGS = ((320, 240, 300), (640, 480, 1000))  # (W, H, top_k) of the original's two tables
-_DEFAULT_TOP_K = {(320, 240): 300, (640, 480): 1000}
-_FALLBACK_TOP_K = 1000
-OPENCV_METHODS = ("sift", "orb")  # --method / --baselines: OpenCV detectors run through the protocol
+__all__ = ["add_parser", "format_table", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -85,66 +78,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _split(values: list[str] | None) -> list[str]:
-    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
-
-
-def _parse_shape(text: str) -> tuple[int, int]:
-    from kp2d.errors import ConfigError
-
-    parts = text.lower().split("x")
-    try:
-        width, height = (int(part) for part in parts)
-    except ValueError:
-        raise ConfigError(f"--shape '{text}': expected WIDTHxHEIGHT, e.g. 320x240") from None
-    from kp2d.features.extraction import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
-
-    if not MIN_IMAGE_SIZE <= min(width, height) <= max(width, height) <= MAX_NETWORK_SIZE:
-        raise ConfigError(
-            f"--shape '{text}': width and height must be from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} pixels"
-        )
-    return width, height
-
-
-def _parse_top_k(text: str) -> int:
-    from kp2d.errors import ConfigError
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"--top-k '{text}': expected a positive integer") from None
-    if value <= 0:
-        raise ConfigError(f"--top-k '{text}': expected a positive integer")
-    return value
-
-
-def parse_shapes(shapes: list[str] | None, top_ks: list[str] | None) -> list[tuple[int, int, int]]:
-    """``--shape`` / ``--top-k`` values → ``[(W, H, top_k), ...]``.
-
-    No shape: the original's two settings (320x240 top 300, 640x480 top 1000). One ``--top-k`` applies
-    to every shape; several pair with the shapes in order. A shape without ``--top-k`` gets 300 at
-    320x240, else 1000.
-    """
-    from kp2d.errors import ConfigError
-
-    parsed_shapes = [_parse_shape(text) for text in _split(shapes)]
-    parsed_top_k = [_parse_top_k(text) for text in _split(top_ks)]
-    if not parsed_shapes:
-        parsed_shapes = [(w, h) for w, h, _ in DEFAULT_SETTINGS]
-        if not parsed_top_k:
-            return list(DEFAULT_SETTINGS)
-    if not parsed_top_k:
-        parsed_top_k = [_DEFAULT_TOP_K.get(shape, _FALLBACK_TOP_K) for shape in parsed_shapes]
-    elif len(parsed_top_k) == 1:
-        parsed_top_k = parsed_top_k * len(parsed_shapes)
-    elif len(parsed_top_k) != len(parsed_shapes):
-        raise ConfigError(
-            f"--top-k: give one value or one per shape "
-            f"({len(parsed_shapes)} shapes, {len(parsed_top_k)} values)"
-        )
-    return [(w, h, k) for (w, h), k in zip(parsed_shapes, parsed_top_k, strict=True)]
-
-
 def _build_network(args: argparse.Namespace, device):
     """The KeyPointNet to evaluate and its table label."""
     from kp2d.errors import CheckpointError
@@ -165,50 +98,12 @@ def _build_network(args: argparse.Namespace, device):
     return load_keypoint_net(args.model, device), Path(args.model).stem
 
 
-def check_eval_scale_factor(scale_factor: float, settings: list[tuple[int, int, int]]) -> None:
-    """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8."""
-    from kp2d.cli.detect import check_scale_factor_option
-    from kp2d.errors import ConfigError
-    from kp2d.features.dense import CELL
-    from kp2d.features.extraction import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
-
-    check_scale_factor_option(scale_factor)
-    for width, height, _ in settings:
-        scaled = (round(width * scale_factor), round(height * scale_factor))
-        fits = MIN_IMAGE_SIZE <= min(scaled) and max(scaled) <= MAX_NETWORK_SIZE
-        if scaled[0] % CELL or scaled[1] % CELL or not fits:
-            raise ConfigError(
-                f"--scale-factor {scale_factor:g} resizes {width}x{height} to {scaled[0]}x{scaled[1]}; "
-                f"KeyPointNet needs multiples of {CELL}, from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} a side"
-            )
-
-
-def opencv_detector(method: str, top_k: int):
-    """The OpenCV baseline as ``kp2d eval`` runs it (``2 * top_k`` candidates for the selection)."""
-    from kp2d.eval.hpatches import OpenCVDetector
-
-    return OpenCVDetector(method, nfeatures=2 * top_k)
-
-
 def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int):
     from kp2d.eval.hpatches import KeyPointNetDetector
 
     if args.method is not None:
         return opencv_detector(args.method, top_k)
     return KeyPointNetDetector(network, device, name=label, scale_factor=args.scale_factor)
-
-
-def parse_baselines(text: str | None, method: str | None) -> list[str]:
-    """``--baselines sift,orb`` → ``["sift", "orb"]``, without ``method`` (already run) or repeats."""
-    from kp2d.errors import ConfigError
-
-    names = _split([text] if text else None)
-    unknown = [name for name in names if name not in OPENCV_METHODS]
-    if unknown:
-        raise ConfigError(
-            f"--baselines: unknown method {', '.join(unknown)} (choose from {', '.join(OPENCV_METHODS)})"
-        )
-    return [name for name in dict.fromkeys(names) if name != method]
 
 
 def _fmt(value: float) -> str:
@@ -236,32 +131,6 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def json_ready(value: Any) -> Any:
-    """``value`` with every non-finite float (a pair without repeated keypoints) as ``None``, for JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_ready(v) for v in value]
-    return value
-
-
-def write_json(path: Path, value: Any) -> None:
-    """``value`` as indented JSON (non-finite floats as ``null``) at ``path``, its folder created.
-
-    Written to ``<path>.partial`` first and renamed, so ``path`` is never half written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.write_text(json.dumps(json_ready(value), indent=2) + "\n")
-        partial.replace(path)
-    except OSError as err:  # named after the file asked for, not the temporary one
-        partial.unlink(missing_ok=True)
-        raise OSError(err.errno, err.strerror, str(path)) from None
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the tables, write the JSON; returns the exit status."""
     from kp2d.errors import ConfigError
@@ -280,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"HPatches folder not found: {hpatches}")
     json_out = Path(args.json) if args.json else None
     if json_out is not None:
-        from kp2d.cli.detect import check_output_path
+        from kp2d.options import check_output_path
 
         check_output_path(json_out, "--json")  # before the evaluation, so that its results are not lost
 
@@ -327,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
         print(flush=True)
 
     if json_out is not None:
+        from kp2d.io.files import write_json
+
         write_json(json_out, results)
     return 0
 

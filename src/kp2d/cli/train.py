@@ -6,7 +6,9 @@ import argparse
 import math
 from pathlib import Path
 
-__all__ = ["add_parser", "check_at_least"]
+from kp2d.options import check_at_least
+
+__all__ = ["add_parser"]
 
 # Steps from random weights after which a V4 checkpoint beat the untrained network on all six HPatches
 # numbers (the README's "What a run looks like"); the run's closing line warns below it.
@@ -63,14 +65,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
-
-
-def check_at_least(name: str, value: int | None, minimum: int) -> None:
-    """An option given below ``minimum`` is a one-line error naming it."""
-    from kp2d.errors import ConfigError
-
-    if value is not None and value < minimum:
-        raise ConfigError(f"--{name} must be at least {minimum}, got {value}")
 
 
 def _check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import nn
 
 from kp2d.deploy.fold import fold_batchnorm
 from kp2d.errors import ConfigError, Kp2dError, make_folder
+from kp2d.io.files import atomic_path
 from kp2d.models import KeyPointNet
 
 __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "DescribeGraph", "export_onnx", "onnx_output_names"]
@@ -136,17 +136,13 @@ def export_onnx(
             dynamo=True,
             verbose=False,
         )
-    # written next to ``path`` and renamed once finished and checked: a failure (e.g. an opset the
-    # converter cannot reach) leaves no file, and an existing file at ``path`` as it was
-    partial = path.with_name(f".{path.name}.partial")
-    try:
+    # renamed over ``path`` once finished and checked: a failure (e.g. an opset the converter cannot
+    # reach) leaves no file, and an existing file at ``path`` as it was
+    with atomic_path(path) as partial:
         program.save(str(partial))
         _finalize(partial, opset)
         if check:
             check_onnx(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     log.info("exported %s (opset %d, %s shapes)", path, opset, "dynamic" if dynamic else "fixed")
     return path
 

@@ -1,0 +1,112 @@
+"""Evaluation settings from option text: ``WxH`` shapes with their top-k, baselines, scale factor."""
+
+from __future__ import annotations
+
+from kp2d.errors import ConfigError
+from kp2d.options import check_scale_factor_option
+
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "OPENCV_METHODS",
+    "check_eval_scale_factor",
+    "opencv_detector",
+    "parse_baselines",
+    "parse_shapes",
+]
+
+
+DEFAULT_SETTINGS = ((320, 240, 300), (640, 480, 1000))  # (W, H, top_k) of the original's two tables
+
+_DEFAULT_TOP_K = {(320, 240): 300, (640, 480): 1000}
+
+_FALLBACK_TOP_K = 1000
+
+OPENCV_METHODS = ("sift", "orb")  # --method / --baselines: OpenCV detectors run through the protocol
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def _parse_shape(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(part) for part in parts)
+    except ValueError:
+        raise ConfigError(f"--shape '{text}': expected WIDTHxHEIGHT, e.g. 320x240") from None
+    from kp2d.features.extraction import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE  # torch: not needed to parse
+
+    if not MIN_IMAGE_SIZE <= min(width, height) <= max(width, height) <= MAX_NETWORK_SIZE:
+        raise ConfigError(
+            f"--shape '{text}': width and height must be from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} pixels"
+        )
+    return width, height
+
+
+def _parse_top_k(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"--top-k '{text}': expected a positive integer") from None
+    if value <= 0:
+        raise ConfigError(f"--top-k '{text}': expected a positive integer")
+    return value
+
+
+def parse_shapes(shapes: list[str] | None, top_ks: list[str] | None) -> list[tuple[int, int, int]]:
+    """``--shape`` / ``--top-k`` values → ``[(W, H, top_k), ...]``.
+
+    No shape: the original's two settings (320x240 top 300, 640x480 top 1000). One ``--top-k`` applies
+    to every shape; several pair with the shapes in order. A shape without ``--top-k`` gets 300 at
+    320x240, else 1000.
+    """
+    parsed_shapes = [_parse_shape(text) for text in _split(shapes)]
+    parsed_top_k = [_parse_top_k(text) for text in _split(top_ks)]
+    if not parsed_shapes:
+        parsed_shapes = [(w, h) for w, h, _ in DEFAULT_SETTINGS]
+        if not parsed_top_k:
+            return list(DEFAULT_SETTINGS)
+    if not parsed_top_k:
+        parsed_top_k = [_DEFAULT_TOP_K.get(shape, _FALLBACK_TOP_K) for shape in parsed_shapes]
+    elif len(parsed_top_k) == 1:
+        parsed_top_k = parsed_top_k * len(parsed_shapes)
+    elif len(parsed_top_k) != len(parsed_shapes):
+        raise ConfigError(
+            f"--top-k: give one value or one per shape "
+            f"({len(parsed_shapes)} shapes, {len(parsed_top_k)} values)"
+        )
+    return [(w, h, k) for (w, h), k in zip(parsed_shapes, parsed_top_k, strict=True)]
+
+
+def check_eval_scale_factor(scale_factor: float, settings: list[tuple[int, int, int]]) -> None:
+    """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8."""
+    from kp2d.features.dense import CELL
+    from kp2d.features.extraction import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
+
+    check_scale_factor_option(scale_factor)
+    for width, height, _ in settings:
+        scaled = (round(width * scale_factor), round(height * scale_factor))
+        fits = MIN_IMAGE_SIZE <= min(scaled) and max(scaled) <= MAX_NETWORK_SIZE
+        if scaled[0] % CELL or scaled[1] % CELL or not fits:
+            raise ConfigError(
+                f"--scale-factor {scale_factor:g} resizes {width}x{height} to {scaled[0]}x{scaled[1]}; "
+                f"KeyPointNet needs multiples of {CELL}, from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} a side"
+            )
+
+
+def opencv_detector(method: str, top_k: int):
+    """The OpenCV baseline as ``kp2d eval`` runs it (``2 * top_k`` candidates for the selection)."""
+    from kp2d.eval.hpatches import OpenCVDetector
+
+    return OpenCVDetector(method, nfeatures=2 * top_k)
+
+
+def parse_baselines(text: str | None, method: str | None) -> list[str]:
+    """``--baselines sift,orb`` → ``["sift", "orb"]``, without ``method`` (already run) or repeats."""
+    names = _split([text] if text else None)
+    unknown = [name for name in names if name not in OPENCV_METHODS]
+    if unknown:
+        raise ConfigError(
+            f"--baselines: unknown method {', '.join(unknown)} (choose from {', '.join(OPENCV_METHODS)})"
+        )
+    return [name for name in dict.fromkeys(names) if name != method]
