@@ -15,8 +15,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kp2d.errors import ConfigError
 
 __all__ = [
@@ -355,6 +353,8 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
                 f"unknown config '{text_name}': not a file and not a preset ({', '.join(list_presets())})"
             )
         text = preset.read_text()
+    import yaml  # only reading a config needs the parser; `import kp2d` for inference does not
+
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
