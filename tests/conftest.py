@@ -1,6 +1,8 @@
 """Shared fixtures: where the golden vectors and data live, skipping with a reason when absent.
 
-``KP2D_SHARED`` overrides the default ``<repo>/../shared``.
+``KP2D_SHARED`` overrides the default ``<repo>/../shared``. Tests are grouped by kind in ``unit/``,
+``golden/``, ``cli/``, ``integration/``, ``scripts/`` and ``docs/``; every test that reads the golden
+vectors gets the ``golden`` marker (``pytest -m golden``), the multi-second ones carry ``slow``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("KP2D_SHARED", REPO_ROOT.parent / "shared"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the golden vectors (directly or through a fixture) ``golden``."""
+    for item in items:
+        if "golden_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.golden)
 
 
 def _require(path: Path, what: str) -> Path:
@@ -60,3 +69,12 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def golden_forward(golden_dir: Path) -> dict:
     return torch.load(golden_dir / "keypointnet_forward.pt", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def golden_net(golden_forward):
+    from kp2d.models import KeyPointNet
+
+    net = KeyPointNet(do_upsample=True, do_cross=True)
+    net.load_state_dict(golden_forward["state_dict"])
+    return net.eval()

@@ -22,7 +22,7 @@ import pytest
 
 from kp2d.cli import build_parser
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
 SEPARATORS = {";", "&&", "||", "|", "&", "do", "done", "then", "fi", "wait"}
 

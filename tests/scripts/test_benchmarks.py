@@ -13,7 +13,7 @@ import pytest
 from cli_output import single_error_line
 from hpatches_tiny import make_tiny_hpatches
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _benchmark(name: str):
