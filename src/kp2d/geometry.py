@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "HomographySamplerConfig",
@@ -24,25 +23,25 @@ __all__ = [
     "normalize_points",
     "sample_homographies",
     "scale_homography",
-    "warp_image",
     "warp_points",
     "warp_points_numpy",
 ]
 
 
-def _half_extent(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
-    """``((W - 1) / 2, (H - 1) / 2)`` as a tensor on ``like``'s device and dtype."""
-    return like.new_tensor([(width - 1) / 2.0, (height - 1) / 2.0])
-
-
 def normalize_points(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pixel ``(..., 2)`` ``(x, y)`` → normalised ``[-1, 1]`` (align_corners=True)."""
-    return points / _half_extent(height, width, points) - 1.0
+    """Pixel ``(..., 2)`` ``(x, y)`` → normalised ``[-1, 1]`` (align_corners=True): ``x / ((W - 1) / 2) - 1``.
+
+    The one pixel → grid conversion of the package. Written per coordinate with the sizes as plain numbers
+    so that an ONNX export keeps them symbolic (a constant tensor would freeze the example's size).
+    """
+    x, y = points.unbind(-1)
+    return torch.stack([x / ((width - 1) / 2.0) - 1.0, y / ((height - 1) / 2.0) - 1.0], dim=-1)
 
 
 def denormalize_points(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Normalised ``(..., 2)`` ``(x, y)`` in ``[-1, 1]`` → pixels (inverse of :func:`normalize_points`)."""
-    return (points + 1.0) * _half_extent(height, width, points)
+    x, y = points.unbind(-1)
+    return torch.stack([(x + 1.0) * ((width - 1) / 2.0), (y + 1.0) * ((height - 1) / 2.0)], dim=-1)
 
 
 def warp_points(points: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
@@ -86,33 +85,6 @@ def cell_centers(
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     centers = torch.stack([grid_x, grid_y], dim=0) * cell + (cell - 1) / 2.0
     return centers.unsqueeze(0).expand(batch, 2, rows, cols)
-
-
-def normalized_pixel_grid(batch: int, height: int, width: int, *, device=None, dtype=torch.float32):
-    """Normalised ``(x, y)`` of every pixel: ``(B, H, W, 2)``, the layout grid_sample takes."""
-    xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
-    ys = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_x, grid_y], dim=-1).unsqueeze(0).expand(batch, height, width, 2)
-
-
-def warp_image(image: torch.Tensor, homography: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Resample ``image`` at ``H(p)`` for every output pixel ``p`` (normalised coordinates).
-
-    Args:
-        image: ``(B, C, H, W)``.
-        homography: ``(B, 3, 3)``, output-normalised → input-normalised coordinates.
-        mode: ``grid_sample``'s interpolation (``"bilinear"``, ``"nearest"``, ``"bicubic"``).
-
-    Returns:
-        ``(B, C, H, W)``; pixels that land outside ``image`` are 0.
-    """
-    batch, _, height, width = image.shape
-    grid = normalized_pixel_grid(batch, height, width, device=image.device, dtype=image.dtype)
-    warped_grid = warp_points(grid.reshape(batch, -1, 2), homography.to(image.dtype))
-    return F.grid_sample(
-        image, warped_grid.view(batch, height, width, 2), mode=mode, align_corners=True
-    )
 
 
 def scale_homography(

@@ -30,6 +30,7 @@ from torch import nn
 
 from kp2d.deploy.fold import fold_batchnorm
 from kp2d.errors import ConfigError, Kp2dError, make_folder
+from kp2d.geometry import normalize_points
 from kp2d.io.files import atomic_path
 from kp2d.models import KeyPointNet
 
@@ -53,11 +54,9 @@ def onnx_output_names() -> tuple[str, ...]:
 class DescribeGraph(nn.Module):
     """:meth:`KeyPointNet.describe` as a traceable module returning ``(score, coord, desc)``.
 
-    The descriptor sampling is written with the image size as a traced value, so the exported graph
-    stays correct for every input size (the library's :func:`kp2d.models.sample_descriptors` builds
-    the normalisation constant with ``new_tensor``, which export would freeze at the example size).
-    The arithmetic is the same: ``grid = coord / ((size - 1) / 2) - 1``, bilinear ``grid_sample`` with
-    ``align_corners=True``, then L2 normalisation over channels.
+    The descriptor sampling is :func:`kp2d.features.dense.sample_descriptors`' arithmetic: the grid from
+    :func:`kp2d.geometry.normalize_points` (sizes stay symbolic in the graph), bilinear ``grid_sample``
+    with ``align_corners=True``, then L2 normalisation over channels written as a sum (any opset).
     """
 
     def __init__(self, net: KeyPointNet) -> None:
@@ -68,9 +67,7 @@ class DescribeGraph(nn.Module):
         """Image ``(B, C, H, W)`` → ``(score, coord, desc)`` as in :class:`~kp2d.models.KeyPointNetOutput`."""
         score, coord, dense = self.net(image)
         height, width = image.shape[-2:]
-        grid_x = coord[:, 0] / ((width - 1) / 2.0) - 1.0
-        grid_y = coord[:, 1] / ((height - 1) / 2.0) - 1.0
-        grid = torch.stack([grid_x, grid_y], dim=-1)
+        grid = normalize_points(coord.permute(0, 2, 3, 1), height, width)
         sampled = F.grid_sample(dense, grid.to(dense.dtype), mode="bilinear", align_corners=True)
         desc = sampled / (sampled * sampled).sum(dim=1, keepdim=True).sqrt()  # ReduceSum: any opset ≥ 13
         return score, coord, desc
