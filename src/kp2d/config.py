@@ -75,7 +75,7 @@ class LossConfig:
     """Loss weights and thresholds (SPEC §3)."""
 
     keypoint_loss_weight: float = 1.0  # location loss and IO loss
-    descriptor_loss_weight: float = 2.0  # the descriptor term is 2 x this x the triplet loss
+    descriptor_loss_weight: float = 2.0  # the term is this x losses.TRIPLET_FACTOR x the triplet loss
     score_loss_weight: float = 1.0
     descriptor_loss: bool = True
     location_threshold: float = 4.0  # px: cells farther from any target keypoint are not used

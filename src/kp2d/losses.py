@@ -13,11 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from kp2d.config import LossConfig
-from kp2d.features.dense import KeyPointNetOutput
+from kp2d.features.dense import KeyPointNetOutput, interior_mask
 from kp2d.geometry import denormalize_points, normalize_points, warp_points
 from kp2d.models.io_net import IONet
 
+#: The original's fixed factors inside the total loss, on top of the configurable weights (kept so that
+#: the weights of its configs mean what they meant there; descriptor weight 2.0 is 4 x the triplet loss).
+TRIPLET_FACTOR = 2.0
+SCORE_MSE_FACTOR = 2.0
+
 __all__ = [
+    "SCORE_MSE_FACTOR",
+    "TRIPLET_FACTOR",
     "LossTerms",
     "WarpedKeypoints",
     "descriptor_loss",
@@ -62,8 +69,9 @@ class NearestTarget(NamedTuple):
 class LossTerms(NamedTuple):
     """Loss terms (unweighted) and their weighted sum.
 
-    ``total = kw·location + dw·2·descriptor + sw·(score_usp + 2·score_mse) + kw·io`` with ``kw, dw, sw`` the
-    keypoint, descriptor and score loss weights; disabled terms are 0. ``recall`` is the fraction of
+    ``total = kw·(location + io) + dw·T·descriptor + sw·(score_usp + S·score_mse)`` with ``kw, dw, sw``
+    the keypoint, descriptor and score loss weights and ``T``, ``S`` the original's fixed factors
+    :data:`TRIPLET_FACTOR`, :data:`SCORE_MSE_FACTOR`; disabled terms are 0. ``recall`` is the fraction of
     anchors whose nearest descriptor is the positive (for logs); ``io_inliers`` counts the correspondences
     given to IO-Net that are true matches (its +1 labels).
     """
@@ -83,13 +91,6 @@ def _flatten_cells(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.flatten(2).transpose(1, 2)
 
 
-def _interior_cells(rows: int, cols: int, device: torch.device) -> torch.Tensor:
-    """``(Hc*Wc,)`` bool, False on the first/last row and column of the cell grid."""
-    interior = torch.zeros(rows, cols, dtype=torch.bool, device=device)
-    interior[1:-1, 1:-1] = True
-    return interior.flatten()
-
-
 def warp_source_keypoints(
     source_coord: torch.Tensor, homography: torch.Tensor, height: int, width: int
 ) -> WarpedKeypoints:
@@ -99,15 +100,15 @@ def warp_source_keypoints(
     warped_norm = warp_points(source_norm, homography.to(source_norm.dtype))
     warped = denormalize_points(warped_norm, height, width)
     inside = (warped_norm.abs() < 1).all(dim=-1)
-    valid = inside & _interior_cells(rows, cols, source_coord.device)
+    valid = inside & interior_mask(rows, cols, device=source_coord.device).flatten()
     return WarpedKeypoints(source_norm, warped_norm, warped, valid)
 
 
 def _within_chebyshev(points: torch.Tensor, radius: float) -> torch.Tensor:
     """``(B, N, N)`` bool: ``max(|dx|, |dy|) <= radius`` for every pair of ``(B, N, 2)`` points.
 
-    ``cdist(p=inf)`` is the fastest way on a CPU, but its CUDA kernel is slow: 15 ms for 8 × 1200 points on
-    an H200, more than half of a training step's GPU time. Elsewhere, plain broadcasting (same values).
+    ``cdist(p=inf)`` on a CPU, where it is the fastest way; its CUDA kernel is slow, so elsewhere plain
+    broadcasting (same values; see docs/notes-from-code.md).
     """
     if points.device.type == "cpu":
         return torch.cdist(points, points, p=float("inf")) <= radius
@@ -125,8 +126,8 @@ def nearest_target(warped: WarpedKeypoints, target_coord: torch.Tensor, threshol
     """Nearest target keypoint of each warped source keypoint (argmin without gradient, distance with)."""
     target = _flatten_cells(target_coord)  # (B, N, 2)
     with torch.no_grad():
-        # On a CPU from the coordinates' differences, as the original (as fast there as the matrix-product
-        # form, which rounds: 1 nearest cell in 10,000 differed); on GPUs the product form is the fast one.
+        # On a CPU from the coordinates' differences, as the original, because the matrix-product form
+        # rounds and picks another cell now and then; on GPUs the product form is the fast one.
         mode = "donot_use_mm_for_euclid_dist" if target.device.type == "cpu" else "use_mm_for_euclid_dist"
         index = torch.cdist(warped.warped, target, compute_mode=mode).argmin(dim=2)
     matched = torch.gather(target, 1, index.unsqueeze(-1).expand(-1, -1, 2))
@@ -340,7 +341,7 @@ def keypoint_net_losses(
     )
     total = (
         config.keypoint_loss_weight * (location + io)
-        + config.descriptor_loss_weight * 2 * triplet
-        + config.score_loss_weight * (usp + 2 * mse)
+        + config.descriptor_loss_weight * TRIPLET_FACTOR * triplet
+        + config.score_loss_weight * (usp + SCORE_MSE_FACTOR * mse)
     )
     return LossTerms(total, location, triplet, usp, mse, io, recall, inliers)

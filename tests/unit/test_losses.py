@@ -6,6 +6,8 @@ import torch
 from kp2d.config import LossConfig
 from kp2d.features.dense import KeyPointNetOutput
 from kp2d.losses import (
+    SCORE_MSE_FACTOR,
+    TRIPLET_FACTOR,
     descriptor_loss,
     keypoint_net_losses,
     location_loss,
@@ -98,6 +100,25 @@ def test_losses_are_finite_for_random_network():
         net(images), net(images), rotation.expand(2, 3, 3), (64, 96), LossConfig(io_top_k=20), IONet()
     )
     assert all(torch.isfinite(t).all() for t in terms)
+
+
+def test_total_is_the_weighted_sum_with_the_named_factors():
+    """The original's ×2 on the triplet and score-MSE terms are the named factors, nothing hidden beside."""
+    assert (TRIPLET_FACTOR, SCORE_MSE_FACTOR) == (2.0, 2.0)
+    torch.manual_seed(0)
+    net = KeyPointNet(with_dropout=False).train()
+    images = torch.rand(2, 3, 64, 96)
+    config = LossConfig(
+        io_top_k=20, keypoint_loss_weight=0.5, descriptor_loss_weight=3.0, score_loss_weight=7.0
+    )
+    identity = torch.eye(3).expand(2, 3, 3)
+    terms = keypoint_net_losses(net(images), net(images), identity, (64, 96), config, IONet())
+    expected = (
+        0.5 * (terms.location + terms.io)
+        + 3.0 * TRIPLET_FACTOR * terms.descriptor
+        + 7.0 * (terms.score_usp + SCORE_MSE_FACTOR * terms.score_mse)
+    )
+    torch.testing.assert_close(terms.total, expected)
 
 
 def test_chebyshev_neighbours_same_on_every_device_path():

@@ -27,9 +27,8 @@ CELL = 8  # pixels per output cell (three 2x poolings)
 DESCRIPTOR_DIM = 256
 
 
-#: ``extract``'s default: cells scoring at most this are no keypoints. A blank or featureless image scores
-#: under 1e-5 everywhere (at 0, two blank images gave 1,000 "keypoints" each and an identity homography);
-#: on photos, the shipped V4's top 1,000 at 640x480 score above it but for 0.1 %, in flat sky or walls.
+#: ``extract``'s default: cells scoring at most this are no keypoints, so that a blank or featureless image
+#: has none (its scores lie far below; the numbers are in docs/notes-from-code.md).
 DEFAULT_SCORE_THRESHOLD = 1e-4
 
 
@@ -67,9 +66,13 @@ def sample_descriptors(desc: torch.Tensor, coord: torch.Tensor, height: int, wid
     return sampled / sampled.norm(p=2, dim=1, keepdim=True)
 
 
-def interior_mask(score: torch.Tensor) -> torch.Tensor:
-    """``(1, 1, Hc, Wc)`` mask that is 0 on the first/last row and column of the cell grid, else 1."""
-    rows, cols = score.shape[-2:]
-    mask = torch.zeros(1, 1, rows, cols, dtype=score.dtype, device=score.device)
-    mask[..., 1:-1, 1:-1] = 1
+def interior_mask(
+    rows: int, cols: int, *, device: torch.device | None = None, dtype: torch.dtype = torch.bool
+) -> torch.Tensor:
+    """``(rows, cols)`` mask of the cell grid: 0 (False) on the first/last row and column, else 1 (True).
+
+    The network zeroes the border cells' scores with it and the losses leave those cells out.
+    """
+    mask = torch.zeros(rows, cols, dtype=dtype, device=device)
+    mask[1:-1, 1:-1] = 1
     return mask

@@ -158,10 +158,10 @@ class KeyPointNet(nn.Module):
         skip = self._block(x, self.conv3a, self.conv3b)
         x = self._block(self.pool(skip), self.conv4a, self.conv4b)
 
-        # Score and keypoint heads finish in fp32 even under bf16/fp16 autocast: a bf16 pixel coordinate
-        # near x = 300 is only good to 2 px (8-bit mantissa), far coarser than the losses' thresholds.
+        # Score and keypoint heads finish in fp32 even under bf16/fp16 autocast, because a bf16 pixel
+        # coordinate is far coarser than the losses' thresholds (8-bit mantissa).
         score = self.convDb(self.dropout(self.relu(self.convDa(x)))).float().sigmoid()
-        score = score * interior_mask(score)
+        score = score * interior_mask(*score.shape[-2:], device=score.device, dtype=score.dtype)
 
         offset = self.convPb(self.dropout(self.relu(self.convPa(x)))).float().tanh()
         batch, _, rows, cols = offset.shape
