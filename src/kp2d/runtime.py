@@ -56,8 +56,8 @@ def _cpu_flags() -> set[str]:
 def cpu_has_fast_bf16(flags: set[str] | None = None) -> bool:
     """Native bf16 arithmetic: AVX512-BF16 or AMX on x86, the BF16 extension on Arm.
 
-    oneDNN also "supports" bf16 on plain AVX-512 by emulation, where it is several times *slower* than fp32
-    (a V4 training step: 25 s instead of 7 s on a 2-core Xeon), so that is not enough.
+    oneDNN also "supports" bf16 on plain AVX-512 by emulation, which is slower than fp32, so that is not
+    enough (see docs/notes-from-code.md).
     """
     flags = _cpu_flags() if flags is None else flags
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
@@ -67,7 +67,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a precision setting (``None`` = plain fp32).
 
     ``auto`` picks bf16 on CUDA GPUs that support it and on CPUs with native bf16 (AVX512-BF16/AMX),
-    where it is about three times faster than fp32; else fp32.
+    where it is faster than fp32; else fp32.
     """
     if precision == "fp32":
         return None

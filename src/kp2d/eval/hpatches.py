@@ -74,7 +74,7 @@ class KeyPointNetDetector:
         device: where to run; default: where the model's parameters are (the model is moved there).
         name: label for tables.
         channels_last: convert the model to channels-last memory layout (default: on CPU, where
-            oneDNN convolutions are about 25 % faster in that layout; outputs differ by float rounding only).
+            oneDNN convolutions are faster in that layout; outputs differ by float rounding only).
         scale_factor: run the network on the images resized by this factor (bilinear,
             see :func:`~kp2d.features.extraction.rescale_images`) and map the keypoints back to the evaluation
             shape; 1 (default) is the original protocol. The resized size must stay a multiple of 8.

@@ -21,9 +21,8 @@ highest scores, sorted by decreasing score.
 ``scale_factor`` runs the network on the image resized by that factor (bilinear; antialiased when
 shrinking) and maps the keypoints back to pixels of the original image (pixel centres at integers:
 ``x = (x' + 0.5) * W / W' - 0.5``). At 2 the grid of cells is 4 px of the original image instead of 8 and
-the regressed offsets are twice as fine: on ``hpatches-synth`` at 320×240 the shipped V4's localization
-error drops from 0.84 px to 0.54 px (README, Results), for four times the compute. OpenCV's SIFT
-doubles its input the same way before building its pyramid.
+the regressed offsets are twice as fine (lower localization error, for four times the compute; see
+docs/notes-from-code.md). OpenCV's SIFT doubles its input the same way before building its pyramid.
 """
 
 from __future__ import annotations
