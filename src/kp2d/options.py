@@ -8,7 +8,13 @@ from pathlib import Path
 
 from kp2d.errors import ConfigError
 
-__all__ = ["check_at_least", "check_finite_option", "check_output_path", "check_scale_factor_option"]
+__all__ = [
+    "check_at_least",
+    "check_finite_option",
+    "check_output_path",
+    "check_scale_factor_option",
+    "parse_size_wh",
+]
 
 
 def check_scale_factor_option(scale_factor: float) -> None:
@@ -63,3 +69,18 @@ def check_at_least(name: str, value: int | None, minimum: int) -> None:
     """An option given below ``minimum`` is a one-line error naming it."""
     if value is not None and value < minimum:
         raise ConfigError(f"--{name} must be at least {minimum}, got {value}")
+
+
+def parse_size_wh(text: str, option: str) -> tuple[int, int]:
+    """``"WIDTHxHEIGHT"`` (e.g. ``"320x240"``) → ``(width, height)``: every ``--shape`` / ``--size`` order.
+
+    Raises:
+        ConfigError: naming ``option``, unless the text is two positive integers joined by ``x``.
+    """
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"{option} must be WIDTHxHEIGHT (e.g. 320x240), got {text!r}") from None
+    if width < 1 or height < 1:
+        raise ConfigError(f"{option} must be WIDTHxHEIGHT with positive sides, got {text!r}")
+    return width, height

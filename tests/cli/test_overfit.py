@@ -38,7 +38,7 @@ def test_overfit_cli_without_progress_bar(tmp_path, capsys):
     assert "overfit:" not in captured.err  # the tqdm bar's description
     assert sorted(path.name for path in out.iterdir()) == ["crop.gif", "keypoints.gif", "scores.gif"]
     with Image.open(out / "scores.gif") as gif:
-        assert gif.n_frames == 2 and gif.size == (96, 64)  # --shape HxW, not the config's image_shape
+        assert gif.n_frames == 2 and gif.size == (96, 64)  # --size WxH, not the config's image_shape
     assert "-> " in captured.out
 
 
@@ -47,8 +47,21 @@ def _tiny_run(folder, out, steps: int) -> list[str]:
     config = folder / "tiny.yaml"
     config.write_text("extends: v4\naugmentation: {image_shape: [240, 320]}\nloss: {io_top_k: 40}\n"
                       "train: {precision: fp32}\n")
-    return ["overfit", "--config", str(config), "--shape", "64x96", "--steps", str(steps), "--every", "1",
+    return ["overfit", "--config", str(config), "--size", "96x64", "--steps", str(steps), "--every", "1",
             "--batch-size", "2", "--top-k", "10", "--out", str(out), "--no-progress", "--device", "cpu"]
+
+
+def test_overfit_takes_width_x_height_and_refuses_the_old_height_x_width_option(tmp_path, capsys):
+    """--size is WxH as eval's --shape and export's --size; the old HxW --shape names its replacement."""
+    assert main(["overfit", "--shape", "64x96", "--out", str(tmp_path)]) == 2
+    assert single_error_line(capsys) == (
+        "kp2d overfit: error: overfit's --shape took HEIGHTxWIDTH, unlike eval and export; it is now "
+        "--size WIDTHxHEIGHT (--shape 64x96 is --size 96x64)"
+    )
+    assert main(["overfit", "--size", "96x60", "--out", str(tmp_path)]) == 2
+    assert "--size 96x60: width and height must be multiples of 8" in capsys.readouterr().err
+    assert main(["overfit", "--size", "wide", "--out", str(tmp_path)]) == 2
+    assert "--size must be WIDTHxHEIGHT" in capsys.readouterr().err
 
 
 def test_overfit_cli_defaults_are_the_original_demo(monkeypatch, tmp_path):

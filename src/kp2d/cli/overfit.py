@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["DEFAULT_SHAPE", "add_parser"]
+__all__ = ["DEFAULT_SIZE", "add_parser"]
 
-DEFAULT_SHAPE = "120x160"  # small enough for 1,500 steps in about 25 minutes on a 2-core CPU
+DEFAULT_SIZE = "160x120"  # WxH, small so that the default 1,500 steps finish on a laptop CPU
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,10 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "augmentation.original_jitter_noop, as the original's demo)",
     )
     parser.add_argument(
-        "--shape", default=DEFAULT_SHAPE,
-        help=f"HxW the image is resized to for training and frames (default: {DEFAULT_SHAPE}; "
+        "--size", default=DEFAULT_SIZE, metavar="WxH",
+        help=f"width x height the image is resized to for training and frames (default: {DEFAULT_SIZE}; "
         "the config's image_shape is not used)",
     )
+    parser.add_argument("--shape", help=argparse.SUPPRESS)  # the old HxW option, refused in run()
     parser.add_argument("--steps", type=int, default=1500, help="training steps (default: 1500)")
     parser.add_argument("--every", type=int, default=50, help="record a frame every N steps (default: 50)")
     parser.add_argument("--batch-size", type=int, default=4, help="augmented copies per step (default: 4)")
@@ -43,16 +44,25 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.errors import ConfigError, DataError
     from kp2d.features.extraction import check_image_size
     from kp2d.io.images import load_image
-    from kp2d.options import check_at_least, check_output_path
+    from kp2d.options import check_at_least, check_output_path, parse_size_wh
     from kp2d.runtime import resolve_device
     from kp2d.train.overfit import overfit
 
     for name in ("steps", "every", "batch_size", "top_k"):
         check_at_least(name.replace("_", "-"), getattr(args, name), 1)
+    if args.shape is not None:
+        height, _, width = args.shape.lower().partition("x")
+        raise ConfigError(
+            f"overfit's --shape took HEIGHTxWIDTH, unlike eval and export; it is now --size WIDTHxHEIGHT "
+            f"(--shape {args.shape} is --size {width}x{height})"
+        )
+    width, height = parse_size_wh(args.size, "--size")
     try:
-        shape = {"image_shape": list(parse_image_shape(args.shape))}
-    except ConfigError as err:
-        raise ConfigError(f"--shape: {err}") from None
+        shape = {"image_shape": list(parse_image_shape(f"{height}x{width}"))}
+    except ConfigError:
+        raise ConfigError(
+            f"--size {args.size}: width and height must be multiples of 8, at least 32 (e.g. 160x120)"
+        ) from None
     check_output_path(args.out, "--out", folder=True)
     if args.config is None:  # the original's demo: its colour jitter is a no-op
         config = load_config("v4", {"augmentation": {**shape, "original_jitter_noop": True}})
