@@ -220,10 +220,10 @@ def run(args: argparse.Namespace, names: list[str], folders: list[Path]) -> tupl
     """The weights' description and one row per backend (``"ms"`` and/or ``"accuracy"``)."""
     import cv2
 
-    from kp2d.deploy.backends import BackendDetector, load_backend
+    from kp2d.deploy.backends import load_backend
     from kp2d.deploy.int8 import load_calibration_images
     from kp2d.errors import DataError
-    from kp2d.eval.hpatches import evaluate_hpatches
+    from kp2d.eval.hpatches import KeyPointNetDetector, evaluate_hpatches
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -250,7 +250,7 @@ def run(args: argparse.Namespace, names: list[str], folders: list[Path]) -> tupl
         for row in rows:
             try:
                 result = evaluate_hpatches(
-                    BackendDetector(backends[row["backend"]]), root, shape=(320, 240), top_k=300,
+                    KeyPointNetDetector(backends[row["backend"]]), root, shape=(320, 240), top_k=300,
                     subset=args.subset, progress=sys.stderr.isatty(), num_workers=0,
                     # no reader processes: forking after ONNX Runtime has started its threads can hang
                 )

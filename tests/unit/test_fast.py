@@ -12,10 +12,11 @@ import skimage.data
 import torch
 from torch import nn
 
-from kp2d.deploy.backends import BACKENDS, BackendDetector, load_backend
+from kp2d.deploy.backends import BACKENDS, load_backend
 from kp2d.deploy.fold import fold_batchnorm, fold_conv_bn
 from kp2d.deploy.int8 import _iter_images, load_calibration_images, quantize_int8
 from kp2d.errors import ConfigError, DataError
+from kp2d.eval.hpatches import KeyPointNetDetector
 from kp2d.features.extraction import extract
 from kp2d.models import KeyPointNet
 
@@ -214,7 +215,7 @@ def test_int8_backend_is_close_on_a_real_photo(golden_forward, golden_onnx, cali
 
 def test_backend_detector_gives_every_interior_cell_in_raster_order(golden_forward):
     net = _golden_net(golden_forward)
-    detector = BackendDetector(load_backend("torch-fp32", net))
+    detector = KeyPointNetDetector(load_backend("torch-fp32", net))
     bgr = cv2.cvtColor(cv2.resize(skimage.data.astronaut(), (96, 64)), cv2.COLOR_RGB2BGR)
     images = np.stack([bgr, bgr[:, ::-1]])
     detections = detector(images)
@@ -337,7 +338,7 @@ def test_a_grayscale_network_gets_the_luma_in_every_backend(golden_forward, cali
         out = load_backend(name, gray)(image)  # RGB in, luma to the network
         assert (out.score - ref.score).abs().max() < 1e-3, name
     int8 = load_backend("ort-int8", gray, calibration_images=calibration_folder, calibration_count=3)
-    rows, _ = BackendDetector(int8)(np.zeros((1, 64, 96, 3), np.uint8))[0]
+    rows, _ = KeyPointNetDetector(int8)(np.zeros((1, 64, 96, 3), np.uint8))[0]
     assert rows.shape[1] == 3 and color.in_channels == 3
 
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from skimage import data as samples
 
-from kp2d.data.image_folder import ImageFolderDataset, list_images, read_image_rgb, resize_image
+from kp2d.data.image_folder import ImageFolderDataset, list_images, read_image_rgb
 from kp2d.errors import DataError, user_message
+from kp2d.io.images import resize_image
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:
@@ -51,10 +52,18 @@ def test_items_are_resized_uint8_rgb(photo_folder):
 def test_resize_interpolation_choice():
     image = np.zeros((10, 10, 3), np.uint8)
     image[:, ::2] = 255
-    assert resize_image(image, (5, 5)).std() < 1  # area averaging of stripes: flat grey
-    up = resize_image(image[:4, :4], (8, 8))
+    assert resize_image(image, (5, 5), area_when_shrinking=True).std() < 1  # area averaging: flat grey
+    up = resize_image(image[:4, :4], (8, 8), area_when_shrinking=True)
     assert up.shape == (8, 8, 3)
     assert resize_image(image, (10, 10)) is image
+
+
+def test_resize_takes_width_then_height_in_every_mode():
+    """One resize, OpenCV's (W, H) order: the training reader used (H, W), the HPatches reader (W, H)."""
+    image = np.zeros((10, 20, 3), np.uint8)
+    for area in (False, True):
+        assert resize_image(image, (8, 4), area_when_shrinking=area).shape == (4, 8, 3)
+        assert resize_image(image, (40, 30), area_when_shrinking=area).shape == (30, 40, 3)
 
 
 def test_grayscale_rgba_and_16bit(tmp_path):

@@ -239,7 +239,8 @@ def test_ransac_gets_the_mutual_matches_three_pixels_and_5000_iterations(monkeyp
 
 def test_hpatches_images_are_read_bgr_and_resized_bilinearly(tmp_path):
     """The original feeds OpenCV's BGR and ``cv2.resize``'s default bilinear interpolation."""
-    from kp2d.data.hpatches import read_image, resize_image
+    from kp2d.data.hpatches import read_image
+    from kp2d.io.images import resize_image
 
     red = np.zeros((30, 40, 3), np.uint8)
     red[..., 2] = 255  # BGR: red

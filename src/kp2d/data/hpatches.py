@@ -30,6 +30,7 @@ import torch
 
 from kp2d.errors import ConfigError, DataError
 from kp2d.geometry import scale_homography
+from kp2d.io.images import resize_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -41,7 +42,6 @@ __all__ = [
     "find_sequences",
     "read_homography",
     "read_image",
-    "resize_image",
 ]
 
 log = logging.getLogger(__name__)
@@ -222,11 +222,6 @@ def read_homography(path: str | Path) -> np.ndarray:
     if not np.linalg.cond(homography) < _MAX_CONDITION:
         raise DataError(f"{path}: homography is singular")
     return homography
-
-
-def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``cv2.resize(image, (W, H))`` (bilinear) to ``shape = (W, H)``."""
-    return cv2.resize(image, tuple(shape))
 
 
 def _image_size(image: np.ndarray) -> tuple[int, int]:

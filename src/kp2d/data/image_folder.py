@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from kp2d.errors import DataError
+from kp2d.io.images import resize_image
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_images", "read_image_rgb", "resize_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_images", "read_image_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +87,6 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize ``(h, w, C)`` to ``shape = (H, W)``: area averaging when shrinking both sides, else bilinear."""
-    height, width = shape
-    if image.shape[:2] == (height, width):
-        return image
-    shrinking = height <= image.shape[0] and width <= image.shape[1]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interpolation)
-
-
 class ImageFolderDataset(Dataset):
     """Every image under ``root``, as ``(3, H, W)`` uint8 RGB tensors resized to ``image_shape``.
 
@@ -135,7 +126,8 @@ class ImageFolderDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """Read, convert and resize image ``index`` (no cache, no skipping): ``(3, H, W)`` uint8."""
-        image = resize_image(read_image_rgb(self.paths[index]), self.image_shape)
+        height, width = self.image_shape
+        image = resize_image(read_image_rgb(self.paths[index]), (width, height), area_when_shrinking=True)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
     def __getitem__(self, index: int) -> torch.Tensor:

@@ -36,7 +36,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -49,21 +48,11 @@ from kp2d.features.dense import KeyPointNetOutput
 from kp2d.io.images import to_network_channels
 from kp2d.models import KeyPointNet
 
-__all__ = ["BACKENDS", "Backend", "BackendDetector", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "load_backend"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp32", "ort-int8")
-
-
-# --------------------------------------------------------------------------------------------------
-# BatchNorm folding
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
-# Backends
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -282,37 +271,3 @@ def _ort_model_backend(
     if not (keep_files or users_graph):
         details["onnx"] = None  # the graph was in a temporary folder, removed once the session is built
     return _ort_backend(name, path, threads, details, model.in_channels)
-
-
-class BackendDetector:
-    """A :class:`Backend` as an HPatches detector (:class:`kp2d.eval.hpatches.Detector`).
-
-    Takes ``(B, H, W, 3)`` uint8 images (BGR as the evaluation reads them; the channels are passed on as
-    given, like :class:`kp2d.eval.hpatches.KeyPointNetDetector`), scales them to [0, 1] and returns per
-    image ``(prob (N, 3) float32 rows (x, y, score), desc (N, 256) float32)``: every cell with
-    score > 0, in raster order of the cell grid.
-    """
-
-    norm = cv2.NORM_L2
-
-    def __init__(self, backend: Backend, device: str | torch.device = "cpu") -> None:
-        self.backend = backend
-        self.name = backend.name
-        self.device = torch.device(device)
-
-    def __call__(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """See the class docstring."""
-        batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        batch = batch.permute(0, 3, 1, 2).float() / 255.0
-        out = self.backend(batch)
-        rows = torch.cat([out.coord, out.score], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
-        descs = out.desc.flatten(2).transpose(1, 2).float().cpu().numpy()
-        keep = rows[..., 2] > 0
-        return [(rows[b][keep[b]], descs[b][keep[b]]) for b in range(len(rows))]
-
-
-# --------------------------------------------------------------------------------------------------
-# int8 quantisation
-# --------------------------------------------------------------------------------------------------
-
-

@@ -66,13 +66,16 @@ class KeyPointNetDetector:
     """KeyPointNet as an HPatches detector: every cell with score > 0, in raster order of the cell grid.
 
     The batch is scaled to [0, 1] (``/ 255``, float32, BGR channel order as the original evaluation) and
-    run through :meth:`~kp2d.models.KeyPointNet.describe` under ``torch.inference_mode()``; border cells
-    (score 0) drop out. A 1-channel model gets the grayscale image.
+    run through :meth:`~kp2d.models.KeyPointNet.describe` (or a fast backend) under
+    ``torch.inference_mode()``; border cells (score 0) drop out. A 1-channel model gets the grayscale
+    image; a backend gets the channels as given and converts them itself.
 
     Args:
-        model: a :class:`~kp2d.models.KeyPointNet`; put in eval mode.
-        device: where to run; default: where the model's parameters are (the model is moved there).
-        name: label for tables.
+        model: a :class:`~kp2d.models.KeyPointNet`, put in eval mode; or a
+            :class:`~kp2d.deploy.backends.Backend` built from one (run as it is).
+        device: where to run; default: where the model's parameters are (the model is moved there), the
+            CPU for a backend.
+        name: label for tables (default: ``"KeyPointNet"``, or the backend's name).
         channels_last: convert the model to channels-last memory layout (default: on CPU, where
             oneDNN convolutions are faster in that layout; outputs differ by float rounding only).
         scale_factor: run the network on the images resized by this factor (bilinear,
@@ -86,20 +89,26 @@ class KeyPointNetDetector:
         self,
         model: torch.nn.Module,
         device: str | torch.device | None = None,
-        name: str = "KeyPointNet",
+        name: str | None = None,
         channels_last: bool | None = None,
         scale_factor: float = 1.0,
     ) -> None:
         self.scale_factor = check_scale_factor(scale_factor)
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model = model.to(self.device).eval()
-        if channels_last if channels_last is not None else self.device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.name = name
+        self.is_backend = not isinstance(model, torch.nn.Module)
+        if self.is_backend:
+            self.device = torch.device(device if device is not None else "cpu")
+            self.model, self._describe = model, model
+        else:
+            self.device = torch.device(device) if device is not None else next(model.parameters()).device
+            self.model = model.to(self.device).eval()
+            if channels_last if channels_last is not None else self.device.type == "cpu":
+                self.model = self.model.to(memory_format=torch.channels_last)
+            self._describe = self.model.describe
+        self.name = name if name is not None else getattr(model, "name", "KeyPointNet")
 
     def __call__(self, images: np.ndarray) -> list[Detection]:
         """See :class:`Detector`; ``desc`` is ``(N, 256)`` float32, unit norm."""
-        if getattr(self.model, "in_channels", 3) == 1:
+        if not self.is_backend and getattr(self.model, "in_channels", 3) == 1:
             images = np.stack([cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in images])[..., None]
         batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         batch = batch.permute(0, 3, 1, 2).float() / 255.0  # (B, C, H, W) view of NHWC data: channels-last
@@ -112,7 +121,7 @@ class KeyPointNetDetector:
                     f"scale_factor {self.scale_factor:g} resizes {width}x{height} images to "
                     f"{net_width}x{net_height}; KeyPointNet needs multiples of {CELL}"
                 )
-            out = self.model.describe(network_batch)
+            out = self._describe(network_batch)
             coord = to_image_pixels(out.coord, (net_width, net_height), (width, height))
         rows = torch.cat([coord, out.score], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
         descs = out.desc.flatten(2).transpose(1, 2).float().cpu().numpy()  # (B, Hc*Wc, 256)

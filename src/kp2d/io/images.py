@@ -21,6 +21,7 @@ __all__ = [
     "ImageLike",
     "image_to_tensor",
     "load_image",
+    "resize_image",
     "rgb_to_grayscale",
     "to_network_channels",
 ]
@@ -175,3 +176,21 @@ def rgb_to_grayscale(images: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` RGB → ``(B, 1, H, W)`` luma with OpenCV's weights (0.299, 0.587, 0.114)."""
     red, green, blue = images.unbind(dim=1)
     return (GRAY_WEIGHTS[0] * red + GRAY_WEIGHTS[1] * green + GRAY_WEIGHTS[2] * blue).unsqueeze(1)
+
+
+def resize_image(
+    image: np.ndarray, size_wh: tuple[int, int], *, area_when_shrinking: bool = False
+) -> np.ndarray:
+    """Resize ``(h, w, C)`` to ``size_wh = (W, H)``, OpenCV's order; bilinear.
+
+    With ``area_when_shrinking``, area averaging when neither side grows (training photos, where bilinear
+    would alias). Returns ``image`` itself when the size does not change.
+    """
+    import cv2
+
+    width, height = size_wh
+    if image.shape[:2] == (height, width):
+        return image
+    shrinking = height <= image.shape[0] and width <= image.shape[1]
+    interpolation = cv2.INTER_AREA if area_when_shrinking and shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
