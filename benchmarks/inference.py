@@ -250,7 +250,7 @@ def run(args: argparse.Namespace, names: list[str], folders: list[Path]) -> tupl
         for row in rows:
             try:
                 result = evaluate_hpatches(
-                    KeyPointNetDetector(backends[row["backend"]]), root, shape=(320, 240), top_k=300,
+                    KeyPointNetDetector(backends[row["backend"]]), root, size_wh=(320, 240), top_k=300,
                     subset=args.subset, progress=sys.stderr.isatty(), num_workers=0,
                     # no reader processes: forking after ONNX Runtime has started its threads can hang
                 )

@@ -46,7 +46,7 @@ def repeated_distances(detector, dataset: HPatchesDataset, top_k: int) -> tuple[
         prob1 = detections[0][0]
         pairs = zip(sample.homographies, sample.pair_names, strict=True)
         for (prob2, _), (homography, name) in zip(detections[1:], pairs, strict=True):
-            nearest1, nearest2 = nearest_distances(prob1, prob2, homography, dataset.shape, top_k)
+            nearest1, nearest2 = nearest_distances(prob1, prob2, homography, dataset.size_wh, top_k)
             nearest = np.concatenate([nearest1, nearest2])
             names.append(name)
             distances.append(nearest[nearest <= DISTANCE_THRESHOLD])

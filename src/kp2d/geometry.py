@@ -6,6 +6,10 @@ One convention everywhere: points are ``(x, y)`` in the last dimension. Pixel co
 ``x_norm = x / ((W - 1) / 2) - 1``.
 
 Homographies are ``(3, 3)`` or batched ``(B, 3, 3)``; :func:`warp_points` maps ``(B, N, 2)`` points.
+
+Image sizes: a name ending in ``_wh`` (or ``size`` alone: ``Keypoints.image_size``, ``--size``, every
+``--shape`` option) holds ``(W, H)``, OpenCV's and PIL's order; one ending in ``_hw`` (or ``shape``:
+``augmentation.image_shape``, tensor shapes) holds ``(H, W)``. Functions take ``height, width`` apart.
 """
 
 from __future__ import annotations

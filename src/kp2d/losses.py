@@ -312,7 +312,7 @@ def keypoint_net_losses(
     source: KeyPointNetOutput,
     target: KeyPointNetOutput,
     homography: torch.Tensor,
-    image_size: tuple[int, int],
+    shape_hw: tuple[int, int],
     config: LossConfig,
     io_net: IONet | None = None,
 ) -> LossTerms:
@@ -321,11 +321,11 @@ def keypoint_net_losses(
     Args:
         source, target: training-mode network outputs (dense descriptors) of the source and target images.
         homography: ``(B, 3, 3)`` source-normalised → target-normalised.
-        image_size: ``(H, W)`` of the network input.
+        shape_hw: ``(H, W)`` of the network input.
         config: weights and thresholds.
         io_net: IO-Net; ``None`` disables the IO loss.
     """
-    height, width = image_size
+    height, width = shape_hw
     source, target = (KeyPointNetOutput(*(t.float() for t in out)) for out in (source, target))
     warped = warp_source_keypoints(source.coord, homography.float(), height, width)
     nearest = nearest_target(warped, target.coord, config.location_threshold)

@@ -61,7 +61,7 @@ def test_single_sequence_root(tiny_root):
 
 
 def test_sample_shapes_and_grayscale(tiny_root):
-    dataset = HPatchesDataset(tiny_root, shape=(160, 120))
+    dataset = HPatchesDataset(tiny_root, size_wh=(160, 120))
     names = [s.name for s in dataset.sequences]
     sample = dataset[names.index("i_camera")]
     assert sample.images.shape == (2, 120, 160, 3) and sample.images.dtype == np.uint8
@@ -84,7 +84,7 @@ def test_homography_rescaling_by_hand(tmp_path):
     image1 = np.full((100, 200, 3), 128, np.uint8)
     image2 = np.full((200, 400, 3), 64, np.uint8)
     write_sequence(tmp_path / "v_sizes", ".png", image1, [(image2, homography)])
-    sample = HPatchesDataset(tmp_path, shape=(100, 50))[0]
+    sample = HPatchesDataset(tmp_path, size_wh=(100, 50))[0]
     expected = np.array([[0.5, 0.0, 2.5], [0.0, 0.5, 5.0], [0.0, 0.0, 1.0]])
     np.testing.assert_allclose(sample.homographies[0], expected, atol=1e-12)
     np.testing.assert_allclose(scale_homography(homography, (200, 100), (400, 200), (100, 50)), expected)
@@ -93,7 +93,7 @@ def test_homography_rescaling_by_hand(tmp_path):
 
 
 def test_rescaled_homography_of_differently_sized_view(tiny_root):
-    dataset = HPatchesDataset(tiny_root, shape=(120, 90))
+    dataset = HPatchesDataset(tiny_root, size_wh=(120, 90))
     sample = dataset[[s.name for s in dataset.sequences].index("i_coffee")]
     # view 3 is view 1 stored 1.25x larger: after resizing both to 120x90 the homography is the identity
     np.testing.assert_allclose(sample.homographies[1], np.eye(3), atol=1e-12)
@@ -111,7 +111,7 @@ def test_reference_image_read_once(tiny_root, monkeypatch):
         return original(path)
 
     monkeypatch.setattr(hpatches_data, "read_image", counting)
-    sample = HPatchesDataset(tiny_root / "v_astronaut", shape=(80, 60))[0]
+    sample = HPatchesDataset(tiny_root / "v_astronaut", size_wh=(80, 60))[0]
     assert sorted(calls) == ["1.ppm", "2.ppm", "3.ppm", "4.ppm"]
     assert len(sample.images) == 4
 
@@ -163,13 +163,13 @@ def test_bad_files_raise_naming_the_file(tiny_copy):
     _damage(tiny_copy)
     detector = OpenCVDetector("orb", nfeatures=200)
     with pytest.raises(DataError, match="H_1_2"):  # i_camera comes first in sorted order
-        evaluate_hpatches(detector, tiny_copy, shape=(80, 60), progress=False, num_workers=0)
+        evaluate_hpatches(detector, tiny_copy, size_wh=(80, 60), progress=False, num_workers=0)
     with pytest.raises(DataError, match="2.ppm"):
-        evaluate_hpatches(detector, tiny_copy, shape=(80, 60), subset="v", progress=False, num_workers=0)
+        evaluate_hpatches(detector, tiny_copy, size_wh=(80, 60), subset="v", progress=False, num_workers=0)
     (tiny_copy / "v_astronaut" / "2.ppm").unlink()
     (tiny_copy / "v_chelsea" / "1.jpg").unlink()
     with pytest.raises(DataError, match=r"v_astronaut/2\.\*"):
-        evaluate_hpatches(detector, tiny_copy, shape=(80, 60), subset="v", progress=False, num_workers=0)
+        evaluate_hpatches(detector, tiny_copy, size_wh=(80, 60), subset="v", progress=False, num_workers=0)
 
 
 def test_skip_bad_reports_and_continues(tiny_copy):
@@ -177,7 +177,7 @@ def test_skip_bad_reports_and_continues(tiny_copy):
     result = evaluate_hpatches(
         OpenCVDetector("orb", nfeatures=200),
         tiny_copy,
-        shape=(80, 60),
+        size_wh=(80, 60),
         skip_bad=True,
         progress=False,
         num_workers=1,
@@ -194,7 +194,7 @@ def test_skip_bad_reports_and_continues(tiny_copy):
 def test_sift_sanity_on_real_photos(tiny_root):
     """Known homographies on real photos: SIFT finds them (C5 = 1), the identity pair is perfect."""
     result = evaluate_hpatches(
-        OpenCVDetector("sift"), tiny_root, shape=(160, 120), progress=False, num_workers=0
+        OpenCVDetector("sift"), tiny_root, size_wh=(160, 120), progress=False, num_workers=0
     )
     assert result["pairs"] == PAIRS_PER_SUBSET["all"] and result["skipped"] == []
     per_pair = {p["pair"]: p for p in result["per_pair"]}
@@ -211,7 +211,7 @@ def test_orb_runs_with_hamming(tiny_root):
     result = evaluate_hpatches(
         OpenCVDetector("orb", nfeatures=600),
         tiny_root,
-        shape=(160, 120),
+        size_wh=(160, 120),
         subset="v",
         progress=False,
         num_workers=0,
@@ -261,7 +261,7 @@ def test_keypointnet_evaluation_runs(tiny_root):
     torch.manual_seed(0)
     detector = KeyPointNetDetector(KeyPointNet(do_upsample=False, do_cross=True), "cpu")
     result = evaluate_hpatches(
-        detector, tiny_root, shape=(64, 48), top_k=300, subset="i", progress=False, num_workers=0
+        detector, tiny_root, size_wh=(64, 48), top_k=300, subset="i", progress=False, num_workers=0
     )
     assert result["pairs"] == PAIRS_PER_SUBSET["i"]
     assert 0.0 <= result["repeatability"] <= 1.0 and 0.0 <= result["mscore"] <= 1.0
@@ -278,7 +278,7 @@ def test_shared_graffiti_and_homogr(data_dir):
     (sequence,) = find_sequences(graffiti)
     assert [p.index for p in sequence.pairs] == [2, 3, 4, 5, 6]
     assert read_image(sequence.pairs[0].image1).shape == (640, 800, 3)
-    sample = HPatchesDataset(graffiti, shape=(320, 240))[0]
+    sample = HPatchesDataset(graffiti, size_wh=(320, 240))[0]
     assert sample.images.shape == (6, 240, 320, 3) and sample.problems == []
     original = read_homography(graffiti / "H_1_2")
     np.testing.assert_allclose(

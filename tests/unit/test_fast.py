@@ -348,7 +348,7 @@ def test_int8_calibration_fits_a_fixed_size_graph(golden_forward, calibration_fo
     from kp2d.deploy.onnx import export_onnx
 
     fixed = export_onnx(_golden_net(golden_forward), tmp_path / "fixed.onnx", dynamic=False,
-                        example_size=(152, 200))
+                        example_shape_hw=(152, 200))
     photos = load_calibration_images(calibration_folder, count=2)
     assert tuple(photos.shape[-2:]) == (240, 320)
     int8 = quantize_int8(fixed, tmp_path / "fixed.int8.onnx", photos)

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         return evaluate_hpatches(
             detector,
             hpatches,
-            shape=shape,
+            size_wh=shape,
             top_k=top_k,
             subset=args.subset,
             skip_bad=args.skip_bad,

@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
         # next to --onnx is touched, and --onnx itself only once the quantisation has succeeded
         with tempfile.TemporaryDirectory(prefix="kp2d-export-") as scratch:
             fp32_path, int8_path = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
-            export_onnx(net, fp32_path, opset=opset, dynamic=not args.static, example_size=(height, width))
+            export_onnx(
+                net, fp32_path, opset=opset, dynamic=not args.static, example_shape_hw=(height, width)
+            )
             quantize_int8(
                 fp32_path, int8_path, calibration, float_layers=float_layers, method=args.calibration_method
             )
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out} (int8 QDQ, calibrated on {len(calibration)} photos of {args.calibration}; "
               f"float layers: {', '.join(float_layers) or 'none'})")
     else:
-        export_onnx(net, out, opset=opset, dynamic=not args.static, example_size=(height, width))
+        export_onnx(net, out, opset=opset, dynamic=not args.static, example_shape_hw=(height, width))
         print(f"wrote {out} (fp32, opset {opset}, {'fixed' if args.static else 'dynamic'} input size)")
 
     if not args.no_verify:

@@ -229,23 +229,23 @@ def _image_size(image: np.ndarray) -> tuple[int, int]:
 
 
 class HPatchesDataset(torch.utils.data.Dataset):
-    """HPatches-format sequences, one :class:`SequenceSample` per sequence, resized to ``shape``.
+    """HPatches-format sequences, one :class:`SequenceSample` per sequence, resized to ``size_wh``.
 
     Args:
         root: folder of sequences (see the module docstring).
-        shape: evaluation size ``(W, H)``.
+        size_wh: evaluation size ``(W, H)``.
         subset: ``"all"``, ``"i"`` or ``"v"``.
 
     :func:`kp2d.eval.hpatches.evaluate_hpatches` reads it ahead with threads; it also works in a
     ``DataLoader(dataset, batch_size=None, collate_fn=lambda s: s)``.
     """
 
-    def __init__(self, root: str | Path, shape: tuple[int, int] = (320, 240), subset: str = "all") -> None:
-        width, height = shape
+    def __init__(self, root: str | Path, size_wh: tuple[int, int] = (320, 240), subset: str = "all") -> None:
+        width, height = size_wh
         if width <= 0 or height <= 0:
             raise ConfigError(f"evaluation shape must be positive, got {width}x{height}")
         self.root = Path(root)
-        self.shape = (int(width), int(height))
+        self.size_wh = (int(width), int(height))
         self.subset = subset
         self.sequences = find_sequences(root, subset)
 
@@ -259,7 +259,7 @@ class HPatchesDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> SequenceSample:
         sequence = self.sequences[index]
-        width, height = self.shape
+        width, height = self.size_wh
         problems: list[tuple[str, str]] = []
         reference = None
         if sequence.pairs and sequence.pairs[0].image1 is None:
@@ -271,7 +271,7 @@ class HPatchesDataset(torch.utils.data.Dataset):
             except DataError as err:
                 problems = [(pair.name, str(err)) for pair in sequence.pairs]
 
-        images = [] if reference is None else [resize_image(reference, self.shape)]
+        images = [] if reference is None else [resize_image(reference, self.size_wh)]
         homographies, names = [], []
         if reference is not None:
             for pair in sequence.pairs:
@@ -286,8 +286,10 @@ class HPatchesDataset(torch.utils.data.Dataset):
                 except DataError as err:
                     problems.append((pair.name, str(err)))
                     continue
-                scaled = scale_homography(homography, _image_size(reference), _image_size(image), self.shape)
-                images.append(resize_image(image, self.shape))
+                scaled = scale_homography(
+                    homography, _image_size(reference), _image_size(image), self.size_wh
+                )
+                images.append(resize_image(image, self.size_wh))
                 homographies.append(scaled)
                 names.append(pair.name)
         return SequenceSample(

@@ -42,7 +42,7 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 16  # GridSample (align_corners) enters the standard domain at opset 16
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("score", "coord", "desc")
-_EXAMPLE_SIZE = (64, 96)  # (H, W) of the tracing example; any multiple of 8 works
+_EXAMPLE_SHAPE_HW = (64, 96)  # (H, W) of the tracing example; any multiple of 8 works
 _CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export")
 
 
@@ -85,7 +85,7 @@ def export_onnx(
     path: str | Path,
     opset: int = DEFAULT_OPSET,
     dynamic: bool = True,
-    example_size: tuple[int, int] = _EXAMPLE_SIZE,
+    example_shape_hw: tuple[int, int] = _EXAMPLE_SHAPE_HW,
     fold_bn: bool = True,
     check: bool = True,
 ) -> Path:
@@ -95,8 +95,8 @@ def export_onnx(
         model: the network; exported in eval mode (a copy: ``model`` itself is left unchanged).
         path: the ``.onnx`` file to write (folders are created).
         opset: ONNX opset, at least 16.
-        dynamic: batch, height and width dynamic; else fixed to ``(1, C, *example_size)``.
-        example_size: ``(H, W)`` of the example used for tracing (the fixed size when not dynamic).
+        dynamic: batch, height and width dynamic; else fixed to ``(1, C, *example_shape_hw)``.
+        example_shape_hw: ``(H, W)`` of the example used for tracing (the fixed size when not dynamic).
         fold_bn: fold BatchNorm into the convolutions first (see :func:`kp2d.deploy.fold.fold_batchnorm`).
         check: run ``onnx.checker`` (full check, with shape inference) on the written file.
 
@@ -104,9 +104,9 @@ def export_onnx(
         The path written.
     """
     _check_opset(opset)
-    height, width = example_size
+    height, width = example_shape_hw
     if height % 8 or width % 8 or height < 16 or width < 16:
-        raise ValueError(f"example_size must be multiples of 8 and at least 16, got {example_size}")
+        raise ValueError(f"example_shape_hw must be multiples of 8 and at least 16, got {example_shape_hw}")
     path = Path(path)
     make_folder(path.parent)
 

@@ -238,7 +238,7 @@ def check_sequence_problems(sample: SequenceSample, skip_bad: bool, skipped: lis
 def evaluate_hpatches(
     detector: Detector,
     root: str | Path,
-    shape: tuple[int, int] = (320, 240),
+    size_wh: tuple[int, int] = (320, 240),
     top_k: int = 300,
     subset: str = "all",
     skip_bad: bool = False,
@@ -253,7 +253,7 @@ def evaluate_hpatches(
     Args:
         detector: see :class:`Detector`.
         root: folder of sequences.
-        shape: evaluation size ``(W, H)``.
+        size_wh: evaluation size ``(W, H)``.
         top_k: keypoints kept per image.
         subset: ``"all"``, ``"i"`` or ``"v"``.
         skip_bad: leave out pairs whose files are missing or corrupt (listed in ``skipped``) instead of
@@ -272,14 +272,15 @@ def evaluate_hpatches(
         DataError: missing folder, no sequences, a bad file (without ``skip_bad``), or no pair left.
     """
     start = time.perf_counter()
-    dataset = HPatchesDataset(root, shape, subset)
+    dataset = HPatchesDataset(root, size_wh, subset)
     workers = _default_workers() if num_workers is None else num_workers
     norm = getattr(detector, "norm", cv2.NORM_L2)
     per_pair: list[dict[str, Any]] = []
     skipped: list[str] = []
     samples = _read_samples(dataset, workers)
     bar = tqdm(
-        samples, total=len(dataset), desc=f"HPatches {shape[0]}x{shape[1]}", unit="seq", disable=not progress
+        samples, total=len(dataset), desc=f"HPatches {size_wh[0]}x{size_wh[1]}", unit="seq",
+        disable=not progress,
     )
     try:
         for sample in bar:
@@ -296,7 +297,7 @@ def evaluate_hpatches(
                 sample.pair_names, sample.homographies, detections[1:], strict=True
             ):
                 metrics = evaluate_pair(
-                    prob1, desc1, prob2, desc2, homography, dataset.shape, top_k, norm=norm
+                    prob1, desc1, prob2, desc2, homography, dataset.size_wh, top_k, norm=norm
                 )
                 per_pair.append({"pair": name, **metrics})
             bar.set_postfix(pairs=len(per_pair), refresh=False)
@@ -314,7 +315,7 @@ def evaluate_hpatches(
         "skipped": skipped,
         "seconds": seconds,
         "pairs_per_second": len(per_pair) / seconds,
-        "shape": list(dataset.shape),
+        "shape": list(dataset.size_wh),
         "top_k": top_k,
         "subset": subset,
         "per_pair": per_pair,

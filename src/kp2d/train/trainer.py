@@ -332,7 +332,7 @@ class _Run:
                 metrics = evaluate_hpatches(
                     KeyPointNetDetector(self.keypoint_net, self.device),
                     self.options.hpatches,
-                    shape=tuple(train_cfg.val_shape),
+                    size_wh=tuple(train_cfg.val_shape),
                     top_k=train_cfg.val_top_k,
                     progress=False,
                 )
