@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kp2d.io", "kp2d.data", "kp2d.demo"),
     ("kp2d.features",),
     ("kp2d.models", "kp2d"),
-    ("kp2d.options", "kp2d.visualization", "kp2d.pretrained"),
+    ("kp2d.options", "kp2d.visualization"),
     ("kp2d.eval", "kp2d.deploy"),
     ("kp2d.augmentation", "kp2d.losses", "kp2d.train"),
     ("kp2d.cli", "kp2d.__main__"),

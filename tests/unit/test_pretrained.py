@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from kp2d.config import load_config
+from kp2d.deploy.shipping import make_pretrained, reference_error, reference_image
 from kp2d.io.checkpoint import load_checkpoint, save_checkpoint, training_steps
 from kp2d.io.weights import list_pretrained
 from kp2d.models import KeyPointNet
 from kp2d.models.keypoint_net import load_keypoint_net
-from kp2d.pretrained import make_pretrained, reference_error, reference_image
 
 
 @pytest.fixture(scope="module")
