@@ -9,6 +9,7 @@ from kp2d.features.dense import KeyPointNetOutput
 from kp2d.features.extraction import extract
 from kp2d.features.keypoints import Keypoints
 from kp2d.features.matching import estimate_homography, match
+from kp2d.io.images import load_image
 from kp2d.models import IONet, KeyPointNet
 
 __version__ = "0.1.0"
@@ -25,5 +26,6 @@ __all__ = [
     "__version__",
     "estimate_homography",
     "extract",
+    "load_image",
     "match",
 ]
