@@ -319,3 +319,14 @@ def test_relative_link_points_to_a_file(where, page, target):
     if resolved.relative_to(REPO_ROOT.resolve()).as_posix() in PENDING_FILES:
         pytest.skip(f"{target} is written on another branch")
     assert resolved.exists(), f"{where}: the link to {target} points to nothing"
+
+
+def test_docs_pages_named_in_the_code_exist():
+    named = {
+        (source.relative_to(REPO_ROOT).as_posix(), page)
+        for source in sorted((REPO_ROOT / "src").glob("**/*.py"))
+        for page in re.findall(r"docs/[\w./-]+\.md", source.read_text(encoding="utf-8"))
+    }
+    assert named, "the code names no docs page (the early-training note in kp2d train does)"
+    missing = [f"{source} names {page}" for source, page in named if not (REPO_ROOT / page).is_file()]
+    assert not missing, missing
