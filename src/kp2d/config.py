@@ -12,6 +12,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "config_from_dict",
     "list_presets",
+    "list_recipes",
     "load_config",
     "parse_image_shape",
 ]
@@ -336,6 +338,24 @@ def list_presets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def list_recipes() -> list[str]:
+    """Names of the shipped weights' recipes (``recipes/v4_shipped_s8`` …), loadable as presets."""
+    folder = resources.files("kp2d") / "configs" / "recipes"
+    return sorted(f"recipes/{p.name[: -len('.yaml')]}" for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _preset_file(name: str) -> Traversable | None:
+    """The packaged YAML of preset ``name`` (``v4`` or ``recipes/v4_shipped_s8``), ``None`` if none."""
+    parts = name.split("/")
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "recipes") or not all(parts):
+        return None  # only the presets and the recipes folder, never a path out of the package
+    node = resources.files("kp2d") / "configs"
+    for part in parts[:-1]:
+        node = node / part
+    node = node / f"{parts[-1]}.yaml"
+    return node if node.is_file() else None
+
+
 def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a preset or a YAML file, following ``extends``; returns the merged raw dict."""
     text_name = str(name_or_path)
@@ -347,10 +367,11 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
             raise ConfigError(f"config file not found: {path}")
         text = path.read_text()
     else:
-        preset = resources.files("kp2d") / "configs" / f"{text_name}.yaml"
-        if not preset.is_file():
+        preset = _preset_file(text_name)
+        if preset is None:
             raise ConfigError(
-                f"unknown config '{text_name}': not a file and not a preset ({', '.join(list_presets())})"
+                f"unknown config '{text_name}': not a file and not a preset ({', '.join(list_presets())}; "
+                f"recipes: {', '.join(list_recipes())})"
             )
         text = preset.read_text()
     import yaml  # only reading a config needs the parser; `import kp2d` for inference does not

@@ -1,9 +1,11 @@
 import math
 import re
+from pathlib import Path
 
 import pytest
 
-from kp2d.config import list_presets, load_config, parse_image_shape
+import kp2d
+from kp2d.config import list_presets, list_recipes, load_config, parse_image_shape
 from kp2d.errors import ConfigError
 
 
@@ -163,3 +165,38 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
     (tmp_path / "mine.yaml").write_text("extends: v3\n")
     assert load_config("v4").model.with_io
     assert not load_config("mine.yaml").loss.descriptor_loss
+
+
+def test_recipes_load_as_presets_and_extend_each_other():
+    assert list_recipes() == [
+        "recipes/v0_shipped", "recipes/v1_shipped", "recipes/v2_shipped", "recipes/v3_shipped",
+        "recipes/v4_shipped_s1", "recipes/v4_shipped_s2", "recipes/v4_shipped_s7", "recipes/v4_shipped_s8",
+    ]
+    S, L, J = (240, 320), (480, 640), "original_jitter_noop"
+    s1, s2, s8 = (load_config(f"recipes/v4_shipped_{s}") for s in ("s1", "s2", "s8"))
+    assert (s1.name, s1.optim.lr_decay_epochs, getattr(s1.augmentation, J)) == ("v4_shipped_s1", 40, True)
+    assert (s2.optim.lr_decay_epochs, s2.train.snapshot_every, s2.augmentation.image_shape) == (12000, 5, S)
+    assert (s8.optim.learning_rate, s8.optim.io_learning_rate, s8.augmentation.image_shape) == (3e-4, 3e-4, L)
+    assert "v4" in list_presets() and not any("/" in name for name in list_presets())
+
+
+@pytest.mark.parametrize("name", ["recipes/nope", "recipes/../v4", "other/v4", "recipes/", "/v4", "a/b/c"])
+def test_unknown_or_escaping_preset_names_are_refused(name):
+    with pytest.raises(ConfigError, match="unknown config"):
+        load_config(name)
+
+
+@pytest.mark.parametrize(
+    ("weights", "recipe"),
+    [*((f"v{v}", f"v{v}_shipped") for v in range(4)), ("v4", "v4_shipped_s8")],
+)
+def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe):
+    import torch
+
+    shipped = torch.load(
+        Path(kp2d.__file__).parent / "weights" / f"{weights}.pt", map_location="cpu", weights_only=False
+    )["config"]["kp2d"]
+    mine = load_config(f"recipes/{recipe}").to_dict()
+    mine["augmentation"].pop("crop_from")  # added after these runs; its default [0, 0] is what they had
+    assert mine.pop("name") == recipe and shipped.pop("name") == weights
+    assert mine == shipped

@@ -11,7 +11,7 @@ from kp2d.options import check_at_least
 __all__ = ["add_parser"]
 
 # Steps from random weights after which a V4 checkpoint beat the untrained network on all six HPatches
-# numbers (the README's "What a run looks like"); the run's closing line warns below it.
+# numbers (docs/experiments/2026-11-early-training.md); the run's closing line warns below it.
 EARLY_STEPS = 2500
 
 
@@ -164,6 +164,6 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"note: from random weights, checkpoints of fewer than about {EARLY_STEPS:,} steps (batch 8) can "
             "evaluate below the untrained network: the early objective flattens the score map and draws the "
-            "descriptors together (README, 'What a run looks like')"
+            "descriptors together (docs/experiments/2026-11-early-training.md)"
         )
     return status
