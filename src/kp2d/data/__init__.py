@@ -1,0 +1,1 @@
+"""Datasets on disk: training photo folders, HPatches-format sequences, the epoch sampler."""

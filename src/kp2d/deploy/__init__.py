@@ -1,0 +1,1 @@
+"""Serving a trained network: BatchNorm folding, ONNX export, int8 quantisation, fast backends, shipping."""

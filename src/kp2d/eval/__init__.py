@@ -1,0 +1,1 @@
+"""HPatches evaluation: the protocol's metrics, the detector adapters and the evaluation loop."""
