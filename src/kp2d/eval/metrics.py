@@ -6,7 +6,7 @@ Pure functions over numpy arrays; they reproduce the original KP2D protocol exac
 - ``prob1`` / ``prob2``: ``(N, 3)`` float32 rows ``(x, y, score)`` in pixels of image 1 / image 2.
 - ``desc1`` / ``desc2``: ``(N, D)`` descriptors, one row per keypoint (float32 for L2, uint8 for Hamming).
 - ``homography``: ``(3, 3)`` float64, image-1 pixels → image-2 pixels.
-- ``image_shape``: ``(W, H)`` of both images (they are resized to the same evaluation shape).
+- ``size_wh``: ``(W, H)`` of both images (they are resized to the same evaluation shape).
 - ``top_k``: keypoints kept per image, the highest scores (:func:`select_k_best`).
 
 Warped coordinates are computed in float64 (``H @ [x, y, 1]``, divided by the third coordinate).
@@ -40,6 +40,7 @@ __all__ = [
     "match_descriptors",
     "matching_score",
     "nearest_distances",
+    "protocol_homography",
     "repeatability",
     "select_k_best",
 ]
@@ -85,13 +86,13 @@ def select_k_best(prob: np.ndarray, k: int, *columns: np.ndarray) -> tuple[np.nd
     return (prob[keep], *(column[keep] for column in columns))
 
 
-def inside_image(points: np.ndarray, image_shape: tuple[int, int], inclusive: bool = False) -> np.ndarray:
+def inside_image(points: np.ndarray, size_wh: tuple[int, int], inclusive: bool = False) -> np.ndarray:
     """``(N,)`` mask of points ``(N, 2)`` ``(x, y)`` inside an image of shape ``(W, H)``.
 
     ``inclusive=False``: ``0 <= x < W`` and ``0 <= y < H`` (repeatability, homography correctness);
     ``inclusive=True``: ``0 <= x <= W - 1`` and ``0 <= y <= H - 1`` (matching score).
     """
-    width, height = image_shape
+    width, height = size_wh
     x, y = points[:, 0], points[:, 1]
     if inclusive:
         return (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
@@ -108,7 +109,7 @@ def nearest_distances(
     prob1: np.ndarray,
     prob2: np.ndarray,
     homography: np.ndarray,
-    image_shape: tuple[int, int],
+    size_wh: tuple[int, int],
     top_k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distance from each keypoint both images see to the nearest one of the other image, in image-2 pixels.
@@ -121,9 +122,9 @@ def nearest_distances(
         ``(nearest1 (N1,), nearest2 (N2,))`` float64; ``inf`` for every point when the other set is empty.
     """
     back_warped2 = warp_points_numpy(prob2[:, :2], np.linalg.inv(homography))
-    kept2 = prob2[inside_image(back_warped2, image_shape)]
+    kept2 = prob2[inside_image(back_warped2, size_wh)]
     warped1 = np.concatenate([warp_points_numpy(prob1[:, :2], homography), prob1[:, 2:]], axis=1)
-    kept1 = warped1[inside_image(warped1, image_shape)]
+    kept1 = warped1[inside_image(warped1, size_wh)]
     (kept1,) = select_k_best(kept1, top_k)
     (kept2,) = select_k_best(kept2, top_k)
     if len(kept1) == 0 or len(kept2) == 0:  # nothing to be near: no point is repeated
@@ -136,7 +137,7 @@ def repeatability(
     prob1: np.ndarray,
     prob2: np.ndarray,
     homography: np.ndarray,
-    image_shape: tuple[int, int],
+    size_wh: tuple[int, int],
     top_k: int,
     threshold: float = DISTANCE_THRESHOLD,
 ) -> Repeatability:
@@ -153,7 +154,7 @@ def repeatability(
     Returns:
         :class:`Repeatability` ``(n1, n2, repeatability, localization_error)``.
     """
-    nearest1, nearest2 = nearest_distances(prob1, prob2, homography, image_shape, top_k)
+    nearest1, nearest2 = nearest_distances(prob1, prob2, homography, size_wh, top_k)
     n1, n2 = len(nearest1), len(nearest2)
     if n1 == 0 or n2 == 0:
         return Repeatability(n1, n2, 0.0, float("nan"))
@@ -190,21 +191,21 @@ def match_descriptors(
 
 
 def _shared_keypoints(
-    prob: np.ndarray, desc: np.ndarray, homography: np.ndarray, image_shape: tuple[int, int], top_k: int
+    prob: np.ndarray, desc: np.ndarray, homography: np.ndarray, size_wh: tuple[int, int], top_k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints whose ``homography``-warp lands inside the other image, top_k of them, with descriptors."""
-    keep = inside_image(warp_points_numpy(prob[:, :2], homography), image_shape)
+    keep = inside_image(warp_points_numpy(prob[:, :2], homography), size_wh)
     return select_k_best(prob[keep], top_k, desc[keep])
 
 
-def corner_error(estimate: np.ndarray | None, homography: np.ndarray, image_shape: tuple[int, int]) -> float:
+def corner_error(estimate: np.ndarray | None, homography: np.ndarray, size_wh: tuple[int, int]) -> float:
     """Mean distance between the image corners warped by ``estimate`` and by the true ``homography``.
 
     Corners ``(0, 0), (0, H-1), (W-1, 0), (W-1, H-1)``; ``inf`` when there is no estimate.
     """
     if estimate is None:
         return float("inf")
-    width, height = image_shape
+    width, height = size_wh
     corners = np.array([[0, 0], [0, height - 1], [width - 1, 0], [width - 1, height - 1]], dtype=np.float64)
     distances = np.linalg.norm(
         warp_points_numpy(corners, estimate) - warp_points_numpy(corners, homography), axis=1
@@ -212,24 +213,27 @@ def corner_error(estimate: np.ndarray | None, homography: np.ndarray, image_shap
     return float(np.mean(distances))
 
 
-def estimate_homography(
+def protocol_homography(
     prob1: np.ndarray,
     desc1: np.ndarray,
     prob2: np.ndarray,
     desc2: np.ndarray,
     homography: np.ndarray,
-    image_shape: tuple[int, int],
+    size_wh: tuple[int, int],
     top_k: int,
     norm: int = cv2.NORM_L2,
 ) -> np.ndarray | None:
-    """RANSAC homography from mutual-NN matches of the shared keypoints; ``None`` if < 4 matches or failure.
+    """The protocol's RANSAC homography from two detections; ``None`` if < 4 matches or failure.
+
+    Not :func:`kp2d.estimate_homography`, which fits matched keypoints the user gives: this one chooses
+    the keypoints (those both images share under the true ``homography``) and matches them itself.
 
     Image-1 keypoints whose ``H``-warp is inside image 2 and image-2 keypoints whose ``inv(H)``-warp is
     inside image 1, ``top_k`` of each; cross-checked brute-force matching; ``cv2.findHomography`` with
     RANSAC (3 px, 5000 iterations) on the matched ``(x, y)`` in OpenCV's match order.
     """
-    kept1, kept_desc1 = _shared_keypoints(prob1, desc1, homography, image_shape, top_k)
-    kept2, kept_desc2 = _shared_keypoints(prob2, desc2, np.linalg.inv(homography), image_shape, top_k)
+    kept1, kept_desc1 = _shared_keypoints(prob1, desc1, homography, size_wh, top_k)
+    kept2, kept_desc2 = _shared_keypoints(prob2, desc2, np.linalg.inv(homography), size_wh, top_k)
     query, train = match_descriptors(kept_desc1, kept_desc2, norm, cross_check=True)
     if len(query) < 4:
         return None
@@ -249,16 +253,16 @@ def homography_correctness(
     prob2: np.ndarray,
     desc2: np.ndarray,
     homography: np.ndarray,
-    image_shape: tuple[int, int],
+    size_wh: tuple[int, int],
     top_k: int,
     norm: int = cv2.NORM_L2,
 ) -> HomographyCorrectness:
     """C1 / C3 / C5: 1.0 when the estimated homography's mean corner error is ``<=`` 1 / 3 / 5 px.
 
-    See :func:`estimate_homography` and :func:`corner_error`; no estimate gives 0 for all three.
+    See :func:`protocol_homography` and :func:`corner_error`; no estimate gives 0 for all three.
     """
-    estimate = estimate_homography(prob1, desc1, prob2, desc2, homography, image_shape, top_k, norm)
-    error = corner_error(estimate, homography, image_shape)
+    estimate = protocol_homography(prob1, desc1, prob2, desc2, homography, size_wh, top_k, norm)
+    error = corner_error(estimate, homography, size_wh)
     return HomographyCorrectness(*(float(error <= t) for t in CORRECTNESS_THRESHOLDS))
 
 
@@ -268,7 +272,7 @@ def _one_way_matching_score(
     prob_b: np.ndarray,
     desc_b: np.ndarray,
     homography_b_to_a: np.ndarray,
-    image_shape: tuple[int, int],
+    size_wh: tuple[int, int],
     threshold: float,
     norm: int,
 ) -> float:
@@ -277,7 +281,7 @@ def _one_way_matching_score(
     if len(query) == 0:
         return 0.0
     warped_b = warp_points_numpy(prob_b[train, :2], homography_b_to_a)
-    visible = inside_image(warped_b, image_shape, inclusive=True)
+    visible = inside_image(warped_b, size_wh, inclusive=True)
     correct = np.linalg.norm(warped_b - prob_a[query, :2], axis=-1) < threshold
     return float(np.sum(correct & visible) / max(int(np.sum(visible)), 1))
 
@@ -288,7 +292,7 @@ def matching_score(
     prob2: np.ndarray,
     desc2: np.ndarray,
     homography: np.ndarray,
-    image_shape: tuple[int, int],
+    size_wh: tuple[int, int],
     top_k: int,
     threshold: float = DISTANCE_THRESHOLD,
     norm: int = cv2.NORM_L2,
@@ -304,10 +308,10 @@ def matching_score(
     kept1, kept_desc1 = select_k_best(prob1, top_k, desc1)
     kept2, kept_desc2 = select_k_best(prob2, top_k, desc2)
     score1 = _one_way_matching_score(
-        kept1, kept_desc1, kept2, kept_desc2, np.linalg.inv(homography), image_shape, threshold, norm
+        kept1, kept_desc1, kept2, kept_desc2, np.linalg.inv(homography), size_wh, threshold, norm
     )
     score2 = _one_way_matching_score(
-        kept2, kept_desc2, kept1, kept_desc1, homography, image_shape, threshold, norm
+        kept2, kept_desc2, kept1, kept_desc1, homography, size_wh, threshold, norm
     )
     return (score1 + score2) / 2
 
@@ -318,7 +322,7 @@ def evaluate_pair(
     prob2: np.ndarray,
     desc2: np.ndarray,
     homography: np.ndarray,
-    image_shape: tuple[int, int],
+    size_wh: tuple[int, int],
     top_k: int,
     norm: int = cv2.NORM_L2,
 ) -> dict[str, float]:
@@ -330,9 +334,9 @@ def evaluate_pair(
         ``inf`` when no homography could be estimated.
     """
     homography = np.asarray(homography, dtype=np.float64)
-    rep = repeatability(prob1, prob2, homography, image_shape, top_k)
-    estimate = estimate_homography(prob1, desc1, prob2, desc2, homography, image_shape, top_k, norm)
-    error = corner_error(estimate, homography, image_shape)
+    rep = repeatability(prob1, prob2, homography, size_wh, top_k)
+    estimate = protocol_homography(prob1, desc1, prob2, desc2, homography, size_wh, top_k, norm)
+    error = corner_error(estimate, homography, size_wh)
     c1, c3, c5 = (float(error <= t) for t in CORRECTNESS_THRESHOLDS)
     return {
         "n1": rep.n1,
@@ -343,5 +347,5 @@ def evaluate_pair(
         "c3": c3,
         "c5": c5,
         "corner_error": error,
-        "mscore": matching_score(prob1, desc1, prob2, desc2, homography, image_shape, top_k, norm=norm),
+        "mscore": matching_score(prob1, desc1, prob2, desc2, homography, size_wh, top_k, norm=norm),
     }
