@@ -44,6 +44,7 @@ def photos(tmp_path_factory):
     return folder / "a.png", folder / "b.jpg"
 
 
+@pytest.mark.slow
 def test_detect_writes_pictures_and_arrays(tmp_path, checkpoint, photos, capsys):
     out = tmp_path / "out"
     status = main(
@@ -74,6 +75,7 @@ def test_detect_writes_pictures_and_arrays(tmp_path, checkpoint, photos, capsys)
     assert "50 keypoints" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_detect_takes_folders(tmp_path, checkpoint, photos, capsys):
     """A folder stands for the images under it (recursively, sorted); repeated stems get -2, -3, ..."""
     folder = tmp_path / "photos"
@@ -93,6 +95,7 @@ def test_detect_takes_folders(tmp_path, checkpoint, photos, capsys):
     assert "no images" in single_error_line(capsys)
 
 
+@pytest.mark.slow
 def test_detect_skip_bad_writes_the_readable_images(tmp_path, checkpoint, photos, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -132,6 +135,7 @@ def test_detect_options_change_the_selection(tmp_path, checkpoint, photos):
     assert 0 < len(points) < 12 * 16 and distance.min() > 12
 
 
+@pytest.mark.slow
 def test_detect_scale_factor_keeps_original_pixels(tmp_path, checkpoint, photos, capsys):
     args = ["detect", str(photos[0]), "--model", checkpoint, "--top-k", "0", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "x1")]) == 0
@@ -162,6 +166,7 @@ def test_match_prints_the_homography_and_writes_a_picture(tmp_path, checkpoint, 
     assert np.asarray(Image.open(picture)).shape == (112, 144 * 2 + 10, 3)
 
 
+@pytest.mark.slow
 def test_match_demo_prints_the_corner_error(tmp_path, checkpoint, capsys):
     picture = tmp_path / "demo.png"
     assert main(["match", "--demo", "--model", checkpoint, "--out", str(picture), "--top-k", "300"]) == 0
@@ -240,6 +245,7 @@ def test_error_bad_match_arguments(photos, checkpoint, capsys):
     assert "--top-k" in single_error_line(capsys)
 
 
+@pytest.mark.slow
 def test_detect_backend_option_gives_the_same_keypoints(tmp_path, checkpoint, photos):
     """``--backend torch-fold`` (BatchNorm folded) writes the keypoints of the plain network."""
     for backend in ("torch-fp32", "torch-fold"):
@@ -268,6 +274,7 @@ def test_unique_stems_never_repeat_a_stem_handed_out_before():
     assert len({stem.casefold() for stem in stems}) == len(stems)  # also on case-insensitive file systems
 
 
+@pytest.mark.slow
 def test_detect_outputs_of_colliding_stems_are_distinct(tmp_path, checkpoint, photos):
     """``d/a.png d/a.jpg d/a-2.png``: a.jpg becomes a-2, so a-2.png must not get a-2 too."""
     folder = tmp_path / "d"
@@ -287,6 +294,7 @@ def test_detect_outputs_of_colliding_stems_are_distinct(tmp_path, checkpoint, ph
     assert len(list(out.glob("*_keypoints.png"))) == 3
 
 
+@pytest.mark.slow
 def test_detect_folder_run_twice_skips_its_own_outputs(tmp_path, checkpoint, photos, monkeypatch, capsys):
     """``kp2d detect .`` writes to ./kp2d_detect/; a second run must not detect in those pictures."""
     (tmp_path / "a.png").write_bytes(photos[0].read_bytes())
@@ -303,6 +311,7 @@ def test_detect_folder_run_twice_skips_its_own_outputs(tmp_path, checkpoint, pho
     assert "no images" in single_error_line(capsys)
 
 
+@pytest.mark.slow
 def test_detect_folder_with_out_beside_or_above_it(tmp_path, checkpoint, photos, monkeypatch, capsys):
     """``--out .`` above the photos keeps them; ``--out`` the photo folder skips only detect's pictures."""
     (tmp_path / "photos").mkdir()
@@ -384,6 +393,7 @@ def test_detect_and_match_refuse_an_unwritable_folder(tmp_path, checkpoint, phot
         locked.chmod(0o700)
 
 
+@pytest.mark.slow
 def test_opencv_prints_nothing_beside_the_error_line(tmp_path):
     """OpenCV logs its own decoding error to the process's stderr; only kp2d's line should show."""
     import subprocess
@@ -404,6 +414,7 @@ def test_opencv_prints_nothing_beside_the_error_line(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_match_json_holds_what_it_printed_and_the_inliers_fit_the_homography(tmp_path, photos, capsys):
     record_path = tmp_path / "pair.json"
     argv = ["match", *map(str, photos), "--model", "v4", "--out", str(tmp_path / "pair.png")]
@@ -428,6 +439,7 @@ def test_match_json_holds_what_it_printed_and_the_inliers_fit_the_homography(tmp
     assert corner_error(homography, demo_homography(144, 112), (144, 112)) < 8.0  # b.jpg is a; warped
 
 
+@pytest.mark.slow
 def test_match_json_of_the_demo_has_the_corner_error_and_is_checked_first(tmp_path, capsys, monkeypatch):
     record_path = tmp_path / "demo.json"
     assert main(["match", "--demo", "--out", str(tmp_path / "d.png"), "--json", str(record_path)]) == 0

@@ -21,6 +21,7 @@ def _eval(*args: str) -> int:
     return main(["eval", *args, "--no-progress"])
 
 
+@pytest.mark.slow
 def test_random_init_writes_json(tiny_root, tmp_path, capsys):
     out = tmp_path / "out" / "eval.json"
     code = _eval("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--json", str(out))
@@ -49,6 +50,7 @@ def test_random_init_is_seeded(tiny_root, tmp_path):
     assert first["pairs"] == PAIRS_PER_SUBSET["v"]
 
 
+@pytest.mark.slow
 def test_checkpoint_and_method(tiny_root, tmp_path, capsys):
     from kp2d.config import load_config
     from kp2d.io.checkpoint import save_checkpoint
@@ -209,6 +211,7 @@ def test_parse_shapes():
         parse_shapes(["320x240"], ["-3"])
 
 
+@pytest.mark.slow
 def test_baselines_in_the_same_run(tiny_root, tmp_path, capsys):
     """``--baselines sift,orb`` adds one row per method; each equals its own ``--method`` run."""
     both = tmp_path / "both.json"

@@ -13,6 +13,7 @@ from kp2d.train.overfit import overfit
 from kp2d.train.step import TrainingStep
 
 
+@pytest.mark.slow
 def test_overfit_writes_three_gifs_with_one_frame_per_record(tmp_path):
     config = load_config("v4", {"augmentation": {"image_shape": [64, 96]}, "loss": {"io_top_k": 40},
                                 "train": {"precision": "fp32"}})
@@ -31,6 +32,7 @@ def test_overfit_cli_rejects_bad_values(tmp_path, capsys):
     assert "missing.png" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_overfit_cli_without_progress_bar(tmp_path, capsys):
     out = tmp_path / "gifs"
     assert main(_tiny_run(tmp_path, out, steps=2)) == 0
@@ -79,6 +81,7 @@ def test_overfit_cli_defaults_are_the_original_demo(monkeypatch, tmp_path):
     assert (seen["steps"], seen["every"], seen["batch_size"]) == (1500, 50, 4)
 
 
+@pytest.mark.slow
 def test_overfit_ctrl_c_keeps_the_frames_recorded_so_far(monkeypatch, tmp_path, capsys):
     calls = {"n": 0}
     original_call = TrainingStep.__call__

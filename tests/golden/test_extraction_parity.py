@@ -1,10 +1,12 @@
 """extract against the original code's eval-mode outputs."""
 
+import pytest
 import torch
 
 from kp2d.features.extraction import extract
 
 
+@pytest.mark.slow
 def test_extract_reproduces_the_golden_eval_output(golden_net, golden_forward):
     images = golden_forward["image"]  # (2, 3, 64, 96), multiples of 8: no padding
     expected = golden_forward["v4"]

@@ -13,6 +13,7 @@ def golden_training(golden_dir):
     return torch.load(golden_dir / "training_loss.pt", weights_only=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["v0", "v1", "v2", "v3", "v4"])
 def test_total_loss_and_recall_match_golden(golden_training, golden_forward, variant):
     result = golden_training["results"][variant]
@@ -42,6 +43,7 @@ def test_total_loss_and_recall_match_golden(golden_training, golden_forward, var
         assert io_net.p_out.weight.grad is not None and io_net.p_out.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_io_selection_highest_differs_and_is_finite(golden_training, golden_forward):
     batch = golden_training["batch"]
     net = KeyPointNet(with_dropout=False)

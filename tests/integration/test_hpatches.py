@@ -220,6 +220,7 @@ def test_orb_runs_with_hamming(tiny_root):
     assert result["c5"] >= 0.75 and result["mscore"] > 0.5
 
 
+@pytest.mark.slow
 def test_keypointnet_detector_rows_in_raster_order():
     torch.manual_seed(0)
     model = KeyPointNet(do_upsample=False, do_cross=True).eval()

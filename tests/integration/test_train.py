@@ -18,6 +18,8 @@ from kp2d.io.checkpoint import load_checkpoint
 from kp2d.train.step import NonFiniteLossError, learning_rate_at
 from kp2d.train.trainer import TrainOptions, train
 
+pytestmark = pytest.mark.slow  # every test here runs a training run
+
 TINY = {"augmentation": {"image_shape": [64, 96]}, "train": {"batch_size": 2, "precision": "fp32",
         "checkpoint_every": 1, "num_workers": 0, "log_every": 1}, "loss": {"io_top_k": 40}}
 

@@ -18,6 +18,7 @@ def multiscale(load_script):
     return load_script("multiscale_eval")
 
 
+@pytest.mark.slow
 def test_pool_is_the_scales_in_order(multiscale):
     model = load_keypoint_net("v4")
     images = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
@@ -30,6 +31,7 @@ def test_pool_is_the_scales_in_order(multiscale):
         np.testing.assert_array_equal(desc, np.concatenate([desc2, desc1]))
 
 
+@pytest.mark.slow
 def test_one_scale_is_kp2d_eval(multiscale, tiny_root, tmp_path, capsys, load_script):
     out = tmp_path / "new" / "folder" / "one.json"  # --json's folder is created
     args = [str(tiny_root), "--scales", "1", "--shape", "64x48", "--top-k", "100", "--json", str(out)]

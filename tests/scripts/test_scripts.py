@@ -57,6 +57,7 @@ def test_ship_weights_refuses_what_is_not_a_checkpoint(ship, tmp_path, capsys, s
     assert not any(ship.WEIGHTS.iterdir())
 
 
+@pytest.mark.slow
 def test_ship_weights_says_unknown_without_a_step_count(ship, tmp_path, capsys):
     """A checkpoint that does not count its steps (the original's) ships, and the count reads "unknown"."""
     shipped = torch.load(resolve_model_path("v4"), map_location="cpu", weights_only=True)

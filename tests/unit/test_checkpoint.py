@@ -140,6 +140,7 @@ except Exception as err:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="needs resource.RLIMIT_FSIZE")
 def test_a_failed_write_is_an_oserror_and_leaves_the_previous_checkpoint(tmp_path):
     """PyTorch's zip writer turned the failed writes of a full disk into a RuntimeError ("unexpected pos"),

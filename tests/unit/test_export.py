@@ -13,6 +13,8 @@ from kp2d.deploy.onnx import DEFAULT_OPSET
 from kp2d.io.weights import list_pretrained
 from kp2d.models import KeyPointNet
 
+pytestmark = pytest.mark.slow  # every test here runs the ONNX exporter
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 

@@ -110,6 +110,7 @@ def test_fp32_torch_backends_match_golden(golden_forward, name):
     assert all(t.dtype == torch.float32 for t in out)
 
 
+@pytest.mark.slow
 def test_bf16_backend_is_close_and_keeps_fp32_outputs(golden_forward):
     net = _golden_net(golden_forward)
     image = _astronaut()
@@ -150,6 +151,7 @@ def calibration_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_ort_fp32_backend_matches_pytorch(golden_forward, golden_onnx):
     net = _golden_net(golden_forward)
     backend = load_backend("ort-fp32", net, onnx_model=golden_onnx, threads=1)
@@ -162,6 +164,7 @@ def test_ort_fp32_backend_matches_pytorch(golden_forward, golden_onnx):
     torch.testing.assert_close(out.desc, ref.desc, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_ort_backend_leaves_no_temporary_files(golden_forward, golden_onnx, tmp_path, monkeypatch):
     """Without work_dir the graph goes to a temporary folder that is gone once the session holds it."""
     import tempfile
@@ -184,6 +187,7 @@ def test_calibration_images_are_read_resized_rgb(calibration_folder):
     assert (images[0].permute(1, 2, 0).numpy() * 255 - first).__abs__().mean() < 4  # RGB order, JPEG loss
 
 
+@pytest.mark.slow
 def test_int8_backend_is_close_on_a_real_photo(golden_forward, golden_onnx, calibration_folder, tmp_path):
     net = _golden_net(golden_forward)
     backend = load_backend(
@@ -258,6 +262,7 @@ def test_a_backend_refuses_what_it_cannot_run_and_extract_refuses_a_backend_name
         extract(net, image, backend="torch-bf16")
 
 
+@pytest.mark.slow
 def test_extract_through_a_backend_gives_the_plain_networks_keypoints(golden_forward):
     """``extract(..., backend=)`` pads, selects and maps back exactly as without one (fp32 backends).
 
@@ -277,6 +282,7 @@ def test_extract_through_a_backend_gives_the_plain_networks_keypoints(golden_for
         torch.testing.assert_close(fast.descriptors, plain.descriptors[nearest.indices], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp32"])
 def test_backends_run_a_half_precision_model(golden_forward, name, dtype):
@@ -320,6 +326,7 @@ def test_calibration_images_are_uint8_or_floats_in_0_1(golden_forward):
                 quantize_int8("unused.onnx", "unused.int8.onnx", bad)
 
 
+@pytest.mark.slow
 def test_a_grayscale_network_gets_the_luma_in_every_backend(golden_forward, calibration_folder):
     """``use_color: false`` networks take one channel: the int8 calibration and the HPatches detector fed
     them RGB (an ONNX Runtime dimension error)."""
@@ -342,6 +349,7 @@ def test_a_grayscale_network_gets_the_luma_in_every_backend(golden_forward, cali
     assert rows.shape[1] == 3 and color.in_channels == 3
 
 
+@pytest.mark.slow
 def test_int8_calibration_fits_a_fixed_size_graph(golden_forward, calibration_folder, tmp_path):
     """``kp2d export --static --size 200x152 --int8``: the 320x240 calibration photos did not fit."""
     pytest.importorskip("onnxruntime")

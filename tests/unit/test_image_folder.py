@@ -181,6 +181,7 @@ def test_tiff_and_webp_photos_are_found_and_read(tmp_path):
     assert read_image_rgb(tmp_path / "c.webp").shape == rgb.shape
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(__import__("os"), "symlink"), reason="needs symbolic links")
 def test_links_back_up_the_tree_are_walked_once(tmp_path):
     """``os.walk(followlinks=True)`` followed a link to a parent about 40 times (each photo 41 times in the

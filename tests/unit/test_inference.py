@@ -41,6 +41,7 @@ def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
 # --- inputs -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_input_type_gives_the_same_keypoints(random_net, tmp_path):
     tensor = smooth_image(64, 80)
     uint8 = (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -206,6 +207,7 @@ def test_to_image_pixels_inverts_the_resampling_grid():
         assert torch.allclose(resized[0, 0, 0][inner] * 100.0, mapped[inner], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_scale_factor_runs_the_network_on_the_resized_image(random_net):
     image = smooth_image(72, 100)  # 72 x 100 -> 144 x 200 at 2: padded to 144 x 200
     for scale_factor, nms_radius in ((2.0, 0.0), (2.0, 5.0), (0.75, 3.0)):
@@ -331,6 +333,7 @@ def test_extract_results_go_straight_into_match_homography_and_pictures(random_n
     assert (both == draw_matches(image, image, a.keypoints, b.keypoints, matches, inliers)).all()
 
 
+@pytest.mark.slow
 def test_blank_images_have_no_keypoints_by_default():
     """The shipped V4 scores a blank image under 1e-5 everywhere; at the old default threshold (0) two blank
     images gave 1,000 keypoints each, ~1,000 matches and an identity homography. 0 still keeps every cell."""
@@ -460,6 +463,7 @@ def test_empty_batch_gives_no_keypoints(random_net):
         extract(random_net, torch.rand(0, 3, 16, 96))  # sizes are still checked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_model_gives_finite_float32_descriptors(random_net, dtype):
     """fp16 / bf16 weights on the CPU, channels-last (where half-precision grid_sample gave NaN rows)."""

@@ -148,6 +148,7 @@ def test_checks_find_a_planted_upward_import_and_cycle(tmp_path):
     assert import_cycles(graph) == [["kp2d.io.files", "kp2d.io.images", "kp2d.io.files"]]
 
 
+@pytest.mark.slow
 def test_import_kp2d_loads_no_training_code():
     import subprocess
     import sys

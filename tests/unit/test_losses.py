@@ -175,6 +175,7 @@ def test_masked_means_equal_boolean_indexing_values_and_gradients():
                 torch.testing.assert_close(got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("min_inliers, used", [(0, True), (10**6, False)])
 def test_io_loss_is_zero_below_the_inlier_count(min_inliers, used):
     from kp2d.losses import io_loss

@@ -48,6 +48,7 @@ def test_grayscale_network():
         assert net(torch.rand(1, 1, 32, 32)).score.shape == (1, 1, 4, 4)
 
 
+@pytest.mark.slow
 def test_score_and_keypoints_stay_fp32_under_bf16_autocast():
     """bf16 has an 8-bit mantissa: a coordinate in [256, 512) snaps to a 2-px grid. Heads finish in fp32."""
     torch.manual_seed(0)

@@ -26,6 +26,7 @@ def source_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 0.0), (torch.float16, 5e-2)])
 def test_shipped_file_reproduces_its_checkpoint(source_checkpoint, tmp_path, dtype, tolerance):
     out = make_pretrained(source_checkpoint, tmp_path / "v4.pt", dtype, {"step": 123})
