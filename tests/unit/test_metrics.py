@@ -213,7 +213,7 @@ def test_correctness_thresholds_are_inclusive(monkeypatch):
     import kp2d.eval.metrics as metrics
 
     shifted = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    monkeypatch.setattr(metrics, "estimate_homography", lambda *args, **kwargs: shifted)
+    monkeypatch.setattr(metrics, "protocol_homography", lambda *args, **kwargs: shifted)
     prob, desc = _rows([(10, 10)]), _one_hot([0])
     assert tuple(homography_correctness(prob, desc, prob, desc, np.eye(3), SHAPE, 300)) == (1.0, 1.0, 1.0)
 
@@ -233,7 +233,7 @@ def test_ransac_gets_the_mutual_matches_three_pixels_and_5000_iterations(monkeyp
     prob1, prob2 = _rows(points), _rows(points)
     desc1 = _one_hot([0, 1, 2, 3, 4, 5])
     desc2 = _one_hot([0, 1, 2, 3, 4, 4])  # 4 and 5 of image 2 both fit 4 of image 1: one mutual pair
-    metrics.estimate_homography(prob1, desc1, prob2, desc2, np.eye(3), SHAPE, 300)
+    metrics.protocol_homography(prob1, desc1, prob2, desc2, np.eye(3), SHAPE, 300)
     assert calls == [(5, cv2.RANSAC, 3.0, 5000)]
 
 
