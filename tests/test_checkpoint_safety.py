@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from kp2d.checkpoint import load_checkpoint, load_keypoint_net, save_checkpoint
+from kp2d.checkpoint import load_checkpoint, load_keypoint_net, payload_checksum, save_checkpoint
 from kp2d.cli import main
 from kp2d.config import load_config
 from kp2d.errors import CheckpointError
@@ -210,6 +210,23 @@ def test_kp2d_checkpoints_record_a_checksum_that_loads(tmp_path):
     # saving the same content again gives the same checksum (the canonical bytes are deterministic)
     torch.save(raw, tmp_path / "b.ckpt")
     load_checkpoint(tmp_path / "b.ckpt")
+
+
+def test_checksum_of_known_bytes():
+    """Type tag, length, content; mappings by sorted key; a tensor as dtype, shape and raw bytes."""
+    import hashlib
+
+    payload = {"step": 1, "w": torch.tensor([1.0], dtype=torch.float32), "a": [None, True, 0.5, "x"]}
+    canonical = (
+        b"D3;" + b"S1;a" + b"L4;" + b"N" + b"B1" + b"F0x1.0000000000000p-1;" + b"S1;x"
+        + b"S4;step" + b"I1;" + b"S1;w" + b"Ttorch.float32(1,);" + b"\x00\x00\x80\x3f"
+    )
+    assert payload_checksum(payload) == "sha256:" + hashlib.sha256(canonical).hexdigest()
+    # what torch.load gives back for what was saved: tuples for lists, another key order, a copy
+    same = {"a": (None, True, 0.5, "x"), "w": torch.tensor([1.0]), "step": 1, "checksum": "ignored"}
+    assert payload_checksum(same) == payload_checksum(payload)
+    wider = {**payload, "w": torch.tensor([1.0], dtype=torch.float64)}
+    assert payload_checksum(wider) != payload_checksum(payload)
 
 
 def _flip_optimizer_byte(path: Path) -> None:

@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kp2d.config import Config, ModelConfig, config_from_dict, load_config
@@ -193,6 +194,12 @@ def _feed(hasher: Any, value: Any) -> None:
         hasher.update(b"L%d;" % len(value))
         for item in value:
             _feed(hasher, item)
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+        array = np.ascontiguousarray(value)
+        hasher.update(f"A{array.dtype.str}{array.shape};".encode())
+        hasher.update(memoryview(array.reshape(-1).view(np.uint8)))
+    elif isinstance(value, np.ndarray):
+        _feed(hasher, value.tolist())
     elif value is None or isinstance(value, bool):
         hasher.update(b"N" if value is None else b"B%d" % value)
     elif isinstance(value, int):
@@ -204,7 +211,7 @@ def _feed(hasher: Any, value: Any) -> None:
         hasher.update(b"S%d;" % len(encoded) + encoded)
     elif isinstance(value, bytes):
         hasher.update(b"Y%d;" % len(value) + value)
-    else:  # numpy arrays, dtypes, devices ...: whatever else torch.load gives back, by its repr
+    else:  # numpy scalars, dtypes, devices ...: whatever else torch.load gives back, by its repr
         text = f"{type(value).__module__}.{type(value).__qualname__}:{value!r}".encode()
         hasher.update(b"R%d;" % len(text) + text)
 
