@@ -275,10 +275,11 @@ def test_resume_refuses_a_corrupt_last_checkpoint(tmp_path, photos, capsys):
     assert f"checkpoint {last} is corrupt (checksum mismatch)" in err
 
 
-def test_a_wrong_checksum_entry_is_corrupt(tmp_path):
+@pytest.mark.parametrize("entry", ["md5:1234", None, torch.zeros(2)])
+def test_a_wrong_checksum_entry_is_corrupt(tmp_path, entry):
     path = _training_checkpoint(tmp_path / "a.ckpt")
     raw = torch.load(path, weights_only=True)
-    raw["checksum"] = "md5:1234"
+    raw["checksum"] = entry
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(path)

@@ -225,7 +225,8 @@ def payload_checksum(payload: dict[str, Any]) -> str:
 
 def _verify(raw: dict[str, Any], path: Path) -> None:
     """The recorded checksum, when the file has one (the original's files do not), and finite weights."""
-    if _CHECKSUM_KEY in raw and raw[_CHECKSUM_KEY] != payload_checksum(raw):
+    recorded = raw.get(_CHECKSUM_KEY)
+    if _CHECKSUM_KEY in raw and (not isinstance(recorded, str) or recorded != payload_checksum(raw)):
         raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
     for entry in ("state_dict", "io_net_state_dict"):
         weights = raw.get(entry)
