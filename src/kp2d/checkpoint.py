@@ -5,14 +5,20 @@
   original reads it; ours adds ``kp2d`` (the whole resolved :class:`~kp2d.config.Config`).
 - Training checkpoints add ``io_net_state_dict``, ``optimizer``, ``step``, ``epoch`` and RNG states.
 
-Original checkpoints whose config is a yacs ``CfgNode`` are read without yacs, through an unpickler that
-admits only torch's tensor-rebuilding globals (those of ``torch.load(weights_only=True)``), plain containers,
-numpy scalars and that one class. Files are written atomically (temp file + rename).
+No code runs from a file: only torch's zip and legacy formats are read (checked by their first bytes), and
+only through ``torch.load(weights_only=True)`` or, for original checkpoints whose config is a yacs
+``CfgNode`` (read without yacs), an unpickler that admits only torch's tensor-rebuilding globals (those of
+``torch.load(weights_only=True)``), plain containers, numpy scalars and that one class.
+
+Files are written atomically (temp file + rename) with a ``checksum`` entry, the SHA-256 of the other
+entries' canonical bytes; loading checks it when present (the original's files have none) and refuses
+non-finite weights.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import os
 import pickle
@@ -24,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kp2d.config import Config, ModelConfig, config_from_dict, load_config
@@ -38,6 +45,7 @@ __all__ = [
     "list_pretrained",
     "load_checkpoint",
     "load_keypoint_net",
+    "payload_checksum",
     "resolve_model_path",
     "save_checkpoint",
     "untrained_keypoint_net",
@@ -59,7 +67,7 @@ _ALLOWED_NUMPY = {
     (module, name)
     for module in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("scalar", "_reconstruct")
-} | {("numpy", "dtype"), ("numpy", "ndarray")}
+} | {("numpy", "dtype"), ("numpy", "ndarray"), ("_codecs", "encode")}  # protocol 2 pickles bytes by encode
 
 
 def _is_tensor_global(module: str, name: str) -> bool:
@@ -75,6 +83,14 @@ def _is_tensor_global(module: str, name: str) -> bool:
             return True
         return module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
     return (module, name) in {("torch.nn.parameter", "Parameter"), ("torch.serialization", "_get_layout")}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle names a global outside the allow-list; ``name`` is its ``module.name``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"it refers to {name}, which kp2d does not load")
+        self.name = name
 
 
 class _CheckpointUnpickler(pickle.Unpickler):
@@ -96,11 +112,24 @@ class _CheckpointUnpickler(pickle.Unpickler):
             )
         if allowed:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which kp2d does not load")
+        raise _RefusedGlobal(f"{module}.{name}")
 
 
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    """``pickle.load`` through :class:`_CheckpointUnpickler`."""
+    return _CheckpointUnpickler(file, **kwargs).load()
+
+
+# torch reads every pickle of a file through ``pickle_module``: ``load`` for the legacy format's magic number,
+# protocol version and system info, ``Unpickler`` for the data, so both must be the restricted ones
 _checkpoint_pickle = types.SimpleNamespace(
-    __name__="kp2d_checkpoint_pickle", Unpickler=_CheckpointUnpickler, load=pickle.load
+    __name__="kp2d_checkpoint_pickle", Unpickler=_CheckpointUnpickler, load=_restricted_load
+)
+
+_ZIP_MAGIC = b"PK\x03\x04"
+# the legacy format starts with torch's magic number, pickled with the protocol the file was saved with
+_LEGACY_MAGICS = tuple(
+    {pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)}
 )
 
 
@@ -113,20 +142,99 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+def _refuse(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: not a kp2d or KP2D checkpoint ({why})")
+
+
 def _torch_load(path: Path) -> Any:
+    """The file's object, unpickled only by torch's weights-only unpickler or :class:`_CheckpointUnpickler`.
+
+    Anything but torch's zip format or its legacy format is refused before a byte of it is unpickled.
+    """
     data = path.read_bytes()
+    if not data.startswith((_ZIP_MAGIC, *_LEGACY_MAGICS)):
+        raise _refuse(path, "not a PyTorch checkpoint file")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # e.g. a yacs CfgNode config: retry with the restricted unpickler below
-    except Exception:  # noqa: BLE001 - not a torch file at all
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint file (cannot unpickle it)") from None
+    except Exception:  # noqa: BLE001 - a damaged file
+        raise _refuse(path, "not a PyTorch checkpoint file: cannot unpickle it") from None
     try:
         return torch.load(
             io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_checkpoint_pickle
         )
+    except _RefusedGlobal as err:
+        raise _refuse(path, str(err)) from None
     except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot read this checkpoint safely: {err}") from None
+        raise _refuse(path, f"cannot read it safely: {err}") from None
+
+
+_CHECKSUM_KEY = "checksum"
+
+
+def _feed(hasher: Any, value: Any) -> None:
+    """``value``'s canonical bytes into ``hasher``: a type tag, a length, the content; mappings by sorted key.
+
+    Tensors contribute dtype, shape and raw bytes, so the digest depends on values, not on how torch laid
+    the file out; tuples and lists read back as each other, so they share a tag.
+    """
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+        tensor = tensor.to_dense() if tensor.layout != torch.strided else tensor
+        flat = tensor.cpu().contiguous().reshape(-1)
+        hasher.update(f"T{flat.dtype}{tuple(tensor.shape)};".encode())
+        hasher.update(memoryview(flat.view(torch.uint8).numpy()))
+    elif isinstance(value, dict):
+        hasher.update(b"D%d;" % len(value))
+        for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
+            _feed(hasher, key)
+            _feed(hasher, value[key])
+    elif isinstance(value, (list, tuple)):
+        hasher.update(b"L%d;" % len(value))
+        for item in value:
+            _feed(hasher, item)
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+        array = np.ascontiguousarray(value)
+        hasher.update(f"A{array.dtype.str}{array.shape};".encode())
+        hasher.update(memoryview(array.reshape(-1).view(np.uint8)))
+    elif isinstance(value, np.ndarray):
+        _feed(hasher, value.tolist())
+    elif value is None or isinstance(value, bool):
+        hasher.update(b"N" if value is None else b"B%d" % value)
+    elif isinstance(value, int):
+        hasher.update(b"I%d;" % value)
+    elif isinstance(value, float):
+        hasher.update(b"F" + float(value).hex().encode() + b";")
+    elif isinstance(value, str):
+        encoded = value.encode("utf-8", "surrogatepass")
+        hasher.update(b"S%d;" % len(encoded) + encoded)
+    elif isinstance(value, bytes):
+        hasher.update(b"Y%d;" % len(value) + value)
+    else:  # numpy scalars, dtypes, devices ...: whatever else torch.load gives back, by its repr
+        text = f"{type(value).__module__}.{type(value).__qualname__}:{value!r}".encode()
+        hasher.update(b"R%d;" % len(text) + text)
+
+
+def payload_checksum(payload: dict[str, Any]) -> str:
+    """``"sha256:<hex>"`` of a checkpoint's entries (all but the checksum itself), computed once per save."""
+    hasher = hashlib.sha256()
+    _feed(hasher, {k: v for k, v in payload.items() if k != _CHECKSUM_KEY})
+    return f"sha256:{hasher.hexdigest()}"
+
+
+def _verify(raw: dict[str, Any], path: Path) -> None:
+    """The recorded checksum, when the file has one (the original's files do not), and finite weights."""
+    recorded = raw.get(_CHECKSUM_KEY)
+    if _CHECKSUM_KEY in raw and (not isinstance(recorded, str) or recorded != payload_checksum(raw)):
+        raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
+    for entry in ("state_dict", "io_net_state_dict"):
+        weights = raw.get(entry)
+        for name, tensor in (weights.items() if isinstance(weights, dict) else ()):
+            floating = isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+            if floating and not tensor.isfinite().all():
+                where = "" if entry == "state_dict" else f" of {entry}"
+                raise CheckpointError(f"{path}: weight {name}{where} is not finite (NaN or Inf)")
 
 
 @dataclass
@@ -178,11 +286,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: not a KeyPointNet checkpoint (expected keys 'config' and 'state_dict', found {keys})"
         )
+    _verify(raw, path)
     state_dict = raw["state_dict"]
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path}: 'state_dict' is not a mapping of tensors")
     model, full = _model_config_from(raw.get("config"), path)
-    extra = {k: v for k, v in raw.items() if k not in ("config", "state_dict", "io_net_state_dict")}
+    skip = ("config", "state_dict", "io_net_state_dict", _CHECKSUM_KEY)
+    extra = {k: v for k, v in raw.items() if k not in skip}
     raw_config = _to_plain(raw["config"]) if raw.get("config") is not None else None
     return Checkpoint(model, dict(state_dict), full, raw.get("io_net_state_dict"), extra, raw_config)
 
@@ -302,11 +412,15 @@ def _file_mode() -> int:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
+    A dict gets a ``checksum`` entry (:func:`payload_checksum`) that :func:`load_checkpoint` checks.
+
     The object is serialised in memory first, so that a full disk is an ``OSError`` of the write (PyTorch's
     own file writer reports it as a RuntimeError), and ``path`` is only ever replaced by a whole file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(obj, dict):
+        obj = {**obj, _CHECKSUM_KEY: payload_checksum(obj)}
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
