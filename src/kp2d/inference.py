@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from kp2d.augmentation import rgb_to_grayscale
 from kp2d.errors import ConfigError, DataError
 from kp2d.geometry import cell_centers
+from kp2d.imageio import read_image_rgb
 from kp2d.models.keypoint_net import CELL, DEFAULT_SCORE_THRESHOLD, sample_descriptors
 
 if TYPE_CHECKING:
@@ -164,17 +165,8 @@ def _is_scalar_integer_index(index: Any) -> bool:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 **RGB** (grayscale files are replicated to 3 channels)."""
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)  # cv2.imread fails silently on some paths; decode ourselves
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise DataError(f"{path}: cannot read this file as an image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Read an image file as ``(H, W, 3)`` uint8 **RGB**: :func:`kp2d.imageio.read_image_rgb`."""
+    return read_image_rgb(path)
 
 
 def _numpy_to_float(array: np.ndarray) -> np.ndarray:

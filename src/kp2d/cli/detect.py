@@ -189,7 +189,7 @@ def _image_paths(arguments: list, out: Path | None = None) -> list:
     (``kp2d detect photos --out .``). An image named explicitly is always kept.
     """
     from kp2d.data.image_folder import list_images
-    from kp2d.errors import DataError
+    from kp2d.errors import DataError, ImageNotFoundError
 
     out_dir = out.resolve() if out is not None else None
     paths = []
@@ -210,7 +210,7 @@ def _image_paths(arguments: list, out: Path | None = None) -> list:
         elif path.is_file():
             paths.append(path)
         else:
-            raise DataError(f"image not found: {path}")
+            raise ImageNotFoundError(f"{path}: image not found")
     return paths
 
 
@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         except DataError as err:
             message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
             if not args.skip_bad:
-                raise DataError(f"{message} (--skip-bad skips such images)") from None
+                raise type(err)(f"{message} (--skip-bad skips such images)") from None
             log.warning("skipped %s", message)
             skipped += 1
             continue
