@@ -234,19 +234,10 @@ def _unique_stems(paths: list) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Detect in every image and write the files; returns the exit status."""
-    import json
-    import logging
-
-    import numpy as np
-    from tqdm import tqdm
-
     from kp2d.checkpoint import load_keypoint_net
-    from kp2d.errors import DataError, make_folder
-    from kp2d.inference import extract_with_score_map, load_image
+    from kp2d.errors import make_folder
     from kp2d.runtime import resolve_device
-    from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
 
-    log = logging.getLogger("kp2d.detect")
     options = selection_options(args)
     out_dir = Path(args.out)
     check_output_path(out_dir, "--out", folder=True)
@@ -254,8 +245,40 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
     options["backend"] = model_backend(args, model)
+    created = not out_dir.exists()
     make_folder(out_dir, "output folder")
+    try:
+        return _detect_all(args, paths, model, options, out_dir)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty folder behind
+        raise
 
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``; an ``OSError`` (disk full, no permission) is a DataError naming it."""
+    from kp2d.errors import DataError
+
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        raise DataError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out_dir: Path) -> int:
+    """Detect in each image and write its files to ``out_dir``; returns the exit status."""
+    import io
+    import json
+    import logging
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from kp2d.errors import DataError
+    from kp2d.inference import extract_with_score_map, load_image
+    from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
+
+    log = logging.getLogger("kp2d.detect")
     skipped = 0
     for path, stem in tqdm(
         list(zip(paths, _unique_stems(paths), strict=True)), desc="detect", unit="image", disable=None
@@ -271,14 +294,16 @@ def run(args: argparse.Namespace) -> int:
             skipped += 1
             continue
         arrays = keypoints.numpy()
-        np.savez(out_dir / f"{stem}.npz", **arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        _write_bytes(out_dir / f"{stem}.npz", buffer.getvalue())
         record = {
             "image": str(path),
             "image_size": list(keypoints.image_size),
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),
         }
-        (out_dir / f"{stem}.json").write_text(json.dumps(record))
+        _write_bytes(out_dir / f"{stem}.json", json.dumps(record).encode())
         save_image(
             out_dir / f"{stem}_keypoints.png", draw_keypoints(image, arrays["keypoints"], arrays["scores"])
         )
