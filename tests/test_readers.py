@@ -163,3 +163,26 @@ def test_the_cli_stderr_holds_only_kp2ds_line(tmp_path, suffix):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"kp2d detect: error: {_expected(path)}"), result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_kp2d_eval_stops_on_a_view_cut_in_half_and_skip_bad_skips_it(tmp_path, capsys, suffix):
+    """``kp2d eval --hpatches`` scored a JPEG cut in half (OpenCV's partial image), even with --skip-bad."""
+    import json
+
+    from hpatches_tiny import PAIRS_PER_SUBSET
+
+    root = make_tiny_hpatches(tmp_path / "tiny")
+    folder = root / "v_astronaut"
+    encoded = cv2.imencode(suffix, cv2.imread(str(folder / "3.ppm")))[1].tobytes()
+    (folder / "3.ppm").unlink()
+    path = folder / f"3{suffix}"
+    path.write_bytes(encoded[: len(encoded) // 2])
+    args = ["eval", "--method", "sift", "--hpatches", str(root), "--shape", "80x60", "--no-progress"]
+    assert main(args) == 2
+    assert single_error_line(capsys).startswith(f"kp2d eval: error: {_expected(path)}")
+    out = tmp_path / "skip.json"
+    assert main([*args, "--skip-bad", "--json", str(out)]) == 0
+    entry = json.loads(out.read_text())["80x60"]
+    assert entry["pairs"] == PAIRS_PER_SUBSET["all"] - 1
+    assert len(entry["skipped"]) == 1 and entry["skipped"][0].startswith("v_astronaut:1-3")
