@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from kp2d.data.hpatches import HPatchesDataset, read_image
 from kp2d.data.image_folder import ImageFolderDataset
 from kp2d.errors import DataError, ImageNotFoundError, Kp2dError
 from kp2d.eval.hpatches import check_sequence_problems
-from kp2d.imageio import check_image_bytes, read_image_rgb
+from kp2d.imageio import _library_stderr, check_image_bytes, read_image_rgb
 from kp2d.inference import extract
 from kp2d.models import KeyPointNet
 
@@ -186,3 +187,49 @@ def test_kp2d_eval_stops_on_a_view_cut_in_half_and_skip_bad_skips_it(tmp_path, c
     entry = json.loads(out.read_text())["80x60"]
     assert entry["pairs"] == PAIRS_PER_SUBSET["all"] - 1
     assert len(entry["skipped"]) == 1 and entry["skipped"][0].startswith("v_astronaut:1-3")
+
+
+def _damaged_png(path: Path) -> Path:
+    """A complete PNG whose image data is garbled (CRCs recomputed): only libpng itself can tell."""
+    import zlib
+
+    data = bytearray(_encoded(".png"))
+    start = data.index(b"IDAT") - 4
+    length = int.from_bytes(data[start : start + 4], "big")
+    for offset in range(start + 18, start + 8 + length, 7):
+        data[offset] ^= 0x5A
+    crc = zlib.crc32(bytes(data[start + 4 : start + 8 + length]))
+    data[start + 8 + length : start + 12 + length] = crc.to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_libpng_s_own_line_is_quoted_in_kp2d_s(tmp_path, capfd):
+    path = _damaged_png(tmp_path / "garbled.png")
+    with pytest.raises(DataError) as raised:
+        read_image_rgb(path)
+    expected = f"{path}: cannot decode image (corrupt or not an image: libpng error: "
+    assert str(raised.value).startswith(expected)
+    assert capfd.readouterr().err == ""
+
+
+def test_the_capture_gives_back_what_is_not_a_library_line(capfd):
+    lines: list[str] = []
+    with _library_stderr(lines):
+        os.write(2, b"libpng error: bad adaptive filter value\n12:00:00 INFO kp2d.eval: another thread\n")
+    assert lines == ["libpng error: bad adaptive filter value"]
+    assert capfd.readouterr().err == "12:00:00 INFO kp2d.eval: another thread\n"
+
+
+def test_a_damaged_png_gives_one_line_on_the_cli(tmp_path):
+    path = _damaged_png(tmp_path / "garbled.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "kp2d", "detect", str(path), "--model", "v0", "--device", "cpu",
+         "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "libpng error: " in lines[0], result.stderr

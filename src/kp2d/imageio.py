@@ -4,12 +4,21 @@
 decoders either return a partial image (``cv2.imread`` on a JPEG cut in half) or print their library's own
 line on stderr (``libpng error: ...``, ``Premature end of JPEG file``) beside kp2d's message. A file that
 fails the check, or that OpenCV cannot decode, raises the same :class:`~kp2d.errors.DataError` naming it.
+What the libraries still print while decoding (damaged data in a complete file) is captured: quoted in the
+error when decoding fails, logged at debug level when it succeeds (``Corrupt JPEG data: ...`` warnings).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import sys
+import tempfile
+import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +26,8 @@ import numpy as np
 from kp2d.errors import DataError, ImageNotFoundError
 
 __all__ = ["check_image_bytes", "read_image_rgb"]
+
+log = logging.getLogger(__name__)
 
 _JPEG_START = b"\xff\xd8\xff"
 _JPEG_SCAN = b"\xff\xda"  # start of scan: the entropy-coded data follows
@@ -56,6 +67,44 @@ def _jpeg_problem(data: bytes) -> str | None:
     return None
 
 
+# Lines libpng, libjpeg and OpenCV write to the process's stderr themselves while decoding
+_LIBRARY_LINE = re.compile(
+    rb"^(libpng |Premature end of JPEG|Corrupt JPEG|Invalid JPEG|Bogus |Unsupported |Not a JPEG|"
+    rb"Warning: |\[ ?(WARN|ERROR|INFO|DEBUG):)"
+)
+_STDERR_LOCK = threading.Lock()  # the stderr file descriptor is the process's: one capture at a time
+
+
+@contextlib.contextmanager
+def _library_stderr(lines: list[str]) -> Iterator[None]:
+    """Capture what C libraries write to file descriptor 2 meanwhile; their lines are appended to ``lines``.
+
+    Other lines (another thread's log output in the same moment) are written back to stderr afterwards.
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable stderr: nothing to hide
+            yield
+            return
+        try:
+            os.dup2(capture.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            other = []
+            for line in capture.read().splitlines(keepends=True):
+                if _LIBRARY_LINE.match(line):
+                    lines.append(line.decode("utf-8", "replace").strip())
+                else:
+                    other.append(line)
+            if other:
+                os.write(2, b"".join(other))
+
+
 def check_image_bytes(data: bytes) -> str | None:
     """Why an encoded JPEG or PNG file is truncated or damaged, or ``None`` (also for other formats)."""
     if data.startswith(_JPEG_START):
@@ -88,12 +137,19 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     problem = "empty file" if not data else check_image_bytes(data)
     if problem is not None:
         raise DataError(f"{path}: cannot decode image ({problem})")
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
-    except cv2.error:
-        image = None
+    messages: list[str] = []
+    # libpng and libjpeg print their own lines (e.g. "libpng error: bad adaptive filter value")
+    from_library = data.startswith((_JPEG_START, _PNG_SIGNATURE))
+    with _library_stderr(messages) if from_library else contextlib.nullcontext():
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        except cv2.error:
+            image = None
     if image is None or image.size == 0:
-        raise DataError(f"{path}: cannot decode image (corrupt or not an image)")
+        detail = f": {messages[0]}" if messages else ""
+        raise DataError(f"{path}: cannot decode image (corrupt or not an image{detail})")
+    if messages:
+        log.debug("%s: %s", path, "; ".join(messages))
     if image.dtype == np.uint16:
         image = ((image.astype(np.float32) + 128.5) // 257).astype(np.uint8)  # v / 257 rounded half up
     elif image.dtype != np.uint8:
