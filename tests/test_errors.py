@@ -157,3 +157,14 @@ def test_a_full_disk_names_the_file(tmp_path, capsys, output):
     assert main(["detect", str(photo), "--model", "v0", "--device", "cpu", "--out", str(out)]) == 2
     line = single_error_line(capsys)
     assert str(out / output) in line and "No space left on device" in line, line
+
+
+@pytest.mark.parametrize("command", ["detect", "match"])
+def test_scale_factor_has_an_upper_bound(tmp_path, capsys, command):
+    """No image fits the network past MAX_NETWORK_SIZE / MIN_IMAGE_SIZE; the error showed a 300-digit size."""
+    photo = str(_photo(tmp_path / "photo.png"))
+    images = [photo] if command == "detect" else [photo, photo]
+    argv = [command, *images, "--model", "v0", "--device", "cpu", "--scale-factor", "1e300"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    expected = f"kp2d {command}: error: --scale-factor must be at most 512, got 1e+300"
+    assert single_error_line(capsys) == expected

@@ -102,12 +102,15 @@ def model_backend(args: argparse.Namespace, model):
 def check_scale_factor_option(scale_factor: float) -> None:
     """:func:`kp2d.inference.check_scale_factor` with an error naming ``--scale-factor`` (eval's too)."""
     from kp2d.errors import ConfigError
-    from kp2d.inference import check_scale_factor
+    from kp2d.inference import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE, check_scale_factor
 
     try:
         check_scale_factor(scale_factor)
     except ConfigError:
         raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}") from None
+    largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
+    if scale_factor > largest:
+        raise ConfigError(f"--scale-factor must be at most {largest}, got {scale_factor:g}")
 
 
 def check_finite_option(option: str, value: float, minimum: float | None = None) -> None:
