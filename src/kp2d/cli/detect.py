@@ -102,15 +102,12 @@ def model_backend(args: argparse.Namespace, model):
 def check_scale_factor_option(scale_factor: float) -> None:
     """:func:`kp2d.inference.check_scale_factor` with an error naming ``--scale-factor`` (eval's too)."""
     from kp2d.errors import ConfigError
-    from kp2d.inference import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE, check_scale_factor
+    from kp2d.inference import check_scale_factor
 
     try:
         check_scale_factor(scale_factor)
     except ConfigError:
         raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}") from None
-    largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
-    if scale_factor > largest:
-        raise ConfigError(f"--scale-factor must be at most {largest}, got {scale_factor:g}")
 
 
 def check_finite_option(option: str, value: float, minimum: float | None = None) -> None:
@@ -158,12 +155,16 @@ def check_output_path(path: Path, option: str, *, folder: bool = False) -> None:
 def selection_options(args: argparse.Namespace) -> dict:
     """``extract`` keyword arguments from the parsed options (``--top-k``, ``--score-threshold``, ...)."""
     from kp2d.errors import ConfigError
+    from kp2d.inference import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
     check_finite_option("--score-threshold", args.score_threshold)
     check_finite_option("--nms-radius", args.nms_radius, minimum=0)
     check_scale_factor_option(args.scale_factor)
+    largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
+    if args.scale_factor > largest:  # (eval names the shape it would make instead)
+        raise ConfigError(f"--scale-factor must be at most {largest}, got {args.scale_factor:g}")
     return {
         "top_k": args.top_k or None,
         "score_threshold": args.score_threshold,
