@@ -31,6 +31,16 @@ def test_overfit_cli_rejects_bad_values(tmp_path, capsys):
     assert "missing.png" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("shape", ["100000x100000", "16392x64"])
+def test_overfit_shape_has_eval_s_upper_bound(tmp_path, capsys, shape):
+    """``--shape 100000x100000`` was a cv2.error traceback."""
+    assert main(["overfit", "--shape", shape, "--steps", "1", "--out", str(tmp_path / "o")]) == 2
+    assert single_error_line(capsys) == (
+        f"kp2d overfit: error: --shape {shape}: height and width must be at most 16384 pixels"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 def test_overfit_cli_without_progress_bar(tmp_path, capsys):
     out = tmp_path / "gifs"
     assert main(_tiny_run(tmp_path, out, steps=2)) == 0

@@ -4,7 +4,15 @@ KeyPointNet and IO-Net (Tang et al., *Neural Outlier Rejection for Self-Supervis
 Learning*, ICLR 2020) — training, HPatches evaluation, inference and export in one package.
 """
 
-from kp2d.errors import CheckpointError, ConfigError, DataError, Kp2dError
+from kp2d.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ImageNotFoundError,
+    InputError,
+    InputTypeError,
+    Kp2dError,
+)
 from kp2d.inference import Keypoints, extract
 from kp2d.matching import estimate_homography, match
 from kp2d.models import IONet, KeyPointNet, KeyPointNetOutput
@@ -16,6 +24,9 @@ __all__ = [
     "ConfigError",
     "DataError",
     "IONet",
+    "ImageNotFoundError",
+    "InputError",
+    "InputTypeError",
     "KeyPointNet",
     "KeyPointNetOutput",
     "Keypoints",

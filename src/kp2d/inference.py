@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from kp2d.augmentation import rgb_to_grayscale
-from kp2d.errors import ConfigError, DataError
+from kp2d.errors import ConfigError, DataError, InputError, InputTypeError
 from kp2d.geometry import cell_centers
+from kp2d.imageio import read_image_rgb
 from kp2d.models.keypoint_net import CELL, DEFAULT_SCORE_THRESHOLD, sample_descriptors
 
 if TYPE_CHECKING:
@@ -95,11 +96,11 @@ class Keypoints:
     def __post_init__(self) -> None:
         n = self.keypoints.shape[0]
         if self.keypoints.dim() != 2 or self.keypoints.shape[1] != 2:
-            raise ValueError(f"keypoints must have shape (N, 2), got {tuple(self.keypoints.shape)}")
+            raise InputError(f"keypoints must have shape (N, 2), got {tuple(self.keypoints.shape)}")
         if self.scores.shape != (n,):
-            raise ValueError(f"scores must have shape ({n},), got {tuple(self.scores.shape)}")
+            raise InputError(f"scores must have shape ({n},), got {tuple(self.scores.shape)}")
         if self.descriptors.dim() != 2 or self.descriptors.shape[0] != n:
-            raise ValueError(f"descriptors must have shape ({n}, D), got {tuple(self.descriptors.shape)}")
+            raise InputError(f"descriptors must have shape ({n}, D), got {tuple(self.descriptors.shape)}")
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
 
     def __len__(self) -> int:
@@ -164,17 +165,8 @@ def _is_scalar_integer_index(index: Any) -> bool:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 **RGB** (grayscale files are replicated to 3 channels)."""
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)  # cv2.imread fails silently on some paths; decode ourselves
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise DataError(f"{path}: cannot read this file as an image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Read an image file as ``(H, W, 3)`` uint8 **RGB**: :func:`kp2d.imageio.read_image_rgb`."""
+    return read_image_rgb(path)
 
 
 def _numpy_to_float(array: np.ndarray) -> np.ndarray:
@@ -226,7 +218,7 @@ def _as_batch(image: ImageLike) -> tuple[torch.Tensor, bool]:
         if isinstance(image, PIL.Image.Image):
             image = _pil_to_numpy(image)
         else:
-            raise DataError(
+            raise InputTypeError(
                 f"unsupported image type {type(image).__name__} (file path, numpy array, PIL image or tensor)"
             )
 
@@ -426,7 +418,7 @@ def grid_nms(
     """
     batch, rows, cols = scores.shape
     if coords.shape != (batch, 2, rows, cols) or candidates.shape != scores.shape:
-        raise ValueError(
+        raise InputError(
             f"expected scores (B, Hc, Wc), coords (B, 2, Hc, Wc), candidates (B, Hc, Wc); got "
             f"{tuple(scores.shape)}, {tuple(coords.shape)}, {tuple(candidates.shape)}"
         )
@@ -505,7 +497,7 @@ def select_keypoints(
     """
     _check_selection(top_k, nms_radius, score_threshold)
     if scores.dim() != 3:
-        raise ValueError(f"scores must have shape (B, Hc, Wc), got {tuple(scores.shape)}")
+        raise InputError(f"scores must have shape (B, Hc, Wc), got {tuple(scores.shape)}")
     keep = scores > score_threshold
     if valid is not None:
         keep &= valid

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kp2d.errors import ConfigError
+from kp2d.errors import ConfigError, InputError, InputTypeError
 
 DescriptorsLike = torch.Tensor | np.ndarray
 
@@ -36,11 +36,11 @@ def _as_descriptors(desc0: DescriptorsLike, desc1: DescriptorsLike) -> tuple[tor
     """
     desc0, desc1 = (getattr(d, "descriptors", d) for d in (desc0, desc1))
     desc0, desc1 = (
-        d if isinstance(d, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(d))
-        for d in (desc0, desc1)
+        d if isinstance(d, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(as_numpy(d, name)))
+        for d, name in ((desc0, "desc0"), (desc1, "desc1"))
     )
     if desc0.dim() != 2 or desc1.dim() != 2 or desc0.shape[1] != desc1.shape[1]:
-        raise ValueError(
+        raise InputError(
             "descriptors must have shapes (N0, D) and (N1, D), "
             f"got {tuple(desc0.shape)} and {tuple(desc1.shape)}"
         )
@@ -135,12 +135,22 @@ HOMOGRAPHY_METHODS = ("usac", "ransac")
 _SINGULAR_RATIO = 1e-9  # σ_min / σ_max of a normalised homography below which it counts as singular
 
 
-def as_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A tensor or array-like as numpy (bf16 tensors, which numpy lacks, via float32)."""
+def as_numpy(array: torch.Tensor | np.ndarray, name: str = "input") -> np.ndarray:
+    """A tensor or array-like as numpy (bf16 tensors, which numpy lacks, via float32).
+
+    Raises:
+        InputTypeError: ``array`` is not numbers (``None``, a string, a list of objects).
+    """
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu()
-        array = (array.float() if array.dtype == torch.bfloat16 else array).numpy()
-    return np.asarray(array)
+        return (array.float() if array.dtype == torch.bfloat16 else array).numpy()
+    try:
+        result = np.asarray(array)
+    except ValueError:  # ragged nested lists
+        result = np.empty(0, dtype=object)
+    if not (np.issubdtype(result.dtype, np.number) or result.dtype == np.bool_):
+        raise InputTypeError(f"{name} must be a tensor or a numeric array, got {type(array).__name__}")
+    return result
 
 
 def as_match_pairs(pairs: np.ndarray, num_keypoints: tuple[int, int] | None = None) -> np.ndarray:
@@ -152,12 +162,12 @@ def as_match_pairs(pairs: np.ndarray, num_keypoints: tuple[int, int] | None = No
     if pairs.ndim == 1 and pairs.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
     if pairs.ndim != 2 or pairs.shape[1] != 2:
-        raise ValueError(f"matches must have shape (M, 2) (index pairs (i0, i1)), got {pairs.shape}")
+        raise InputError(f"matches must have shape (M, 2) (index pairs (i0, i1)), got {pairs.shape}")
     pairs = pairs.astype(np.int64)
     for column, count in enumerate(num_keypoints or ()):
         outside = (pairs[:, column] < 0) | (pairs[:, column] >= count)
         if outside.any():
-            raise ValueError(
+            raise InputError(
                 f"matches column {column} indexes kpts{column}, which has {count} keypoints; "
                 f"got index {pairs[outside, column][0]}"
             )
@@ -217,11 +227,13 @@ def estimate_homography(
         raise ConfigError(
             f"unknown homography method '{method}' (use one of {', '.join(HOMOGRAPHY_METHODS)})"
         )
-    points0, points1 = (as_numpy(getattr(k, "keypoints", k)) for k in (kpts0, kpts1))
+    points0, points1 = (
+        as_numpy(getattr(k, "keypoints", k), name) for k, name in ((kpts0, "kpts0"), (kpts1, "kpts1"))
+    )
     for name, points in (("kpts0", points0), ("kpts1", points1)):
         if points.ndim != 2 or points.shape[1] != 2:
-            raise ValueError(f"{name} must have shape (N, 2), got {points.shape}")
-    pairs = as_match_pairs(as_numpy(matches), (len(points0), len(points1)))
+            raise InputError(f"{name} must have shape (N, 2), got {points.shape}")
+    pairs = as_match_pairs(as_numpy(matches, "matches"), (len(points0), len(points1)))
     no_inliers = np.zeros(len(pairs), dtype=bool)
     if len(pairs) < 4:
         return None, no_inliers

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from kp2d.errors import InputError
 from kp2d.inference import FLOAT_RANGE_SLACK
 from kp2d.matching import as_match_pairs, as_numpy
 
@@ -50,7 +51,7 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
             tensor = tensor.permute(1, 2, 0)
         array = as_numpy(tensor)
     else:
-        array = np.asarray(image)
+        array = as_numpy(image, "image")
     if array.dtype == np.uint16:  # v / 257 rounded half up, as kp2d reads 16-bit files
         array = ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if array.dtype == np.bool_:
@@ -58,14 +59,14 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     if array.dtype != np.uint8:
         array = array.astype(np.float32)
         if array.size and np.nanmax(array) > 1.0 + FLOAT_RANGE_SLACK:
-            raise ValueError(
+            raise InputError(
                 f"float images must be in [0, 1], got values up to {np.nanmax(array):g} (divide uint8 by 255)"
             )
         array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an image (H, W), (H, W, 1|3|4) or (1|3, H, W), got {array.shape}")
+        raise InputError(f"expected an image (H, W), (H, W, 1|3|4) or (1|3, H, W), got {array.shape}")
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     return np.ascontiguousarray(array[..., :3])
@@ -82,7 +83,7 @@ def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
     if points.ndim == 1 and points.shape[0] == 2:  # a single keypoint
         return points.reshape(1, 2)
     if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"keypoints must have shape (N, 2) ((x, y) rows), got {points.shape}")
+        raise InputError(f"keypoints must have shape (N, 2) ((x, y) rows), got {points.shape}")
     return points
 
 
@@ -141,7 +142,7 @@ def draw_score_heatmap(
     canvas = to_rgb_uint8(image)
     cell_scores = np.asarray(as_numpy(cell_scores), dtype=np.float32)
     if cell_scores.ndim != 2:
-        raise ValueError(f"cell_scores must have shape (Hc, Wc), got {cell_scores.shape}")
+        raise InputError(f"cell_scores must have shape (Hc, Wc), got {cell_scores.shape}")
     height, width = canvas.shape[:2]
     if scale_factor != 1:
         size = (max(1, round(width * scale_factor)), max(1, round(height * scale_factor)))
@@ -151,7 +152,7 @@ def draw_score_heatmap(
     rows, cols = cell_scores.shape
     expected = (-(-height // cell), -(-width // cell))
     if (rows, cols) != expected:
-        raise ValueError(
+        raise InputError(
             f"a {rows}x{cols} score grid does not match a {height}x{width} image with {cell}-px cells "
             f"({expected[0]}x{expected[1]}); a score map of a resized image needs its scale_factor"
         )
@@ -217,7 +218,7 @@ def draw_matches(
     else:
         inliers = np.asarray(as_numpy(inlier_mask), dtype=bool).reshape(-1)
         if inliers.shape[0] != pairs.shape[0]:
-            raise ValueError(f"inlier_mask has {inliers.shape[0]} entries for {pairs.shape[0]} matches")
+            raise InputError(f"inlier_mask has {inliers.shape[0]} entries for {pairs.shape[0]} matches")
 
     if max_lines is not None and len(pairs) > max_lines:
         subset = np.unique(np.linspace(0, len(pairs) - 1, max_lines).round().astype(np.int64))
@@ -248,7 +249,7 @@ def save_image(path: str | Path, image: np.ndarray | torch.Tensor) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(to_rgb_uint8(image)).save(path)
     except (OSError, ValueError) as err:  # e.g. unknown suffix, read-only folder
-        raise DataError(f"cannot write image {path}: {err}") from None
+        raise DataError(f"cannot write image {path}: {getattr(err, 'strerror', None) or err}") from None
     return path
 
 
@@ -273,10 +274,10 @@ def save_gif(
 
     images = [to_rgb_uint8(frame) for frame in frames]
     if not images:
-        raise ValueError("save_gif needs at least one frame")
+        raise InputError("save_gif needs at least one frame")
     sizes = {image.shape for image in images}
     if len(sizes) != 1:
-        raise ValueError(f"all GIF frames must have the same size, got {sorted(sizes)}")
+        raise InputError(f"all GIF frames must have the same size, got {sorted(sizes)}")
     path = Path(path)
     durations = [duration_ms] * len(images)
     if last_frame_ms is not None:
@@ -289,5 +290,5 @@ def save_gif(
             optimize=False,
         )
     except OSError as err:  # e.g. a read-only folder, a file where a folder should be
-        raise DataError(f"cannot write GIF {path}: {err}") from None
+        raise DataError(f"cannot write GIF {path}: {err.strerror or err}") from None
     return path

@@ -155,12 +155,16 @@ def check_output_path(path: Path, option: str, *, folder: bool = False) -> None:
 def selection_options(args: argparse.Namespace) -> dict:
     """``extract`` keyword arguments from the parsed options (``--top-k``, ``--score-threshold``, ...)."""
     from kp2d.errors import ConfigError
+    from kp2d.inference import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
     check_finite_option("--score-threshold", args.score_threshold)
     check_finite_option("--nms-radius", args.nms_radius, minimum=0)
     check_scale_factor_option(args.scale_factor)
+    largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
+    if args.scale_factor > largest:  # (eval names the shape it would make instead)
+        raise ConfigError(f"--scale-factor must be at most {largest}, got {args.scale_factor:g}")
     return {
         "top_k": args.top_k or None,
         "score_threshold": args.score_threshold,
@@ -189,7 +193,7 @@ def _image_paths(arguments: list, out: Path | None = None) -> list:
     (``kp2d detect photos --out .``). An image named explicitly is always kept.
     """
     from kp2d.data.image_folder import list_images
-    from kp2d.errors import DataError
+    from kp2d.errors import DataError, ImageNotFoundError
 
     out_dir = out.resolve() if out is not None else None
     paths = []
@@ -210,7 +214,7 @@ def _image_paths(arguments: list, out: Path | None = None) -> list:
         elif path.is_file():
             paths.append(path)
         else:
-            raise DataError(f"image not found: {path}")
+            raise ImageNotFoundError(f"{path}: image not found")
     return paths
 
 
@@ -234,19 +238,10 @@ def _unique_stems(paths: list) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Detect in every image and write the files; returns the exit status."""
-    import json
-    import logging
-
-    import numpy as np
-    from tqdm import tqdm
-
     from kp2d.checkpoint import load_keypoint_net
-    from kp2d.errors import DataError, make_folder
-    from kp2d.inference import extract_with_score_map, load_image
+    from kp2d.errors import make_folder
     from kp2d.runtime import resolve_device
-    from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
 
-    log = logging.getLogger("kp2d.detect")
     options = selection_options(args)
     out_dir = Path(args.out)
     check_output_path(out_dir, "--out", folder=True)
@@ -254,8 +249,40 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
     options["backend"] = model_backend(args, model)
+    created = not out_dir.exists()
     make_folder(out_dir, "output folder")
+    try:
+        return _detect_all(args, paths, model, options, out_dir)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty folder behind
+        raise
 
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``; an ``OSError`` (disk full, no permission) is a DataError naming it."""
+    from kp2d.errors import DataError
+
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        raise DataError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out_dir: Path) -> int:
+    """Detect in each image and write its files to ``out_dir``; returns the exit status."""
+    import io
+    import json
+    import logging
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from kp2d.errors import DataError
+    from kp2d.inference import extract_with_score_map, load_image
+    from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
+
+    log = logging.getLogger("kp2d.detect")
     skipped = 0
     for path, stem in tqdm(
         list(zip(paths, _unique_stems(paths), strict=True)), desc="detect", unit="image", disable=None
@@ -266,19 +293,21 @@ def run(args: argparse.Namespace) -> int:
         except DataError as err:
             message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
             if not args.skip_bad:
-                raise DataError(f"{message} (--skip-bad skips such images)") from None
+                raise type(err)(f"{message} (--skip-bad skips such images)") from None
             log.warning("skipped %s", message)
             skipped += 1
             continue
         arrays = keypoints.numpy()
-        np.savez(out_dir / f"{stem}.npz", **arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        _write_bytes(out_dir / f"{stem}.npz", buffer.getvalue())
         record = {
             "image": str(path),
             "image_size": list(keypoints.image_size),
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),
         }
-        (out_dir / f"{stem}.json").write_text(json.dumps(record))
+        _write_bytes(out_dir / f"{stem}.json", json.dumps(record).encode())
         save_image(
             out_dir / f"{stem}_keypoints.png", draw_keypoints(image, arrays["keypoints"], arrays["scores"])
         )

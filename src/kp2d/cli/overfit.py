@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.cli.train import check_at_least
     from kp2d.config import load_config, parse_image_shape
     from kp2d.errors import ConfigError, DataError
-    from kp2d.inference import check_image_size, load_image
+    from kp2d.inference import MAX_NETWORK_SIZE, check_image_size, load_image
     from kp2d.overfit import overfit
     from kp2d.runtime import resolve_device
 
@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         shape = {"image_shape": list(parse_image_shape(args.shape))}
     except ConfigError as err:
         raise ConfigError(f"--shape: {err}") from None
+    if max(shape["image_shape"]) > MAX_NETWORK_SIZE:  # cv2.resize and the network fail far past this
+        raise ConfigError(f"--shape {args.shape}: height and width must be at most {MAX_NETWORK_SIZE} pixels")
     check_output_path(args.out, "--out", folder=True)
     if args.config is None:  # the original's demo: its colour jitter is a no-op
         config = load_config("v4", {"augmentation": {**shape, "original_jitter_noop": True}})
