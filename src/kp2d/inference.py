@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from kp2d.augmentation import rgb_to_grayscale
+from kp2d.checks import check_finite
 from kp2d.errors import ConfigError, DataError
 from kp2d.geometry import cell_centers
 from kp2d.models.keypoint_net import CELL, DEFAULT_SCORE_THRESHOLD, sample_descriptors
@@ -381,8 +382,9 @@ def to_image_pixels(
 def _check_selection(top_k: int | None, nms_radius: float, score_threshold: float = 0.0) -> None:
     """ConfigError unless the selection options are usable.
 
-    ``top_k``: None or an integer >= 1 (numpy integers too; not bool); ``nms_radius``: a number >= 0;
-    ``score_threshold``: a number, not NaN (which would select nothing).
+    ``top_k``: None or an integer >= 1 (numpy integers too; not bool); ``nms_radius``: a number >= 0
+    (infinity keeps the best keypoint alone); ``score_threshold``: a finite number, as ``--score-threshold``
+    (NaN would select nothing, infinity nothing or everything).
     """
     if top_k is not None and (
         isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
@@ -390,12 +392,7 @@ def _check_selection(top_k: int | None, nms_radius: float, score_threshold: floa
         raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
     if isinstance(nms_radius, bool) or not isinstance(nms_radius, numbers.Real) or not nms_radius >= 0:
         raise ConfigError(f"nms_radius must be >= 0 pixels, got {nms_radius!r}")
-    if (
-        isinstance(score_threshold, bool)
-        or not isinstance(score_threshold, numbers.Real)
-        or math.isnan(score_threshold)
-    ):
-        raise ConfigError(f"score_threshold must be a number, got {score_threshold!r}")
+    check_finite("score_threshold", score_threshold)
 
 
 def grid_nms(
