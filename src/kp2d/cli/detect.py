@@ -55,6 +55,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="run the network on the image resized by S; 2 gives finer keypoints for 4x the compute "
         "(default: 1)",
     )
+    parser.add_argument(
+        "--fit-memory",
+        action="store_true",
+        help="run an image too large for the available memory shrunk to the largest size that fits "
+        "(keypoints stay in its pixels) instead of refusing it; KP2D_MEMORY_LIMIT sets the budget",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     parser.add_argument(
         "--backend",
@@ -164,6 +170,7 @@ def selection_options(args: argparse.Namespace) -> dict:
         "score_threshold": args.score_threshold,
         "nms_radius": args.nms_radius,
         "scale_factor": args.scale_factor,
+        "fit_memory": args.fit_memory,
     }
 
 
@@ -230,6 +237,23 @@ def _unique_stems(paths: list) -> list[str]:
     return stems
 
 
+def _heat_map(image, cell_scores, scale_factor: float):
+    """The score picture of ``image`` (H, W, 3); also for cells of an image ``--fit-memory`` shrank."""
+    import cv2
+
+    from kp2d.visualization import draw_score_heatmap
+
+    rows, cols = cell_scores.shape
+    height, width = image.shape[:2]
+    net_height, net_width = max(1, round(height * scale_factor)), max(1, round(width * scale_factor))
+    if (rows, cols) == (-(-net_height // 8), -(-net_width // 8)):
+        return draw_score_heatmap(image, cell_scores, scale_factor=scale_factor)
+    # the shrunk size is not known here: draw over the grid's padded extent, then stretch to the image
+    backdrop = cv2.resize(image, (cols * 8, rows * 8), interpolation=cv2.INTER_AREA)
+    picture = draw_score_heatmap(backdrop, cell_scores)
+    return cv2.resize(picture, (width, height), interpolation=cv2.INTER_AREA)
+
+
 def run(args: argparse.Namespace) -> int:
     """Detect in every image and write the files; returns the exit status."""
     import json
@@ -242,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.errors import DataError, make_folder
     from kp2d.inference import extract_with_score_map, load_image
     from kp2d.runtime import resolve_device
-    from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
+    from kp2d.visualization import draw_keypoints, save_image
 
     log = logging.getLogger("kp2d.detect")
     options = selection_options(args)
@@ -280,8 +304,7 @@ def run(args: argparse.Namespace) -> int:
         save_image(
             out_dir / f"{stem}_keypoints.png", draw_keypoints(image, arrays["keypoints"], arrays["scores"])
         )
-        heat_map = draw_score_heatmap(image, cell_scores, scale_factor=args.scale_factor)
-        save_image(out_dir / f"{stem}_scores.png", heat_map)
+        save_image(out_dir / f"{stem}_scores.png", _heat_map(image, cell_scores, args.scale_factor))
         log.debug("%s: %d keypoints", path, len(keypoints))
         tqdm.write(f"{path}: {len(keypoints)} keypoints -> {out_dir / stem}.*")
     if skipped:
