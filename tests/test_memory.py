@@ -78,7 +78,7 @@ def test_mem_available_and_the_override(tmp_path, monkeypatch):
 def test_estimate_by_hand():
     # 100x60 pads to 104x64 = 6656 pixels at 420 bytes each
     assert extract_memory(100, 60) == int((420 * 6656 + FIXED_BYTES) * SAFETY)
-    assert extract_memory(100, 60, batch=3) == int((420 * 6656 + FIXED_BYTES) * SAFETY * 3)
+    assert extract_memory(100, 60, batch=3) == int((420 * 6656 * 3 + FIXED_BYTES) * SAFETY)
     assert extract_memory(100, 60, backend="torch-bf16") > extract_memory(100, 60)
 
 
@@ -155,6 +155,15 @@ def test_fit_memory_runs_the_shrunk_image_and_maps_back(random_net, monkeypatch)
     torch.testing.assert_close(kpts.descriptors, expected.descriptors)
     torch.testing.assert_close(scores, expected_scores)
     assert float(kpts.keypoints[:, 0].max()) > size[0]  # in pixels of the original image
+
+
+def test_fit_memory_of_a_batch_keeps_each_image_size(random_net, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(extract_memory(100, 130, batch=2)))  # the fixed part counts once
+    batch = torch.from_numpy(np.stack([photo(240, 320)] * 2)).permute(0, 3, 1, 2)
+    results = extract(random_net, batch, fit_memory=True)
+    assert [result.image_size for result in results] == [(320, 240)] * 2
+    torch.testing.assert_close(results[0].keypoints, results[1].keypoints)
+    assert float(results[0].keypoints[:, 0].max()) > 140
 
 
 @pytest.fixture(scope="module")

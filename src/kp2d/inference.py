@@ -543,8 +543,11 @@ def _shrink_input(image: np.ndarray | torch.Tensor, height: int, width: int) -> 
     if isinstance(image, np.ndarray):
         import cv2
 
-        array = image.astype(np.float32) if image.dtype in (np.bool_, np.float64) else image
-        return cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA)
+        if image.dtype not in (np.uint8, np.uint16, np.float32):
+            if not (image.dtype == np.bool_ or np.issubdtype(image.dtype, np.floating)):
+                return image  # an unsupported dtype: image_to_tensor words the error
+            image = image.astype(np.float32)
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     tensor = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
     shape = tensor.shape
     flat = tensor.reshape(-1, 1, *shape[-2:]) if tensor.dim() < 4 else tensor

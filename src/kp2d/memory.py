@@ -6,8 +6,8 @@ runs out (exit 137, no message). :func:`check_extract_memory` estimates the need
 made and refuses with a one-line :class:`~kp2d.errors.DataError` naming the largest size that fits, or
 gives that size to process the image at (``fit_memory=True``, ``--fit-memory``).
 
-The estimate is ``(BYTES_PER_PIXEL[backend] * pixels + FIXED_BYTES) * SAFETY``, ``pixels`` being those
-of the network input (after ``scale_factor``, padded to a multiple of 8), per image of a batch; the
+The estimate is ``(BYTES_PER_PIXEL[backend] * pixels * batch + FIXED_BYTES) * SAFETY``, ``pixels``
+being those of the network input (after ``scale_factor``, padded to a multiple of 8); the
 figures were measured with ``benchmarks/memory.py`` (docs/memory.md). The budget is the smaller of the
 memory the cgroup (container) still allows and the kernel's ``MemAvailable``, or ``KP2D_MEMORY_LIMIT``
 (``3G``, ``500M``, bytes; ``none`` turns the check off). Models on a GPU are not checked here: PyTorch
@@ -123,7 +123,7 @@ def _padded_pixels(height: int, width: int) -> int:
 def extract_memory(height: int, width: int, batch: int = 1, backend: str | None = None) -> int:
     """Estimated peak bytes of ``extract`` on ``batch`` images whose network input is ``height x width``."""
     per_pixel = BYTES_PER_PIXEL["torch-bf16" if backend == "torch-bf16" else "torch-fp32"]
-    return int((per_pixel * _padded_pixels(height, width) + FIXED_BYTES) * SAFETY * max(batch, 1))
+    return int((per_pixel * _padded_pixels(height, width) * max(batch, 1) + FIXED_BYTES) * SAFETY)
 
 
 def check_extract_memory(
@@ -160,7 +160,7 @@ def check_extract_memory(
     if budget is None or need <= budget:
         return net_height, net_width
     per_pixel = BYTES_PER_PIXEL["torch-bf16" if backend == "torch-bf16" else "torch-fp32"]
-    pixels = (budget / (SAFETY * max(batch, 1)) - FIXED_BYTES) / per_pixel
+    pixels = (budget / SAFETY - FIXED_BYTES) / (per_pixel * max(batch, 1))
     shrink = math.sqrt(max(pixels, 0.0) / (net_height * net_width))
     while True:  # the padding to a multiple of 8 may cost a few steps of 1%
         fit_height, fit_width = math.floor(height * shrink), math.floor(width * shrink)
