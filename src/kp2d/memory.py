@@ -37,7 +37,7 @@ __all__ = [
 
 ENV_VAR = "KP2D_MEMORY_LIMIT"
 #: Peak bytes per network-input pixel of one ``extract`` (docs/memory.md); other backends as the nearest.
-BYTES_PER_PIXEL = {"torch-fp32": 420.0, "torch-bf16": 720.0}
+BYTES_PER_PIXEL = {"torch-fp32": 420.0, "torch-bf16": 750.0}
 FIXED_BYTES = 64 * 2**20  # first-call buffers and allocator slack, above the fitted 19-20 MiB
 SAFETY = 1.2  # the allocator's peak varies from run to run
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
