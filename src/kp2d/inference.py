@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from kp2d.augmentation import rgb_to_grayscale
+from kp2d.checks import check_finite, check_flag
 from kp2d.errors import ConfigError, DataError, InputError, InputTypeError
 from kp2d.geometry import cell_centers
 from kp2d.imageio import read_image_rgb
@@ -373,8 +374,9 @@ def to_image_pixels(
 def _check_selection(top_k: int | None, nms_radius: float, score_threshold: float = 0.0) -> None:
     """ConfigError unless the selection options are usable.
 
-    ``top_k``: None or an integer >= 1 (numpy integers too; not bool); ``nms_radius``: a number >= 0;
-    ``score_threshold``: a number, not NaN (which would select nothing).
+    ``top_k``: None or an integer >= 1 (numpy integers too; not bool); ``nms_radius``: a number >= 0
+    (infinity keeps the best keypoint alone); ``score_threshold``: a finite number, as ``--score-threshold``
+    (NaN would select nothing, infinity nothing or everything).
     """
     if top_k is not None and (
         isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
@@ -382,12 +384,7 @@ def _check_selection(top_k: int | None, nms_radius: float, score_threshold: floa
         raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
     if isinstance(nms_radius, bool) or not isinstance(nms_radius, numbers.Real) or not nms_radius >= 0:
         raise ConfigError(f"nms_radius must be >= 0 pixels, got {nms_radius!r}")
-    if (
-        isinstance(score_threshold, bool)
-        or not isinstance(score_threshold, numbers.Real)
-        or math.isnan(score_threshold)
-    ):
-        raise ConfigError(f"score_threshold must be a number, got {score_threshold!r}")
+    check_finite("score_threshold", score_threshold)
 
 
 def grid_nms(
@@ -509,6 +506,76 @@ def select_keypoints(
     return [idx[val > -math.inf] for idx, val in zip(indices, values, strict=True)]
 
 
+def _loaded(image: ImageLike) -> ImageLike:
+    """A file path read (uint8 RGB) and a PIL image as numpy; other inputs unchanged."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if not isinstance(image, (np.ndarray, torch.Tensor)):
+        import PIL.Image
+
+        if isinstance(image, PIL.Image.Image):
+            return _pil_to_numpy(image)
+    return image
+
+
+def _input_size(image: ImageLike) -> tuple[int, int, int] | None:
+    """``(B, H, W)`` of a numpy array or tensor image before any conversion; None for other shapes."""
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        return 1, image.shape[0], image.shape[1]
+    if isinstance(image, torch.Tensor) and image.dim() in (2, 3, 4):
+        return (image.shape[0] if image.dim() == 4 else 1), image.shape[-2], image.shape[-1]
+    return None
+
+
+def _shrink_input(image: np.ndarray | torch.Tensor, height: int, width: int) -> np.ndarray | torch.Tensor:
+    """The image resized to ``height x width`` in its own dtype (area-averaged), before it becomes float32.
+
+    Resizing first keeps the full-size float copy (12 bytes a pixel) from being made at all.
+    """
+    if isinstance(image, np.ndarray):
+        import cv2
+
+        if image.dtype not in (np.uint8, np.uint16, np.float32):
+            if not (image.dtype == np.bool_ or np.issubdtype(image.dtype, np.floating)):
+                return image  # an unsupported dtype: image_to_tensor words the error
+            image = image.astype(np.float32)
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    tensor = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    shape = tensor.shape
+    flat = tensor.reshape(-1, 1, *shape[-2:]) if tensor.dim() < 4 else tensor
+    resized = F.interpolate(flat, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return resized.reshape(*shape[:-2], height, width) if tensor.dim() < 4 else resized
+
+
+def _fitted_input(
+    model: KeyPointNet,
+    image: ImageLike,
+    scale_factor: float,
+    backend: Backend | None,
+    fit_memory: bool,
+) -> tuple[ImageLike, tuple[int, int] | None]:
+    """Check that extracting from ``image`` fits the memory (CPU models; see :mod:`kp2d.memory`).
+
+    Returns the image to run on and, when ``fit_memory`` shrank it, the original ``(W, H)``.
+    """
+    from kp2d.memory import check_extract_memory
+
+    image = _loaded(image)
+    size = _input_size(image)
+    if size is None or _model_placement(model)[0].type != "cpu" or min(size) == 0:
+        return image, None
+    batch, height, width = size
+    if min(height, width) < MIN_IMAGE_SIZE or max(height, width) * scale_factor > MAX_NETWORK_SIZE:
+        return image, None  # check_image_size words these
+    net_size = (max(1, round(height * scale_factor)), max(1, round(width * scale_factor)))
+    fitted = check_extract_memory(
+        height, width, batch, scale_factor, getattr(backend, "name", None), fit=fit_memory
+    )
+    if fitted == net_size:
+        return image, None
+    return _shrink_input(image, *fitted), (width, height)
+
+
 def _model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of the model's parameters (CPU / float32 for a parameterless module)."""
     parameter = next(model.parameters(), None)
@@ -554,8 +621,12 @@ def _extract_batch(
     nms_radius: float,
     backend: Backend | None = None,
     scale_factor: float = 1.0,
+    fit_memory: bool | None = False,
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
-    """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched."""
+    """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched.
+
+    ``fit_memory=None`` skips the memory check (for an image already shrunk to fit).
+    """
     _check_selection(top_k, nms_radius, score_threshold)
     if backend is not None and not callable(backend):
         raise ConfigError(
@@ -563,6 +634,12 @@ def _extract_batch(
             f"{type(backend).__name__} {backend!r}"
         )
     scale_factor = check_scale_factor(scale_factor)
+    original_size = None
+    if fit_memory is not None:
+        fit_memory = check_flag("fit_memory", fit_memory)
+        image, original_size = _fitted_input(model, image, scale_factor, backend, fit_memory)
+    if original_size is not None:
+        return _extract_shrunk(model, image, original_size, top_k, score_threshold, nms_radius, backend)
     batch, batched = _model_input(model, image)
     height, width = batch.shape[-2:]
     check_image_size(height, width, scale_factor)
@@ -592,6 +669,28 @@ def _extract_batch(
     return results, scores.clone(), batched
 
 
+def _extract_shrunk(
+    model: KeyPointNet,
+    image: np.ndarray | torch.Tensor,
+    original_size: tuple[int, int],
+    top_k: int | None,
+    score_threshold: float,
+    nms_radius: float,
+    backend: Backend | None,
+) -> tuple[list[Keypoints], torch.Tensor, bool]:
+    """:func:`_extract_batch` of an image shrunk to fit the memory, keypoints in the original's pixels."""
+    shrunk_height, shrunk_width = image.shape[-2:] if isinstance(image, torch.Tensor) else image.shape[:2]
+    ratio = shrunk_width / original_size[0]
+    results, scores, batched = _extract_batch(
+        model, image, top_k, score_threshold, nms_radius * ratio, backend, 1.0, fit_memory=None
+    )
+    for result in results:
+        points = to_image_pixels(result.keypoints.t()[None], (shrunk_width, shrunk_height), original_size)
+        result.keypoints = points[0].t().contiguous()
+        result.image_size = original_size
+    return results, scores, batched
+
+
 def extract(
     model: KeyPointNet,
     image: ImageLike | list[ImageLike],
@@ -600,6 +699,7 @@ def extract(
     nms_radius: float = 0,
     backend: Backend | None = None,
     scale_factor: float = 1.0,
+    fit_memory: bool = False,
 ) -> Keypoints | list[Keypoints]:
     """Detect and describe keypoints (see the module docstring for padding and selection).
 
@@ -629,14 +729,18 @@ def extract(
         scale_factor: run the network on the image resized by this factor (e.g. 2 for finer keypoints;
             see the module docstring); keypoints, ``nms_radius`` and ``image_size`` stay in pixels of the
             original image.
+        fit_memory: when the image needs more memory than is available (CPU models; see
+            :mod:`kp2d.memory`), run it shrunk to the largest size that fits instead of refusing it;
+            keypoints and ``image_size`` stay in pixels of the original image.
 
     Returns:
         Keypoints sorted by decreasing score (float32 keypoints, scores and descriptors, also for a
         fp16 / bf16 model).
 
     Raises:
-        DataError: unsupported image type/shape/range, or an image under 32 px a side (before or after
-            resizing).
+        DataError: unsupported image type/shape/range, an image under 32 px a side (before or after
+            resizing), or one that needs more memory than is available (without ``fit_memory``; the
+            message names the largest size that fits).
         ConfigError: a bad ``top_k`` (not an integer >= 1), ``nms_radius`` (< 0), ``score_threshold``
             (NaN) or ``scale_factor`` (<= 0), or a ``backend`` given by name instead of built.
     """
@@ -648,10 +752,11 @@ def extract(
                     "on its own, or its images in the list)"
                 )
         return [
-            extract(model, item, top_k, score_threshold, nms_radius, backend, scale_factor) for item in image
+            extract(model, item, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory)
+            for item in image
         ]
     results, _, batched = _extract_batch(
-        model, image, top_k, score_threshold, nms_radius, backend, scale_factor
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory
     )
     return results if batched else results[0]
 
@@ -664,13 +769,15 @@ def extract_with_score_map(
     nms_radius: float = 0,
     backend: Backend | None = None,
     scale_factor: float = 1.0,
+    fit_memory: bool = False,
 ) -> tuple[Keypoints, torch.Tensor]:
     """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run.
 
-    With ``scale_factor`` the cells are those of the resized image: ``(ceil(H'/8), ceil(W'/8))``.
+    With ``scale_factor`` (or an image shrunk by ``fit_memory``) the cells are those of the resized
+    image: ``(ceil(H'/8), ceil(W'/8))``.
     """
     results, scores, _ = _extract_batch(
-        model, image, top_k, score_threshold, nms_radius, backend, scale_factor
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory
     )
     if len(results) != 1:
         raise DataError(f"extract_with_score_map takes one image, got a batch of {len(results)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kp2d.checks import check_finite, check_finite_rows, check_flag, check_integer, check_unit_interval
 from kp2d.errors import ConfigError, InputError, InputTypeError
 
 DescriptorsLike = torch.Tensor | np.ndarray
@@ -29,7 +30,7 @@ __all__ = [
 
 
 def _as_descriptors(desc0: DescriptorsLike, desc1: DescriptorsLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both as tensors, shapes checked.
+    """Both as tensors, shapes checked; DataError for rows holding NaN or infinity.
 
     Numpy arrays (e.g. from ``kp2d detect``'s ``.npz``) are converted; of a :class:`~kp2d.inference.Keypoints`
     its ``descriptors`` are taken.
@@ -44,6 +45,8 @@ def _as_descriptors(desc0: DescriptorsLike, desc1: DescriptorsLike) -> tuple[tor
             "descriptors must have shapes (N0, D) and (N1, D), "
             f"got {tuple(desc0.shape)} and {tuple(desc1.shape)}"
         )
+    check_finite_rows("desc0", desc0)
+    check_finite_rows("desc1", desc1)
     return desc0, desc1
 
 
@@ -107,10 +110,15 @@ def match(
         ``matches (M, 2)`` long indices ``(i0, i1)``, sorted by ``i0``, and ``distances (M,)``, each
         ``|desc0[i0] - desc1[i1]|`` (float32, or float64 for float64 input), on ``desc0``'s device (tensors
         also for numpy input).
+
+    Raises:
+        DataError: descriptors holding NaN or infinity (naming the argument and its rows).
+        ConfigError: ``mutual`` not a bool, ``ratio`` outside (0, 1].
     """
+    mutual = check_flag("mutual", mutual)
+    if ratio is not None:
+        ratio = check_unit_interval("ratio", ratio)
     desc0, desc1 = _as_descriptors(desc0, desc1)
-    if ratio is not None and (isinstance(ratio, bool) or not 0.0 < ratio <= 1.0):
-        raise ConfigError(f"ratio must be in (0, 1], got {ratio}")
     if desc0.shape[0] == 0 or desc1.shape[0] == 0:
         return _empty(desc0, desc1)
     distances = descriptor_distances(desc0, desc1)
@@ -211,28 +219,36 @@ def estimate_homography(
         kpts1: ``(N1, 2)``.
         matches: ``(M, 2)`` indices ``(i0, i1)`` from :func:`match` (any other shape: ValueError).
         method: ``"usac"`` (``cv2.USAC_MAGSAC``) or ``"ransac"`` (``cv2.RANSAC``, as the HPatches evaluation).
-        threshold: inlier reprojection threshold in pixels.
-        max_iters: the robust fit's iterations (OpenCV's ``maxIters``).
-        confidence: OpenCV's ``confidence`` (stops earlier once this sure of the consensus).
+        threshold: inlier reprojection threshold in pixels, finite and > 0.
+        max_iters: the robust fit's iterations (OpenCV's ``maxIters``), an integer >= 1.
+        confidence: OpenCV's ``confidence`` in (0, 1) (stops earlier once this sure of the consensus).
 
     Returns:
         ``H`` (3, 3) float64 numpy array, or ``None`` with fewer than 4 matches, when OpenCV finds none,
         or when its estimate is degenerate (non-finite, or singular: e.g. from collinear points);
         ``inlier_mask`` (M,) bool numpy array (all False without ``H``).
+
+    Raises:
+        DataError: keypoints holding NaN or infinity (naming ``kpts0`` / ``kpts1`` and the rows).
+        ConfigError: a bad ``method``, ``threshold``, ``max_iters`` or ``confidence``.
     """
     import cv2
 
     flags = {"usac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
-    if method not in flags:
+    if not isinstance(method, str) or method not in flags:
         raise ConfigError(
             f"unknown homography method '{method}' (use one of {', '.join(HOMOGRAPHY_METHODS)})"
         )
+    threshold = check_finite("threshold", threshold, above=0, unit="pixels")
+    max_iters = check_integer("max_iters", max_iters)
+    confidence = check_unit_interval("confidence", confidence, include_one=False)
     points0, points1 = (
         as_numpy(getattr(k, "keypoints", k), name) for k, name in ((kpts0, "kpts0"), (kpts1, "kpts1"))
     )
     for name, points in (("kpts0", points0), ("kpts1", points1)):
         if points.ndim != 2 or points.shape[1] != 2:
             raise InputError(f"{name} must have shape (N, 2), got {points.shape}")
+        check_finite_rows(name, points)
     pairs = as_match_pairs(as_numpy(matches, "matches"), (len(points0), len(points1)))
     no_inliers = np.zeros(len(pairs), dtype=bool)
     if len(pairs) < 4:

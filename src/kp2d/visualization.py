@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from kp2d.checks import check_finite, check_finite_rows, check_flag, check_integer
 from kp2d.errors import InputError
 from kp2d.inference import FLOAT_RANGE_SLACK
 from kp2d.matching import as_match_pairs, as_numpy
@@ -72,18 +73,20 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
-def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
+def _points(points: np.ndarray | torch.Tensor, name: str = "keypoints") -> np.ndarray:
     """Keypoints (or a :class:`~kp2d.inference.Keypoints`' ``keypoints``) as ``(N, 2)`` float64 ``(x, y)``.
 
-    ValueError for another shape (e.g. ``(x, y, score)`` rows, which a reshape would have scrambled).
+    ValueError for another shape (e.g. ``(x, y, score)`` rows, which a reshape would have scrambled);
+    DataError naming ``name`` for rows holding NaN or infinity (which have no pixel to draw at).
     """
     points = np.asarray(as_numpy(getattr(points, "keypoints", points)), dtype=np.float64)
     if points.size == 0:
         return points.reshape(0, 2)
     if points.ndim == 1 and points.shape[0] == 2:  # a single keypoint
-        return points.reshape(1, 2)
+        points = points.reshape(1, 2)
     if points.ndim != 2 or points.shape[1] != 2:
-        raise InputError(f"keypoints must have shape (N, 2) ((x, y) rows), got {points.shape}")
+        raise InputError(f"{name} must have shape (N, 2) ((x, y) rows), got {points.shape}")
+    check_finite_rows(name, points)
     return points
 
 
@@ -110,10 +113,12 @@ def draw_keypoints(
 
     ``keypoints`` may also be what ``extract`` returns (a :class:`~kp2d.inference.Keypoints`).
     """
+    radius = check_finite("radius", radius, above=0, unit="pixels")
     canvas = to_rgb_uint8(image).copy()
     points = _points(keypoints)
     if scores is not None and len(points):
         score_array = as_numpy(scores)
+        check_finite_rows("scores", score_array.reshape(-1, 1))
         colors = [tuple(int(c) for c in rgb) for rgb in _score_colors(score_array.astype(np.float64))]
     else:
         colors = [tuple(color)] * len(points)
@@ -139,10 +144,14 @@ def draw_score_heatmap(
     back). Colours use the fixed range [0, 1], so pictures of different images compare. The image is shown
     in gray under the colours.
     """
+    alpha = check_finite("alpha", alpha, minimum=0, maximum=1)
+    cell = check_integer("cell", cell)
+    scale_factor = check_finite("scale_factor", scale_factor, above=0)
     canvas = to_rgb_uint8(image)
     cell_scores = np.asarray(as_numpy(cell_scores), dtype=np.float32)
     if cell_scores.ndim != 2:
         raise InputError(f"cell_scores must have shape (Hc, Wc), got {cell_scores.shape}")
+    check_finite_rows("cell_scores", cell_scores)
     height, width = canvas.shape[:2]
     if scale_factor != 1:
         size = (max(1, round(width * scale_factor)), max(1, round(height * scale_factor)))
@@ -204,6 +213,10 @@ def draw_matches(
         draw_keypoints_too: also mark every keypoint with a small circle.
         max_lines: draw at most this many matches, an evenly spaced subset (``None``: all).
     """
+    gap = check_integer("gap", gap, minimum=0)
+    draw_keypoints_too = check_flag("draw_keypoints_too", draw_keypoints_too)
+    if max_lines is not None:
+        max_lines = check_integer("max_lines", max_lines)
     left, right = to_rgb_uint8(image0), to_rgb_uint8(image1)
     height = max(left.shape[0], right.shape[0])
     canvas = np.full((height, left.shape[1] + gap + right.shape[1], 3), 255, dtype=np.uint8)
@@ -211,7 +224,7 @@ def draw_matches(
     offset = left.shape[1] + gap
     canvas[: right.shape[0], offset:] = right
 
-    points0, points1 = _points(kpts0), _points(kpts1) + np.array([offset, 0.0])
+    points0, points1 = _points(kpts0, "kpts0"), _points(kpts1, "kpts1") + np.array([offset, 0.0])
     pairs = as_match_pairs(as_numpy(matches), (len(points0), len(points1)))
     if inlier_mask is None:
         inliers = np.ones(len(pairs), dtype=bool)

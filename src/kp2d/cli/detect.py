@@ -11,7 +11,6 @@ and ``<stem>.json`` (keypoints, scores and image size).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 
@@ -55,6 +54,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="run the network on the image resized by S; 2 gives finer keypoints for 4x the compute "
         "(default: 1)",
+    )
+    parser.add_argument(
+        "--fit-memory",
+        action="store_true",
+        help="run an image too large for the available memory shrunk to the largest size that fits "
+        "(keypoints stay in its pixels) instead of refusing it; KP2D_MEMORY_LIMIT sets the budget",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     parser.add_argument(
@@ -113,13 +118,12 @@ def check_scale_factor_option(scale_factor: float) -> None:
 def check_finite_option(option: str, value: float, minimum: float | None = None) -> None:
     """:class:`~kp2d.errors.ConfigError` naming ``option`` unless ``value`` is finite and >= ``minimum``.
 
-    NaN and infinity fail; without ``minimum`` any finite number passes.
+    NaN and infinity fail; without ``minimum`` any finite number passes (:func:`kp2d.checks.check_finite`,
+    the check the Python API makes).
     """
-    from kp2d.errors import ConfigError
+    from kp2d.checks import check_finite
 
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
-        bound = "" if minimum is None else f" >= {minimum:g}"
-        raise ConfigError(f"{option} must be a finite number{bound}, got {value:g}")
+    check_finite(option, value, minimum)
 
 
 def check_output_path(path: Path, option: str, *, folder: bool = False) -> None:
@@ -170,6 +174,7 @@ def selection_options(args: argparse.Namespace) -> dict:
         "score_threshold": args.score_threshold,
         "nms_radius": args.nms_radius,
         "scale_factor": args.scale_factor,
+        "fit_memory": args.fit_memory,
     }
 
 
@@ -236,6 +241,23 @@ def _unique_stems(paths: list) -> list[str]:
     return stems
 
 
+def _heat_map(image, cell_scores, scale_factor: float):
+    """The score picture of ``image`` (H, W, 3); also for cells of an image ``--fit-memory`` shrank."""
+    import cv2
+
+    from kp2d.visualization import draw_score_heatmap
+
+    rows, cols = cell_scores.shape
+    height, width = image.shape[:2]
+    net_height, net_width = max(1, round(height * scale_factor)), max(1, round(width * scale_factor))
+    if (rows, cols) == (-(-net_height // 8), -(-net_width // 8)):
+        return draw_score_heatmap(image, cell_scores, scale_factor=scale_factor)
+    # the shrunk size is not known here: draw over the grid's padded extent, then stretch to the image
+    backdrop = cv2.resize(image, (cols * 8, rows * 8), interpolation=cv2.INTER_AREA)
+    picture = draw_score_heatmap(backdrop, cell_scores)
+    return cv2.resize(picture, (width, height), interpolation=cv2.INTER_AREA)
+
+
 def run(args: argparse.Namespace) -> int:
     """Detect in every image and write the files; returns the exit status."""
     from kp2d.checkpoint import load_keypoint_net
@@ -280,7 +302,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
 
     from kp2d.errors import DataError
     from kp2d.inference import extract_with_score_map, load_image
-    from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
+    from kp2d.visualization import draw_keypoints, save_image
 
     log = logging.getLogger("kp2d.detect")
     skipped = 0
@@ -311,8 +333,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
         save_image(
             out_dir / f"{stem}_keypoints.png", draw_keypoints(image, arrays["keypoints"], arrays["scores"])
         )
-        heat_map = draw_score_heatmap(image, cell_scores, scale_factor=args.scale_factor)
-        save_image(out_dir / f"{stem}_scores.png", heat_map)
+        save_image(out_dir / f"{stem}_scores.png", _heat_map(image, cell_scores, args.scale_factor))
         log.debug("%s: %d keypoints", path, len(keypoints))
         tqdm.write(f"{path}: {len(keypoints)} keypoints -> {out_dir / stem}.*")
     if skipped:

@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "add_parser",
+    "check_eval_memory",
     "check_eval_scale_factor",
     "json_ready",
     "opencv_detector",
@@ -183,6 +184,26 @@ def check_eval_scale_factor(scale_factor: float, settings: list[tuple[int, int, 
             )
 
 
+def check_eval_memory(settings: list[tuple[int, int, int]], scale_factor: float, device) -> None:
+    """DataError naming ``--shape`` when a shape needs more memory than is available (CPU only).
+
+    The same estimate as :func:`kp2d.extract` makes (:mod:`kp2d.memory`), before any image is read.
+    """
+    from kp2d.errors import DataError
+    from kp2d.memory import ENV_VAR, available_memory, extract_memory, format_bytes
+
+    if getattr(device, "type", str(device)) != "cpu":
+        return
+    budget = available_memory()
+    for width, height, _ in settings:
+        need = extract_memory(round(height * scale_factor), round(width * scale_factor))
+        if budget is not None and need > budget:
+            raise DataError(
+                f"--shape {width}x{height}: evaluating needs about {format_bytes(need)} of memory, "
+                f"{format_bytes(budget)} is available; give a smaller --shape ({ENV_VAR} sets the budget)"
+            )
+
+
 def opencv_detector(method: str, top_k: int):
     """The OpenCV baseline as ``kp2d eval`` runs it (``2 * top_k`` candidates for the selection)."""
     from kp2d.eval.hpatches import OpenCVDetector
@@ -294,6 +315,7 @@ def run(args: argparse.Namespace) -> int:
         if args.scale_factor != 1:
             check_eval_scale_factor(args.scale_factor, settings)
             label = f"{label} (input x{args.scale_factor:g})"
+        check_eval_memory(settings, args.scale_factor, device)
     elif args.scale_factor != 1:
         raise ConfigError("--scale-factor applies to KeyPointNet, not to --method")
 
