@@ -4,7 +4,15 @@ KeyPointNet and IO-Net (Tang et al., *Neural Outlier Rejection for Self-Supervis
 Learning*, ICLR 2020) — training, HPatches evaluation, inference and export in one package.
 """
 
-from kp2d.errors import CheckpointError, ConfigError, DataError, Kp2dError
+from kp2d.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ImageNotFoundError,
+    InputError,
+    InputTypeError,
+    Kp2dError,
+)
 from kp2d.features.dense import KeyPointNetOutput
 from kp2d.features.extraction import extract
 from kp2d.features.keypoints import Keypoints
@@ -19,6 +27,9 @@ __all__ = [
     "ConfigError",
     "DataError",
     "IONet",
+    "ImageNotFoundError",
+    "InputError",
+    "InputTypeError",
     "KeyPointNet",
     "KeyPointNetOutput",
     "Keypoints",

@@ -356,6 +356,21 @@ def _preset_file(name: str) -> Traversable | None:
     return node if node.is_file() else None
 
 
+def _read_text_config(path: Path) -> str:
+    """A YAML file's text; a binary file (a photo, a checkpoint) or an unreadable one is a ConfigError."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise ConfigError(f"{path} is not a YAML config file (binary content)")
+    return text
+
+
 def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a preset or a YAML file, following ``extends``; returns the merged raw dict."""
     text_name = str(name_or_path)
@@ -365,7 +380,7 @@ def _read_yaml(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> dict[str
     if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named v4 does not hide the preset
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text()
+        text = _read_text_config(path)
     else:
         preset = _preset_file(text_name)
         if preset is None:

@@ -1,10 +1,32 @@
-"""Errors meant for the user: the CLI prints their message and exits non-zero, without a traceback."""
+"""Errors meant for the user: the CLI prints their message on one line and exits 2, without a traceback.
+
+Every kp2d error subclasses :class:`Kp2dError` and the built-in exception a Python caller would expect,
+so ``except ValueError`` and ``except kp2d.errors.Kp2dError`` both work (table: ``docs/errors.md``)::
+
+    Kp2dError(Exception)
+    ├── ConfigError(ValueError)          invalid configuration, option or YAML file
+    ├── DataError(ValueError)            unreadable, truncated or malformed image / dataset
+    │   └── ImageNotFoundError(FileNotFoundError)   an image file that does not exist
+    ├── CheckpointError(ValueError)      a file that is not a usable checkpoint (bad content)
+    ├── InputError(ValueError)           a public-API argument of the wrong shape or value
+    └── InputTypeError(TypeError)        a public-API argument of the wrong type (None, a str, ...)
+"""
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "Kp2dError", "make_folder", "user_message"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ImageNotFoundError",
+    "InputError",
+    "InputTypeError",
+    "Kp2dError",
+    "make_folder",
+    "user_message",
+]
 
 
 class Kp2dError(Exception):
@@ -15,12 +37,24 @@ class ConfigError(Kp2dError, ValueError):
     """A configuration is invalid (unknown key, wrong type, unknown preset)."""
 
 
-class CheckpointError(Kp2dError):
+class CheckpointError(Kp2dError, ValueError):
     """A file is not a usable KeyPointNet checkpoint."""
 
 
-class DataError(Kp2dError):
+class DataError(Kp2dError, ValueError):
     """An input image or dataset is missing, unreadable or malformed."""
+
+
+class ImageNotFoundError(DataError, FileNotFoundError):
+    """An image file does not exist (``except FileNotFoundError`` catches it too)."""
+
+
+class InputError(Kp2dError, ValueError):
+    """A public-API argument has the wrong shape or value (keypoints not ``(N, 2)``, sizes that differ)."""
+
+
+class InputTypeError(Kp2dError, TypeError):
+    """A public-API argument has the wrong type (``None`` or a string where a tensor is expected)."""
 
 
 def user_message(err: BaseException) -> str:

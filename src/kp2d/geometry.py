@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kp2d.errors import InputError
+
 __all__ = [
     "HomographySamplerConfig",
     "cell_centers",
@@ -60,9 +62,9 @@ def warp_points(points: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
         ``(B, 3, 3)`` homographies give ``(B, N, 2)``).
     """
     if points.shape[-1] != 2:
-        raise ValueError(f"points must have shape (..., 2), got {tuple(points.shape)}")
+        raise InputError(f"points must have shape (..., 2), got {tuple(points.shape)}")
     if homography.shape[-2:] != (3, 3):
-        raise ValueError(f"homography must have shape (..., 3, 3), got {tuple(homography.shape)}")
+        raise InputError(f"homography must have shape (..., 3, 3), got {tuple(homography.shape)}")
     linear = homography[..., :, :2].transpose(-1, -2)  # (B, 2, 3)
     offset = homography[..., :, 2].unsqueeze(-2)  # (B, 1, 3)
     projected = points @ linear + offset

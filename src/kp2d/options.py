@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
+from kp2d.checks import check_finite
 from kp2d.errors import ConfigError
 
 __all__ = [
@@ -30,11 +30,10 @@ def check_scale_factor_option(scale_factor: float) -> None:
 def check_finite_option(option: str, value: float, minimum: float | None = None) -> None:
     """:class:`~kp2d.errors.ConfigError` naming ``option`` unless ``value`` is finite and >= ``minimum``.
 
-    NaN and infinity fail; without ``minimum`` any finite number passes.
+    NaN and infinity fail; without ``minimum`` any finite number passes (:func:`kp2d.checks.check_finite`,
+    the check the Python API makes).
     """
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
-        bound = "" if minimum is None else f" >= {minimum:g}"
-        raise ConfigError(f"{option} must be a finite number{bound}, got {value:g}")
+    check_finite(option, value, minimum)
 
 
 def check_output_path(path: Path, option: str, *, folder: bool = False) -> None:

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from kp2d.checks import check_finite, check_finite_rows, check_flag, check_integer
+from kp2d.errors import InputError
 from kp2d.features.matching import as_match_pairs, as_numpy
 from kp2d.io.images import FLOAT_RANGE_SLACK
 
@@ -50,7 +52,7 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
             tensor = tensor.permute(1, 2, 0)
         array = as_numpy(tensor)
     else:
-        array = np.asarray(image)
+        array = as_numpy(image, "image")
     if array.dtype == np.uint16:  # v / 257 rounded half up, as kp2d reads 16-bit files
         array = ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if array.dtype == np.bool_:
@@ -58,31 +60,33 @@ def to_rgb_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     if array.dtype != np.uint8:
         array = array.astype(np.float32)
         if array.size and np.nanmax(array) > 1.0 + FLOAT_RANGE_SLACK:
-            raise ValueError(
+            raise InputError(
                 f"float images must be in [0, 1], got values up to {np.nanmax(array):g} (divide uint8 by 255)"
             )
         array = (np.clip(np.nan_to_num(array), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an image (H, W), (H, W, 1|3|4) or (1|3, H, W), got {array.shape}")
+        raise InputError(f"expected an image (H, W), (H, W, 1|3|4) or (1|3, H, W), got {array.shape}")
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     return np.ascontiguousarray(array[..., :3])
 
 
-def _points(points: np.ndarray | torch.Tensor) -> np.ndarray:
+def _points(points: np.ndarray | torch.Tensor, name: str = "keypoints") -> np.ndarray:
     """Keypoints (or a :class:`~kp2d.Keypoints`' ``keypoints``) as ``(N, 2)`` float64 ``(x, y)``.
 
-    ValueError for another shape (e.g. ``(x, y, score)`` rows, which a reshape would have scrambled).
+    ValueError for another shape (e.g. ``(x, y, score)`` rows, which a reshape would have scrambled);
+    DataError naming ``name`` for rows holding NaN or infinity (which have no pixel to draw at).
     """
     points = np.asarray(as_numpy(getattr(points, "keypoints", points)), dtype=np.float64)
     if points.size == 0:
         return points.reshape(0, 2)
     if points.ndim == 1 and points.shape[0] == 2:  # a single keypoint
-        return points.reshape(1, 2)
+        points = points.reshape(1, 2)
     if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"keypoints must have shape (N, 2) ((x, y) rows), got {points.shape}")
+        raise InputError(f"{name} must have shape (N, 2) ((x, y) rows), got {points.shape}")
+    check_finite_rows(name, points)
     return points
 
 
@@ -109,10 +113,12 @@ def draw_keypoints(
 
     ``keypoints`` may also be what ``extract`` returns (a :class:`~kp2d.Keypoints`).
     """
+    radius = check_finite("radius", radius, above=0, unit="pixels")
     canvas = to_rgb_uint8(image).copy()
     points = _points(keypoints)
     if scores is not None and len(points):
         score_array = as_numpy(scores)
+        check_finite_rows("scores", score_array.reshape(-1, 1))
         colors = [tuple(int(c) for c in rgb) for rgb in _score_colors(score_array.astype(np.float64))]
     else:
         colors = [tuple(color)] * len(points)
@@ -139,10 +145,14 @@ def draw_score_heatmap(
     back). Colours use the fixed range [0, 1], so pictures of different images compare. The image is shown
     in gray under the colours.
     """
+    alpha = check_finite("alpha", alpha, minimum=0, maximum=1)
+    cell = check_integer("cell", cell)
+    scale_factor = check_finite("scale_factor", scale_factor, above=0)
     canvas = to_rgb_uint8(image)
     cell_scores = np.asarray(as_numpy(cell_scores), dtype=np.float32)
     if cell_scores.ndim != 2:
-        raise ValueError(f"cell_scores must have shape (Hc, Wc), got {cell_scores.shape}")
+        raise InputError(f"cell_scores must have shape (Hc, Wc), got {cell_scores.shape}")
+    check_finite_rows("cell_scores", cell_scores)
     height, width = canvas.shape[:2]
     if scale_factor != 1:
         size = (max(1, round(width * scale_factor)), max(1, round(height * scale_factor)))
@@ -152,7 +162,7 @@ def draw_score_heatmap(
     rows, cols = cell_scores.shape
     expected = (-(-height // cell), -(-width // cell))
     if (rows, cols) != expected:
-        raise ValueError(
+        raise InputError(
             f"a {rows}x{cols} score grid does not match a {height}x{width} image with {cell}-px cells "
             f"({expected[0]}x{expected[1]}); a score map of a resized image needs its scale_factor"
         )
@@ -204,6 +214,10 @@ def draw_matches(
         draw_keypoints_too: also mark every keypoint with a small circle.
         max_lines: draw at most this many matches, an evenly spaced subset (``None``: all).
     """
+    gap = check_integer("gap", gap, minimum=0)
+    draw_keypoints_too = check_flag("draw_keypoints_too", draw_keypoints_too)
+    if max_lines is not None:
+        max_lines = check_integer("max_lines", max_lines)
     left, right = to_rgb_uint8(image0), to_rgb_uint8(image1)
     height = max(left.shape[0], right.shape[0])
     canvas = np.full((height, left.shape[1] + gap + right.shape[1], 3), 255, dtype=np.uint8)
@@ -211,14 +225,14 @@ def draw_matches(
     offset = left.shape[1] + gap
     canvas[: right.shape[0], offset:] = right
 
-    points0, points1 = _points(kpts0), _points(kpts1) + np.array([offset, 0.0])
+    points0, points1 = _points(kpts0, "kpts0"), _points(kpts1, "kpts1") + np.array([offset, 0.0])
     pairs = as_match_pairs(as_numpy(matches), (len(points0), len(points1)))
     if inlier_mask is None:
         inliers = np.ones(len(pairs), dtype=bool)
     else:
         inliers = np.asarray(as_numpy(inlier_mask), dtype=bool).reshape(-1)
         if inliers.shape[0] != pairs.shape[0]:
-            raise ValueError(f"inlier_mask has {inliers.shape[0]} entries for {pairs.shape[0]} matches")
+            raise InputError(f"inlier_mask has {inliers.shape[0]} entries for {pairs.shape[0]} matches")
 
     if max_lines is not None and len(pairs) > max_lines:
         subset = np.unique(np.linspace(0, len(pairs) - 1, max_lines).round().astype(np.int64))
@@ -249,7 +263,7 @@ def save_image(path: str | Path, image: np.ndarray | torch.Tensor) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(to_rgb_uint8(image)).save(path)
     except (OSError, ValueError) as err:  # e.g. unknown suffix, read-only folder
-        raise DataError(f"cannot write image {path}: {err}") from None
+        raise DataError(f"cannot write image {path}: {getattr(err, 'strerror', None) or err}") from None
     return path
 
 
@@ -274,10 +288,10 @@ def save_gif(
 
     images = [to_rgb_uint8(frame) for frame in frames]
     if not images:
-        raise ValueError("save_gif needs at least one frame")
+        raise InputError("save_gif needs at least one frame")
     sizes = {image.shape for image in images}
     if len(sizes) != 1:
-        raise ValueError(f"all GIF frames must have the same size, got {sorted(sizes)}")
+        raise InputError(f"all GIF frames must have the same size, got {sorted(sizes)}")
     path = Path(path)
     durations = [duration_ms] * len(images)
     if last_frame_ms is not None:
@@ -290,5 +304,5 @@ def save_gif(
             optimize=False,
         )
     except OSError as err:  # e.g. a read-only folder, a file where a folder should be
-        raise DataError(f"cannot write GIF {path}: {err}") from None
+        raise DataError(f"cannot write GIF {path}: {err.strerror or err}") from None
     return path

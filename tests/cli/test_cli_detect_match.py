@@ -223,7 +223,7 @@ def test_error_unreadable_image(tmp_path, checkpoint, capsys):
     bad = tmp_path / "bad.png"
     bad.write_text("not a picture")
     assert main(["detect", str(bad), "--model", checkpoint, "--out", str(tmp_path / "o")]) == 2
-    assert "cannot read this file as an image" in single_error_line(capsys)
+    assert f"{bad}: cannot decode image (corrupt or not an image)" in single_error_line(capsys)
 
 
 def test_error_small_image(tmp_path, checkpoint, capsys):
@@ -410,7 +410,8 @@ def test_opencv_prints_nothing_beside_the_error_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"kp2d detect: error: {truncated}: cannot read this file as an image (--skip-bad skips such images)"
+        f"kp2d detect: error: {truncated}: cannot decode image (corrupt or not an image) "
+        "(--skip-bad skips such images)"
     ]
 
 

@@ -32,6 +32,16 @@ def test_overfit_cli_rejects_bad_values(tmp_path, capsys):
     assert "missing.png" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("size", ["100000x100000", "64x16392"])
+def test_overfit_shape_has_eval_s_upper_bound(tmp_path, capsys, size):
+    """``--shape 100000x100000`` was a cv2.error traceback (the option is --size WxH now)."""
+    assert main(["overfit", "--size", size, "--steps", "1", "--out", str(tmp_path / "o")]) == 2
+    assert single_error_line(capsys) == (
+        f"kp2d overfit: error: --size {size}: width and height must be at most 16384 pixels"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_overfit_cli_without_progress_bar(tmp_path, capsys):
     out = tmp_path / "gifs"

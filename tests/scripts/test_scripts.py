@@ -111,9 +111,9 @@ def test_localization_errors_stops_on_an_unreadable_image(load_script, tmp_path,
     (root / broken).write_bytes(b"not an image")
     assert module.main(["--method", "orb", "--hpatches", str(root), "--shape", "160x120"]) == 2
     assert single_error_line(capsys) == (
-        f"localization_errors: error: {root / broken}: cannot read image (corrupt or unsupported format)"
+        f"localization_errors: error: {root / broken}: cannot decode image (corrupt or not an image)"
     )
-    with pytest.raises(DataError, match="cannot read image"):
+    with pytest.raises(DataError, match="cannot decode image"):
         module.repeated_distances(module.opencv_detector("orb", 300), HPatchesDataset(root, (160, 120)), 300)
 
 

@@ -200,3 +200,46 @@ def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe)
     mine["augmentation"].pop("crop_from")  # added after these runs; its default [0, 0] is what they had
     assert mine.pop("name") == recipe and shipped.pop("name") == weights
     assert mine == shipped
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("photo.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01"),  # invalid UTF-8
+        ("x.ckpt", b"PK\x03\x04\x14\x00\x00\x00\x08\x00archive/data.pkl"),  # valid UTF-8 with NUL bytes
+        ("binary.yaml", bytes(range(256))),
+    ],
+)
+def test_a_binary_file_is_not_a_config(tmp_path, name, content):
+    """Was a UnicodeDecodeError (or YAML's "special characters are not allowed") traceback."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(f"{path} is not a YAML config file (binary content)")):
+        load_config(path)
+    parent = tmp_path / "child.yaml"  # through 'extends' too
+    parent.write_text(f"extends: {name}\n")
+    with pytest.raises(ConfigError, match="binary content"):
+        load_config(parent)
+
+
+def test_a_utf8_config_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes("\ufeffextends: v4\ntrain:\n  epochs: 3\n".encode())
+    assert load_config(path).train.epochs == 3
+
+
+@pytest.mark.parametrize("command", ["train", "overfit"])
+def test_the_cli_names_a_binary_config_in_one_line(tmp_path, capsys, command):
+    from cli_output import single_error_line
+    from kp2d.cli import main
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(128, 256)))
+    argv = (
+        ["train", str(photo), "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+        if command == "train"
+        else ["overfit", "--config", str(photo), "--out", str(tmp_path / "o")]
+    )
+    assert main(argv) == 2
+    expected = f"kp2d {command}: error: {photo} is not a YAML config file (binary content)"
+    assert single_error_line(capsys) == expected

@@ -116,6 +116,7 @@ def test_export_cli_errors_are_one_line(tmp_path, capsys, golden_checkpoint):
         (["export", "--checkpoint", ckpt, "--onnx", out, "--opset", "15"], "opset 15"),
         (["export", "--checkpoint", ckpt, "--onnx", out, "--int8"], "--calibration"),
         (["export", "--checkpoint", ckpt, "--onnx", out, "--size", "100x50"], "multiples of 8"),
+        (["export", "--checkpoint", ckpt, "--onnx", out, "--size", "16392x64"], "at most 16384 pixels"),
         (
             ["export", "--checkpoint", ckpt, "--onnx", out, "--int8",
              "--calibration", str(tmp_path / "nowhere")],

@@ -164,7 +164,7 @@ def test_user_message_unwraps_a_worker_error(folder_with_bad_files):
         next(iter(loader))
     assert "Traceback" in str(raised.value)  # what PyTorch makes of it
     message = user_message(raised.value)
-    assert message.startswith("cannot decode image ") and message.endswith("skips unreadable images")
+    assert ": cannot decode image (" in message and message.endswith("skips unreadable images")
     assert "broken.jpg" in message and "\n" not in message
     plain = DataError("image not found: x.png")
     assert user_message(plain) == "image not found: x.png"

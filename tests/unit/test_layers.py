@@ -19,7 +19,7 @@ SOURCE = REPO_ROOT / "src"
 #: matches a module's name (``kp2d.io`` matches ``kp2d.io.images``) gives its layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("kp2d.errors",),
-    ("kp2d.config", "kp2d.geometry", "kp2d.runtime"),
+    ("kp2d.config", "kp2d.geometry", "kp2d.runtime", "kp2d.checks", "kp2d.memory"),
     ("kp2d.io", "kp2d.data", "kp2d.demo"),
     ("kp2d.features",),
     ("kp2d.models", "kp2d"),

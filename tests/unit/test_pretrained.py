@@ -31,7 +31,7 @@ def source_checkpoint(tmp_path_factory):
 def test_shipped_file_reproduces_its_checkpoint(source_checkpoint, tmp_path, dtype, tolerance):
     out = make_pretrained(source_checkpoint, tmp_path / "v4.pt", dtype, {"step": 123})
     shipped = torch.load(out, map_location="cpu", weights_only=True)
-    assert set(shipped) == {"config", "state_dict", "provenance", "reference"}
+    assert set(shipped) == {"config", "state_dict", "provenance", "reference", "checksum"}
     assert shipped["config"]["model"]["params"]["do_upsample"] is True
     floats = [v for v in shipped["state_dict"].values() if v.is_floating_point()]
     assert floats and all(v.dtype == dtype for v in floats)

@@ -53,6 +53,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="run the network on the image resized by S; 2 gives finer keypoints for 4x the compute "
         "(default: 1)",
     )
+    parser.add_argument(
+        "--fit-memory",
+        action="store_true",
+        help="run an image too large for the available memory shrunk to the largest size that fits "
+        "(keypoints stay in its pixels) instead of refusing it; KP2D_MEMORY_LIMIT sets the budget",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     parser.add_argument(
         "--backend",
@@ -99,17 +105,22 @@ def model_backend(args: argparse.Namespace, model):
 def selection_options(args: argparse.Namespace) -> dict:
     """``extract`` keyword arguments from the parsed options (``--top-k``, ``--score-threshold``, ...)."""
     from kp2d.errors import ConfigError
+    from kp2d.features.extraction import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
     check_finite_option("--score-threshold", args.score_threshold)
     check_finite_option("--nms-radius", args.nms_radius, minimum=0)
     check_scale_factor_option(args.scale_factor)
+    largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
+    if args.scale_factor > largest:  # (eval names the shape it would make instead)
+        raise ConfigError(f"--scale-factor must be at most {largest}, got {args.scale_factor:g}")
     return {
         "top_k": args.top_k or None,
         "score_threshold": args.score_threshold,
         "nms_radius": args.nms_radius,
         "scale_factor": args.scale_factor,
+        "fit_memory": args.fit_memory,
     }
 
 
@@ -133,7 +144,7 @@ def _image_paths(arguments: list, out: Path | None = None) -> list:
     (``kp2d detect photos --out .``). An image named explicitly is always kept.
     """
     from kp2d.data.image_folder import list_images
-    from kp2d.errors import DataError
+    from kp2d.errors import DataError, ImageNotFoundError
 
     out_dir = out.resolve() if out is not None else None
     paths = []
@@ -154,7 +165,7 @@ def _image_paths(arguments: list, out: Path | None = None) -> list:
         elif path.is_file():
             paths.append(path)
         else:
-            raise DataError(f"image not found: {path}")
+            raise ImageNotFoundError(f"{path}: image not found")
     return paths
 
 
@@ -176,22 +187,29 @@ def _unique_stems(paths: list) -> list[str]:
     return stems
 
 
+def _heat_map(image, cell_scores, scale_factor: float):
+    """The score picture of ``image`` (H, W, 3); also for cells of an image ``--fit-memory`` shrank."""
+    import cv2
+
+    from kp2d.visualization import draw_score_heatmap
+
+    rows, cols = cell_scores.shape
+    height, width = image.shape[:2]
+    net_height, net_width = max(1, round(height * scale_factor)), max(1, round(width * scale_factor))
+    if (rows, cols) == (-(-net_height // 8), -(-net_width // 8)):
+        return draw_score_heatmap(image, cell_scores, scale_factor=scale_factor)
+    # the shrunk size is not known here: draw over the grid's padded extent, then stretch to the image
+    backdrop = cv2.resize(image, (cols * 8, rows * 8), interpolation=cv2.INTER_AREA)
+    picture = draw_score_heatmap(backdrop, cell_scores)
+    return cv2.resize(picture, (width, height), interpolation=cv2.INTER_AREA)
+
+
 def run(args: argparse.Namespace) -> int:
     """Detect in every image and write the files; returns the exit status."""
-    import json
-    import logging
-
-    import numpy as np
-    from tqdm import tqdm
-
-    from kp2d.errors import DataError, make_folder
-    from kp2d.features.extraction import extract_with_score_map
-    from kp2d.io.images import load_image
+    from kp2d.errors import make_folder
     from kp2d.models.keypoint_net import load_keypoint_net
     from kp2d.runtime import resolve_device
-    from kp2d.visualization import draw_keypoints, draw_score_heatmap, save_image
 
-    log = logging.getLogger("kp2d.detect")
     options = selection_options(args)
     out_dir = Path(args.out)
     check_output_path(out_dir, "--out", folder=True)
@@ -199,8 +217,41 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
     options["backend"] = model_backend(args, model)
+    created = not out_dir.exists()
     make_folder(out_dir, "output folder")
+    try:
+        return _detect_all(args, paths, model, options, out_dir)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty folder behind
+        raise
 
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``; an ``OSError`` (disk full, no permission) is a DataError naming it."""
+    from kp2d.errors import DataError
+
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        raise DataError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out_dir: Path) -> int:
+    """Detect in each image and write its files to ``out_dir``; returns the exit status."""
+    import io
+    import json
+    import logging
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from kp2d.errors import DataError
+    from kp2d.features.extraction import extract_with_score_map
+    from kp2d.io.images import load_image
+    from kp2d.visualization import draw_keypoints, save_image
+
+    log = logging.getLogger("kp2d.detect")
     skipped = 0
     for path, stem in tqdm(
         list(zip(paths, _unique_stems(paths), strict=True)), desc="detect", unit="image", disable=None
@@ -211,24 +262,25 @@ def run(args: argparse.Namespace) -> int:
         except DataError as err:
             message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
             if not args.skip_bad:
-                raise DataError(f"{message} (--skip-bad skips such images)") from None
+                raise type(err)(f"{message} (--skip-bad skips such images)") from None
             log.warning("skipped %s", message)
             skipped += 1
             continue
         arrays = keypoints.numpy()
-        np.savez(out_dir / f"{stem}.npz", **arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        _write_bytes(out_dir / f"{stem}.npz", buffer.getvalue())
         record = {
             "image": str(path),
             "image_size": list(keypoints.image_size),
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),
         }
-        (out_dir / f"{stem}.json").write_text(json.dumps(record))
+        _write_bytes(out_dir / f"{stem}.json", json.dumps(record).encode())
         save_image(
             out_dir / f"{stem}_keypoints.png", draw_keypoints(image, arrays["keypoints"], arrays["scores"])
         )
-        heat_map = draw_score_heatmap(image, cell_scores, scale_factor=args.scale_factor)
-        save_image(out_dir / f"{stem}_scores.png", heat_map)
+        save_image(out_dir / f"{stem}_scores.png", _heat_map(image, cell_scores, args.scale_factor))
         log.debug("%s: %d keypoints", path, len(keypoints))
         tqdm.write(f"{path}: {len(keypoints)} keypoints -> {out_dir / stem}.*")
     if skipped:

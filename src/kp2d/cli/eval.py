@@ -13,6 +13,7 @@ from typing import Any
 
 from kp2d.eval.settings import (
     OPENCV_METHODS,
+    check_eval_memory,
     check_eval_scale_factor,
     opencv_detector,
     parse_baselines,
@@ -163,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         if args.scale_factor != 1:
             check_eval_scale_factor(args.scale_factor, settings)
             label = f"{label} (input x{args.scale_factor:g})"
+        check_eval_memory(settings, args.scale_factor, device)
     elif args.scale_factor != 1:
         raise ConfigError("--scale-factor applies to KeyPointNet, not to --method")
 

@@ -10,7 +10,6 @@ estimate.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,6 +127,7 @@ def _format_homography(homography) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Match, estimate, print and draw; returns the exit status."""
+    from kp2d.checks import check_finite, check_unit_interval
     from kp2d.cli.detect import model_backend, selection_options
     from kp2d.errors import ConfigError, DataError
     from kp2d.eval.metrics import corner_error
@@ -139,10 +139,9 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.visualization import draw_matches, save_image
 
     options = selection_options(args)
-    if args.ratio is not None and not 0.0 < args.ratio <= 1.0:  # NaN fails the comparison too
-        raise ConfigError(f"--ratio must be a number in (0, 1], got {args.ratio}")
-    if not (math.isfinite(args.threshold) and args.threshold > 0):
-        raise ConfigError(f"--threshold must be a finite number > 0 (pixels), got {args.threshold}")
+    if args.ratio is not None:
+        check_unit_interval("--ratio", args.ratio)
+    check_finite("--threshold", args.threshold, above=0, unit="pixels")
     if args.demo and args.images:
         raise ConfigError("give either two images A B or --demo, not both")
     if not args.demo and len(args.images) != 2:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kp2d.config import Config
 
 from kp2d.options import check_at_least
 
@@ -71,8 +75,6 @@ def _check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train a new run over the checkpoints of an earlier one unless asked to."""
     from kp2d.errors import ConfigError
 
-    if resume and overwrite:
-        raise ConfigError("--resume continues the run in OUT; --overwrite starts a new one there: use one")
     last = out / "checkpoints" / "last.ckpt"
     if last.exists() and not resume and not overwrite:
         raise ConfigError(
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from kp2d.config import load_config
     from kp2d.errors import ConfigError, DataError
     from kp2d.io.weights import resolve_model_path
-    from kp2d.train.trainer import TrainOptions, train
+    from kp2d.train.run_folder import hold_run_folder, is_rank_zero
 
     for name in ("epochs", "max_steps", "batch_size"):
         check_at_least(name.replace("_", "-"), getattr(args, name), 1)
@@ -126,11 +128,21 @@ def run(args: argparse.Namespace) -> int:
     if args.init is not None and args.resume:
         raise ConfigError("--init starts a new run from other weights; --resume continues this run: use one")
     out = args.out or Path("runs") / config.name
-    _check_run_folder(out, args.resume, args.overwrite)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in OUT; --overwrite starts a new one there: use one")
     if args.init is not None:
         resolve_model_path(args.init)  # a wrong name or path fails here, before any data is read
     if args.hpatches is not None:
         _check_hpatches(args.hpatches)
+    # rank 0 holds OUT from here to the end of training: a second run there stops before it writes
+    with hold_run_folder(out, enabled=is_rank_zero()):
+        _check_run_folder(out, args.resume, args.overwrite)
+        return _train(args, config, out)
+
+
+def _train(args: argparse.Namespace, config: Config, out: Path) -> int:
+    from kp2d.train.trainer import TrainOptions, train
+
     options = TrainOptions(
         config=config,
         data=args.data,

@@ -7,7 +7,8 @@ folders with fewer views (e.g. the two-view ``homogr`` set) read the same way. I
 ``.png``, ``.jpg``/``.jpeg`` or ``.pgm`` (grayscale is read as 3 channels). A root that itself holds
 ``H_1_k`` files is read as a single sequence.
 
-Images are read with ``cv2.imread(path, cv2.IMREAD_COLOR)`` (BGR, as the original feeds the network),
+Images are read with :func:`kp2d.io.imageio.read_image_rgb` and turned to BGR (as the original feeds the
+network; a truncated JPEG or PNG is a bad file, not a partial image),
 resized with ``cv2.resize`` (bilinear) to the evaluation shape ``(W, H)``, and each homography rescaled
 to the resized images: ``H' = S2 · H · S1⁻¹``, ``S_i = diag(W / w_i, H / h_i, 1)``.
 
@@ -30,6 +31,7 @@ import torch
 
 from kp2d.errors import ConfigError, DataError
 from kp2d.geometry import scale_homography
+from kp2d.io.imageio import read_image_rgb
 from kp2d.io.images import resize_image
 
 __all__ = [
@@ -186,18 +188,12 @@ def find_sequences(root: str | Path, subset: str = "all") -> list[HPatchesSequen
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """``(h, w, 3)`` uint8 BGR image read with ``cv2.imread(path, cv2.IMREAD_COLOR)``.
+    """``(h, w, 3)`` uint8 BGR image (as the original feeds the network), read with ``read_image_rgb``.
 
     Raises:
-        DataError: the file is missing or OpenCV cannot decode it.
+        DataError: the file is missing, truncated, damaged or cannot be decoded.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: image not found")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise DataError(f"{path}: cannot read image (corrupt or unsupported format)")
-    return image
+    return cv2.cvtColor(read_image_rgb(path), cv2.COLOR_RGB2BGR)
 
 
 def read_homography(path: str | Path) -> np.ndarray:

@@ -11,12 +11,12 @@ import logging
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from kp2d.errors import DataError
+from kp2d.io.imageio import read_image_rgb  # re-exported: the one image reader
 from kp2d.io.images import resize_image
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_images", "read_image_rgb"]
@@ -59,32 +59,6 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     return sorted(paths)
 
 
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file as ``(H, W, 3)`` uint8 RGB.
-
-    Grayscale is replicated to 3 channels, an alpha channel is dropped, 16-bit images are scaled to
-    8 bit (``round(v / 257)``); EXIF orientation is applied.
-
-    Raises:
-        DataError: the file cannot be read or decoded.
-    """
-    path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
-    except (OSError, cv2.error) as err:
-        raise DataError(f"cannot read image {path}: {err}") from None
-    if image is None:
-        raise DataError(f"cannot decode image {path} (corrupt or not an image)")
-    if image.dtype == np.uint16:
-        image = ((image.astype(np.float32) + 128.5) // 257).astype(np.uint8)  # v / 257 rounded half up
-    elif image.dtype != np.uint8:
-        raise DataError(f"unsupported pixel type {image.dtype} in {path} (expected 8 or 16 bit)")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class ImageFolderDataset(Dataset):
@@ -157,7 +131,7 @@ class ImageFolderDataset(Dataset):
             except DataError as err:
                 if not self.skip_bad:
                     hint = "skip_bad (kp2d train --skip-bad) skips unreadable images"
-                    raise DataError(f"{err}; {hint}") from None
+                    raise type(err)(f"{err}; {hint}") from None
                 path = self.paths[candidate]
                 if path not in self.bad_files:
                     self.bad_files.append(path)

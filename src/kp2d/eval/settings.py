@@ -8,6 +8,7 @@ from kp2d.options import check_scale_factor_option
 __all__ = [
     "DEFAULT_SETTINGS",
     "OPENCV_METHODS",
+    "check_eval_memory",
     "check_eval_scale_factor",
     "opencv_detector",
     "parse_baselines",
@@ -91,6 +92,26 @@ def check_eval_scale_factor(scale_factor: float, settings: list[tuple[int, int, 
             raise ConfigError(
                 f"--scale-factor {scale_factor:g} resizes {width}x{height} to {scaled[0]}x{scaled[1]}; "
                 f"KeyPointNet needs multiples of {CELL}, from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} a side"
+            )
+
+
+def check_eval_memory(settings: list[tuple[int, int, int]], scale_factor: float, device) -> None:
+    """DataError naming ``--shape`` when a shape needs more memory than is available (CPU only).
+
+    The same estimate as :func:`kp2d.extract` makes (:mod:`kp2d.memory`), before any image is read.
+    """
+    from kp2d.errors import DataError
+    from kp2d.memory import ENV_VAR, available_memory, extract_memory, format_bytes
+
+    if getattr(device, "type", str(device)) != "cpu":
+        return
+    budget = available_memory()
+    for width, height, _ in settings:
+        need = extract_memory(round(height * scale_factor), round(width * scale_factor))
+        if budget is not None and need > budget:
+            raise DataError(
+                f"--shape {width}x{height}: evaluating needs about {format_bytes(need)} of memory, "
+                f"{format_bytes(budget)} is available; give a smaller --shape ({ENV_VAR} sets the budget)"
             )
 
 

@@ -29,16 +29,19 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kp2d.checks import check_flag
 from kp2d.errors import ConfigError, DataError
 from kp2d.features.dense import CELL, DEFAULT_SCORE_THRESHOLD, KeyPointNetOutput, sample_descriptors
 from kp2d.features.keypoints import Keypoints
 from kp2d.features.selection import _check_selection, select_keypoints
-from kp2d.io.images import ImageLike, image_to_tensor
+from kp2d.io.images import ImageLike, _pil_to_numpy, image_to_tensor, load_image
 
 #: What ``extract`` runs instead of the plain network (a :class:`kp2d.deploy.backends.Backend`).
 Backend = Callable[[torch.Tensor], KeyPointNetOutput]
@@ -136,6 +139,76 @@ def to_image_pixels(
     return (coords + 0.5) * ratio - 0.5
 
 
+def _loaded(image: ImageLike) -> ImageLike:
+    """A file path read (uint8 RGB) and a PIL image as numpy; other inputs unchanged."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if not isinstance(image, (np.ndarray, torch.Tensor)):
+        import PIL.Image
+
+        if isinstance(image, PIL.Image.Image):
+            return _pil_to_numpy(image)
+    return image
+
+
+def _input_size(image: ImageLike) -> tuple[int, int, int] | None:
+    """``(B, H, W)`` of a numpy array or tensor image before any conversion; None for other shapes."""
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        return 1, image.shape[0], image.shape[1]
+    if isinstance(image, torch.Tensor) and image.dim() in (2, 3, 4):
+        return (image.shape[0] if image.dim() == 4 else 1), image.shape[-2], image.shape[-1]
+    return None
+
+
+def _shrink_input(image: np.ndarray | torch.Tensor, height: int, width: int) -> np.ndarray | torch.Tensor:
+    """The image resized to ``height x width`` in its own dtype (area-averaged), before it becomes float32.
+
+    Resizing first keeps the full-size float copy (12 bytes a pixel) from being made at all.
+    """
+    if isinstance(image, np.ndarray):
+        import cv2
+
+        if image.dtype not in (np.uint8, np.uint16, np.float32):
+            if not (image.dtype == np.bool_ or np.issubdtype(image.dtype, np.floating)):
+                return image  # an unsupported dtype: image_to_tensor words the error
+            image = image.astype(np.float32)
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    tensor = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    shape = tensor.shape
+    flat = tensor.reshape(-1, 1, *shape[-2:]) if tensor.dim() < 4 else tensor
+    resized = F.interpolate(flat, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return resized.reshape(*shape[:-2], height, width) if tensor.dim() < 4 else resized
+
+
+def _fitted_input(
+    model: torch.nn.Module,
+    image: ImageLike,
+    scale_factor: float,
+    backend: Backend | None,
+    fit_memory: bool,
+) -> tuple[ImageLike, tuple[int, int] | None]:
+    """Check that extracting from ``image`` fits the memory (CPU models; see :mod:`kp2d.memory`).
+
+    Returns the image to run on and, when ``fit_memory`` shrank it, the original ``(W, H)``.
+    """
+    from kp2d.memory import check_extract_memory
+
+    image = _loaded(image)
+    size = _input_size(image)
+    if size is None or _model_placement(model)[0].type != "cpu" or min(size) == 0:
+        return image, None
+    batch, height, width = size
+    if min(height, width) < MIN_IMAGE_SIZE or max(height, width) * scale_factor > MAX_NETWORK_SIZE:
+        return image, None  # check_image_size words these
+    net_size = (max(1, round(height * scale_factor)), max(1, round(width * scale_factor)))
+    fitted = check_extract_memory(
+        height, width, batch, scale_factor, getattr(backend, "name", None), fit=fit_memory
+    )
+    if fitted == net_size:
+        return image, None
+    return _shrink_input(image, *fitted), (width, height)
+
+
 def _model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
     """Device and floating dtype of the model's parameters (CPU / float32 for a parameterless module)."""
     parameter = next(model.parameters(), None)
@@ -181,8 +254,12 @@ def _extract_batch(
     nms_radius: float,
     backend: Backend | None = None,
     scale_factor: float = 1.0,
+    fit_memory: bool | None = False,
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
-    """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched."""
+    """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched.
+
+    ``fit_memory=None`` skips the memory check (for an image already shrunk to fit).
+    """
     _check_selection(top_k, nms_radius, score_threshold)
     if backend is not None and not callable(backend):
         raise ConfigError(
@@ -190,6 +267,12 @@ def _extract_batch(
             f"{type(backend).__name__} {backend!r}"
         )
     scale_factor = check_scale_factor(scale_factor)
+    original_size = None
+    if fit_memory is not None:
+        fit_memory = check_flag("fit_memory", fit_memory)
+        image, original_size = _fitted_input(model, image, scale_factor, backend, fit_memory)
+    if original_size is not None:
+        return _extract_shrunk(model, image, original_size, top_k, score_threshold, nms_radius, backend)
     batch, batched = _model_input(model, image)
     height, width = batch.shape[-2:]
     check_image_size(height, width, scale_factor)
@@ -219,6 +302,28 @@ def _extract_batch(
     return results, scores.clone(), batched
 
 
+def _extract_shrunk(
+    model: torch.nn.Module,
+    image: np.ndarray | torch.Tensor,
+    original_size: tuple[int, int],
+    top_k: int | None,
+    score_threshold: float,
+    nms_radius: float,
+    backend: Backend | None,
+) -> tuple[list[Keypoints], torch.Tensor, bool]:
+    """:func:`_extract_batch` of an image shrunk to fit the memory, keypoints in the original's pixels."""
+    shrunk_height, shrunk_width = image.shape[-2:] if isinstance(image, torch.Tensor) else image.shape[:2]
+    ratio = shrunk_width / original_size[0]
+    results, scores, batched = _extract_batch(
+        model, image, top_k, score_threshold, nms_radius * ratio, backend, 1.0, fit_memory=None
+    )
+    for result in results:
+        points = to_image_pixels(result.keypoints.t()[None], (shrunk_width, shrunk_height), original_size)
+        result.keypoints = points[0].t().contiguous()
+        result.image_size = original_size
+    return results, scores, batched
+
+
 def extract(
     model: torch.nn.Module,
     image: ImageLike | list[ImageLike],
@@ -227,6 +332,7 @@ def extract(
     nms_radius: float = 0,
     backend: Backend | None = None,
     scale_factor: float = 1.0,
+    fit_memory: bool = False,
 ) -> Keypoints | list[Keypoints]:
     """Detect and describe keypoints (see the module docstring for padding and selection).
 
@@ -256,14 +362,18 @@ def extract(
         scale_factor: run the network on the image resized by this factor (e.g. 2 for finer keypoints;
             see the module docstring); keypoints, ``nms_radius`` and ``image_size`` stay in pixels of the
             original image.
+        fit_memory: when the image needs more memory than is available (CPU models; see
+            :mod:`kp2d.memory`), run it shrunk to the largest size that fits instead of refusing it;
+            keypoints and ``image_size`` stay in pixels of the original image.
 
     Returns:
         Keypoints sorted by decreasing score (float32 keypoints, scores and descriptors, also for a
         fp16 / bf16 model).
 
     Raises:
-        DataError: unsupported image type/shape/range, or an image under 32 px a side (before or after
-            resizing).
+        DataError: unsupported image type/shape/range, an image under 32 px a side (before or after
+            resizing), or one that needs more memory than is available (without ``fit_memory``; the
+            message names the largest size that fits).
         ConfigError: a bad ``top_k`` (not an integer >= 1), ``nms_radius`` (< 0), ``score_threshold``
             (NaN) or ``scale_factor`` (<= 0), or a ``backend`` given by name instead of built.
     """
@@ -275,10 +385,11 @@ def extract(
                     "on its own, or its images in the list)"
                 )
         return [
-            extract(model, item, top_k, score_threshold, nms_radius, backend, scale_factor) for item in image
+            extract(model, item, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory)
+            for item in image
         ]
     results, _, batched = _extract_batch(
-        model, image, top_k, score_threshold, nms_radius, backend, scale_factor
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory
     )
     return results if batched else results[0]
 
@@ -291,13 +402,15 @@ def extract_with_score_map(
     nms_radius: float = 0,
     backend: Backend | None = None,
     scale_factor: float = 1.0,
+    fit_memory: bool = False,
 ) -> tuple[Keypoints, torch.Tensor]:
     """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run.
 
-    With ``scale_factor`` the cells are those of the resized image: ``(ceil(H'/8), ceil(W'/8))``.
+    With ``scale_factor`` (or an image shrunk by ``fit_memory``) the cells are those of the resized
+    image: ``(ceil(H'/8), ceil(W'/8))``.
     """
     results, scores, _ = _extract_batch(
-        model, image, top_k, score_threshold, nms_radius, backend, scale_factor
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory
     )
     if len(results) != 1:
         raise DataError(f"extract_with_score_map takes one image, got a batch of {len(results)}")

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from kp2d.errors import InputError
+
 __all__ = ["Keypoints"]
 
 
@@ -31,11 +33,11 @@ class Keypoints:
     def __post_init__(self) -> None:
         n = self.keypoints.shape[0]
         if self.keypoints.dim() != 2 or self.keypoints.shape[1] != 2:
-            raise ValueError(f"keypoints must have shape (N, 2), got {tuple(self.keypoints.shape)}")
+            raise InputError(f"keypoints must have shape (N, 2), got {tuple(self.keypoints.shape)}")
         if self.scores.shape != (n,):
-            raise ValueError(f"scores must have shape ({n},), got {tuple(self.scores.shape)}")
+            raise InputError(f"scores must have shape ({n},), got {tuple(self.scores.shape)}")
         if self.descriptors.dim() != 2 or self.descriptors.shape[0] != n:
-            raise ValueError(f"descriptors must have shape ({n}, D), got {tuple(self.descriptors.shape)}")
+            raise InputError(f"descriptors must have shape ({n}, D), got {tuple(self.descriptors.shape)}")
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
 
     def __len__(self) -> int:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kp2d.errors import ConfigError
+from kp2d.checks import check_finite, check_finite_rows, check_flag, check_integer, check_unit_interval
+from kp2d.errors import ConfigError, InputError, InputTypeError
 
 DescriptorsLike = torch.Tensor | np.ndarray
 
@@ -29,21 +30,23 @@ __all__ = [
 
 
 def _as_descriptors(desc0: DescriptorsLike, desc1: DescriptorsLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both as tensors, shapes checked.
+    """Both as tensors, shapes checked; DataError for rows holding NaN or infinity.
 
     Numpy arrays (e.g. from ``kp2d detect``'s ``.npz``) are converted; of a :class:`~kp2d.Keypoints`
     its ``descriptors`` are taken.
     """
     desc0, desc1 = (getattr(d, "descriptors", d) for d in (desc0, desc1))
     desc0, desc1 = (
-        d if isinstance(d, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(d))
-        for d in (desc0, desc1)
+        d if isinstance(d, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(as_numpy(d, name)))
+        for d, name in ((desc0, "desc0"), (desc1, "desc1"))
     )
     if desc0.dim() != 2 or desc1.dim() != 2 or desc0.shape[1] != desc1.shape[1]:
-        raise ValueError(
+        raise InputError(
             "descriptors must have shapes (N0, D) and (N1, D), "
             f"got {tuple(desc0.shape)} and {tuple(desc1.shape)}"
         )
+    check_finite_rows("desc0", desc0)
+    check_finite_rows("desc1", desc1)
     return desc0, desc1
 
 
@@ -107,10 +110,15 @@ def match(
         ``matches (M, 2)`` long indices ``(i0, i1)``, sorted by ``i0``, and ``distances (M,)``, each
         ``|desc0[i0] - desc1[i1]|`` (float32, or float64 for float64 input), on ``desc0``'s device (tensors
         also for numpy input).
+
+    Raises:
+        DataError: descriptors holding NaN or infinity (naming the argument and its rows).
+        ConfigError: ``mutual`` not a bool, ``ratio`` outside (0, 1].
     """
+    mutual = check_flag("mutual", mutual)
+    if ratio is not None:
+        ratio = check_unit_interval("ratio", ratio)
     desc0, desc1 = _as_descriptors(desc0, desc1)
-    if ratio is not None and (isinstance(ratio, bool) or not 0.0 < ratio <= 1.0):
-        raise ConfigError(f"ratio must be in (0, 1], got {ratio}")
     if desc0.shape[0] == 0 or desc1.shape[0] == 0:
         return _empty(desc0, desc1)
     distances = descriptor_distances(desc0, desc1)
@@ -135,12 +143,22 @@ HOMOGRAPHY_METHODS = ("usac", "ransac")
 _SINGULAR_RATIO = 1e-9  # σ_min / σ_max of a normalised homography below which it counts as singular
 
 
-def as_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A tensor or array-like as numpy (bf16 tensors, which numpy lacks, via float32)."""
+def as_numpy(array: torch.Tensor | np.ndarray, name: str = "input") -> np.ndarray:
+    """A tensor or array-like as numpy (bf16 tensors, which numpy lacks, via float32).
+
+    Raises:
+        InputTypeError: ``array`` is not numbers (``None``, a string, a list of objects).
+    """
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu()
-        array = (array.float() if array.dtype == torch.bfloat16 else array).numpy()
-    return np.asarray(array)
+        return (array.float() if array.dtype == torch.bfloat16 else array).numpy()
+    try:
+        result = np.asarray(array)
+    except ValueError:  # ragged nested lists
+        result = np.empty(0, dtype=object)
+    if not (np.issubdtype(result.dtype, np.number) or result.dtype == np.bool_):
+        raise InputTypeError(f"{name} must be a tensor or a numeric array, got {type(array).__name__}")
+    return result
 
 
 def as_match_pairs(pairs: np.ndarray, num_keypoints: tuple[int, int] | None = None) -> np.ndarray:
@@ -152,12 +170,12 @@ def as_match_pairs(pairs: np.ndarray, num_keypoints: tuple[int, int] | None = No
     if pairs.ndim == 1 and pairs.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
     if pairs.ndim != 2 or pairs.shape[1] != 2:
-        raise ValueError(f"matches must have shape (M, 2) (index pairs (i0, i1)), got {pairs.shape}")
+        raise InputError(f"matches must have shape (M, 2) (index pairs (i0, i1)), got {pairs.shape}")
     pairs = pairs.astype(np.int64)
     for column, count in enumerate(num_keypoints or ()):
         outside = (pairs[:, column] < 0) | (pairs[:, column] >= count)
         if outside.any():
-            raise ValueError(
+            raise InputError(
                 f"matches column {column} indexes kpts{column}, which has {count} keypoints; "
                 f"got index {pairs[outside, column][0]}"
             )
@@ -201,27 +219,37 @@ def estimate_homography(
         kpts1: ``(N1, 2)``.
         matches: ``(M, 2)`` indices ``(i0, i1)`` from :func:`match` (any other shape: ValueError).
         method: ``"usac"`` (``cv2.USAC_MAGSAC``) or ``"ransac"`` (``cv2.RANSAC``, as the HPatches evaluation).
-        threshold: inlier reprojection threshold in pixels.
-        max_iters: the robust fit's iterations (OpenCV's ``maxIters``).
-        confidence: OpenCV's ``confidence`` (stops earlier once this sure of the consensus).
+        threshold: inlier reprojection threshold in pixels, finite and > 0.
+        max_iters: the robust fit's iterations (OpenCV's ``maxIters``), an integer >= 1.
+        confidence: OpenCV's ``confidence`` in (0, 1) (stops earlier once this sure of the consensus).
 
     Returns:
         ``H`` (3, 3) float64 numpy array, or ``None`` with fewer than 4 matches, when OpenCV finds none,
         or when its estimate is degenerate (non-finite, or singular: e.g. from collinear points);
         ``inlier_mask`` (M,) bool numpy array (all False without ``H``).
+
+    Raises:
+        DataError: keypoints holding NaN or infinity (naming ``kpts0`` / ``kpts1`` and the rows).
+        ConfigError: a bad ``method``, ``threshold``, ``max_iters`` or ``confidence``.
     """
     import cv2
 
     flags = {"usac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
-    if method not in flags:
+    if not isinstance(method, str) or method not in flags:
         raise ConfigError(
             f"unknown homography method '{method}' (use one of {', '.join(HOMOGRAPHY_METHODS)})"
         )
-    points0, points1 = (as_numpy(getattr(k, "keypoints", k)) for k in (kpts0, kpts1))
+    threshold = check_finite("threshold", threshold, above=0, unit="pixels")
+    max_iters = check_integer("max_iters", max_iters)
+    confidence = check_unit_interval("confidence", confidence, include_one=False)
+    points0, points1 = (
+        as_numpy(getattr(k, "keypoints", k), name) for k, name in ((kpts0, "kpts0"), (kpts1, "kpts1"))
+    )
     for name, points in (("kpts0", points0), ("kpts1", points1)):
         if points.ndim != 2 or points.shape[1] != 2:
-            raise ValueError(f"{name} must have shape (N, 2), got {points.shape}")
-    pairs = as_match_pairs(as_numpy(matches), (len(points0), len(points1)))
+            raise InputError(f"{name} must have shape (N, 2), got {points.shape}")
+        check_finite_rows(name, points)
+    pairs = as_match_pairs(as_numpy(matches, "matches"), (len(points0), len(points1)))
     no_inliers = np.zeros(len(pairs), dtype=bool)
     if len(pairs) < 4:
         return None, no_inliers

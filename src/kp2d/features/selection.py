@@ -8,7 +8,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from kp2d.errors import ConfigError
+from kp2d.checks import check_finite
+from kp2d.errors import ConfigError, InputError
 from kp2d.features.dense import CELL
 from kp2d.geometry import cell_centers
 
@@ -18,8 +19,9 @@ __all__ = ["grid_nms", "select_keypoints"]
 def _check_selection(top_k: int | None, nms_radius: float, score_threshold: float = 0.0) -> None:
     """ConfigError unless the selection options are usable.
 
-    ``top_k``: None or an integer >= 1 (numpy integers too; not bool); ``nms_radius``: a number >= 0;
-    ``score_threshold``: a number, not NaN (which would select nothing).
+    ``top_k``: None or an integer >= 1 (numpy integers too; not bool); ``nms_radius``: a number >= 0
+    (infinity keeps the best keypoint alone); ``score_threshold``: a finite number, as ``--score-threshold``
+    (NaN would select nothing, infinity nothing or everything).
     """
     if top_k is not None and (
         isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1
@@ -27,12 +29,7 @@ def _check_selection(top_k: int | None, nms_radius: float, score_threshold: floa
         raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
     if isinstance(nms_radius, bool) or not isinstance(nms_radius, numbers.Real) or not nms_radius >= 0:
         raise ConfigError(f"nms_radius must be >= 0 pixels, got {nms_radius!r}")
-    if (
-        isinstance(score_threshold, bool)
-        or not isinstance(score_threshold, numbers.Real)
-        or math.isnan(score_threshold)
-    ):
-        raise ConfigError(f"score_threshold must be a number, got {score_threshold!r}")
+    check_finite("score_threshold", score_threshold)
 
 
 def grid_nms(
@@ -63,7 +60,7 @@ def grid_nms(
     """
     batch, rows, cols = scores.shape
     if coords.shape != (batch, 2, rows, cols) or candidates.shape != scores.shape:
-        raise ValueError(
+        raise InputError(
             f"expected scores (B, Hc, Wc), coords (B, 2, Hc, Wc), candidates (B, Hc, Wc); got "
             f"{tuple(scores.shape)}, {tuple(coords.shape)}, {tuple(candidates.shape)}"
         )
@@ -142,7 +139,7 @@ def select_keypoints(
     """
     _check_selection(top_k, nms_radius, score_threshold)
     if scores.dim() != 3:
-        raise ValueError(f"scores must have shape (B, Hc, Wc), got {tuple(scores.shape)}")
+        raise InputError(f"scores must have shape (B, Hc, Wc), got {tuple(scores.shape)}")
     keep = scores > score_threshold
     if valid is not None:
         keep &= valid

@@ -5,9 +5,14 @@
   original reads it; ours adds ``kp2d`` (the whole resolved :class:`~kp2d.config.Config`).
 - Training checkpoints add ``io_net_state_dict``, ``optimizer``, ``step``, ``epoch`` and RNG states.
 
-Original checkpoints whose config is a yacs ``CfgNode`` are read without yacs, through an unpickler that
-admits only torch's tensor-rebuilding globals (those of ``torch.load(weights_only=True)``), plain containers,
-numpy scalars and that one class. Files are written atomically (temp file + rename).
+No code runs from a file: only torch's zip and legacy formats are read (checked by their first bytes), and
+only through ``torch.load(weights_only=True)`` or, for original checkpoints whose config is a yacs
+``CfgNode`` (read without yacs), an unpickler that admits only torch's tensor-rebuilding globals (those of
+``torch.load(weights_only=True)``), plain containers, numpy scalars and that one class.
+
+Files are written atomically (temp file + rename) with a ``checksum`` entry, the SHA-256 of the other
+entries' canonical bytes; loading checks it when present (the original's files have none) and refuses
+non-finite weights.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 
 from kp2d.config import Config, ModelConfig, config_from_dict
 from kp2d.errors import CheckpointError, ConfigError
+from kp2d.io.checksum import CHECKSUM_KEY, payload_checksum
 from kp2d.io.files import atomic_torch_save
 
 __all__ = [
@@ -51,7 +57,7 @@ _ALLOWED_NUMPY = {
     (module, name)
     for module in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("scalar", "_reconstruct")
-} | {("numpy", "dtype"), ("numpy", "ndarray")}
+} | {("numpy", "dtype"), ("numpy", "ndarray"), ("_codecs", "encode")}  # protocol 2 pickles bytes by encode
 
 
 def _is_tensor_global(module: str, name: str) -> bool:
@@ -67,6 +73,14 @@ def _is_tensor_global(module: str, name: str) -> bool:
             return True
         return module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
     return (module, name) in {("torch.nn.parameter", "Parameter"), ("torch.serialization", "_get_layout")}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle names a global outside the allow-list; ``name`` is its ``module.name``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"it refers to {name}, which kp2d does not load")
+        self.name = name
 
 
 class _CheckpointUnpickler(pickle.Unpickler):
@@ -88,11 +102,24 @@ class _CheckpointUnpickler(pickle.Unpickler):
             )
         if allowed:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which kp2d does not load")
+        raise _RefusedGlobal(f"{module}.{name}")
 
 
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    """``pickle.load`` through :class:`_CheckpointUnpickler`."""
+    return _CheckpointUnpickler(file, **kwargs).load()
+
+
+# torch reads every pickle of a file through ``pickle_module``: ``load`` for the legacy format's magic number,
+# protocol version and system info, ``Unpickler`` for the data, so both must be the restricted ones
 _checkpoint_pickle = types.SimpleNamespace(
-    __name__="kp2d_checkpoint_pickle", Unpickler=_CheckpointUnpickler, load=pickle.load
+    __name__="kp2d_checkpoint_pickle", Unpickler=_CheckpointUnpickler, load=_restricted_load
+)
+
+_ZIP_MAGIC = b"PK\x03\x04"
+# the legacy format starts with torch's magic number, pickled with the protocol the file was saved with
+_LEGACY_MAGICS = tuple(
+    {pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)}
 )
 
 
@@ -105,20 +132,46 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+def _refuse(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: not a kp2d or KP2D checkpoint ({why})")
+
+
 def _torch_load(path: Path) -> Any:
+    """The file's object, unpickled only by torch's weights-only unpickler or :class:`_CheckpointUnpickler`.
+
+    Anything but torch's zip format or its legacy format is refused before a byte of it is unpickled.
+    """
     data = path.read_bytes()
+    if not data.startswith((_ZIP_MAGIC, *_LEGACY_MAGICS)):
+        raise _refuse(path, "not a PyTorch checkpoint file")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # e.g. a yacs CfgNode config: retry with the restricted unpickler below
-    except Exception:  # noqa: BLE001 - not a torch file at all
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint file (cannot unpickle it)") from None
+    except Exception:  # noqa: BLE001 - a damaged file
+        raise _refuse(path, "not a PyTorch checkpoint file: cannot unpickle it") from None
     try:
         return torch.load(
             io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_checkpoint_pickle
         )
+    except _RefusedGlobal as err:
+        raise _refuse(path, str(err)) from None
     except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot read this checkpoint safely: {err}") from None
+        raise _refuse(path, f"cannot read it safely: {err}") from None
+
+
+def _verify(raw: dict[str, Any], path: Path) -> None:
+    """The recorded checksum, when the file has one (the original's files do not), and finite weights."""
+    recorded = raw.get(CHECKSUM_KEY)
+    if CHECKSUM_KEY in raw and (not isinstance(recorded, str) or recorded != payload_checksum(raw)):
+        raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch)")
+    for entry in ("state_dict", "io_net_state_dict"):
+        weights = raw.get(entry)
+        for name, tensor in (weights.items() if isinstance(weights, dict) else ()):
+            floating = isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+            if floating and not tensor.isfinite().all():
+                where = "" if entry == "state_dict" else f" of {entry}"
+                raise CheckpointError(f"{path}: weight {name}{where} is not finite (NaN or Inf)")
 
 
 @dataclass
@@ -170,11 +223,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: not a KeyPointNet checkpoint (expected keys 'config' and 'state_dict', found {keys})"
         )
+    _verify(raw, path)
     state_dict = raw["state_dict"]
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path}: 'state_dict' is not a mapping of tensors")
     model, full = _model_config_from(raw.get("config"), path)
-    extra = {k: v for k, v in raw.items() if k not in ("config", "state_dict", "io_net_state_dict")}
+    skip = ("config", "state_dict", "io_net_state_dict", CHECKSUM_KEY)
+    extra = {k: v for k, v in raw.items() if k not in skip}
     raw_config = _to_plain(raw["config"]) if raw.get("config") is not None else None
     return Checkpoint(model, dict(state_dict), full, raw.get("io_net_state_dict"), extra, raw_config)
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from kp2d.io.checksum import CHECKSUM_KEY, payload_checksum
+
 __all__ = ["atomic_path", "atomic_torch_save", "json_ready", "write_json"]
 
 
@@ -54,16 +56,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _fsync(tmp)
         os.chmod(tmp, _file_mode())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through :func:`atomic_path`.
 
+    A dict gets a ``checksum`` entry (:func:`kp2d.io.checksum.payload_checksum`) that
+    :func:`kp2d.io.checkpoint.load_checkpoint` checks.
+
     The object is serialised in memory first, so that a full disk is an ``OSError`` of the write (PyTorch's
     own file writer reports it as a RuntimeError), and ``path`` is only ever replaced by a whole file.
     """
+    if isinstance(obj, dict):
+        obj = {**obj, CHECKSUM_KEY: payload_checksum(obj)}
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     with atomic_path(path) as tmp:

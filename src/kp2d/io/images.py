@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 import torch
 
-from kp2d.errors import DataError
+from kp2d.errors import DataError, InputTypeError
+from kp2d.io.imageio import read_image_rgb
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -34,17 +35,8 @@ FLOAT_RANGE_SLACK = 1e-3  # float images may exceed [0, 1] by this much (resampl
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 **RGB** (grayscale files are replicated to 3 channels)."""
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)  # cv2.imread fails silently on some paths; decode ourselves
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise DataError(f"{path}: cannot read this file as an image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Read an image file as ``(H, W, 3)`` uint8 **RGB**: :func:`kp2d.io.imageio.read_image_rgb`."""
+    return read_image_rgb(path)
 
 
 def _numpy_to_float(array: np.ndarray) -> np.ndarray:
@@ -96,7 +88,7 @@ def _as_batch(image: ImageLike) -> tuple[torch.Tensor, bool]:
         if isinstance(image, PIL.Image.Image):
             image = _pil_to_numpy(image)
         else:
-            raise DataError(
+            raise InputTypeError(
                 f"unsupported image type {type(image).__name__} (file path, numpy array, PIL image or tensor)"
             )
 

@@ -5,15 +5,19 @@ original's format plus what resuming needs, written atomically; ``resume=True`` 
 ``OUT/checkpoints/last.ckpt`` with the same optimizer state, schedule, data order and random streams;
 ``init=NAME_OR_PATH`` starts a new run (fresh optimizer, step 0) from trained weights (fine-tuning).
 A time limit (``max_minutes``), Ctrl-C or SIGTERM ends the run after the current step with ``last.ckpt``
-written, so that ``resume=True`` picks it up where it stopped.
+written, so that ``resume=True`` picks it up where it stopped; a second Ctrl-C ends the process at once.
+A run holds its folder (``OUT/.lock``) while it trains: a second run there is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +37,7 @@ from kp2d.models import IONet
 from kp2d.models.keypoint_net import build_keypoint_net
 from kp2d.runtime import autocast_dtype, init_distributed, resolve_device
 from kp2d.train.logger import RunLogger
+from kp2d.train.run_folder import close_inherited_locks, hold_run_folder, remove_stale_temporary_files
 from kp2d.train.step import NonFiniteLossError, SiameseLoss, TrainingStep, build_optimizer, learning_rate_at
 
 __all__ = ["TrainOptions", "TrainSummary", "train"]
@@ -126,6 +131,9 @@ def _leave_signals_to_the_run(worker_id: int) -> None:
     if hasattr(os, "setpgid"):
         os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    close_inherited_locks()  # a forked worker must not keep the run folder locked after the run is gone
+    if threading.current_thread() is threading.main_thread():
+        signal.set_wakeup_fd(-1)  # a forked worker's signals are its own, not the run's Ctrl-C
 
 
 class _Run:
@@ -465,52 +473,109 @@ def _write_run_config(out: Path, config: Config) -> None:
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+def _abort_now(run: _Run) -> None:
+    """Second Ctrl-C: end the process now (status 130), loader processes with it; nothing more is saved."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():  # loader processes left the group: Ctrl-C misses them
+        with contextlib.suppress(Exception):
+            child.kill()
+    kept = f"last checkpoint: {run.last_checkpoint}" if run.last_checkpoint.is_file() else "none was written"
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        print(f"kp2d train: interrupted (second Ctrl-C) in step {run.progress.step + 1}; nothing saved since "
+              f"the last checkpoint ({kept})", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 @contextmanager
 def _stop_on_signals(run: _Run) -> Iterator[None]:
-    """SIGINT/SIGTERM ask ``run`` to stop after the current step; a second Ctrl-C interrupts at once."""
+    """SIGINT/SIGTERM ask ``run`` to stop after the current step; a second Ctrl-C aborts at once.
+
+    Python runs signal handlers only between bytecodes of the main thread, so during a long C++ op (a
+    convolution) a handler waits until the op returns, and two Ctrl-C in that time run it once. The C-level
+    handler writes each signal's number to the wakeup socket at once, though: a thread reads it, reports the
+    first signal and ends the process on a second Ctrl-C, whatever the main thread is doing.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def request_stop(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if run.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        run.stop_signal = name
-        log.warning("%s: stopping after this step and writing a checkpoint (Ctrl-C again to abort)", name)
+        # the watcher counts the signals; this makes the stop certain before the step's end is checked
+        if run.stop_signal is None:
+            run.stop_signal = signal.Signals(signum).name
 
+    def watch(reader: socket.socket) -> None:
+        first: str | None = None
+        while data := reader.recv(64):
+            for signum in data:
+                if signum == 0:  # the run is over (forked loader processes keep the writer open: no EOF)
+                    return
+                if signum not in (signal.SIGINT, signal.SIGTERM):
+                    continue
+                if first is not None and signum == signal.SIGINT:
+                    _abort_now(run)
+                if first is None:
+                    first = signal.Signals(signum).name
+                    if run.stop_signal is None:
+                        run.stop_signal = first
+                    log.warning("%s: stopping after this step and writing a checkpoint (Ctrl-C again to "
+                                "abort at once)", first)
+
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    watcher = threading.Thread(target=watch, args=(reader,), name="kp2d-signals", daemon=True)
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    watcher.start()
     try:
         yield
     finally:
+        signal.set_wakeup_fd(previous_fd)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        writer.send(b"\0")
+        watcher.join()
+        writer.close()
+        reader.close()
 
 
 def train(options: TrainOptions) -> TrainSummary:
-    """Train KeyPointNet (and IO-Net) as configured; see :class:`TrainOptions`."""
+    """Train KeyPointNet (and IO-Net) as configured; see :class:`TrainOptions`.
+
+    Raises:
+        RunFolderInUse: another live run holds ``options.out`` (nothing is written).
+    """
     run = _Run(options)
     try:
-        run.build()
-        if options.resume:
-            run.restore()
-        elif options.init is not None:
-            run.initialize_from(options.init)
-        if run.dist.is_main:
-            _write_run_config(run.out, run.config)
-        log.info(
-            "training %s on %s (%s, %d process(es)), %d images, %d steps per epoch",
-            run.config.name, run.device, run.precision, run.dist.world_size,
-            len(run.dataset), len(run.sampler),
-        )
-        with _stop_on_signals(run):
-            summary = run.run()
-        if run.dist.enabled:
-            # Leave together: a process tearing its gloo group down while another still writes the last
-            # checkpoint aborted now and then ("terminate called without an active exception").
-            torch.distributed.barrier()
-        return summary
+        with hold_run_folder(run.out, enabled=run.dist.is_main):
+            if run.dist.is_main:
+                remove_stale_temporary_files(run.checkpoint_dir)
+            return _train(run)
     finally:
         if run.dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
+
+def _train(run: _Run) -> TrainSummary:
+    options = run.options
+    run.build()
+    if options.resume:
+        run.restore()
+    elif options.init is not None:
+        run.initialize_from(options.init)
+    if run.dist.is_main:
+        _write_run_config(run.out, run.config)
+    log.info(
+        "training %s on %s (%s, %d process(es)), %d images, %d steps per epoch",
+        run.config.name, run.device, run.precision, run.dist.world_size,
+        len(run.dataset), len(run.sampler),
+    )
+    with _stop_on_signals(run):
+        summary = run.run()
+    if run.dist.enabled:
+        # Leave together: a process tearing its gloo group down while another still writes the last
+        # checkpoint aborted now and then ("terminate called without an active exception").
+        torch.distributed.barrier()
+    return summary
