@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kp2d.data.image_folder import list_images, read_image_rgb
+from kp2d.data.image_folder import list_images
 from kp2d.errors import ConfigError, DataError
+from kp2d.io.imageio import read_image_rgb
 from kp2d.io.images import to_network_channels
 
 __all__ = ["DEFAULT_FLOAT_LAYERS", "load_calibration_images", "quantize_int8"]
@@ -35,7 +36,7 @@ def load_calibration_images(
     """``count`` photos of ``folder`` (evenly spread over the sorted file list), RGB, resized to ``size``.
 
     The photos are found and read as training photos are (:func:`kp2d.data.image_folder.list_images`:
-    recursive, hidden files skipped; :func:`~kp2d.data.image_folder.read_image_rgb`).
+    recursive, hidden files skipped; :func:`~kp2d.io.imageio.read_image_rgb`).
 
     Returns:
         ``(N, 3, H, W)`` float32 in [0, 1], ``(W, H) = size``.
