@@ -61,7 +61,8 @@ class TrackedFrame:
         scores: ``(N,)`` float32 detection scores.
         track_ids: ``(N,)`` int64 persistent ids (0, 1, 2, ... in order of appearance).
         is_new: ``(N,)`` bool, True where the track starts in this frame.
-        previous: ``(N,)`` int64 index of the keypoint in the previous tracked frame, -1 for new tracks.
+        previous: ``(N,)`` int64 index of the keypoint in the previous tracked frame, -1 for new tracks
+            and for tracks resumed after frames in which they were not found.
         num_matches: mutual matches with the previous tracked frame (before the geometric check).
         num_inliers: matches that passed the geometric check (= tracks continued).
         image_size: ``(W, H)``.
@@ -102,6 +103,29 @@ def mutual_nearest(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
     return torch.stack([index0[mutual], nearest1[mutual]], dim=1)
 
 
+def _fit(
+    points0: np.ndarray, points1: np.ndarray, geometry: str, threshold: float
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inlier mask ``(M,)`` and the fitted model (3x3 homography / fundamental matrix, or ``None``)."""
+    import cv2
+
+    if geometry not in GEOMETRIES:
+        raise ConfigError(f"unknown geometry '{geometry}' (choose from {', '.join(GEOMETRIES)})")
+    count = len(points0)
+    if geometry == "none":
+        return np.ones(count, dtype=bool), None
+    if count < _MIN_MATCHES[geometry]:
+        return np.zeros(count, dtype=bool), None
+    src, dst = points0.astype(np.float64), points1.astype(np.float64)
+    if geometry == "homography":
+        model, mask = cv2.findHomography(src, dst, cv2.RANSAC, threshold, maxIters=2000, confidence=0.995)
+    else:
+        model, mask = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 2000)
+    if model is None or mask is None or model.shape != (3, 3) or not np.isfinite(model).all():
+        return np.zeros(count, dtype=bool), None
+    return mask.ravel()[:count].astype(bool), model
+
+
 def check_geometric(
     points0: np.ndarray, points1: np.ndarray, geometry: str = "homography", threshold: float = 3.0
 ) -> np.ndarray:
@@ -110,23 +134,14 @@ def check_geometric(
     ``geometry``: see the module docstring. Too few correspondences for the model (4 / 8) or no consensus
     gives all False.
     """
-    import cv2
+    return _fit(points0, points1, geometry, threshold)[0]
 
-    if geometry not in GEOMETRIES:
-        raise ConfigError(f"unknown geometry '{geometry}' (choose from {', '.join(GEOMETRIES)})")
-    count = len(points0)
-    if geometry == "none":
-        return np.ones(count, dtype=bool)
-    if count < _MIN_MATCHES[geometry]:
-        return np.zeros(count, dtype=bool)
-    src, dst = points0.astype(np.float64), points1.astype(np.float64)
-    if geometry == "homography":
-        model, mask = cv2.findHomography(src, dst, cv2.RANSAC, threshold, maxIters=2000, confidence=0.995)
-    else:
-        model, mask = cv2.findFundamentalMat(src, dst, cv2.FM_RANSAC, threshold, 0.995, 2000)
-    if model is None or mask is None or not np.isfinite(model).all():
-        return np.zeros(count, dtype=bool)
-    return mask.ravel()[:count].astype(bool)
+
+def _apply_homography(homography: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` points mapped by a 3x3 homography."""
+    mapped = np.c_[points, np.ones(len(points))] @ homography.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (mapped[:, :2] / mapped[:, 2:]).astype(np.float32)
 
 
 class Tracker:
@@ -135,19 +150,31 @@ class Tracker:
     Args:
         geometry: ``"homography"``, ``"fundamental"`` or ``"none"``.
         threshold: inlier threshold of the geometric check, pixels.
+        memory: with descriptors and ``"homography"``, a track not found in a frame is kept this many
+            frames (its position carried by the estimated homographies) and resumed when an unmatched
+            keypoint is its mutual nearest neighbour within ``threshold`` of that position; a detector
+            misses a point in one frame and finds it again in the next, which would otherwise end the track.
     """
 
-    def __init__(self, geometry: str = "homography", threshold: float = 3.0) -> None:
+    def __init__(self, geometry: str = "homography", threshold: float = 3.0, memory: int = 5) -> None:
         if geometry not in GEOMETRIES:
             raise ConfigError(f"unknown geometry '{geometry}' (choose from {', '.join(GEOMETRIES)})")
         if not (np.isfinite(threshold) and threshold > 0):
             raise ConfigError(f"threshold must be a finite number > 0 (pixels), got {threshold}")
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+            raise ConfigError(f"memory must be an integer >= 0 (frames), got {memory!r}")
         self.geometry = geometry
         self.threshold = float(threshold)
+        self.memory = memory
         self.next_id = 0
         self._points: np.ndarray | None = None  # previous tracked frame's (N, 2), ids (N,), descriptors
         self._ids = np.zeros(0, dtype=np.int64)
         self._descriptors: torch.Tensor | None = None
+        # lost tracks: position in the previous frame's pixels, id, last descriptor, frames since seen
+        self._lost_points = np.zeros((0, 2), dtype=np.float32)
+        self._lost_ids = np.zeros(0, dtype=np.int64)
+        self._lost_descriptors: torch.Tensor | None = None
+        self._lost_age = np.zeros(0, dtype=np.int64)
 
     def step(
         self,
@@ -162,9 +189,7 @@ class Tracker:
             matches = np.zeros((0, 2), dtype=np.int64)
         else:
             matches = mutual_nearest(self._descriptors, descriptors).cpu().numpy()
-        result = self.link(index, keypoints, scores, matches, image_size)
-        self._descriptors = descriptors
-        return result
+        return self.link(index, keypoints, scores, matches, image_size, descriptors)
 
     def link(
         self,
@@ -173,28 +198,32 @@ class Tracker:
         scores: np.ndarray,
         matches: np.ndarray,
         image_size: tuple[int, int],
+        descriptors: torch.Tensor | None = None,
     ) -> TrackedFrame:
         """Track one frame given ``matches (M, 2)``: ``(i_prev, i_cur)`` pairs with the previous frame.
 
         Pairs that fail the geometric check are dropped; ``keypoints[i_cur]`` of the others inherit the
-        previous keypoint's id, and every other keypoint gets a new id.
+        previous keypoint's id; with ``descriptors (N, D)``, lost tracks may be resumed (see ``memory``);
+        every other keypoint gets a new id.
         """
         keypoints = np.asarray(keypoints, dtype=np.float32).reshape(-1, 2)
         scores = np.asarray(scores, dtype=np.float32).reshape(-1)
         matches = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
         previous = np.full(len(keypoints), -1, dtype=np.int64)
-        inliers = np.zeros(len(matches), dtype=bool)
+        inliers, model = np.zeros(len(matches), dtype=bool), None
         if self._points is not None and len(matches):
-            inliers = check_geometric(
+            inliers, model = _fit(
                 self._points[matches[:, 0]], keypoints[matches[:, 1]], self.geometry, self.threshold
             )
             previous[matches[inliers, 1]] = matches[inliers, 0]
-        is_new = previous < 0
-        ids = np.empty(len(keypoints), dtype=np.int64)
-        ids[~is_new] = self._ids[previous[~is_new]]
+        ids = np.full(len(keypoints), -1, dtype=np.int64)
+        ids[previous >= 0] = self._ids[previous[previous >= 0]]
+        if descriptors is not None and self.memory and self.geometry == "homography":
+            self._resume(ids, keypoints, descriptors, model)
+        is_new = ids < 0
         ids[is_new] = self.next_id + np.arange(int(is_new.sum()))
         self.next_id += int(is_new.sum())
-        self._points, self._ids = keypoints, ids
+        self._points, self._ids, self._descriptors = keypoints, ids, descriptors
         return TrackedFrame(
             index=index,
             keypoints=keypoints,
@@ -206,6 +235,50 @@ class Tracker:
             num_inliers=int(inliers.sum()),
             image_size=(int(image_size[0]), int(image_size[1])),
         )
+
+    def _resume(
+        self, ids: np.ndarray, keypoints: np.ndarray, descriptors: torch.Tensor, homography: np.ndarray | None
+    ) -> None:
+        """Give unmatched keypoints (``ids < 0``, set in place) the id of a lost track found again.
+
+        Then update the lost tracks: the previous frame's tracks not continued join them, all move to this
+        frame's pixels by ``homography`` (none: the buffer is dropped, positions cannot be carried), and
+        those older than ``memory`` frames are forgotten.
+        """
+        if homography is None or self._descriptors is None:
+            self._lost_points = np.zeros((0, 2), dtype=np.float32)
+            self._lost_ids = np.zeros(0, dtype=np.int64)
+            self._lost_descriptors, self._lost_age = None, np.zeros(0, dtype=np.int64)
+            return
+        continued = np.isin(self._ids, ids)
+        points = np.concatenate([self._lost_points, self._points[~continued]])
+        lost_ids = np.concatenate([self._lost_ids, self._ids[~continued]])
+        age = np.concatenate([self._lost_age, np.zeros(int((~continued).sum()), dtype=np.int64)]) + 1
+        mask = torch.as_tensor(~continued, device=self._descriptors.device)
+        parts = [self._descriptors[mask]]
+        if self._lost_descriptors is not None:
+            parts.insert(0, self._lost_descriptors.to(self._descriptors.device))
+        lost_descriptors = torch.cat(parts)
+        points = _apply_homography(homography, points)
+        unmatched = np.flatnonzero(ids < 0)
+        found = np.zeros(len(lost_ids), dtype=bool)
+        if len(unmatched) and len(lost_ids):
+            pairs = mutual_nearest(
+                lost_descriptors, descriptors[torch.as_tensor(unmatched, device=descriptors.device)]
+            ).cpu().numpy()
+            near = np.linalg.norm(points[pairs[:, 0]] - keypoints[unmatched[pairs[:, 1]]], axis=1)
+            pairs = pairs[near <= self.threshold]
+            ids[unmatched[pairs[:, 1]]] = lost_ids[pairs[:, 0]]
+            found[pairs[:, 0]] = True
+        keep = ~found & (age <= self.memory) & np.isfinite(points).all(1)
+        self._lost_points, self._lost_ids, self._lost_age = points[keep], lost_ids[keep], age[keep]
+        self._lost_descriptors = lost_descriptors[torch.as_tensor(keep, device=lost_descriptors.device)]
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Forget the last frame's keypoints outside ``mask (N,)``: the next frame cannot continue them."""
+        self._points, self._ids = self._points[mask], self._ids[mask]
+        if self._descriptors is not None:
+            self._descriptors = self._descriptors[torch.as_tensor(mask, device=self._descriptors.device)]
 
 
 def _frame_size(frame: np.ndarray | torch.Tensor, index: int) -> tuple[int, int]:
@@ -226,6 +299,7 @@ def track(
     *,
     geometry: str = "homography",
     threshold: float = 3.0,
+    memory: int = 5,
     every: int = 1,
     max_frames: int | None = None,
     scale_factor: float = 1.0,
@@ -242,6 +316,7 @@ def track(
         top_k: keypoints per frame (``None``: all).
         geometry: the matches' robust check, ``"homography"``, ``"fundamental"`` or ``"none"``.
         threshold: its inlier threshold in pixels.
+        memory: frames a lost track may be resumed after (homography only; see :class:`Tracker`).
         every: track every ``every``-th frame (the others are read and skipped).
         max_frames: stop after reading this many frames (``None``: all).
         scale_factor: run the network on frames resized by this factor (keypoints stay in frame pixels);
@@ -259,7 +334,7 @@ def track(
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
                                    or max_frames < 1):
         raise ConfigError(f"max_frames must be an integer >= 1 or None, got {max_frames!r}")
-    tracker = Tracker(geometry, threshold)
+    tracker = Tracker(geometry, threshold, memory)
     if model is None:
         from kp2d.models import KeyPointNet
 

@@ -50,6 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--threshold", type=float, default=3.0, help="inlier threshold of the check in pixels (default: 3)"
     )
     parser.add_argument(
+        "--memory", type=int, default=5, metavar="N",
+        help="resume a track lost for up to N frames when its keypoint is found again (homography only; "
+        "default: 5, 0 for off)",
+    )
+    parser.add_argument(
         "--trail", type=int, default=12, metavar="N", help="frames of trail drawn per track (default: 12)"
     )
     add_model_options(parser)
@@ -88,6 +93,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
     if not (math.isfinite(args.threshold) and args.threshold > 0):
         raise ConfigError(f"--threshold must be a finite number > 0 (pixels), got {args.threshold}")
+    if args.memory < 0:
+        raise ConfigError(f"--memory must be >= 0, got {args.memory}")
     if args.trail < 2:
         raise ConfigError(f"--trail must be >= 2, got {args.trail}")
     if args.out is None and args.json is None and args.npz is None:
@@ -146,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     drawer, table = TrackDrawer(args.trail), TrackTable()
     frames = track(
         source, model, backend, options["top_k"], geometry=args.geometry, threshold=args.threshold,
+        memory=args.memory,
         every=args.every, max_frames=args.max_frames, scale_factor=options["scale_factor"],
         score_threshold=options["score_threshold"], nms_radius=options["nms_radius"],
     )
