@@ -290,3 +290,30 @@ def test_open_frames_video_and_folder_agree(tmp_path, frames):
     np.testing.assert_array_equal(list(source)[1], frames[1])
     video = open_frames(_video(tmp_path, frames[:3]))
     assert video.size == (WIDTH, HEIGHT) and len(list(video)) == 3
+
+
+def test_benchmark_metrics_known_answer():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "track_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "track.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tracker = Tracker(geometry="none")
+    shift = np.array([[1.0, 0, 4.0], [0, 1.0, 0.0], [0, 0, 1.0]])  # the scene moves 4 px right per frame
+    homographies = [np.linalg.matrix_power(shift, t) for t in range(3)]
+    start = np.array([[10.0, 10.0], [50.0, 20.0]])
+    results = []
+    for t, error in enumerate([0.0, 0.5, 2.0]):  # track 0 exact; track 1 off by 0.5 then 2 px
+        points = start + [4.0 * t, 0.0]
+        points[1, 1] += error
+        pairs = np.zeros((0, 2)) if t == 0 else np.array([[0, 0], [1, 1]])
+        result = tracker.link(t, points, np.ones(2), pairs, (100, 100))
+        result.seconds = 0.5
+        results.append(result)
+    metrics = bench.track_metrics(results, homographies)
+    assert metrics["tracks"] == 2 and metrics["mean_length"] == 3.0
+    assert metrics["within_1px"] == 0.5 and metrics["within_3px"] == 1.0
+    assert metrics["fps"] == 2.0 and metrics["tracks_100"] == 0
