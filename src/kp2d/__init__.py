@@ -16,6 +16,7 @@ from kp2d.errors import (
 from kp2d.inference import Keypoints, extract
 from kp2d.matching import estimate_homography, match
 from kp2d.models import IONet, KeyPointNet, KeyPointNetOutput
+from kp2d.tracking import TrackedFrame, track
 
 __version__ = "0.1.0"
 
@@ -31,8 +32,10 @@ __all__ = [
     "KeyPointNetOutput",
     "Keypoints",
     "Kp2dError",
+    "TrackedFrame",
     "__version__",
     "estimate_homography",
     "extract",
     "match",
+    "track",
 ]
