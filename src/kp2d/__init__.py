@@ -19,6 +19,7 @@ from kp2d.features.keypoints import Keypoints
 from kp2d.features.matching import estimate_homography, match
 from kp2d.io.images import load_image
 from kp2d.models import IONet, KeyPointNet
+from kp2d.tracking import TrackedFrame, track
 
 __version__ = "0.1.0"
 
@@ -34,9 +35,11 @@ __all__ = [
     "KeyPointNetOutput",
     "Keypoints",
     "Kp2dError",
+    "TrackedFrame",
     "__version__",
     "estimate_homography",
     "extract",
     "load_image",
     "match",
+    "track",
 ]

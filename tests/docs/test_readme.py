@@ -29,9 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
 DOCS = [README, *sorted((REPO_ROOT / "docs").glob("**/*.md"))]
 HISTORICAL = "<!-- historical -->"
-# Subcommands documented before their branch merges; the lead removes an entry once it is registered.
-PENDING_SUBCOMMANDS = {"track"}
-PENDING_FILES = {"docs/tracking.md"}
 SEPARATORS = {";", "&&", "||", "|", "&", "do", "done", "then", "fi", "wait"}
 
 
@@ -124,27 +121,18 @@ def readme_commands() -> list[tuple[str, list[str]]]:
     ]
 
 
-def _registered_subcommands() -> set[str]:
-    parser = build_parser()
-    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return {name for action in actions for name in action.choices}
-
-
 def readme_table_commands() -> list[tuple[str, list[str]]]:
     """``("file:line", argv)`` of the command-line tables' rows in the README and the docs.
 
-    Options in ``[…]`` are taken, of alternatives ``a\\|b`` the first. A row of a pending subcommand that is
-    not registered yet is left out.
+    Options in ``[…]`` are taken, of alternatives ``a\\|b`` the first.
     """
-    rows, registered = [], _registered_subcommands()
+    rows = []
     for path in DOCS:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             match = re.match(r"\| `kp2d ([^`]*)` \|", line)
             if match:
                 text = re.sub(r"(\S+?)\\\|\S+", r"\1", match.group(1)).replace("[", "").replace("]", "")
                 argv = shlex.split(text)
-                if argv[0] in PENDING_SUBCOMMANDS and argv[0] not in registered:
-                    continue
                 rows.append((f"{_name(path)}:{number}", argv))
     return rows
 
@@ -316,8 +304,6 @@ def test_links_are_found():
 @pytest.mark.parametrize(("where", "page", "target"), LINKS, ids=[f"{w}:{t}" for w, _, t in LINKS])
 def test_relative_link_points_to_a_file(where, page, target):
     resolved = (page.parent / target).resolve()
-    if resolved.relative_to(REPO_ROOT.resolve()).as_posix() in PENDING_FILES:
-        pytest.skip(f"{target} is written on another branch")
     assert resolved.exists(), f"{where}: the link to {target} points to nothing"
 
 

@@ -18,7 +18,7 @@ from kp2d.errors import Kp2dError, user_message
 
 __all__ = ["main"]
 
-SUBCOMMANDS = ("train", "eval", "detect", "match", "export", "overfit")
+SUBCOMMANDS = ("train", "eval", "detect", "match", "track", "export", "overfit")
 
 
 def _version() -> str:
