@@ -66,6 +66,7 @@ with hold_run_folder(sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_a_second_run_in_a_held_folder_stops_naming_the_holder(tiny_images, tiny_config, tmp_path, capsys):
     """While another process holds runs/x, a new run and a --resume there stop with one line naming its pid,
     exit 2, and write nothing; once the holder is killed (kill -9: no clean-up) the folder is free."""
@@ -119,6 +120,7 @@ def test_the_lock_is_per_open_file_and_nests_in_one_process(tmp_path):
     assert not (tmp_path / "rank1").exists()
 
 
+@pytest.mark.slow
 def test_stale_temporary_files_are_removed_when_a_run_resumes(tiny_images, tmp_path, monkeypatch, caplog):
     """What a save killed between write and rename leaves (the real atomic save's names) is removed when
     the run starts or resumes; checkpoints and other files stay."""
@@ -193,6 +195,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the blocking step uses glibc and /proc")
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_second_ctrl_c_aborts_at_once_inside_a_long_step(tiny_images, tiny_config, tmp_path, workers):

@@ -150,6 +150,7 @@ def test_kp2d_detect_gives_one_line(tmp_path, capsys, suffix, cut):
     assert line.endswith("(--skip-bad skips such images)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_the_cli_stderr_holds_only_kp2ds_line(tmp_path, suffix):
     """libpng printed ``libpng error: ...`` (libjpeg ``Premature end of JPEG file``) before kp2d's line."""
@@ -221,6 +222,7 @@ def test_the_capture_gives_back_what_is_not_a_library_line(capfd):
     assert capfd.readouterr().err == "12:00:00 INFO kp2d.eval: another thread\n"
 
 
+@pytest.mark.slow
 def test_a_damaged_png_gives_one_line_on_the_cli(tmp_path):
     path = _damaged_png(tmp_path / "garbled.png")
     result = subprocess.run(
