@@ -1,8 +1,10 @@
 """KeyPointNet: keypoint score, sub-cell location and descriptor maps from one image (SPEC §1).
 
-The network file holds the network only: losses live in :mod:`kp2d.losses`, keypoint extraction in
-:mod:`kp2d.features.extraction`. State-dict keys are those of the original checkpoints (``conv1a.0.weight``,
-``conv1a.1.running_mean``, ``convDb.weight``, ...), so they load unchanged.
+The network and its construction (from a config, a checkpoint or a shipped name); files are read by
+:mod:`kp2d.io`, keypoints selected by :mod:`kp2d.features`, losses in :mod:`kp2d.losses`. Both sit below
+this module, so ``from_pretrained`` and ``extract`` need no upward import. State-dict keys are those of
+the original checkpoints (``conv1a.0.weight``, ``conv1a.1.running_mean``, ``convDb.weight``, ...), so they
+load unchanged.
 """
 
 from __future__ import annotations
