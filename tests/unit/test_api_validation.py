@@ -10,7 +10,6 @@ from kp2d.checks import check_finite, check_finite_rows, check_integer, check_un
 from kp2d.errors import ConfigError, DataError
 from kp2d.features.extraction import extract
 from kp2d.features.matching import descriptor_distances, estimate_homography, match
-from kp2d.models import KeyPointNet
 from kp2d.visualization import draw_keypoints, draw_matches, draw_score_heatmap
 
 NAN, INF = math.nan, math.inf
@@ -107,12 +106,6 @@ def test_bad_homography_options(options, message):
     kpts0, kpts1, matches = homography_case()
     with pytest.raises(ConfigError, match=message):
         estimate_homography(kpts0, kpts1, matches, **options)
-
-
-@pytest.fixture(scope="module")
-def random_net() -> KeyPointNet:
-    torch.manual_seed(0)
-    return KeyPointNet().eval()
 
 
 @pytest.mark.parametrize("score_threshold", [NAN, INF, -INF, None, "0.1"])

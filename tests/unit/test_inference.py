@@ -17,17 +17,6 @@ from kp2d.io.images import image_to_tensor
 from kp2d.models import KeyPointNet
 
 
-@pytest.fixture(scope="module")
-def random_net() -> KeyPointNet:
-    """Random weights, Kaiming-initialised so that scores and offsets vary across cells."""
-    torch.manual_seed(0)
-    net = KeyPointNet()
-    for module in net.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, a=0.01)
-    return net.eval()
-
-
 def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     """(3, H, W) in [0, 1]: random blobs, textured enough to give varied scores."""
     generator = torch.Generator().manual_seed(seed)

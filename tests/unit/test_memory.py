@@ -27,7 +27,6 @@ from kp2d.memory import (
     extract_memory,
     parse_bytes,
 )
-from kp2d.models import KeyPointNet
 
 MIB = 2**20
 
@@ -102,16 +101,6 @@ def test_named_size_fits_and_a_larger_one_does_not():
 def test_no_size_fits_a_tiny_budget():
     with pytest.raises(DataError, match="not even a 32-pixel image fits"):
         check_extract_memory(480, 640, budget=10 * MIB, fit=True)
-
-
-@pytest.fixture(scope="module")
-def random_net() -> KeyPointNet:
-    torch.manual_seed(0)
-    net = KeyPointNet()
-    for module in net.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, a=0.01)
-    return net.eval()
 
 
 def photo(height: int, width: int) -> np.ndarray:

@@ -1,0 +1,15 @@
+import pytest
+import torch
+
+from kp2d.models import KeyPointNet
+
+
+@pytest.fixture(scope="module")
+def random_net() -> KeyPointNet:
+    """Random weights, Kaiming-initialised so that scores and offsets vary across cells (one per file)."""
+    torch.manual_seed(0)
+    net = KeyPointNet()
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, a=0.01)
+    return net.eval()
