@@ -23,10 +23,10 @@ from kp2d.augmentation import (
     sample_spatial_transforms,
     warp_pair,
 )
+from kp2d.checks import check_at_least
 from kp2d.config import AugmentationConfig
 from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.geometry import sample_homographies
-from kp2d.options import check_at_least
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float, float]:

@@ -112,10 +112,10 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
     Returns:
         The backend names and, unless ``--no-accuracy``, the HPatches sequence folders of ``--subset``.
     """
+    from kp2d.checks import check_at_least, check_output_path
     from kp2d.data.hpatches import find_sequences
     from kp2d.deploy.backends import BACKENDS
     from kp2d.errors import ConfigError, DataError
-    from kp2d.options import check_at_least, check_output_path
 
     minimums = {"threads": 1, "repeats": 1, "warmup": 0, "calibration-count": 1, "max-sequences": 1}
     for name, minimum in minimums.items():

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from kp2d.augmentation import HomographicAugmentation
+from kp2d.checks import check_at_least
 from kp2d.config import load_config
 from kp2d.errors import DataError, Kp2dError, user_message
 from kp2d.models import IONet
 from kp2d.models.keypoint_net import build_keypoint_net
-from kp2d.options import check_at_least
 from kp2d.runtime import autocast_dtype, resolve_device
 from kp2d.train.step import SiameseLoss, TrainingStep, build_optimizer
 

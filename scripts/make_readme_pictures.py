@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kp2d.checks import check_at_least, check_finite, check_output_path
 from kp2d.demo import demo_pair
 from kp2d.errors import DataError, Kp2dError
 from kp2d.eval.metrics import corner_error
@@ -36,7 +37,6 @@ from kp2d.io.checkpoint import load_checkpoint, training_steps
 from kp2d.io.images import load_image
 from kp2d.io.weights import resolve_model_path
 from kp2d.models.keypoint_net import keypoint_net_from, load_keypoint_net, untrained_keypoint_net
-from kp2d.options import check_at_least, check_finite_option, check_output_path
 from kp2d.runtime import resolve_device
 from kp2d.visualization import (
     draw_caption,
@@ -92,7 +92,7 @@ def check_options(args: argparse.Namespace) -> None:
     """ConfigError for a negative size or count (or a 0 where 0 means nothing), or an unwritable ``--out``."""
     for name, minimum in (("width", 0), ("progress_width", 1), ("max_lines", 0), ("top_k", 0)):
         check_at_least(name.replace("_", "-"), getattr(args, name), minimum)
-    check_finite_option("--nms-radius", args.nms_radius, minimum=0)
+    check_finite("--nms-radius", args.nms_radius, minimum=0)
     check_output_path(args.out, "--out", folder=True)
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kp2d.checks import check_output_path
 from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
 from kp2d.eval.settings import parse_shapes
 from kp2d.io.files import write_json
 from kp2d.models.keypoint_net import load_keypoint_net
-from kp2d.options import check_output_path
 
 
 class PooledScales:

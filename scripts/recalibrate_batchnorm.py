@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from kp2d.augmentation import HomographicAugmentation
+from kp2d.checks import check_output_path
 from kp2d.config import load_config, parse_image_shape
 from kp2d.data.image_folder import ImageFolderDataset
 from kp2d.errors import ConfigError, DataError, Kp2dError, user_message
@@ -31,7 +32,6 @@ from kp2d.io.files import atomic_torch_save
 from kp2d.io.weights import resolve_model_path
 from kp2d.models import KeyPointNet
 from kp2d.models.keypoint_net import keypoint_net_from
-from kp2d.options import check_output_path
 
 
 def recalibrate(network: KeyPointNet, batches: Iterable[torch.Tensor]) -> int:

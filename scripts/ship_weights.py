@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from kp2d.checks import check_output_path
 from kp2d.deploy.shipping import make_pretrained, reference_error
 from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.io.checkpoint import load_checkpoint, training_steps
 from kp2d.models.keypoint_net import load_keypoint_net
-from kp2d.options import check_output_path
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "kp2d" / "weights"
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")

@@ -29,10 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kp2d.checks import check_output_path
 from kp2d.data.hpatches import find_sequences, read_image
 from kp2d.data.image_folder import list_images
 from kp2d.errors import ConfigError, DataError, Kp2dError, user_message
-from kp2d.options import check_output_path
 
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
     "zoom": (1.25, 1.5, 2.0, 2.5, 3.0),

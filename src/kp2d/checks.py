@@ -1,4 +1,4 @@
-"""Checks of option values and input arrays, shared by the Python API and the command line.
+"""Checks of option values, output paths and input arrays, shared by the Python API, the CLI and scripts.
 
 Each check takes the ``name`` to put in its message: the API passes the argument's name (``threshold``),
 the CLI the option's (``--threshold``), so both refuse the same values with the same words. Bad options
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,11 +18,16 @@ import torch
 from kp2d.errors import ConfigError, DataError
 
 __all__ = [
+    "check_at_least",
     "check_finite",
     "check_finite_rows",
     "check_flag",
     "check_integer",
+    "check_output_path",
+    "check_scale_factor",
+    "check_scale_factor_option",
     "check_unit_interval",
+    "parse_size_wh",
     "show",
 ]
 
@@ -109,3 +116,69 @@ def check_finite_rows(name: str, array: torch.Tensor | np.ndarray) -> None:
     raise DataError(
         f"{name} has NaN or infinite values in {len(rows)} of {array.shape[0]} rows (rows {first})"
     )
+
+
+def check_scale_factor(scale_factor: float) -> float:
+    """``scale_factor`` as a float; :class:`ConfigError` unless it is a finite number > 0."""
+    if isinstance(scale_factor, bool) or not isinstance(scale_factor, numbers.Real):
+        raise ConfigError(f"scale_factor must be a number > 0, got {scale_factor!r}")
+    if not (math.isfinite(scale_factor) and scale_factor > 0):
+        raise ConfigError(f"scale_factor must be a finite number > 0, got {scale_factor!r}")
+    return float(scale_factor)
+
+
+def check_scale_factor_option(scale_factor: float) -> None:
+    """:func:`check_scale_factor` with errors naming ``--scale-factor``."""
+    try:
+        check_scale_factor(scale_factor)
+    except ConfigError:
+        raise ConfigError(f"--scale-factor must be a number > 0, got {scale_factor:g}") from None
+
+
+def check_output_path(path: Path, option: str, *, folder: bool = False) -> None:
+    """Fail early, before any long work, unless ``path`` can be written.
+
+    With ``folder``, ``path`` must be a folder or not exist yet; otherwise it must not be a folder. Either
+    way the first existing folder on the way to it must be a writable folder (not a file).
+
+    Raises:
+        ConfigError: naming ``option`` and what is in the way.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a folder; give a folder")
+    if not folder:
+        if path.is_dir():
+            raise ConfigError(f"{option} {path} is a folder; give a file name")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise ConfigError(f"{option} {path}: the file is read-only")
+    start = path if folder else path.parent
+    for candidate in (start, *start.parents):
+        if not os.path.lexists(candidate):
+            continue
+        if not candidate.is_dir():
+            raise ConfigError(f"{option} {path}: {candidate} is a file, not a folder")
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {path}: no permission to write in {candidate}")
+        return
+
+
+def check_at_least(name: str, value: int | None, minimum: int) -> None:
+    """An option given below ``minimum`` is a one-line error naming it."""
+    if value is not None and value < minimum:
+        raise ConfigError(f"--{name} must be at least {minimum}, got {value}")
+
+
+def parse_size_wh(text: str, option: str) -> tuple[int, int]:
+    """``"WIDTHxHEIGHT"`` (e.g. ``"320x240"``) → ``(width, height)``: every ``--shape`` / ``--size`` order.
+
+    Raises:
+        ConfigError: naming ``option``, unless the text is two positive integers joined by ``x``.
+    """
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"{option} must be WIDTHxHEIGHT (e.g. 320x240), got {text!r}") from None
+    if width < 1 or height < 1:
+        raise ConfigError(f"{option} must be WIDTHxHEIGHT with positive sides, got {text!r}")
+    return width, height

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kp2d.io", "kp2d.data", "kp2d.demo"),
     ("kp2d.features",),
     ("kp2d.models",),
-    ("kp2d.options", "kp2d.visualization"),
+    ("kp2d.visualization",),
     ("kp2d.eval", "kp2d.deploy"),
     ("kp2d.tracking", "kp2d.video", ROOT),
     ("kp2d.augmentation", "kp2d.losses", "kp2d.train"),

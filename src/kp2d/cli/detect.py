@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kp2d.options import check_finite_option, check_output_path, check_scale_factor_option
+from kp2d.checks import check_finite, check_output_path, check_scale_factor_option
 
 __all__ = [
     "add_model_options",
@@ -109,8 +109,8 @@ def selection_options(args: argparse.Namespace) -> dict:
 
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
-    check_finite_option("--score-threshold", args.score_threshold)
-    check_finite_option("--nms-radius", args.nms_radius, minimum=0)
+    check_finite("--score-threshold", args.score_threshold)
+    check_finite("--nms-radius", args.nms_radius, minimum=0)
     check_scale_factor_option(args.scale_factor)
     largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
     if args.scale_factor > largest:  # (eval names the shape it would make instead)

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"HPatches folder not found: {hpatches}")
     json_out = Path(args.json) if args.json else None
     if json_out is not None:
-        from kp2d.options import check_output_path
+        from kp2d.checks import check_output_path
 
         check_output_path(json_out, "--json")  # before the evaluation, so that its results are not lost
 

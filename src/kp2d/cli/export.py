@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
     """Export; print what was written and how close ONNX Runtime is to PyTorch."""
     import torch
 
+    from kp2d.checks import check_output_path
     from kp2d.deploy.int8 import load_calibration_images, quantize_int8
     from kp2d.deploy.onnx import DEFAULT_OPSET, export_onnx
     from kp2d.models.keypoint_net import load_keypoint_net
-    from kp2d.options import check_output_path
 
     width, height = _parse_size(args.size)
     opset = args.opset if args.opset is not None else DEFAULT_OPSET

@@ -72,8 +72,8 @@ PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff",
 
 def _check_picture_path(path: Path) -> None:
     """ConfigError unless ``--out`` names a picture file that can be written (before any matching)."""
+    from kp2d.checks import check_output_path
     from kp2d.errors import ConfigError
-    from kp2d.options import check_output_path
 
     check_output_path(path, "--out")
     if path.suffix.lower() not in PICTURE_EXTENSIONS:
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_picture_path(out)
     if args.json is not None:
-        from kp2d.options import check_output_path
+        from kp2d.checks import check_output_path
 
         check_output_path(Path(args.json), "--json")
     model = load_keypoint_net(args.model, resolve_device(args.device))

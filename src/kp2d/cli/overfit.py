@@ -40,11 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the options, train on the image and write the GIFs; returns the exit status."""
+    from kp2d.checks import check_at_least, check_output_path, parse_size_wh
     from kp2d.config import load_config, parse_image_shape
     from kp2d.errors import ConfigError, DataError
     from kp2d.features.extraction import MAX_NETWORK_SIZE, check_image_size
     from kp2d.io.images import load_image
-    from kp2d.options import check_at_least, check_output_path, parse_size_wh
     from kp2d.runtime import resolve_device
     from kp2d.train.overfit import overfit
 

@@ -84,8 +84,8 @@ def track_record(table: dict, source_path: str, fps: float, size: tuple[int, int
 
 
 def _check_options(args: argparse.Namespace) -> None:
+    from kp2d.checks import check_output_path
     from kp2d.errors import ConfigError
-    from kp2d.options import check_output_path
 
     if args.every < 1:
         raise ConfigError(f"--every must be >= 1, got {args.every}")

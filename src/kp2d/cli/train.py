@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from kp2d.config import Config
 
-from kp2d.options import check_at_least
+from kp2d.checks import check_at_least
 
 __all__ = ["add_parser"]
 

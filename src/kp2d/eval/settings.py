@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from kp2d.checks import check_scale_factor_option
 from kp2d.errors import ConfigError
-from kp2d.options import check_scale_factor_option
 
 __all__ = [
     "DEFAULT_SETTINGS",

@@ -27,8 +27,6 @@ docs/notes-from-code.md). OpenCV's SIFT doubles its input the same way before bu
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from collections.abc import Callable
 
@@ -36,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kp2d.checks import check_flag
+from kp2d.checks import check_flag, check_scale_factor
 from kp2d.errors import ConfigError, DataError
 from kp2d.features.dense import CELL, DEFAULT_SCORE_THRESHOLD, KeyPointNetOutput, sample_descriptors
 from kp2d.features.keypoints import Keypoints
@@ -90,15 +88,6 @@ def check_image_size(height: int, width: int, scale_factor: float = 1.0) -> None
             f"image is {width}x{height} pixels{resized}; the network takes at most {MAX_NETWORK_SIZE} "
             "pixels a side (resize the image, or use a smaller scale_factor)"
         )
-
-
-def check_scale_factor(scale_factor: float) -> float:
-    """``scale_factor`` as a float; :class:`ConfigError` unless it is a finite number > 0."""
-    if isinstance(scale_factor, bool) or not isinstance(scale_factor, numbers.Real):
-        raise ConfigError(f"scale_factor must be a number > 0, got {scale_factor!r}")
-    if not (math.isfinite(scale_factor) and scale_factor > 0):
-        raise ConfigError(f"scale_factor must be a finite number > 0, got {scale_factor!r}")
-    return float(scale_factor)
 
 
 def rescale_images(images: torch.Tensor, scale_factor: float) -> torch.Tensor:
