@@ -12,6 +12,7 @@ from kp2d.errors import (
     InputError,
     InputTypeError,
     Kp2dError,
+    RunFolderInUse,
 )
 from kp2d.features.dense import KeyPointNetOutput
 from kp2d.features.extraction import extract
@@ -35,6 +36,7 @@ __all__ = [
     "KeyPointNetOutput",
     "Keypoints",
     "Kp2dError",
+    "RunFolderInUse",
     "TrackedFrame",
     "__version__",
     "estimate_homography",

@@ -9,7 +9,8 @@ so ``except ValueError`` and ``except kp2d.errors.Kp2dError`` both work (table: 
     │   └── ImageNotFoundError(FileNotFoundError)   an image file that does not exist
     ├── CheckpointError(ValueError)      a file that is not a usable checkpoint (bad content)
     ├── InputError(ValueError)           a public-API argument of the wrong shape or value
-    └── InputTypeError(TypeError)        a public-API argument of the wrong type (None, a str, ...)
+    ├── InputTypeError(TypeError)        a public-API argument of the wrong type (None, a str, ...)
+    └── RunFolderInUse(OSError)          a training run folder held by another live kp2d run
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "InputError",
     "InputTypeError",
     "Kp2dError",
+    "RunFolderInUse",
     "make_folder",
     "user_message",
 ]
@@ -55,6 +57,10 @@ class InputError(Kp2dError, ValueError):
 
 class InputTypeError(Kp2dError, TypeError):
     """A public-API argument has the wrong type (``None`` or a string where a tensor is expected)."""
+
+
+class RunFolderInUse(Kp2dError, OSError):
+    """Another live kp2d run holds the run folder (its lock, :mod:`kp2d.train.run_folder`)."""
 
 
 def user_message(err: BaseException) -> str:

@@ -20,6 +20,7 @@ from kp2d.errors import (
     InputError,
     InputTypeError,
     Kp2dError,
+    RunFolderInUse,
 )
 from kp2d.models import KeyPointNet
 from kp2d.visualization import draw_keypoints, draw_matches, draw_score_heatmap, save_gif, to_rgb_uint8
@@ -35,6 +36,7 @@ from kp2d.visualization import draw_keypoints, draw_matches, draw_score_heatmap,
         (InputTypeError, TypeError),
         (ImageNotFoundError, FileNotFoundError),
         (ImageNotFoundError, DataError),
+        (RunFolderInUse, OSError),
     ],
 )
 def test_each_class_is_a_kp2d_error_and_its_builtin(error, builtin):
@@ -45,7 +47,7 @@ def test_each_class_is_a_kp2d_error_and_its_builtin(error, builtin):
 def test_the_docs_table_lists_every_class():
     table = (Path(__file__).parents[2] / "docs" / "errors.md").read_text()
     names = ("Kp2dError", "ConfigError", "DataError", "ImageNotFoundError", "CheckpointError", "InputError")
-    for name in (*names, "InputTypeError"):
+    for name in (*names, "InputTypeError", "RunFolderInUse"):
         assert f"`{name}`" in table
 
 

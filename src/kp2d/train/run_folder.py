@@ -16,7 +16,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from kp2d.errors import Kp2dError
+from kp2d.errors import RunFolderInUse
 
 try:
     import fcntl
@@ -38,10 +38,6 @@ LOCK_NAME = ".lock"
 
 # folder (resolved) -> [fd, how many nested holds, 1 if the hold created the folder]
 _held: dict[Path, list[int]] = {}
-
-
-class RunFolderInUse(Kp2dError):
-    """Another live kp2d run holds the run folder."""
 
 
 def is_rank_zero() -> bool:
