@@ -29,8 +29,13 @@ __all__ = [
     "list_presets",
     "list_recipes",
     "load_config",
+    "MAX_NETWORK_SIZE",
+    "MIN_IMAGE_SIZE",
     "parse_image_shape",
 ]
+
+MIN_IMAGE_SIZE = 32  # pixels, each side
+MAX_NETWORK_SIZE = 16384  # pixels, each side of the network's input (after scale_factor)
 
 
 def _check_range(
@@ -127,14 +132,24 @@ class AugmentationConfig:
 
     def __post_init__(self) -> None:
         height, width = self.image_shape
-        if height % 8 or width % 8 or height < 32 or width < 32:
+        if height % 8 or width % 8 or min(height, width) < MIN_IMAGE_SIZE:
             raise ConfigError(
                 f"augmentation.image_shape must be multiples of 8, at least 32: {self.image_shape}"
+            )
+        # a larger training image is a memory error or an OpenCV traceback deep in the data loader
+        if max(height, width) > MAX_NETWORK_SIZE:
+            raise ConfigError(
+                f"augmentation.image_shape must be at most {MAX_NETWORK_SIZE} a side: "
+                f"{list(self.image_shape)}"
             )
         if self.crop_from != (0, 0) and not (self.crop_from[0] >= height and self.crop_from[1] >= width):
             raise ConfigError(
                 f"augmentation.crop_from {list(self.crop_from)} must be at least image_shape "
                 f"{list(self.image_shape)} on both sides (or [0, 0]: no crop)"
+            )
+        if max(self.crop_from) > MAX_NETWORK_SIZE:
+            raise ConfigError(
+                f"augmentation.crop_from must be at most {MAX_NETWORK_SIZE} a side: {list(self.crop_from)}"
             )
         bad_kernels = [k for k in self.blur_kernels if k < 0 or (k > 1 and k % 2 == 0)]
         if bad_kernels or not self.blur_kernels:
@@ -218,9 +233,13 @@ class TrainConfig:
             _check_range(f"train.{name}", getattr(self, name), low=0)
         _check_range("train.seed", self.seed, low=0, high=2**32, high_open=True)
         width, height = self.val_shape
-        if width % 8 or height % 8 or width < 32 or height < 32:
+        if width % 8 or height % 8 or min(width, height) < MIN_IMAGE_SIZE:
             raise ConfigError(
                 f"train.val_shape (W, H) must be multiples of 8, at least 32: {list(self.val_shape)}"
+            )
+        if max(width, height) > MAX_NETWORK_SIZE:
+            raise ConfigError(
+                f"train.val_shape (W, H) must be at most {MAX_NETWORK_SIZE} a side: {list(self.val_shape)}"
             )
 
 
@@ -328,7 +347,8 @@ def parse_image_shape(text: str) -> tuple[int, int]:
         return AugmentationConfig(image_shape=(height, width)).image_shape
     except (ValueError, ConfigError):
         raise ConfigError(
-            f"expected HxW with sides multiples of 8, at least 32 (e.g. 240x320), got {text!r}"
+            f"expected HxW with sides multiples of 8, from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} "
+            f"(e.g. 240x320), got {text!r}"
         ) from None
 
 

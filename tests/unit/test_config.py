@@ -66,6 +66,11 @@ def test_user_file_extends_preset(tmp_path):
         ({"train": {"val_top_k": 0}}, "train.val_top_k must be at least 1, got 0"),
         ({"train": {"val_shape": [320, 244]}}, "train.val_shape (W, H) must be multiples of 8"),
         ({"train": {"val_shape": [16, 16]}}, "train.val_shape (W, H) must be multiples of 8, at least 32"),
+        # were accepted: training then died in cv2.resize or ran out of memory
+        ({"augmentation": {"image_shape": [100000, 100000]}}, "image_shape must be at most 16384 a side"),
+        ({"augmentation": {"image_shape": [240, 16392]}}, "image_shape must be at most 16384 a side"),
+        ({"augmentation": {"crop_from": [100000, 100000]}}, "crop_from must be at most 16384 a side"),
+        ({"train": {"val_shape": [100000, 240]}}, "train.val_shape (W, H) must be at most 16384 a side"),
         ({"train": {"batch_size": 0}}, "train.batch_size must be at least 1"),
         ({"train": {"epochs": 0}}, "train.epochs must be at least 1"),
         ({"train": {"val_every": -1}}, "train.val_every must be at least 0"),
@@ -144,7 +149,8 @@ def test_unknown_preset():
 def test_parse_image_shape():
     assert parse_image_shape("240x320") == (240, 320)
     assert parse_image_shape("480X640") == (480, 640)
-    for bad in ("240x321", "16x16", "240", "240x320x3", "ax320"):
+    assert parse_image_shape("16384x16384") == (16384, 16384)
+    for bad in ("240x321", "16x16", "240", "240x320x3", "ax320", "100000x100000"):
         with pytest.raises(ConfigError, match=f"expected HxW .* got '{bad}'"):
             parse_image_shape(bad)
 
@@ -242,4 +248,16 @@ def test_the_cli_names_a_binary_config_in_one_line(tmp_path, capsys, command):
     )
     assert main(argv) == 2
     expected = f"kp2d {command}: error: {photo} is not a YAML config file (binary content)"
+    assert single_error_line(capsys) == expected
+
+
+def test_the_cli_refuses_a_config_with_a_huge_image_shape_in_one_line(tmp_path, capsys):
+    """The bound of ``overfit --size`` holds for a training config's image_shape too (MAX_NETWORK_SIZE)."""
+    from cli_output import single_error_line
+    from kp2d.cli import main
+
+    config = tmp_path / "huge.yaml"
+    config.write_text("extends: v4\naugmentation:\n  image_shape: [100000, 100000]\n")
+    assert main(["train", str(config), "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    expected = "kp2d train: error: augmentation.image_shape must be at most 16384 a side: [100000, 100000]"
     assert single_error_line(capsys) == expected

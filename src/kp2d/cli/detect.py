@@ -104,8 +104,8 @@ def model_backend(args: argparse.Namespace, model):
 
 def selection_options(args: argparse.Namespace) -> dict:
     """``extract`` keyword arguments from the parsed options (``--top-k``, ``--score-threshold``, ...)."""
+    from kp2d.config import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
     from kp2d.errors import ConfigError
-    from kp2d.features.extraction import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")

@@ -59,7 +59,7 @@ def _parse_size(text: str) -> tuple[int, int]:
         raise ConfigError(f"--size must be WxH (e.g. 320x240), got '{text}'") from None
     if width % 8 or height % 8 or width < 16 or height < 16:
         raise ConfigError(f"--size {text}: width and height must be multiples of 8, at least 16")
-    from kp2d.features.extraction import MAX_NETWORK_SIZE
+    from kp2d.config import MAX_NETWORK_SIZE
 
     if max(width, height) > MAX_NETWORK_SIZE:
         raise ConfigError(f"--size {text}: width and height must be at most {MAX_NETWORK_SIZE} pixels")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kp2d.checks import check_scale_factor_option
+from kp2d.config import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 from kp2d.errors import ConfigError
 
 __all__ = [
@@ -35,8 +36,6 @@ def _parse_shape(text: str) -> tuple[int, int]:
         width, height = (int(part) for part in parts)
     except ValueError:
         raise ConfigError(f"--shape '{text}': expected WIDTHxHEIGHT, e.g. 320x240") from None
-    from kp2d.features.extraction import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE  # torch: not needed to parse
-
     if not MIN_IMAGE_SIZE <= min(width, height) <= max(width, height) <= MAX_NETWORK_SIZE:
         raise ConfigError(
             f"--shape '{text}': width and height must be from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} pixels"
@@ -82,7 +81,6 @@ def parse_shapes(shapes: list[str] | None, top_ks: list[str] | None) -> list[tup
 def check_eval_scale_factor(scale_factor: float, settings: list[tuple[int, int, int]]) -> None:
     """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8."""
     from kp2d.features.dense import CELL
-    from kp2d.features.extraction import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 
     check_scale_factor_option(scale_factor)
     for width, height, _ in settings:

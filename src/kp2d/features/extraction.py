@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from kp2d.checks import check_flag, check_scale_factor
+from kp2d.config import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 from kp2d.errors import ConfigError, DataError
 from kp2d.features.dense import CELL, DEFAULT_SCORE_THRESHOLD, KeyPointNetOutput, sample_descriptors
 from kp2d.features.keypoints import Keypoints
@@ -57,8 +58,6 @@ __all__ = [
     "to_image_pixels",
 ]
 
-MIN_IMAGE_SIZE = 32  # pixels, each side
-MAX_NETWORK_SIZE = 16384  # pixels, each side of the network's input (after scale_factor)
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int = CELL) -> torch.Tensor:
