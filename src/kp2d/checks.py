@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kp2d.config import MAX_NETWORK_SIZE
 from kp2d.errors import ConfigError, DataError
 
 __all__ = [
@@ -172,8 +173,12 @@ def check_at_least(name: str, value: int | None, minimum: int) -> None:
 def parse_size_wh(text: str, option: str) -> tuple[int, int]:
     """``"WIDTHxHEIGHT"`` (e.g. ``"320x240"``) → ``(width, height)``: every ``--shape`` / ``--size`` order.
 
+    Callers add their own lower bound or multiple; the upper bound, :data:`~kp2d.config.MAX_NETWORK_SIZE`,
+    is the network's for all of them.
+
     Raises:
-        ConfigError: naming ``option``, unless the text is two positive integers joined by ``x``.
+        ConfigError: naming ``option``, unless the text is two integers from 1 to ``MAX_NETWORK_SIZE``
+            joined by ``x``.
     """
     try:
         width, height = (int(part) for part in text.lower().split("x"))
@@ -181,4 +186,6 @@ def parse_size_wh(text: str, option: str) -> tuple[int, int]:
         raise ConfigError(f"{option} must be WIDTHxHEIGHT (e.g. 320x240), got {text!r}") from None
     if width < 1 or height < 1:
         raise ConfigError(f"{option} must be WIDTHxHEIGHT with positive sides, got {text!r}")
+    if max(width, height) > MAX_NETWORK_SIZE:  # cv2.resize and the network fail far past this
+        raise ConfigError(f"{option} {text}: width and height must be at most {MAX_NETWORK_SIZE} pixels")
     return width, height

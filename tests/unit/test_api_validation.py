@@ -1,12 +1,13 @@
 """The Python API refuses NaN / infinite input and bad options as the command line does (issue 25, 8)."""
 
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from kp2d.checks import check_finite, check_finite_rows, check_integer, check_unit_interval
+from kp2d.checks import check_finite, check_finite_rows, check_integer, check_unit_interval, parse_size_wh
 from kp2d.errors import ConfigError, DataError
 from kp2d.features.extraction import extract
 from kp2d.features.matching import descriptor_distances, estimate_homography, match
@@ -165,3 +166,23 @@ def test_the_cli_and_the_api_share_one_check_and_its_words():
     assert check_integer("top_k", np.int64(3)) == 3
     check_finite_rows("x", np.zeros((0, 2)))  # empty and integer input pass
     check_finite_rows("x", torch.arange(6).view(3, 2))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("320x240", None),
+        ("16384X8", None),
+        ("320", "--size must be WIDTHxHEIGHT (e.g. 320x240), got '320'"),
+        ("0x240", "--size must be WIDTHxHEIGHT with positive sides, got '0x240'"),
+        ("16392x64", "--size 16392x64: width and height must be at most 16384 pixels"),
+    ],
+)
+def test_parse_size_wh_is_every_size_option(text, message):
+    """One WxH parser and upper bound for overfit --size, export --size and eval --shape."""
+    if message is None:
+        width, height = (int(part) for part in text.lower().split("x"))
+        assert parse_size_wh(text, "--size") == (width, height)
+    else:
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            parse_size_wh(text, "--size")

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from kp2d.checks import parse_size_wh
 from kp2d.errors import ConfigError, Kp2dError, make_folder
 
 __all__ = ["add_parser", "run"]
@@ -53,16 +54,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--size must be WxH (e.g. 320x240), got '{text}'") from None
+    width, height = parse_size_wh(text, "--size")
     if width % 8 or height % 8 or width < 16 or height < 16:
         raise ConfigError(f"--size {text}: width and height must be multiples of 8, at least 16")
-    from kp2d.config import MAX_NETWORK_SIZE
-
-    if max(width, height) > MAX_NETWORK_SIZE:
-        raise ConfigError(f"--size {text}: width and height must be at most {MAX_NETWORK_SIZE} pixels")
     return width, height
 
 

@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check the options, train on the image and write the GIFs; returns the exit status."""
     from kp2d.checks import check_at_least, check_output_path, parse_size_wh
-    from kp2d.config import MAX_NETWORK_SIZE, load_config, parse_image_shape
+    from kp2d.config import load_config, parse_image_shape
     from kp2d.errors import ConfigError, DataError
     from kp2d.features.extraction import check_image_size
     from kp2d.io.images import load_image
@@ -57,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
             f"(--shape {args.shape} is --size {width}x{height})"
         )
     width, height = parse_size_wh(args.size, "--size")
-    if max(width, height) > MAX_NETWORK_SIZE:  # cv2.resize and the network fail far past this
-        raise ConfigError(f"--size {args.size}: width and height must be at most {MAX_NETWORK_SIZE} pixels")
     try:
         shape = {"image_shape": list(parse_image_shape(f"{height}x{width}"))}
     except ConfigError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kp2d.checks import check_scale_factor_option
+from kp2d.checks import check_scale_factor_option, parse_size_wh
 from kp2d.config import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 from kp2d.errors import ConfigError
 
@@ -31,12 +31,8 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def _parse_shape(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        width, height = (int(part) for part in parts)
-    except ValueError:
-        raise ConfigError(f"--shape '{text}': expected WIDTHxHEIGHT, e.g. 320x240") from None
-    if not MIN_IMAGE_SIZE <= min(width, height) <= max(width, height) <= MAX_NETWORK_SIZE:
+    width, height = parse_size_wh(text, "--shape")
+    if min(width, height) < MIN_IMAGE_SIZE:
         raise ConfigError(
             f"--shape '{text}': width and height must be from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} pixels"
         )
