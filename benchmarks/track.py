@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
             source = open_frames(Path(args.real) / video)
             images = [f for _, f in zip(range(args.frames), source, strict=False) if f is not None]
             global SIZE
-            SIZE = source.size
+            SIZE = source.size_wh
             for name in methods:
                 metrics = _measure(name, images, args.top_k, model, None)
                 results[f"{video}/{name}"] = metrics

@@ -52,12 +52,12 @@ class FrameSource:
     Attributes:
         path: the video or folder.
         fps: frames per second of the video (25 for a folder of frames or an unknown rate).
-        size: ``(W, H)`` of the first frame.
+        size_wh: ``(W, H)`` of the first frame.
         count: number of frames (a video's header count: may be approximate).
     """
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int], count: int) -> None:
-        self.path, self.fps, self.size, self.count = path, fps, size, count
+    def __init__(self, path: Path, fps: float, size_wh: tuple[int, int], count: int) -> None:
+        self.path, self.fps, self.size_wh, self.count = path, fps, size_wh, count
         self._capture: cv2.VideoCapture | None = None
         self._first: np.ndarray | None = None
         self._files: list[Path] = []
@@ -178,13 +178,14 @@ def check_video_path(path: Path) -> None:
 class VideoOutput:
     """An ``.mp4`` / ``.avi`` written through ``<name>.partial<suffix>`` and renamed by :meth:`close`."""
 
-    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int]) -> None:
+    def __init__(self, path: str | os.PathLike, fps: float, size_wh: tuple[int, int]) -> None:
         self.path = Path(path)
         check_video_path(self.path)
         self.partial = self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC[self.path.suffix.lower()])
-        self._writer = cv2.VideoWriter(str(self.partial), fourcc, float(fps), (int(size[0]), int(size[1])))
+        width, height = (int(side) for side in size_wh)
+        self._writer = cv2.VideoWriter(str(self.partial), fourcc, float(fps), (width, height))
         if not self._writer.isOpened():
             self.partial.unlink(missing_ok=True)
             raise DataError(f"cannot write the video {self.path} (OpenCV's writer did not open)")

@@ -286,10 +286,10 @@ def test_cli_ctrl_c_writes_what_is_done(tmp_path, frames, capsys, monkeypatch):
 def test_open_frames_video_and_folder_agree(tmp_path, frames):
     folder = _folder(tmp_path, frames[:3])
     source = open_frames(folder)
-    assert source.size == (WIDTH, HEIGHT) and source.count == 3
+    assert source.size_wh == (WIDTH, HEIGHT) and source.count == 3
     np.testing.assert_array_equal(list(source)[1], frames[1])
     video = open_frames(_video(tmp_path, frames[:3]))
-    assert video.size == (WIDTH, HEIGHT) and len(list(video)) == 3
+    assert video.size_wh == (WIDTH, HEIGHT) and len(list(video)) == 3
 
 
 def test_benchmark_metrics_known_answer():

@@ -61,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def track_record(table: dict, source_path: str, fps: float, size: tuple[int, int], args) -> dict:
+def track_record(table: dict, source_path: str, fps: float, size_wh: tuple[int, int], args) -> dict:
     """What ``--json`` writes.
 
     ``video``, ``fps`` (of the input), ``image_size`` ``[W, H]``, ``every``, ``geometry``, and the columns
@@ -71,7 +71,7 @@ def track_record(table: dict, source_path: str, fps: float, size: tuple[int, int
     record = {
         "video": source_path,
         "fps": fps,
-        "image_size": [int(size[0]), int(size[1])],
+        "image_size": [int(size_wh[0]), int(size_wh[1])],
         "every": args.every,
         "geometry": args.geometry,
     }
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
     video = None
     if args.out is not None:
-        video = VideoOutput(args.out, source.fps / args.every, source.size)
+        video = VideoOutput(args.out, source.fps / args.every, source.size_wh)
     drawer, table = TrackDrawer(args.trail), TrackTable()
     frames = track(
         source, model, backend, options["top_k"], geometry=args.geometry, threshold=args.threshold,
@@ -186,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json is not None:
             from kp2d.io.files import write_json
 
-            write_json(Path(args.json), track_record(arrays, str(args.video), source.fps, source.size, args))
+            record = track_record(arrays, str(args.video), source.fps, source.size_wh, args)
+            write_json(Path(args.json), record)
 
     lengths = np.bincount(arrays["id"]) if len(arrays["id"]) else np.zeros(0, dtype=np.int64)
     mean_length = float(lengths.mean()) if len(lengths) else 0.0
