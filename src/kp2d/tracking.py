@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from kp2d.errors import ConfigError, DataError
+from kp2d.geometry import warp_points_numpy
 
 if TYPE_CHECKING:
     from kp2d.features.extraction import Backend
@@ -135,13 +136,6 @@ def check_geometric(
     gives all False.
     """
     return _fit(points0, points1, geometry, threshold)[0]
-
-
-def _apply_homography(homography: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` points mapped by a 3x3 homography."""
-    mapped = np.c_[points, np.ones(len(points))] @ homography.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (mapped[:, :2] / mapped[:, 2:]).astype(np.float32)
 
 
 class Tracker:
@@ -259,7 +253,8 @@ class Tracker:
         if self._lost_descriptors is not None:
             parts.insert(0, self._lost_descriptors.to(self._descriptors.device))
         lost_descriptors = torch.cat(parts)
-        points = _apply_homography(homography, points)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a point sent to infinity is simply not resumed
+            points = warp_points_numpy(points, homography).astype(np.float32)
         unmatched = np.flatnonzero(ids < 0)
         found = np.zeros(len(lost_ids), dtype=bool)
         if len(unmatched) and len(lost_ids):
