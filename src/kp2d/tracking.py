@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from kp2d.checks import check_finite, check_integer
 from kp2d.errors import ConfigError, DataError
 from kp2d.geometry import warp_points_numpy
 
@@ -153,13 +154,9 @@ class Tracker:
     def __init__(self, geometry: str = "homography", threshold: float = 3.0, memory: int = 5) -> None:
         if geometry not in GEOMETRIES:
             raise ConfigError(f"unknown geometry '{geometry}' (choose from {', '.join(GEOMETRIES)})")
-        if not (np.isfinite(threshold) and threshold > 0):
-            raise ConfigError(f"threshold must be a finite number > 0 (pixels), got {threshold}")
-        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-            raise ConfigError(f"memory must be an integer >= 0 (frames), got {memory!r}")
         self.geometry = geometry
-        self.threshold = float(threshold)
-        self.memory = memory
+        self.threshold = check_finite("threshold", threshold, above=0, unit="pixels")
+        self.memory = check_integer("memory", memory, minimum=0)
         self.next_id = 0
         self._points: np.ndarray | None = None  # previous tracked frame's (N, 2), ids (N,), descriptors
         self._ids = np.zeros(0, dtype=np.int64)
@@ -325,11 +322,8 @@ def track(
     from kp2d.features.dense import DEFAULT_SCORE_THRESHOLD
     from kp2d.features.extraction import extract
 
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ConfigError(f"every must be an integer >= 1, got {every!r}")
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
-                                   or max_frames < 1):
-        raise ConfigError(f"max_frames must be an integer >= 1 or None, got {max_frames!r}")
+    every = check_integer("every", every)
+    max_frames = None if max_frames is None else check_integer("max_frames", max_frames)
     tracker = Tracker(geometry, threshold, memory)
     if model is None:
         from kp2d.models import KeyPointNet

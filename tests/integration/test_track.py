@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import cv2
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from cli_output import single_error_line
 from kp2d.cli import main
+from kp2d.errors import ConfigError
 from kp2d.models import KeyPointNet
 from kp2d.tracking import Tracker, mutual_nearest, track
 from kp2d.video import natural_key, open_frames
@@ -317,3 +319,23 @@ def test_benchmark_metrics_known_answer():
     assert metrics["tracks"] == 2 and metrics["mean_length"] == 3.0
     assert metrics["within_1px"] == 0.5 and metrics["within_3px"] == 1.0
     assert metrics["fps"] == 2.0 and metrics["tracks_100"] == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"threshold": "3"}, "threshold must be a finite number > 0 (pixels), got '3'"),  # was np's TypeError
+        ({"threshold": None}, "threshold must be a finite number > 0 (pixels), got None"),
+        ({"threshold": 0}, "threshold must be a finite number > 0 (pixels), got 0"),
+        ({"memory": -1}, "memory must be an integer >= 0, got -1"),
+        ({"memory": 1.5}, "memory must be an integer >= 0, got 1.5"),
+    ],
+)
+def test_tracker_options_are_checked_as_the_rest_of_the_api(options, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        Tracker(**options)
+
+
+def test_tracker_takes_numpy_integers():
+    """Counts read from numpy (``np.int64``) were refused as 'not an integer'."""
+    assert Tracker(memory=np.int64(3), threshold=np.float32(2.0)).memory == 3

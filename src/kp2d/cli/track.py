@@ -10,7 +10,6 @@ of the frames done (exit 130).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -84,19 +83,15 @@ def track_record(table: dict, source_path: str, fps: float, size_wh: tuple[int, 
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    from kp2d.checks import check_output_path
+    from kp2d.checks import check_finite, check_integer, check_output_path
     from kp2d.errors import ConfigError
 
-    if args.every < 1:
-        raise ConfigError(f"--every must be >= 1, got {args.every}")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
-    if not (math.isfinite(args.threshold) and args.threshold > 0):
-        raise ConfigError(f"--threshold must be a finite number > 0 (pixels), got {args.threshold}")
-    if args.memory < 0:
-        raise ConfigError(f"--memory must be >= 0, got {args.memory}")
-    if args.trail < 2:
-        raise ConfigError(f"--trail must be >= 2, got {args.trail}")
+    check_integer("--every", args.every)
+    if args.max_frames is not None:
+        check_integer("--max-frames", args.max_frames)
+    check_finite("--threshold", args.threshold, above=0, unit="pixels")
+    check_integer("--memory", args.memory, minimum=0)
+    check_integer("--trail", args.trail, minimum=2)
     if args.out is None and args.json is None and args.npz is None:
         raise ConfigError("nothing to write: give --out VIDEO, --json FILE and/or --npz FILE")
     if args.out is not None:
