@@ -155,6 +155,18 @@ def test_fit_memory_of_a_batch_keeps_each_image_size(random_net, monkeypatch):
     assert float(results[0].keypoints[:, 0].max()) > 140
 
 
+def test_the_model_method_takes_fit_memory_as_the_refusal_tells(random_net, monkeypatch):
+    """The refusal says "pass fit_memory=True"; ``model.extract`` (the README's call) was a TypeError."""
+    monkeypatch.setenv(ENV_VAR, str(extract_memory(200, 260)))
+    image = photo(480, 640)
+    with pytest.raises(DataError, match="fit_memory=True"):
+        random_net.extract(image, top_k=200)
+    kpts = random_net.extract(image, top_k=200, fit_memory=True)
+    expected = extract(random_net, image, top_k=200, fit_memory=True)
+    assert kpts.image_size == (640, 480)
+    torch.testing.assert_close(kpts.keypoints, expected.keypoints)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, random_net):
     path = tmp_path_factory.mktemp("model") / "random.ckpt"

@@ -124,6 +124,7 @@ class KeyPointNet(nn.Module):
         nms_radius: float = 0,
         backend=None,
         scale_factor: float = 1.0,
+        fit_memory: bool = False,
     ):
         """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.extract`."""
         return extract(
@@ -134,6 +135,7 @@ class KeyPointNet(nn.Module):
             nms_radius=nms_radius,
             backend=backend,
             scale_factor=scale_factor,
+            fit_memory=fit_memory,
         )
 
     @property
