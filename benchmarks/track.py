@@ -34,11 +34,13 @@ import torch
 from kp2d.tracking import TrackedFrame, Tracker, track
 
 SIZE = (640, 480)
-#: method name -> (backend, scale_factor) for kp2d
+#: method name -> (backend, scale_factor, guided) for kp2d; "-topk": tracks through the top-k keypoints only
 KP2D_METHODS = {
-    "kp2d": ("torch-fp32", 1.0),
-    "kp2d-fused": ("torch-fused", 1.0),
-    "kp2d-fused-0.5": ("torch-fused", 0.5),
+    "kp2d": ("torch-fp32", 1.0, True),
+    "kp2d-fused": ("torch-fused", 1.0, True),
+    "kp2d-fused-0.5": ("torch-fused", 0.5, True),
+    "kp2d-topk": ("torch-fp32", 1.0, False),
+    "kp2d-fused-0.5-topk": ("torch-fused", 0.5, False),
 }
 REAL_VIDEOS = ("vtest.avi", "tree.avi", "Megamind.avi")
 
@@ -168,13 +170,14 @@ def run_method(name: str, images: list[np.ndarray], top_k: int, model) -> tuple[
         start = time.process_time()
         results = list((orb_frames if name == "orb" else lk_frames)(images, top_k))
         return results, (time.process_time() - start) / len(images)
-    backend_name, scale = KP2D_METHODS[name]
+    backend_name, scale, guided = KP2D_METHODS[name]
     from kp2d.deploy.backends import load_backend
 
     backend = None if backend_name == "torch-fp32" else load_backend(backend_name, model)
-    list(track(images[:1], model=model, backend=backend, top_k=top_k, scale_factor=scale))  # warm-up
+    options = {"model": model, "backend": backend, "top_k": top_k, "scale_factor": scale, "guided": guided}
+    list(track(images[:1], **options))  # warm-up
     start = time.process_time()
-    results = list(track(images, model=model, backend=backend, top_k=top_k, scale_factor=scale))
+    results = list(track(images, **options))
     return results, (time.process_time() - start) / len(images)
 
 

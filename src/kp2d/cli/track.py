@@ -55,6 +55,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "default: 5, 0 for off)",
     )
     parser.add_argument(
+        "--no-guided", dest="guided", action="store_false",
+        help="continue tracks through the top-k keypoints only, not through every cell of the network's "
+        "output near their predicted position (guided is the default, homography only)",
+    )
+    parser.add_argument(
+        "--search-radius", type=float, default=2.0, metavar="PX",
+        help="guided: pixels around a track's predicted position searched for it (default: 2)",
+    )
+    parser.add_argument(
         "--trail", type=int, default=12, metavar="N", help="frames of trail drawn per track (default: 12)"
     )
     add_model_options(parser)
@@ -93,6 +102,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-frames must be >= 1, got {args.max_frames}")
     if not (math.isfinite(args.threshold) and args.threshold > 0):
         raise ConfigError(f"--threshold must be a finite number > 0 (pixels), got {args.threshold}")
+    if not (math.isfinite(args.search_radius) and args.search_radius > 0):
+        raise ConfigError(f"--search-radius must be a finite number > 0 (pixels), got {args.search_radius}")
     if args.memory < 0:
         raise ConfigError(f"--memory must be >= 0, got {args.memory}")
     if args.trail < 2:
@@ -153,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     drawer, table = TrackDrawer(args.trail), TrackTable()
     frames = track(
         source, model, backend, options["top_k"], geometry=args.geometry, threshold=args.threshold,
-        memory=args.memory,
+        memory=args.memory, guided=args.guided, search_radius=args.search_radius,
         every=args.every, max_frames=args.max_frames, scale_factor=options["scale_factor"],
         score_threshold=options["score_threshold"], nms_radius=options["nms_radius"],
     )
