@@ -451,7 +451,10 @@ class GuidedTracker:
         predicted = _apply_homography(homography, self._points) if len(self._ids) else self._points
         if len(self._ids):
             cell, _ = self._search(dense, predicted)
-            # the top-k matches that passed the check continue their tracks; the search takes the rest
+            # the top-k matches that passed the check continue their tracks if they lie within the search
+            # radius of the prediction too (RANSAC's threshold is looser); the search takes the rest
+            close = np.linalg.norm(dense.coords[matched[:, 1]] - predicted[matched[:, 0]], axis=1)
+            matched = matched[close <= self.search_radius]
             cell[np.isin(cell, matched[:, 1])] = -1
             cell[matched[:, 0]] = matched[:, 1]
         else:
