@@ -387,3 +387,19 @@ def test_benchmark_metrics_known_answer():
     assert metrics["tracks"] == 2 and metrics["mean_length"] == 3.0
     assert metrics["within_1px"] == 0.5 and metrics["within_3px"] == 1.0
     assert metrics["fps"] == 2.0 and metrics["tracks_100"] == 0
+
+
+def test_cli_bad_search_radius(tmp_path, frames, capsys):
+    video = _video(tmp_path, frames[:2])
+    argv = ["track", str(video), "--npz", str(tmp_path / "t.npz"), "--search-radius", "0"]
+    _fails(capsys, argv, "--search-radius must be a finite number > 0")
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_guided_tracker_refuses_bad_options():
+    from kp2d.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="search_radius must be"):
+        GuidedTracker(search_radius=float("nan"))
+    with pytest.raises(ConfigError, match="max_distance must be"):
+        GuidedTracker(max_distance=0)
