@@ -21,7 +21,11 @@ A keypoint whose match passes inherits its predecessor's track id; every other k
 ``None`` in ``frames`` stands for a frame that could not be read: it is skipped (its index still counts) and
 the next frame is matched to the last good one, so ids stay consistent.
 
-:class:`Tracker` holds that logic for any features (:meth:`Tracker.step` for descriptors,
+By default :func:`track` tracks *guided* (:class:`GuidedTracker`, homography only): tracks moved by the
+frame-to-frame homography continue at any cell keypoint of the network's output near the prediction, not
+only at the top-k keypoints.
+
+:class:`Tracker` holds the plain logic for any features (:meth:`Tracker.step` for descriptors,
 :meth:`Tracker.link` for correspondences found otherwise, e.g. optical flow), so baselines run through the
 same code (``benchmarks/track.py``).
 """
