@@ -5,7 +5,9 @@ sequence of homographies ``H_t`` (pan, zoom in, rotation, mild perspective); a p
 ``t0`` is at ``H_t H_t0^-1 p`` in frame ``t``, so every track's truth is known. Every method goes through
 :class:`kp2d.tracking.Tracker` (same RANSAC homography check, same id logic):
 
-* kp2d: :func:`kp2d.track` (mutual nearest neighbours on descriptors);
+* kp2d: :func:`kp2d.track`, guided (its default: tracks continued through every cell of the network's
+  output near their predicted position) or, for the ``-topk`` methods, mutual nearest neighbours on the
+  top-k keypoints' descriptors only;
 * ORB: ``cv2.ORB`` keypoints, binary descriptors as 0/1 vectors, the same mutual nearest neighbours;
 * LK: Shi–Tomasi corners (``goodFeaturesToTrack``) moved by ``calcOpticalFlowPyrLK``, new corners
   detected away from live tracks each frame to replace the lost ones; flow gives the matches.
@@ -15,7 +17,7 @@ stays within 1 / 3 px of the truth, the drift after 100 frames (median error of 
 their 100th frame), and frames per second (tracking only: features, matching, check; no drawing).
 
     python benchmarks/track.py                       # synthetic video, all methods
-    python benchmarks/track.py --methods kp2d-fused-0.5,orb,lk --frames 60
+    python benchmarks/track.py --methods kp2d-fused,kp2d-fused-topk,orb,lk --frames 60
     python benchmarks/track.py --real /tmp/opencv-doc/usr/share/doc/opencv-doc/examples/data --frames 60
 """
 
@@ -34,11 +36,14 @@ import torch
 from kp2d.tracking import TrackedFrame, Tracker, track
 
 SIZE = (640, 480)
-#: method name -> (backend, scale_factor) for kp2d
+#: method name -> (backend, scale_factor, guided) for kp2d; "-topk": tracks through the top-k keypoints only
 KP2D_METHODS = {
-    "kp2d": ("torch-fp32", 1.0),
-    "kp2d-fused": ("torch-fused", 1.0),
-    "kp2d-fused-0.5": ("torch-fused", 0.5),
+    "kp2d": ("torch-fp32", 1.0, True),
+    "kp2d-fused": ("torch-fused", 1.0, True),
+    "kp2d-fused-0.5": ("torch-fused", 0.5, True),
+    "kp2d-topk": ("torch-fp32", 1.0, False),
+    "kp2d-fused-topk": ("torch-fused", 1.0, False),
+    "kp2d-fused-0.5-topk": ("torch-fused", 0.5, False),
 }
 REAL_VIDEOS = ("vtest.avi", "tree.avi", "Megamind.avi")
 
@@ -168,13 +173,14 @@ def run_method(name: str, images: list[np.ndarray], top_k: int, model) -> tuple[
         start = time.process_time()
         results = list((orb_frames if name == "orb" else lk_frames)(images, top_k))
         return results, (time.process_time() - start) / len(images)
-    backend_name, scale = KP2D_METHODS[name]
+    backend_name, scale, guided = KP2D_METHODS[name]
     from kp2d.deploy.backends import load_backend
 
     backend = None if backend_name == "torch-fp32" else load_backend(backend_name, model)
-    list(track(images[:1], model=model, backend=backend, top_k=top_k, scale_factor=scale))  # warm-up
+    options = {"model": model, "backend": backend, "top_k": top_k, "scale_factor": scale, "guided": guided}
+    list(track(images[:1], **options))  # warm-up
     start = time.process_time()
-    results = list(track(images, model=model, backend=backend, top_k=top_k, scale_factor=scale))
+    results = list(track(images, **options))
     return results, (time.process_time() - start) / len(images)
 
 

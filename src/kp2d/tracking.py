@@ -21,7 +21,11 @@ A keypoint whose match passes inherits its predecessor's track id; every other k
 ``None`` in ``frames`` stands for a frame that could not be read: it is skipped (its index still counts) and
 the next frame is matched to the last good one, so ids stay consistent.
 
-:class:`Tracker` holds that logic for any features (:meth:`Tracker.step` for descriptors,
+By default :func:`track` tracks *guided* (:class:`GuidedTracker`, homography only): tracks moved by the
+frame-to-frame homography continue at any cell keypoint of the network's output near the prediction, not
+only at the top-k keypoints.
+
+:class:`Tracker` holds the plain logic for any features (:meth:`Tracker.step` for descriptors,
 :meth:`Tracker.link` for correspondences found otherwise, e.g. optical flow), so baselines run through the
 same code (``benchmarks/track.py``).
 """
@@ -29,10 +33,11 @@ same code (``benchmarks/track.py``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -45,7 +50,17 @@ if TYPE_CHECKING:
     from kp2d.features.extraction import Backend
     from kp2d.models import KeyPointNet
 
-__all__ = ["GEOMETRIES", "TrackedFrame", "Tracker", "check_geometric", "mutual_nearest", "track"]
+__all__ = [
+    "GEOMETRIES",
+    "DenseFrame",
+    "GuidedTracker",
+    "TrackedFrame",
+    "Tracker",
+    "check_geometric",
+    "dense_frame",
+    "mutual_nearest",
+    "track",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +81,8 @@ class TrackedFrame:
         previous: ``(N,)`` int64 index of the keypoint in the previous tracked frame, -1 for new tracks
             and for tracks resumed after frames in which they were not found.
         num_matches: mutual matches with the previous tracked frame (before the geometric check).
-        num_inliers: matches that passed the geometric check (= tracks continued).
+        num_inliers: matches that passed the geometric check (= tracks continued; guided tracking
+            continues more, through the dense output).
         image_size: ``(W, H)``.
         seconds: time spent on this frame (extraction, matching, check).
         image: the frame as given to :func:`track` (``None`` from :meth:`Tracker.link`), for drawing.
@@ -273,6 +289,220 @@ class Tracker:
             self._descriptors = self._descriptors[torch.as_tensor(mask, device=self._descriptors.device)]
 
 
+class DenseFrame(NamedTuple):
+    """Every cell's keypoint of one frame, the network's dense output in frame pixels.
+
+    Attributes:
+        coords: ``(C, 2)`` float32 keypoint ``(x, y)`` of each of the ``C = Hc * Wc`` cells.
+        scores: ``(C,)`` float32 scores.
+        descriptors: ``(C, D)`` unit-norm descriptors (torch, on the model's device).
+        valid: ``(C,)`` bool, cells that hold a usable keypoint (not a border cell, inside the image).
+        grid: ``(Hc, Wc)``.
+        cell: ``(sx, sy)``, frame pixels per network pixel times the cell size: one cell's extent.
+        selected: ``(K,)`` int64 cell indices of the frame's top-k keypoints, by decreasing score.
+    """
+
+    coords: np.ndarray
+    scores: np.ndarray
+    descriptors: torch.Tensor
+    valid: np.ndarray
+    grid: tuple[int, int]
+    cell: tuple[float, float]
+    selected: np.ndarray
+
+
+def dense_frame(
+    model: KeyPointNet,
+    frame: np.ndarray | torch.Tensor,
+    backend: Backend | None,
+    scale_factor: float,
+    top_k: int | None,
+    score_threshold: float,
+    nms_radius: float,
+) -> DenseFrame:
+    """One network run on ``frame``: all cells' keypoints plus the top-k selection of :func:`kp2d.extract`."""
+    from kp2d.features.dense import CELL
+    from kp2d.features.extraction import (
+        _model_input,
+        _run,
+        check_image_size,
+        check_scale_factor,
+        rescale_images,
+        to_image_pixels,
+    )
+    from kp2d.features.selection import select_keypoints
+
+    batch, _ = _model_input(model, frame)
+    height, width = batch.shape[-2:]
+    check_image_size(height, width, check_scale_factor(scale_factor))
+    network_batch = rescale_images(batch[:1], scale_factor)
+    net_height, net_width = network_batch.shape[-2:]
+    scores, coords, descs = _run(model, network_batch, backend)
+    valid = (scores > 0) & (coords[:, 0] <= net_width - 1) & (coords[:, 1] <= net_height - 1)
+    selected = select_keypoints(
+        scores, coords, top_k, score_threshold, nms_radius * net_width / width, valid=valid
+    )[0]
+    pixels = to_image_pixels(coords, (net_width, net_height), (width, height))
+    return DenseFrame(
+        coords=pixels[0].flatten(1).t().float().cpu().numpy(),
+        scores=scores[0].flatten().float().cpu().numpy(),
+        descriptors=descs[0].flatten(1).t().contiguous(),
+        valid=valid[0].flatten().cpu().numpy(),
+        grid=(int(scores.shape[1]), int(scores.shape[2])),
+        cell=(CELL * width / net_width, CELL * height / net_height),
+        selected=selected.cpu().numpy().astype(np.int64),
+    )
+
+
+class GuidedTracker:
+    """Tracks continued through the network's dense output, not only through the top-k keypoints.
+
+    Each frame: the tracks' descriptors are matched to the top-k keypoints (mutual nearest neighbours) and
+    a RANSAC homography (``threshold`` px) is fitted; its inlier matches continue their tracks. Every other
+    track, also one lost for up to ``memory`` frames, is moved by the homography and continues at the cell
+    keypoint within ``search_radius`` px of that prediction whose descriptor is nearest its own (distance
+    at most ``max_distance``), whether the detector ranked that cell in its top-k or not: a detector
+    re-finds only part of last frame's top-k, which would end those tracks. A cell goes to at most one
+    track. A track's predicted position is its first detection carried by the homographies, so the
+    detector's jitter does not add up along it. Top-k keypoints farther than ``search_radius`` from every
+    continued track start new ones, up to ``top_k`` tracked keypoints per frame.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 3.0,
+        memory: int = 5,
+        max_distance: float = 1.0,
+        top_k: int | None = None,
+        search_radius: float = 2.0,
+    ) -> None:
+        self.threshold = check_finite("threshold", threshold, above=0, unit="pixels")
+        self.memory = check_integer("memory", memory, minimum=0)
+        self.max_distance = check_finite("max_distance", max_distance, above=0)
+        self.search_radius = check_finite("search_radius", search_radius, above=0, unit="pixels")
+        self.top_k = top_k
+        self.next_id = 0
+        # tracks: position in the last frame's pixels, id, descriptor, frames since seen, row in last frame
+        self._points = np.zeros((0, 2), dtype=np.float32)
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._descriptors: torch.Tensor | None = None
+        self._age = np.zeros(0, dtype=np.int64)
+        self._row = np.zeros(0, dtype=np.int64)
+
+    def _motion(self, dense: DenseFrame) -> tuple[np.ndarray, np.ndarray, int]:
+        """Frame-to-frame homography (identity without consensus), inlier pairs (track, cell), matches."""
+        none = np.zeros((0, 2), dtype=np.int64)
+        if self._descriptors is None or not len(self._ids) or not len(dense.selected):
+            return np.eye(3), none, 0
+        selected = torch.as_tensor(dense.selected, device=dense.descriptors.device)
+        pairs = mutual_nearest(self._descriptors, dense.descriptors[selected]).cpu().numpy()
+        inliers, model = _fit(
+            self._points[pairs[:, 0]], dense.coords[dense.selected[pairs[:, 1]]], "homography", self.threshold
+        )
+        if model is None:
+            return np.eye(3), none, len(pairs)
+        matched = pairs[inliers]
+        return model, np.stack([matched[:, 0], dense.selected[matched[:, 1]]], 1), len(pairs)
+
+    def _search(self, dense: DenseFrame, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per track ``(N,)``: the cell it continues at (-1: none) and the descriptor distance."""
+        rows, cols = dense.grid
+        # a cell's keypoint may lie outside its cell: one more ring of cells
+        reach = int(math.ceil(self.search_radius / min(dense.cell))) + 1
+        offsets = np.arange(-reach, reach + 1)
+        with np.errstate(invalid="ignore"):
+            col = np.floor((predicted[:, 0] + 0.5) / dense.cell[0]).astype(np.int64, copy=False)
+            row = np.floor((predicted[:, 1] + 0.5) / dense.cell[1]).astype(np.int64, copy=False)
+        cand_row = (row[:, None, None] + offsets[None, :, None]).reshape(len(row), 1, -1)
+        cand_col = (col[:, None, None] + offsets[None, None, :]).reshape(len(col), 1, -1)
+        cand_row, cand_col = np.broadcast_arrays(cand_row, cand_col)
+        cand_row, cand_col = cand_row[:, 0], cand_col[:, 0]
+        inside = (cand_row >= 0) & (cand_row < rows) & (cand_col >= 0) & (cand_col < cols)
+        flat = np.where(inside, cand_row * cols + cand_col, 0)
+        near = np.linalg.norm(dense.coords[flat] - predicted[:, None], axis=2) <= self.search_radius
+        usable = inside & dense.valid[flat] & near
+        device = dense.descriptors.device
+        index = torch.as_tensor(flat, device=device)
+        similarity = torch.einsum("nd,nkd->nk", self._descriptors.float(), dense.descriptors[index].float())
+        distance = (2.0 - 2.0 * similarity).clamp_min(0).sqrt().cpu().numpy()
+        distance[~usable] = np.inf
+        best = distance.argmin(1)
+        best_distance = distance[np.arange(len(best)), best]
+        cell = np.where(best_distance <= self.max_distance, flat[np.arange(len(best)), best], -1)
+        # a cell continues one track: the nearest descriptor wins
+        order = np.argsort(best_distance, kind="stable")
+        taken = cell[order]
+        _, first = np.unique(taken, return_index=True)
+        keep = np.zeros(len(cell), dtype=bool)
+        keep[order[first]] = True
+        return np.where(keep, cell, -1), best_distance
+
+    def step(self, index: int, dense: DenseFrame, image_size: tuple[int, int]) -> TrackedFrame:
+        """Track one frame's :class:`DenseFrame`."""
+        homography, matched, num_matches = self._motion(dense)
+        predicted = (
+            warp_points_numpy(self._points, homography).astype(np.float32) if len(self._ids) else self._points
+        )
+        if len(self._ids):
+            cell, _ = self._search(dense, predicted)
+            # the top-k matches that passed the check continue their tracks if they lie within the search
+            # radius of the prediction too (RANSAC's threshold is looser); the search takes the rest
+            close = np.linalg.norm(dense.coords[matched[:, 1]] - predicted[matched[:, 0]], axis=1)
+            matched = matched[close <= self.search_radius]
+            cell[np.isin(cell, matched[:, 1])] = -1
+            cell[matched[:, 0]] = matched[:, 1]
+        else:
+            cell = np.zeros(0, dtype=np.int64)
+        found = cell >= 0
+        continued_cells = cell[found]
+        fresh = dense.selected[~np.isin(dense.selected, continued_cells)]
+        if len(fresh) and len(continued_cells):
+            # neighbouring cells' keypoints often sit on one corner: no second track where one continues
+            gap = torch.cdist(
+                torch.from_numpy(dense.coords[fresh]), torch.from_numpy(dense.coords[continued_cells])
+            )
+            fresh = fresh[(gap.min(1).values > self.search_radius).numpy()]
+        if self.top_k is not None:
+            fresh = fresh[: max(0, self.top_k - len(continued_cells))]
+        cells = np.concatenate([continued_cells, fresh])
+        ids = np.concatenate([self._ids[found], self.next_id + np.arange(len(fresh))])
+        self.next_id += len(fresh)
+        previous = np.concatenate([np.where(self._age[found] == 0, self._row[found], -1),
+                                   np.full(len(fresh), -1, dtype=np.int64)])
+        is_new = np.r_[np.zeros(len(continued_cells), dtype=bool), np.ones(len(fresh), dtype=bool)]
+        keypoints = dense.coords[cells]
+        # tracks not found are carried by the homography and kept ``memory`` frames
+        width, height = image_size
+        lost = ~found & (self._age < self.memory) & np.isfinite(predicted).all(1)
+        lost &= (predicted[:, 0] > -1) & (predicted[:, 0] < width) & (predicted[:, 1] > -1)
+        lost &= predicted[:, 1] < height
+        device = dense.descriptors.device
+        cell_index = torch.as_tensor(cells, device=device)
+        parts = [dense.descriptors[cell_index]]
+        if self._descriptors is not None:
+            parts.append(self._descriptors[torch.as_tensor(lost, device=self._descriptors.device)].to(device))
+        self._descriptors = torch.cat(parts)
+        # a continued track keeps its position carried by the homographies, not the detection's: the
+        # detector's jitter would otherwise add up frame after frame
+        carried = predicted[found]
+        self._points = np.concatenate([carried, keypoints[len(continued_cells):], predicted[lost]])
+        self._points = self._points.astype(np.float32)
+        self._ids = np.concatenate([ids, self._ids[lost]])
+        self._age = np.concatenate([np.zeros(len(cells), dtype=np.int64), self._age[lost] + 1])
+        self._row = np.concatenate([np.arange(len(cells)), np.full(int(lost.sum()), -1)])
+        return TrackedFrame(
+            index=index,
+            keypoints=keypoints.astype(np.float32),
+            scores=dense.scores[cells].astype(np.float32),
+            track_ids=ids.astype(np.int64),
+            is_new=is_new,
+            previous=previous.astype(np.int64),
+            num_matches=num_matches,
+            num_inliers=len(matched),
+            image_size=(int(image_size[0]), int(image_size[1])),
+        )
+
+
 def _frame_size(frame: np.ndarray | torch.Tensor, index: int) -> tuple[int, int]:
     """``(W, H)`` of an ``(H, W[, C])`` array or ``(C, H, W)`` tensor; DataError for anything else."""
     if isinstance(frame, torch.Tensor) and frame.dim() == 3:
@@ -297,6 +527,9 @@ def track(
     scale_factor: float = 1.0,
     score_threshold: float | None = None,
     nms_radius: float = 0.0,
+    guided: bool = True,
+    max_distance: float = 1.0,
+    search_radius: float = 2.0,
 ) -> Iterator[TrackedFrame]:
     """Track keypoints through ``frames``, yielding one :class:`TrackedFrame` per processed frame.
 
@@ -314,17 +547,24 @@ def track(
         scale_factor: run the network on frames resized by this factor (keypoints stay in frame pixels);
             0.5 runs about four times faster for coarser keypoints.
         score_threshold, nms_radius: keypoint selection, as :func:`kp2d.extract`.
+        guided: with ``"homography"``, continue tracks through every cell of the network's dense output
+            near their predicted position (:class:`GuidedTracker`), not only through the top-k keypoints.
+        max_distance: guided: the largest descriptor distance (unit descriptors, 0..2) that continues a track.
+        search_radius: guided: pixels around a track's predicted position searched for its keypoint.
 
     Raises:
         DataError: a frame of another size than the first (tracks live in one image plane) or not an image.
         ConfigError: bad options.
     """
+    from kp2d.checks import check_flag
     from kp2d.features.dense import DEFAULT_SCORE_THRESHOLD
     from kp2d.features.extraction import extract
 
     every = check_integer("every", every)
     max_frames = None if max_frames is None else check_integer("max_frames", max_frames)
     tracker = Tracker(geometry, threshold, memory)
+    guided = check_flag("guided", guided) and geometry == "homography"
+    guided_tracker = GuidedTracker(threshold, memory, max_distance, top_k, search_radius) if guided else None
     if model is None:
         from kp2d.models import KeyPointNet
 
@@ -355,10 +595,16 @@ def track(
                 f"{size[0]}x{size[1]}; tracking needs frames of one size"
             )
         start = time.perf_counter()
-        kpts = extract(model, frame, **options)
-        result = tracker.step(
-            index, kpts.keypoints.cpu().numpy(), kpts.scores.cpu().numpy(), kpts.descriptors, size
-        )
+        if guided_tracker is not None:
+            dense = dense_frame(
+                model, frame, backend, scale_factor, top_k, options["score_threshold"], nms_radius
+            )
+            result = guided_tracker.step(index, dense, size)
+        else:
+            kpts = extract(model, frame, **options)
+            result = tracker.step(
+                index, kpts.keypoints.cpu().numpy(), kpts.scores.cpu().numpy(), kpts.descriptors, size
+            )
         result.seconds = time.perf_counter() - start
         result.image = frame
         yield result

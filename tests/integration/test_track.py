@@ -13,7 +13,7 @@ from cli_output import single_error_line
 from kp2d.cli import main
 from kp2d.errors import ConfigError
 from kp2d.models import KeyPointNet
-from kp2d.tracking import Tracker, mutual_nearest, track
+from kp2d.tracking import DenseFrame, GuidedTracker, Tracker, mutual_nearest, track
 from kp2d.video import natural_key, open_frames
 
 WIDTH, HEIGHT, FRAMES = 160, 120, 10
@@ -111,6 +111,54 @@ def test_lost_track_resumed_with_its_id():
     assert again.track_ids[2] == 7 and again.is_new.tolist() == [i == 2 for i in range(7)]
 
 
+def _dense(points, descriptors, selected, shape=(4, 4), cell=8.0):
+    """A DenseFrame whose cell ``i`` holds ``points[i]`` (unit ``descriptors[i]``), all cells valid."""
+    count = shape[0] * shape[1]
+    return DenseFrame(
+        coords=np.asarray(points, np.float32), scores=np.linspace(1, 0.5, count, dtype=np.float32),
+        descriptors=descriptors, valid=np.ones(count, bool), grid=shape, cell=(cell, cell),
+        selected=np.asarray(selected, np.int64),
+    )
+
+
+def test_guided_continues_a_track_outside_the_top_k():
+    # a 4x4 grid of cells, keypoint of cell (r, c) at its centre; 16 distinct unit descriptors
+    rows, cols = np.mgrid[0:4, 0:4]
+    centres = np.stack([cols.ravel() * 8 + 3.5, rows.ravel() * 8 + 3.5], 1).astype(np.float32)
+    descriptors = torch.eye(16)
+    tracker = GuidedTracker(threshold=3.0, memory=0, top_k=8, search_radius=2.0)
+    tracked = [0, 3, 5, 6, 9, 10, 12, 15]
+    first = tracker.step(0, _dense(centres, descriptors, tracked), (32, 32))
+    assert first.track_ids.tolist() == list(range(8)) and first.is_new.all()
+    # frame 1: the scene moves by (1, 0.5) px; the detector's top-k misses cell 6 (a new cell 7 instead)
+    moved = centres + np.array([1.0, 0.5], np.float32)
+    second = tracker.step(1, _dense(moved, descriptors, [0, 3, 5, 7, 9, 10, 12, 15]), (32, 32))
+    # cell 6 continued track 3 from the dense output
+    np.testing.assert_allclose(second.keypoints[second.track_ids == 3], moved[6:7], atol=1e-5)
+    continued = ~second.is_new
+    assert continued.sum() == 8 and sorted(second.track_ids[continued].tolist()) == list(range(8))
+    np.testing.assert_allclose(second.keypoints[continued], moved[tracked], atol=1e-5)
+    assert (second.previous[continued] == np.arange(8)).all()
+    # cell 7 lies 8 px from every track: it starts track 8, but the 8 continued tracks fill top_k
+    assert second.is_new.sum() == 0 and tracker.next_id == 8
+
+
+def test_guided_rejects_a_far_or_unlike_keypoint():
+    centres = np.array([[3.5 + 8 * (i % 4), 3.5 + 8 * (i // 4)] for i in range(16)], np.float32)
+    descriptors = torch.eye(16)
+    tracker = GuidedTracker(threshold=3.0, memory=0, top_k=16, max_distance=0.5, search_radius=2.0)
+    tracker.step(0, _dense(centres, descriptors, [5]), (32, 32))
+    # no top-k match (nothing selected): predicted in place; cell 5's keypoint is 3 px away (> radius)
+    far = centres.copy()
+    far[5] += 3.0
+    assert tracker.step(1, _dense(far, descriptors, []), (32, 32)).track_ids.tolist() == []
+    tracker = GuidedTracker(threshold=3.0, memory=0, top_k=16, max_distance=0.5, search_radius=2.0)
+    tracker.step(0, _dense(centres, descriptors, [5]), (32, 32))
+    unlike = descriptors.clone()
+    unlike[5] = torch.nn.functional.normalize(torch.ones(16), dim=0)  # distance > 0.5 from e5
+    assert tracker.step(1, _dense(centres, unlike, []), (32, 32)).track_ids.tolist() == []
+
+
 def _check_follows_shift(results, steps):
     """Continued keypoints sit at their predecessor + steps * SHIFT (within 2 px); most keypoints continue."""
     for before, after, step in zip(results, results[1:], steps, strict=False):
@@ -139,6 +187,28 @@ def test_ids_persist_under_known_translation(model, frames):
         truth = path[0] + np.arange(FRAMES)[:, None] * SHIFT
         deviations.append(np.linalg.norm(path - truth, axis=1).max())
     assert np.median(deviations) < 2.0
+
+
+def _share_on_truth(results, pixels):
+    """Share of tracks (2+ frames) whose every position is within ``pixels`` of first position + shift."""
+    ids = np.concatenate([r.track_ids for r in results])
+    xy = np.concatenate([r.keypoints for r in results])
+    frame = np.concatenate([np.full(len(r), r.index) for r in results])
+    on_truth = []
+    for track_id in np.unique(ids):
+        rows = np.flatnonzero(ids == track_id)
+        if len(rows) >= 2:
+            truth = xy[rows[0]] + (frame[rows] - frame[rows[0]])[:, None] * SHIFT
+            on_truth.append(np.linalg.norm(xy[rows] - truth, axis=1).max() <= pixels)
+    return np.mean(on_truth)
+
+
+def test_guided_tracks_stay_on_the_truth(model, frames):
+    # guided tracks are carried by the homography and only take a detection within 2 px of it
+    guided = list(track(frames, model=model, top_k=200))
+    plain = list(track(frames, model=model, top_k=200, guided=False))
+    _check_follows_shift(plain, [1] * FRAMES)
+    assert _share_on_truth(guided, 3.0) > 0.95 > _share_on_truth(plain, 3.0)
 
 
 def test_unreadable_frame_skipped_ids_consistent(model, frames):
@@ -266,7 +336,7 @@ def test_cli_unwritable_outputs_checked_first(tmp_path, frames, capsys, monkeypa
 def test_cli_ctrl_c_writes_what_is_done(tmp_path, frames, capsys, monkeypatch):
     import kp2d.tracking
 
-    step, calls = kp2d.tracking.Tracker.step, []
+    step, calls = kp2d.tracking.GuidedTracker.step, []
 
     def interrupted_step(self, *args, **kwargs):
         calls.append(1)
@@ -274,7 +344,7 @@ def test_cli_ctrl_c_writes_what_is_done(tmp_path, frames, capsys, monkeypatch):
             raise KeyboardInterrupt
         return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(kp2d.tracking.Tracker, "step", interrupted_step)
+    monkeypatch.setattr(kp2d.tracking.GuidedTracker, "step", interrupted_step)
     video = _video(tmp_path, frames)
     out, json_path, npz_path = tmp_path / "t.mp4", tmp_path / "t.json", tmp_path / "t.npz"
     argv = ["track", str(video), "--out", str(out), "--json", str(json_path), "--npz", str(npz_path)]
@@ -339,3 +409,17 @@ def test_tracker_options_are_checked_as_the_rest_of_the_api(options, message):
 def test_tracker_takes_numpy_integers():
     """Counts read from numpy (``np.int64``) were refused as 'not an integer'."""
     assert Tracker(memory=np.int64(3), threshold=np.float32(2.0)).memory == 3
+
+
+def test_cli_bad_search_radius(tmp_path, frames, capsys):
+    video = _video(tmp_path, frames[:2])
+    argv = ["track", str(video), "--npz", str(tmp_path / "t.npz"), "--search-radius", "0"]
+    _fails(capsys, argv, "--search-radius must be a finite number > 0")
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_guided_tracker_refuses_bad_options():
+    with pytest.raises(ConfigError, match="search_radius must be"):
+        GuidedTracker(search_radius=float("nan"))
+    with pytest.raises(ConfigError, match="max_distance must be"):
+        GuidedTracker(max_distance=0)

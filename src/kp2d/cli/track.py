@@ -54,6 +54,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "default: 5, 0 for off)",
     )
     parser.add_argument(
+        "--no-guided", dest="guided", action="store_false",
+        help="continue tracks through the top-k keypoints only, not through every cell of the network's "
+        "output near their predicted position (guided is the default, homography only)",
+    )
+    parser.add_argument(
+        "--search-radius", type=float, default=2.0, metavar="PX",
+        help="guided: pixels around a track's predicted position searched for it (default: 2)",
+    )
+    parser.add_argument(
         "--trail", type=int, default=12, metavar="N", help="frames of trail drawn per track (default: 12)"
     )
     add_model_options(parser)
@@ -90,6 +99,7 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.max_frames is not None:
         check_integer("--max-frames", args.max_frames)
     check_finite("--threshold", args.threshold, above=0, unit="pixels")
+    check_finite("--search-radius", args.search_radius, above=0, unit="pixels")
     check_integer("--memory", args.memory, minimum=0)
     check_integer("--trail", args.trail, minimum=2)
     if args.out is None and args.json is None and args.npz is None:
@@ -148,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     drawer, table = TrackDrawer(args.trail), TrackTable()
     frames = track(
         source, model, backend, options["top_k"], geometry=args.geometry, threshold=args.threshold,
-        memory=args.memory,
+        memory=args.memory, guided=args.guided, search_radius=args.search_radius,
         every=args.every, max_frames=args.max_frames, scale_factor=options["scale_factor"],
         score_threshold=options["score_threshold"], nms_radius=options["nms_radius"],
     )
