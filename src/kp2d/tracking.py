@@ -322,35 +322,22 @@ def dense_frame(
 ) -> DenseFrame:
     """One network run on ``frame``: all cells' keypoints plus the top-k selection of :func:`kp2d.extract`."""
     from kp2d.features.dense import CELL
-    from kp2d.features.extraction import (
-        _model_input,
-        _run,
-        check_image_size,
-        check_scale_factor,
-        rescale_images,
-        to_image_pixels,
-    )
-    from kp2d.features.selection import select_keypoints
+    from kp2d.features.extraction import check_image_size, check_scale_factor, dense_keypoints, model_input
 
-    batch, _ = _model_input(model, frame)
+    batch, _ = model_input(model, frame)
     height, width = batch.shape[-2:]
     check_image_size(height, width, check_scale_factor(scale_factor))
-    network_batch = rescale_images(batch[:1], scale_factor)
-    net_height, net_width = network_batch.shape[-2:]
-    scores, coords, descs = _run(model, network_batch, backend)
-    valid = (scores > 0) & (coords[:, 0] <= net_width - 1) & (coords[:, 1] <= net_height - 1)
-    selected = select_keypoints(
-        scores, coords, top_k, score_threshold, nms_radius * net_width / width, valid=valid
-    )[0]
-    pixels = to_image_pixels(coords, (net_width, net_height), (width, height))
+    dense = dense_keypoints(model, batch[:1], top_k, score_threshold, nms_radius, backend, scale_factor)
+    net_width, net_height = dense.network_size_wh
+    scores = dense.scores
     return DenseFrame(
-        coords=pixels[0].flatten(1).t().float().cpu().numpy(),
+        coords=dense.coords[0].flatten(1).t().float().cpu().numpy(),
         scores=scores[0].flatten().float().cpu().numpy(),
-        descriptors=descs[0].flatten(1).t().contiguous(),
-        valid=valid[0].flatten().cpu().numpy(),
+        descriptors=dense.descriptors[0].flatten(1).t().contiguous(),
+        valid=dense.valid[0].flatten().cpu().numpy(),
         grid=(int(scores.shape[1]), int(scores.shape[2])),
         cell=(CELL * width / net_width, CELL * height / net_height),
-        selected=selected.cpu().numpy().astype(np.int64),
+        selected=dense.selected[0].cpu().numpy().astype(np.int64),
     )
 
 

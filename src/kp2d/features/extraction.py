@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,10 +49,13 @@ Backend = Callable[[torch.Tensor], KeyPointNetOutput]
 __all__ = [
     "MAX_NETWORK_SIZE",
     "MIN_IMAGE_SIZE",
+    "DenseKeypoints",
     "check_image_size",
+    "dense_keypoints",
     "check_scale_factor",
     "extract",
     "extract_with_score_map",
+    "model_input",
     "pad_to_multiple",
     "rescale_images",
     "score_map",
@@ -205,7 +209,8 @@ def _model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]
     return parameter.device, parameter.dtype
 
 
-def _model_input(model: torch.nn.Module, image: ImageLike) -> tuple[torch.Tensor, bool]:
+def model_input(model: torch.nn.Module, image: ImageLike) -> tuple[torch.Tensor, bool]:
+    """``(B, C, H, W)`` on the model's device and dtype, and whether ``image`` was a batch."""
     device, dtype = _model_placement(model)
     batch, batched = image_to_tensor(image, model.in_channels, device)
     return batch.to(dtype), batched
@@ -232,6 +237,42 @@ def _run(
             return out.score[:, 0], out.coord, desc.float()  # float32 also from a float64 model
     finally:
         model.train(was_training)
+
+
+class DenseKeypoints(NamedTuple):
+    """Every cell's keypoint of a batch and the selection among them (:func:`dense_keypoints`)."""
+
+    scores: torch.Tensor  #: (B, Hc, Wc) cell scores of the padded (resized) images
+    coords: torch.Tensor  #: (B, 2, Hc, Wc) each cell's keypoint (x, y) in pixels of the input images
+    descriptors: torch.Tensor  #: (B, D, Hc, Wc) float32 descriptors
+    valid: torch.Tensor  #: (B, Hc, Wc) cells that may be selected
+    selected: list[torch.Tensor]  #: per image, flat cell indices of the selected keypoints, best first
+    network_size_wh: tuple[int, int]  #: (W', H') of the network's input before padding
+
+
+def dense_keypoints(
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    top_k: int | None,
+    score_threshold: float,
+    nms_radius: float,
+    backend: Backend | None = None,
+    scale_factor: float = 1.0,
+) -> DenseKeypoints:
+    """Run the network on ``(B, C, H, W)`` resized by ``scale_factor``; all cells and the top-k selection.
+
+    ``nms_radius`` is in pixels of ``batch``; options are checked by the caller.
+    """
+    height, width = batch.shape[-2:]
+    network_batch = rescale_images(batch, scale_factor)
+    net_height, net_width = network_batch.shape[-2:]
+    scores, coords, descs = _run(model, network_batch, backend)
+    # border cells (score forced to 0) and keypoints in the padding never count, whatever the threshold
+    valid = (scores > 0) & (coords[:, 0] <= net_width - 1) & (coords[:, 1] <= net_height - 1)
+    nms_radius = nms_radius * net_width / width  # the selection works in pixels of the network's input
+    selected = select_keypoints(scores, coords, top_k, score_threshold, nms_radius, valid=valid)
+    coords = to_image_pixels(coords, (net_width, net_height), (width, height))
+    return DenseKeypoints(scores, coords, descs, valid, selected, (net_width, net_height))
 
 
 def _extract_batch(
@@ -261,21 +302,16 @@ def _extract_batch(
         image, original_size = _fitted_input(model, image, scale_factor, backend, fit_memory)
     if original_size is not None:
         return _extract_shrunk(model, image, original_size, top_k, score_threshold, nms_radius, backend)
-    batch, batched = _model_input(model, image)
+    batch, batched = model_input(model, image)
     height, width = batch.shape[-2:]
     check_image_size(height, width, scale_factor)
     if batch.shape[0] == 0:  # an empty batch: no images, no keypoints
         net_height, net_width = _network_size(height, width, scale_factor)
         cells = (-(-net_height // CELL), -(-net_width // CELL))
         return [], torch.zeros(0, *cells, device=batch.device), batched
-    network_batch = rescale_images(batch, scale_factor)
-    net_height, net_width = network_batch.shape[-2:]
-    scores, coords, descs = _run(model, network_batch, backend)
-    # border cells (score forced to 0) and keypoints in the padding never count, whatever the threshold
-    valid = (scores > 0) & (coords[:, 0] <= net_width - 1) & (coords[:, 1] <= net_height - 1)
-    nms_radius = nms_radius * net_width / width  # the selection works in pixels of the network's input
-    selected = select_keypoints(scores, coords, top_k, score_threshold, nms_radius, valid=valid)
-    coords = to_image_pixels(coords, (net_width, net_height), (width, height))
+    scores, coords, descs, _, selected, _ = dense_keypoints(
+        model, batch, top_k, score_threshold, nms_radius, backend, scale_factor
+    )
     results = []
     for score, coord, desc, index in zip(scores, coords, descs, selected, strict=True):
         # indexing outside inference mode gives ordinary tensors (the caller may modify them in place)
@@ -410,7 +446,7 @@ def score_map(model: torch.nn.Module, image: ImageLike) -> torch.Tensor:
 
     Cells of the padded border hold the score of the padded image; crop after upsampling by 8.
     """
-    batch, batched = _model_input(model, image)
+    batch, batched = model_input(model, image)
     if batched and batch.shape[0] != 1:
         raise DataError(f"score_map takes one image, got a batch of {batch.shape[0]}")
     check_image_size(*batch.shape[-2:])
