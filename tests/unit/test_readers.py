@@ -155,16 +155,8 @@ def test_kp2d_detect_gives_one_line(tmp_path, capsys, suffix, cut):
 def test_the_cli_stderr_holds_only_kp2ds_line(tmp_path, suffix):
     """libpng printed ``libpng error: ...`` (libjpeg ``Premature end of JPEG file``) before kp2d's line."""
     path = _truncated(tmp_path, suffix, "half")
-    result = subprocess.run(
-        [sys.executable, "-m", "kp2d", "detect", str(path), "--model", "v0", "--device", "cpu",
-         "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"kp2d detect: error: {_expected(path)}"), result.stderr
+    lines = _detect_stderr_lines(path, tmp_path)
+    assert len(lines) == 1 and lines[0].startswith(f"kp2d detect: error: {_expected(path)}"), lines
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
@@ -188,6 +180,19 @@ def test_kp2d_eval_stops_on_a_view_cut_in_half_and_skip_bad_skips_it(tmp_path, c
     entry = json.loads(out.read_text())["80x60"]
     assert entry["pairs"] == PAIRS_PER_SUBSET["all"] - 1
     assert len(entry["skipped"]) == 1 and entry["skipped"][0].startswith("v_astronaut:1-3")
+
+
+def _detect_stderr_lines(path: Path, tmp_path: Path) -> list[str]:
+    """stderr lines of ``kp2d detect PATH`` in a fresh process, which must exit with status 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "kp2d", "detect", str(path), "--model", "v0", "--device", "cpu",
+         "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    return result.stderr.strip().splitlines()
 
 
 def _damaged_png(path: Path) -> Path:
@@ -225,13 +230,5 @@ def test_the_capture_gives_back_what_is_not_a_library_line(capfd):
 @pytest.mark.slow
 def test_a_damaged_png_gives_one_line_on_the_cli(tmp_path):
     path = _damaged_png(tmp_path / "garbled.png")
-    result = subprocess.run(
-        [sys.executable, "-m", "kp2d", "detect", str(path), "--model", "v0", "--device", "cpu",
-         "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "libpng error: " in lines[0], result.stderr
+    lines = _detect_stderr_lines(path, tmp_path)
+    assert len(lines) == 1 and "libpng error: " in lines[0], lines
