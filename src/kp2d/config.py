@@ -75,6 +75,10 @@ class ModelConfig:
     do_cross: bool = True  # keypoints may move across cell borders
     with_dropout: bool = True
     with_io: bool = True  # train IO-Net and its loss
+    width: float = 1.0  # channel multiplier of every layer but the 256-D descriptor output (1: the paper's)
+
+    def __post_init__(self) -> None:
+        _check_range("model.width", self.width, low=0.125, high=2.0)
 
 
 @dataclass
@@ -93,12 +97,13 @@ class LossConfig:
     io_selection: str = "lowest"  # "lowest" (the original code) or "highest" (the paper's text) scores
     io_inlier_threshold: float = 4.0  # px
     io_min_inliers: int = 10  # the IO loss is used when the batch has more inliers than this
+    distill_weight: float = 1.0  # weight of losses.distillation_loss when train.teacher is set
 
     def __post_init__(self) -> None:
         if self.io_selection not in ("lowest", "highest"):
             raise ConfigError(f"loss.io_selection must be 'lowest' or 'highest', got {self.io_selection!r}")
         for name in ("keypoint_loss_weight", "descriptor_loss_weight", "score_loss_weight", "relax_field",
-                     "triplet_margin", "min_valid_cells", "io_min_inliers"):
+                     "triplet_margin", "min_valid_cells", "io_min_inliers", "distill_weight"):
             _check_range(f"loss.{name}", getattr(self, name), low=0)
         _check_range("loss.location_threshold", self.location_threshold, low=0, low_open=True)
         _check_range("loss.io_inlier_threshold", self.io_inlier_threshold, low=0, low_open=True)
@@ -223,6 +228,7 @@ class TrainConfig:
     val_top_k: int = 300
     wandb: bool = False
     wandb_project: str = "kp2d"
+    teacher: str = ""  # shipped name or checkpoint whose outputs the network also learns (distillation)
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kp2d.config import LossConfig
-from kp2d.features.dense import KeyPointNetOutput, interior_mask
+from kp2d.features.dense import KeyPointNetOutput, interior_mask, sample_descriptors
 from kp2d.geometry import denormalize_points, normalize_points, warp_points
 from kp2d.models.io_net import IONet
 
@@ -28,6 +28,7 @@ __all__ = [
     "LossTerms",
     "WarpedKeypoints",
     "descriptor_loss",
+    "distillation_loss",
     "io_loss",
     "keypoint_net_losses",
     "location_loss",
@@ -84,6 +85,7 @@ class LossTerms(NamedTuple):
     io: torch.Tensor
     recall: torch.Tensor
     io_inliers: torch.Tensor
+    distill: torch.Tensor  # the distillation term (0 without a teacher); included in ``total`` by its caller
 
 
 def _flatten_cells(tensor: torch.Tensor) -> torch.Tensor:
@@ -344,4 +346,28 @@ def keypoint_net_losses(
         + config.descriptor_loss_weight * TRIPLET_FACTOR * triplet
         + config.score_loss_weight * (usp + SCORE_MSE_FACTOR * mse)
     )
-    return LossTerms(total, location, triplet, usp, mse, io, recall, inliers)
+    return LossTerms(total, location, triplet, usp, mse, io, recall, inliers, zero)
+
+
+def distillation_loss(
+    student: KeyPointNetOutput, teacher: KeyPointNetOutput, height: int, width: int
+) -> torch.Tensor:
+    """How far a network's outputs are from a teacher's on the same ``height x width`` images.
+
+    The mean of three terms, each 0 for identical outputs: the score maps' mean absolute difference; the
+    keypoints' distance in cells (``|dx| + |dy|`` over 8 px), weighted by the teacher's score; and
+    ``1 - cos`` between the two descriptor maps sampled at the teacher's keypoints, weighted likewise.
+    Descriptor maps of different strides (a teacher with upsampling, a student without) compare, as both
+    are sampled at pixel positions. Shapes as :class:`KeyPointNetOutput`; the teacher's are constants.
+    """
+    student = KeyPointNetOutput(*(t.float() for t in student))
+    score = (student.score - teacher.score).abs().mean()
+    weight = teacher.score.flatten(1)  # (B, N): keypoints the teacher would pick count most
+    weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    cells = (student.coord - teacher.coord).abs().sum(dim=1).flatten(1) / 8.0
+    location = (weight * cells).sum(dim=1).mean()
+    student_desc = sample_descriptors(student.desc, teacher.coord, height, width).flatten(2)
+    teacher_desc = sample_descriptors(teacher.desc.float(), teacher.coord, height, width).flatten(2)
+    cosine = (student_desc * teacher_desc).sum(dim=1)  # (B, N)
+    descriptor = (weight * (1.0 - cosine)).sum(dim=1).mean()
+    return score + location + descriptor

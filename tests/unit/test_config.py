@@ -9,11 +9,12 @@ from kp2d.config import list_presets, list_recipes, load_config, parse_image_sha
 from kp2d.errors import ConfigError
 
 
-def test_presets_are_the_ablations():
-    assert list_presets() == ["v0", "v1", "v2", "v3", "v4"]
+def test_presets_are_the_ablations_and_lite():
+    assert list_presets() == ["lite", "v0", "v1", "v2", "v3", "v4"]
     flags = {
         name: (c.model.do_cross, c.model.do_upsample, c.model.with_io, c.loss.descriptor_loss)
         for name in list_presets()
+        if name != "lite"
         for c in [load_config(name)]
     }
     assert flags == {
@@ -23,6 +24,8 @@ def test_presets_are_the_ablations():
         "v3": (True, True, True, False),
         "v4": (True, True, True, True),
     }
+    lite = load_config("lite")
+    assert (lite.model.width, lite.model.do_upsample, lite.train.teacher) == (0.5, False, "v4")
 
 
 def test_original_defaults():
@@ -203,7 +206,11 @@ def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe)
         Path(kp2d.__file__).parent / "weights" / f"{weights}.pt", map_location="cpu", weights_only=False
     )["config"]["kp2d"]
     mine = load_config(f"recipes/{recipe}").to_dict()
-    mine["augmentation"].pop("crop_from")  # added after these runs; its default [0, 0] is what they had
+    # added after these runs; their defaults are what the runs had
+    mine["augmentation"].pop("crop_from")
+    assert (mine["model"].pop("width"), mine["loss"].pop("distill_weight"), mine["train"].pop("teacher")) == (
+        1.0, 1.0, ""
+    )
     assert mine.pop("name") == recipe and shipped.pop("name") == weights
     assert mine == shipped
 

@@ -64,6 +64,8 @@ class KeyPointNet(nn.Module):
         do_upsample: descriptor head upsamples to 1/4 resolution and fuses the ``conv3b`` skip.
         do_cross: keypoints may move up to one cell across the cell border (``r = 2``), else ``r = 1``.
         with_dropout: ``Dropout2d(0.2)`` after each block (active in training mode only).
+        width: multiplies every layer's channels (32, 64, 128, 256, 256, 512) except the 256-D descriptor
+            output; 1 is the paper's network (the original checkpoints).
 
     Input: ``(B, in_channels, H, W)`` images in [0, 1], ``H`` and ``W`` multiples of 8.
     Output: :class:`KeyPointNetOutput` (dense maps, the same in training and eval mode).
@@ -75,6 +77,7 @@ class KeyPointNet(nn.Module):
         do_upsample: bool = True,
         do_cross: bool = True,
         with_dropout: bool = True,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
@@ -83,9 +86,10 @@ class KeyPointNet(nn.Module):
         self.do_upsample = do_upsample
         self.do_cross = do_cross
         self.with_dropout = with_dropout
+        self.width = width
         self.cross_ratio = 2.0 if do_cross else 1.0
 
-        c1, c2, c3, c4, c5, d1 = 32, 64, 128, 256, 256, 512
+        c1, c2, c3, c4, c5, d1 = (max(8, round(c * width)) for c in (32, 64, 128, 256, 256, 512))
         self.conv1a, self.conv1b = _conv_bn(in_channels, c1), _conv_bn(c1, c1)
         self.conv2a, self.conv2b = _conv_bn(c1, c2), _conv_bn(c2, c2)
         self.conv3a, self.conv3b = _conv_bn(c2, c3), _conv_bn(c3, c3)
@@ -199,6 +203,7 @@ def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
         do_upsample=model.do_upsample,
         do_cross=model.do_cross,
         with_dropout=model.with_dropout,
+        width=model.width,
     )
 
 

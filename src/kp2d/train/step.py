@@ -10,7 +10,7 @@ from torch import nn
 from kp2d.config import Config, OptimConfig
 from kp2d.errors import Kp2dError
 from kp2d.io.images import to_network_channels
-from kp2d.losses import LossTerms, keypoint_net_losses
+from kp2d.losses import LossTerms, distillation_loss, keypoint_net_losses
 from kp2d.models import IONet, KeyPointNet
 
 __all__ = ["NonFiniteLossError", "SiameseLoss", "TrainingStep", "build_optimizer", "learning_rate_at"]
@@ -34,12 +34,15 @@ class SiameseLoss(nn.Module):
         io_net: IONet | None,
         config: Config,
         autocast_dtype: torch.dtype | None = None,
+        teacher: KeyPointNet | None = None,
     ) -> None:
         super().__init__()
         self.keypoint_net = keypoint_net
         self.io_net = io_net
         self.loss_config = config.loss
         self.autocast_dtype = autocast_dtype
+        # a tuple keeps the frozen teacher out of the module tree: not trained, saved or synchronised by DDP
+        self._teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()
 
     def forward(self, source: torch.Tensor, target: torch.Tensor, homography: torch.Tensor) -> LossTerms:
         """Losses for ``(B, 3, H, W)`` source/target images in [0, 1] and ``(B, 3, 3)`` homographies.
@@ -56,10 +59,27 @@ class SiameseLoss(nn.Module):
         )
         with autocast:
             source_out = self.keypoint_net(source)
-            target_out = self.keypoint_net(target)
-        return keypoint_net_losses(
-            source_out, target_out, homography, tuple(source.shape[-2:]), self.loss_config, self.io_net
-        )
+            target_out = self.keypoint_net(target) if self._self_supervised() else None
+            if self._teacher:
+                with torch.no_grad():
+                    teacher_out = self._teacher[0](source)
+        if target_out is not None:
+            terms = keypoint_net_losses(
+                source_out, target_out, homography, tuple(source.shape[-2:]), self.loss_config, self.io_net
+            )
+        else:  # distillation alone: the target image is not needed
+            zero = source_out.score.new_zeros((), dtype=torch.float32)
+            terms = LossTerms(zero, zero, zero, zero, zero, zero, zero, zero.long(), zero)
+        if not self._teacher:
+            return terms
+        distill = distillation_loss(source_out, teacher_out, *source.shape[-2:])
+        return terms._replace(total=terms.total + self.loss_config.distill_weight * distill, distill=distill)
+
+    def _self_supervised(self) -> bool:
+        """Whether any self-supervised term counts (with a teacher, all weights 0 trains by distillation)."""
+        config = self.loss_config
+        weights = (config.keypoint_loss_weight, config.descriptor_loss_weight, config.score_loss_weight)
+        return not self._teacher or self.io_net is not None or any(w > 0 for w in weights)
 
 
 def build_optimizer(keypoint_net: KeyPointNet, io_net: IONet | None, config: OptimConfig) -> torch.optim.Adam:

@@ -34,7 +34,7 @@ from kp2d.errors import CheckpointError
 from kp2d.io.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint, training_steps
 from kp2d.io.weights import resolve_model_path
 from kp2d.models import IONet
-from kp2d.models.keypoint_net import build_keypoint_net
+from kp2d.models.keypoint_net import build_keypoint_net, load_keypoint_net
 from kp2d.runtime import autocast_dtype, init_distributed, resolve_device
 from kp2d.train.logger import RunLogger
 from kp2d.train.run_folder import close_inherited_locks, hold_run_folder, remove_stale_temporary_files
@@ -98,7 +98,7 @@ def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, An
 
 
 # model switches that change KeyPointNet's weights (dropout has none; IO-Net is a network of its own)
-_WEIGHT_SWITCHES = ("use_color", "do_upsample", "do_cross")
+_WEIGHT_SWITCHES = ("use_color", "do_upsample", "do_cross", "width")
 # config keys that --resume may change: how long, how often to log / save / validate, workers, precision
 _RESUME_MAY_CHANGE = frozenset(
     ["name"]
@@ -194,7 +194,12 @@ class _Run:
         self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
         self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         self.keypoint_net.to(memory_format=torch.channels_last)
-        model: torch.nn.Module = SiameseLoss(self.keypoint_net, self.io_net, self.config, dtype)
+        teacher = None
+        if train_cfg.teacher:
+            teacher = load_keypoint_net(train_cfg.teacher, self.device).to(memory_format=torch.channels_last)
+            log.info("distilling from %s (loss.distill_weight %g)", train_cfg.teacher,
+                     self.config.loss.distill_weight)
+        model: torch.nn.Module = SiameseLoss(self.keypoint_net, self.io_net, self.config, dtype, teacher)
         if self.dist.enabled:
             model = torch.nn.parallel.DistributedDataParallel(
                 model,

@@ -1,0 +1,143 @@
+"""The narrower network (``model.width``), its start from wider weights, and distillation."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from kp2d.config import ModelConfig, load_config
+from kp2d.errors import ConfigError
+from kp2d.features.dense import KeyPointNetOutput
+from kp2d.io.checkpoint import load_checkpoint, save_checkpoint
+from kp2d.losses import distillation_loss
+from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net, keypoint_net_from
+from kp2d.train.step import SiameseLoss
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def _narrow_module():
+    spec = importlib.util.spec_from_file_location("narrow_weights", SCRIPTS / "narrow_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _randomised(net: KeyPointNet, seed: int = 0) -> KeyPointNet:
+    """Random BatchNorm statistics and scales, so that channel order matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+    return net.eval()
+
+
+def test_width_scales_every_layer_but_the_descriptor_output():
+    net = KeyPointNet(width=0.5, do_upsample=False)
+    assert net.conv1a[0].out_channels == 16
+    assert net.conv4b[0].out_channels == 128
+    assert net.convFaa[0].in_channels == 128
+    assert net.convFbb.out_channels == 256
+    out = net.eval()(torch.rand(1, 3, 64, 96))
+    assert out.score.shape == (1, 1, 8, 12)
+    assert out.desc.shape == (1, 256, 8, 12)  # no upsampling: one descriptor per cell
+    wide = KeyPointNet(width=0.5)  # with upsampling the skip and the shuffled map still add up
+    assert wide.eval()(torch.rand(1, 3, 64, 96)).desc.shape == (1, 256, 16, 24)
+
+
+def test_width_one_is_the_papers_network():
+    assert list(KeyPointNet().state_dict()) == list(KeyPointNet(width=1.0).state_dict())
+    assert sum(p.numel() for p in KeyPointNet().parameters()) == sum(
+        p.numel() for p in build_keypoint_net(ModelConfig()).parameters()
+    )
+
+
+@pytest.mark.parametrize("width", [0.0, 0.1, 3.0])
+def test_width_out_of_range_is_refused(width):
+    with pytest.raises(ConfigError, match="model.width"):
+        ModelConfig(width=width)
+
+
+def test_width_round_trips_through_a_checkpoint(tmp_path):
+    config = load_config("lite")
+    net = build_keypoint_net(config.model).eval()
+    save_checkpoint(tmp_path / "lite.ckpt", config, net)
+    checkpoint = load_checkpoint(tmp_path / "lite.ckpt")
+    assert checkpoint.model.width == 0.5
+    again = keypoint_net_from(checkpoint, tmp_path / "lite.ckpt").eval()
+    image = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(again(image).desc, net(image).desc)
+
+
+def test_a_checkpoint_whose_config_names_another_width_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="model.width=0.5 but the network has width=1"):
+        save_checkpoint(tmp_path / "x.ckpt", load_config("lite"), KeyPointNet(do_upsample=False))
+
+
+def test_narrowing_to_the_same_width_copies_the_network():
+    narrow = _narrow_module()
+    wide = _randomised(KeyPointNet())
+    same = KeyPointNet().eval()
+    narrow.narrow(wide, same)
+    image = torch.rand(1, 3, 64, 64)
+    a, b = wide(image), same(image)
+    torch.testing.assert_close(a.score, b.score)  # channels kept in order: the same sums
+    torch.testing.assert_close(a.coord, b.coord)
+
+
+def test_narrowing_keeps_the_channels_with_the_largest_batchnorm_scale():
+    narrow = _narrow_module()
+    wide = _randomised(KeyPointNet(), seed=3)
+    half = KeyPointNet(width=0.5, do_upsample=False).eval()
+    random_layers = narrow.narrow(wide, half)
+    assert random_layers == ["convFaa", "convFbb"]
+    kept = wide.conv1a[1].weight.abs().topk(16).indices.sort().values
+    torch.testing.assert_close(half.conv1a[0].weight, wide.conv1a[0].weight[kept])
+    kept2 = wide.conv1b[1].weight.abs().topk(16).indices.sort().values
+    torch.testing.assert_close(half.conv1b[0].weight, wide.conv1b[0].weight[kept2][:, kept])
+    torch.testing.assert_close(half.conv1b[1].running_var, wide.conv1b[1].running_var[kept2])
+
+
+def _output(score, coord, desc) -> KeyPointNetOutput:
+    return KeyPointNetOutput(torch.tensor(score), torch.tensor(coord), torch.tensor(desc))
+
+
+def test_distillation_loss_is_zero_for_identical_outputs():
+    torch.manual_seed(0)
+    out = KeyPointNet().eval()(torch.rand(2, 3, 32, 48))
+    assert distillation_loss(out, out, 32, 48).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_loss_by_hand():
+    # one 8x8 image, one cell: score 0.5 vs 0.25, keypoint 4 px off in x, orthogonal descriptors
+    teacher = _output([[[[0.25]]]], [[[[3.0]], [[3.0]]]], [[[[1.0]], [[0.0]]]])
+    student = _output([[[[0.5]]]], [[[[7.0]], [[3.0]]]], [[[[0.0]], [[1.0]]]])
+    # |0.5 - 0.25| + 4 / 8 + (1 - cos 90 degrees)
+    assert distillation_loss(student, teacher, 8, 8).item() == pytest.approx(0.25 + 0.5 + 1.0)
+
+
+def test_distillation_alone_skips_the_target_and_trains_towards_the_teacher():
+    torch.manual_seed(0)
+    config = load_config("lite")
+    student = build_keypoint_net(config.model)
+    teacher = KeyPointNet(width=0.5, do_upsample=False).eval()
+    loss = SiameseLoss(student, None, config, teacher=teacher)
+    assert not loss._self_supervised()
+    assert not any(p is q for p in loss.parameters() for q in teacher.parameters())  # not trained or saved
+    source = torch.rand(2, 3, 64, 64)
+    calls = []
+    student.register_forward_hook(lambda *_: calls.append(1))
+    terms = loss(source, torch.full_like(source, float("nan")), torch.eye(3).expand(2, 3, 3))
+    assert len(calls) == 1  # the target (here NaN) never went through the network
+    assert terms.total.item() == pytest.approx(terms.distill.item()) and terms.distill.item() > 0
+    terms.total.backward()
+    assert student.convFbb.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
