@@ -167,3 +167,20 @@ def test_make_pretrained_records_the_settings(x2_file, random_net, tmp_path):
     plain = tmp_path / "plain.ckpt"
     save_checkpoint(plain, load_config("v4"), random_net)
     assert "inference" not in torch.load(make_pretrained(plain, tmp_path / "p.pt"), weights_only=True)
+
+
+def test_every_model_default_is_default_model(monkeypatch):
+    """from_pretrained(), kp2d.track and the CLIs' --model all name kp2d.io.weights.DEFAULT_MODEL."""
+    import inspect
+
+    import kp2d.models.keypoint_net
+    from kp2d.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["detect", "a"], ["match", "a", "b"], ["track", "v.avi"], ["export", "--onnx", "o"]):
+        assert parser.parse_args(argv).model == DEFAULT_MODEL, argv
+    assert inspect.signature(KeyPointNet.from_pretrained).parameters["name_or_path"].default is None
+    asked = []
+    monkeypatch.setattr(kp2d.models.keypoint_net, "load_keypoint_net", lambda name, _: asked.append(name))
+    KeyPointNet.from_pretrained()
+    assert asked == [DEFAULT_MODEL]
