@@ -35,7 +35,8 @@ from kp2d.features.matching import estimate_homography, match
 from kp2d.geometry import scale_homography
 from kp2d.io.checkpoint import load_checkpoint, training_steps
 from kp2d.io.images import load_image
-from kp2d.io.weights import resolve_model_path
+from kp2d.io.inference import model_scale_factor
+from kp2d.io.weights import DEFAULT_MODEL, resolve_model_path
 from kp2d.models.keypoint_net import keypoint_net_from, load_keypoint_net, untrained_keypoint_net
 from kp2d.runtime import resolve_device
 from kp2d.visualization import (
@@ -56,7 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="v4", help="pretrained name or checkpoint path (default: v4)")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"pretrained name or checkpoint path (default: the shipped default model, now {DEFAULT_MODEL})",
+    )
     parser.add_argument(
         "--hpatches-dir", type=Path, default=DEFAULT_HPATCHES, help="folder holding v_graffiti/"
     )
@@ -150,7 +155,9 @@ def graffiti_pictures(model, args: argparse.Namespace, target: int = 4) -> None:
         image0, image1, kpts0, kpts1, true_homography, f"v_graffiti 1 -> {target}: ", args
     )
     save_image(args.out / f"graffiti_1_{target}_matches.{args.ext}", picture)
-    save_image(args.out / f"graffiti_1_scores.{args.ext}", draw_score_heatmap(image0, cell_scores))
+    save_image(args.out / f"graffiti_1_scores.{args.ext}", draw_score_heatmap(
+        image0, cell_scores, scale_factor=model_scale_factor(model, None)
+    ))
     keypoints = kpts0.numpy()
     save_image(
         args.out / f"graffiti_1_keypoints.{args.ext}",
@@ -194,7 +201,7 @@ def progress_gif(args: argparse.Namespace) -> None:
             np.concatenate(
                 [
                     draw_caption(draw_keypoints(image, keypoints["keypoints"], keypoints["scores"]), caption),
-                    draw_score_heatmap(image, cell_scores),
+                    draw_score_heatmap(image, cell_scores, scale_factor=model_scale_factor(net, None)),
                 ],
                 axis=1,
             )

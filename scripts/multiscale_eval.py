@@ -21,6 +21,7 @@ from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
 from kp2d.eval.settings import parse_shapes
 from kp2d.io.files import write_json
+from kp2d.io.weights import DEFAULT_MODEL
 from kp2d.models.keypoint_net import load_keypoint_net
 
 
@@ -56,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("hpatches", type=Path, help="folder of HPatches-format sequences")
     parser.add_argument("--scales", default="2,1", help="input scales, comma-separated (default: 2,1)")
-    parser.add_argument("--model", default="v4", help="shipped name or checkpoint (default: v4)")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"shipped name or checkpoint (default: the shipped default model, now {DEFAULT_MODEL})",
+    )
     parser.add_argument("--shape", default="320x240", help="evaluation size WxH (default: 320x240)")
     parser.add_argument("--top-k", default="300", help="keypoints per image (default: 300)")
     parser.add_argument("--json", type=Path, help="write the results here (its folder is created)")

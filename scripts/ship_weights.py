@@ -1,10 +1,13 @@
 """Make the shipped weights ``src/kp2d/weights/NAME.pt`` from a training checkpoint.
 
     python scripts/ship_weights.py runs/v4/checkpoints/last.ckpt v4 --note "bsds500, CPU bf16"
+    python scripts/ship_weights.py runs/v5/checkpoints/last.ckpt v5 --scale-factor 2
 
 Stores the KeyPointNet state dict in fp16 (``--fp32`` to keep fp32), the checkpoint's config, a provenance
 record (step, epoch, the run's wall time and hardware as given) and reference outputs on a fixed photo
 (see :mod:`kp2d.deploy.shipping`); prints how far the shipped weights are from the checkpoint on that photo.
+``--scale-factor S`` records ``inference: {scale_factor: S}``: ``extract``, ``kp2d detect|match|track|eval``
+then run the model on images resized by S unless told otherwise.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from kp2d.checks import check_output_path
+from kp2d.checks import check_output_path, check_scale_factor_option
 from kp2d.deploy.shipping import make_pretrained, reference_error
 from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.io.checkpoint import load_checkpoint, training_steps
+from kp2d.io.inference import InferenceSettings
 from kp2d.models.keypoint_net import load_keypoint_net
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "kp2d" / "weights"
@@ -60,24 +64,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="v0 … v4 (file name under src/kp2d/weights)")
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default fp16)")
     parser.add_argument("--note", default="", help="free text: data, hardware, wall time, config changes")
+    parser.add_argument(
+        "--scale-factor",
+        type=float,
+        default=None,
+        metavar="S",
+        help="record that the model runs on images resized by S (default: the checkpoint's setting, 1 "
+        "when it records none)",
+    )
     args = parser.parse_args(argv)
     try:
         check_name(args.name)
+        inference = None
+        if args.scale_factor is not None:
+            check_scale_factor_option(args.scale_factor)
+            inference = InferenceSettings(args.scale_factor)
         target = WEIGHTS / f"{args.name}.pt"
         check_output_path(target, "NAME")
         provenance = provenance_of(args.checkpoint, args.note)
         out = make_pretrained(
-            args.checkpoint, target, torch.float32 if args.fp32 else torch.float16, provenance
+            args.checkpoint, target, torch.float32 if args.fp32 else torch.float16, provenance, inference
         )
         shipped = torch.load(out, map_location="cpu", weights_only=True)
         diff = reference_error(load_keypoint_net(out), shipped["reference"])
-        steps = training_steps(load_checkpoint(out))
+        written = load_checkpoint(out)
+        steps = training_steps(written)
     except (Kp2dError, OSError) as error:
         print(f"ship_weights: error: {user_message(error)}", file=sys.stderr)
         return 2
     steps_text = "training steps unknown" if steps is None else f"{steps} training steps in all"
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), {steps_text}; max diff vs checkpoint: "
-          f"score {diff['score']:.2e}, coord {diff['coord']:.2e} px, desc {diff['desc']:.2e}")
+          f"score {diff['score']:.2e}, coord {diff['coord']:.2e} px, desc {diff['desc']:.2e}; "
+          f"inference: scale_factor {written.inference.scale_factor:g}")
     return 0
 
 

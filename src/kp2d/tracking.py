@@ -45,6 +45,7 @@ import torch
 from kp2d.checks import check_finite, check_integer
 from kp2d.errors import ConfigError, DataError
 from kp2d.geometry import warp_points_numpy
+from kp2d.io.inference import model_scale_factor
 
 if TYPE_CHECKING:
     from kp2d.features.extraction import Backend
@@ -511,7 +512,7 @@ def track(
     memory: int = 5,
     every: int = 1,
     max_frames: int | None = None,
-    scale_factor: float = 1.0,
+    scale_factor: float | None = None,
     score_threshold: float | None = None,
     nms_radius: float = 0.0,
     guided: bool = True,
@@ -523,7 +524,8 @@ def track(
     Args:
         frames: RGB ``(H, W, 3)`` uint8 arrays (or anything :func:`kp2d.extract` takes), all of one size; a
             ``None`` is an unreadable frame, skipped. Any iterable: a list, a reader, a webcam loop.
-        model: a :class:`~kp2d.models.KeyPointNet` (default: the pretrained ``v4`` on the CPU).
+        model: a :class:`~kp2d.models.KeyPointNet` (default: the shipped default model, now ``v4``, on the
+            CPU).
         backend: a :class:`kp2d.deploy.backends.Backend` or a backend name (built once from ``model``).
         top_k: keypoints per frame (``None``: all).
         geometry: the matches' robust check, ``"homography"``, ``"fundamental"`` or ``"none"``.
@@ -532,7 +534,8 @@ def track(
         every: track every ``every``-th frame (the others are read and skipped).
         max_frames: stop after reading this many frames (``None``: all).
         scale_factor: run the network on frames resized by this factor (keypoints stay in frame pixels);
-            0.5 runs about four times faster for coarser keypoints.
+            0.5 runs about four times faster for coarser keypoints. ``None``: the model's
+            ``inference_settings`` (1 unless its weights file records one).
         score_threshold, nms_radius: keypoint selection, as :func:`kp2d.extract`.
         guided: with ``"homography"``, continue tracks through every cell of the network's dense output
             near their predicted position (:class:`GuidedTracker`), not only through the top-k keypoints.
@@ -555,7 +558,8 @@ def track(
     if model is None:
         from kp2d.models import KeyPointNet
 
-        model = KeyPointNet.from_pretrained("v4").eval()
+        model = KeyPointNet.from_pretrained().eval()
+    scale_factor = model_scale_factor(model, scale_factor)
     if isinstance(backend, str):
         from kp2d.deploy.backends import load_backend
 

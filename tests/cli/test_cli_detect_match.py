@@ -150,6 +150,53 @@ def test_detect_scale_factor_keeps_original_pixels(tmp_path, checkpoint, photos,
     assert "--scale-factor" in single_error_line(capsys)
 
 
+def _recording(checkpoint: str, path, entry: dict) -> str:
+    """``checkpoint``'s network saved again to ``path`` with ``inference: entry``."""
+    from kp2d.models.keypoint_net import load_keypoint_net
+
+    save_checkpoint(path, load_config("v4"), load_keypoint_net(checkpoint), inference=entry)
+    return str(path)
+
+
+def test_detect_uses_the_scale_factor_the_model_records(tmp_path, checkpoint, photos):
+    """A file recording scale_factor 2 detects as --scale-factor 2 does; --scale-factor 1 overrides it."""
+    x2 = _recording(checkpoint, tmp_path / "x2.ckpt", {"scale_factor": 2.0})
+    runs = {
+        "recorded": ["--model", x2],
+        "option": ["--model", checkpoint, "--scale-factor", "2"],
+        "override": ["--model", x2, "--scale-factor", "1"],
+        "plain": ["--model", checkpoint],
+    }
+    for name, options in runs.items():
+        argv = ["detect", str(photos[0]), *options, "--top-k", "0", "--device", "cpu"]
+        assert main([*argv, "--out", str(tmp_path / name)]) == 0
+    arrays = {name: np.load(tmp_path / name / "a.npz") for name in runs}
+    records = {name: json.loads((tmp_path / name / "a.json").read_text()) for name in runs}
+    assert len(arrays["recorded"]["keypoints"]) > 3 * len(arrays["plain"]["keypoints"])  # 4 px cells
+    for got, want in (("recorded", "option"), ("override", "plain")):
+        for key in ("keypoints", "scores", "descriptors"):
+            np.testing.assert_array_equal(arrays[got][key], arrays[want][key])
+        assert records[got]["scale_factor"] == records[want]["scale_factor"]
+    assert records["recorded"]["scale_factor"] == 2.0 and records["override"]["scale_factor"] == 1.0
+    scores = np.asarray(Image.open(tmp_path / "recorded" / "a_scores.png"))  # heat map of the 4 px grid
+    np.testing.assert_array_equal(scores, np.asarray(Image.open(tmp_path / "option" / "a_scores.png")))
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"scale_factor": -1}, "inference.scale_factor must be a finite number > 0, got -1"),
+        ({"scale_factor": 2.0, "top_k": 5}, "unknown inference setting top_k (known: scale_factor)"),
+    ],
+)
+def test_detect_refuses_bad_recorded_settings(tmp_path, checkpoint, photos, capsys, entry, message):
+    bad = _recording(checkpoint, tmp_path / "bad.ckpt", entry)
+    argv = ["detect", str(photos[0]), "--model", bad, "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(argv) == 2
+    assert single_error_line(capsys) == f"kp2d detect: error: {bad}: {message}"
+    assert not (tmp_path / "out").exists()
+
+
 def test_match_prints_the_homography_and_writes_a_picture(tmp_path, checkpoint, photos, capsys):
     picture = tmp_path / "pair.png"
     assert (

@@ -131,7 +131,8 @@ def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):
     args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
     assert _eval(*args, "--scale-factor", "2", "--json", str(out)) == 0
     assert "| random-init (v4) (input x2) |" in capsys.readouterr().out
-    assert json.loads(out.read_text())["64x48"]["pairs"] == PAIRS_PER_SUBSET["i"]
+    entry = json.loads(out.read_text())["64x48"]
+    assert entry["pairs"] == PAIRS_PER_SUBSET["i"] and entry["inference"] == {"scale_factor": 2.0}
 
 
 @pytest.mark.parametrize(
@@ -193,8 +194,89 @@ def test_source_options_are_exclusive(tiny_root):
     with pytest.raises(SystemExit) as exit_info:
         _eval("--random-init", "--method", "sift", "--hpatches", str(tiny_root))
     assert exit_info.value.code == 2
-    with pytest.raises(SystemExit):
-        _eval("--hpatches", str(tiny_root))
+
+
+@pytest.fixture(scope="module")
+def x2_model(tmp_path_factory):
+    """A random V4 network whose file records ``inference: {scale_factor: 2.0}``."""
+    from kp2d.config import load_config
+    from kp2d.io.checkpoint import save_checkpoint
+    from kp2d.models import KeyPointNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("x2") / "x2.ckpt"
+    save_checkpoint(path, load_config("v4"), KeyPointNet(), inference={"scale_factor": 2.0})
+    return str(path)
+
+
+def _rows(printed: str) -> list[str]:
+    """The first cell of each table row (``"| label"``), the header row first."""
+    return [line.split(" | ")[0] for line in printed.splitlines() if line.startswith("| ")]
+
+
+def test_without_a_source_the_default_model_runs_with_its_settings(tiny_root, tmp_path, capsys, monkeypatch,
+                                                                   x2_model):
+    """No --model: DEFAULT_MODEL, at the scale its file records; the row and the JSON name the settings."""
+    import kp2d.cli.eval
+
+    monkeypatch.setattr(kp2d.cli.eval, "DEFAULT_MODEL", x2_model)
+    args = ("--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i", "--workers", "0")
+    runs = {
+        "default": (),
+        "option": ("--model", x2_model, "--scale-factor", "2"),
+        "override": ("--scale-factor", "1"),
+    }
+    results = {}
+    for name, extra in runs.items():
+        out = tmp_path / f"{name}.json"
+        assert _eval(*args, *extra, "--json", str(out)) == 0
+        results[name] = json.loads(out.read_text())["64x48"]
+        results[name]["row"] = _rows(capsys.readouterr().out)[1]
+    assert results["default"]["row"] == results["option"]["row"] == "| x2 (input x2)"
+    assert results["default"]["model"] == "x2 (input x2)" and results["override"]["row"] == "| x2"
+    assert results["default"]["inference"] == {"scale_factor": 2.0}
+    assert results["override"]["inference"] == {"scale_factor": 1.0}
+    assert all(results["default"][name] == results["option"][name] for name in METRICS)
+    assert [results["default"][name] for name in METRICS] != [results["override"][name] for name in METRICS]
+
+
+def test_the_default_model_is_the_shipped_default(tiny_root, tmp_path, capsys):
+    """Without a source, eval runs kp2d.io.weights.DEFAULT_MODEL with the settings its file records."""
+    from kp2d.io.checkpoint import load_checkpoint
+    from kp2d.io.weights import DEFAULT_MODEL, list_pretrained, resolve_model_path
+
+    if DEFAULT_MODEL not in list_pretrained():
+        pytest.skip(f"the default model {DEFAULT_MODEL} is not shipped in this install")
+    settings = load_checkpoint(resolve_model_path(DEFAULT_MODEL)).inference
+    out = tmp_path / "default.json"
+    args = ("--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i", "--json", str(out))
+    assert _eval(*args) == 0
+    assert _rows(capsys.readouterr().out)[1] == f"| {DEFAULT_MODEL}{settings.label()}"
+    assert json.loads(out.read_text())["64x48"]["inference"] == settings.to_entry()
+
+
+def test_bad_recorded_settings_are_one_line(tiny_root, tmp_path, capsys):
+    from kp2d.config import load_config
+    from kp2d.io.checkpoint import save_checkpoint
+    from kp2d.models import KeyPointNet
+
+    bad = tmp_path / "bad.ckpt"
+    save_checkpoint(bad, load_config("v4"), KeyPointNet(), inference={"scale_factor": -1})
+    assert _eval("--model", str(bad), "--hpatches", str(tiny_root), "--shape", "64x48") == 2
+    assert _error_line(capsys) == (
+        f"kp2d eval: error: {bad}: inference.scale_factor must be a finite number > 0, got -1"
+    )
+
+
+def test_a_recorded_scale_factor_that_does_not_fit_the_shape_is_named(tiny_root, tmp_path, capsys):
+    from kp2d.config import load_config
+    from kp2d.io.checkpoint import save_checkpoint
+    from kp2d.models import KeyPointNet
+
+    odd = tmp_path / "odd.ckpt"
+    save_checkpoint(odd, load_config("v4"), KeyPointNet(), inference={"scale_factor": 1.1})
+    assert _eval("--model", str(odd), "--hpatches", str(tiny_root), "--shape", "64x48") == 2
+    assert "the model's scale_factor 1.1 resizes 64x48 to 70x53" in _error_line(capsys)
 
 
 def test_parse_shapes():

@@ -69,6 +69,42 @@ def test_ship_weights_says_unknown_without_a_step_count(ship, tmp_path, capsys):
     assert [p.name for p in ship.WEIGHTS.iterdir()] == ["v9.pt"]
 
 
+@pytest.fixture
+def random_checkpoint(tmp_path):
+    """A V4 checkpoint with random weights (quick to ship)."""
+    from kp2d.config import load_config
+    from kp2d.io.checkpoint import save_checkpoint
+    from kp2d.models import KeyPointNet
+
+    torch.manual_seed(0)
+    path = tmp_path / "random.ckpt"
+    save_checkpoint(path, load_config("v4"), KeyPointNet(), step=5)
+    return path
+
+
+def test_ship_weights_records_the_scale_factor(ship, random_checkpoint, capsys):
+    from kp2d.io.checkpoint import load_checkpoint
+    from kp2d.io.inference import InferenceSettings
+    from kp2d.models.keypoint_net import load_keypoint_net
+
+    assert ship.main([str(random_checkpoint), "v9", "--scale-factor", "2"]) == 0
+    assert "inference: scale_factor 2" in capsys.readouterr().out
+    shipped = ship.WEIGHTS / "v9.pt"
+    assert torch.load(shipped, map_location="cpu", weights_only=True)["inference"] == {"scale_factor": 2.0}
+    assert load_keypoint_net(shipped).inference_settings == InferenceSettings(2.0)
+    assert ship.main([str(random_checkpoint), "v8"]) == 0  # without the option: nothing recorded
+    assert "inference: scale_factor 1" in capsys.readouterr().out
+    assert "inference" not in load_checkpoint(ship.WEIGHTS / "v8.pt").extra
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "nan"])
+def test_ship_weights_refuses_a_bad_scale_factor(ship, random_checkpoint, capsys, value):
+    assert ship.main([str(random_checkpoint), "v9", "--scale-factor", value]) == 2
+    message = f"--scale-factor must be a number > 0, got {value}"
+    assert single_error_line(capsys) == f"ship_weights: error: {message}"
+    assert not any(ship.WEIGHTS.iterdir())
+
+
 # --- recalibrate_batchnorm ---
 
 

@@ -224,3 +224,21 @@ def test_int8_export_failure_removes_the_intermediate_graph(
     assert out.read_text() == "previous model"
     assert (tmp_path / "q.fp32.onnx").read_text() == "the user's own file"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["q.fp32.onnx", "q.onnx"]
+
+
+def test_export_notes_a_recorded_scale_factor(tmp_path, capsys):
+    """The graph is the bare network: a file's recorded scale factor is the caller's to apply, and said so."""
+    from kp2d.config import load_config
+    from kp2d.io.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = KeyPointNet()
+    for name, entry in (("x2", {"scale_factor": 2.0}), ("plain", None)):
+        extra = {} if entry is None else {"inference": entry}
+        save_checkpoint(tmp_path / f"{name}.ckpt", load_config("v4"), net, **extra)
+        argv = ["export", "--checkpoint", str(tmp_path / f"{name}.ckpt"), "--static", "--size", "64x48",
+                "--onnx", str(tmp_path / f"{name}.onnx"), "--no-verify"]
+        assert cli_main(argv) == 0
+        out = capsys.readouterr().out
+        note = f"note: {tmp_path / 'x2.ckpt'} records scale_factor 2: resize images by 2 before the graph"
+        assert (note in out) == (name == "x2"), out

@@ -5,7 +5,8 @@ An argument that is a folder stands for every image under it (searched recursive
 
 For each image ``<stem>``: ``<stem>_keypoints.png`` (keypoints coloured by score), ``<stem>_scores.png``
 (cell scores over the image), ``<stem>.npz`` (``keypoints``, ``scores``, ``descriptors``, ``image_size``)
-and ``<stem>.json`` (keypoints, scores and image size).
+and ``<stem>.json`` (keypoints, scores, image size and the ``scale_factor`` the network ran at: the
+model's recorded setting unless ``--scale-factor`` overrides it).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import argparse
 from pathlib import Path
 
 from kp2d.checks import check_finite, check_output_path, check_scale_factor_option
+from kp2d.io.weights import DEFAULT_MODEL
 
 __all__ = [
     "add_model_options",
     "add_parser",
     "model_backend",
+    "model_options",
     "run",
 ]
 
@@ -30,7 +33,10 @@ CLI_BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Add the options shared with ``match`` (model, selection, device)."""
     parser.add_argument(
-        "--model", default="v4", help="pretrained name (v0..v4) or checkpoint path (default: v4)"
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"pretrained name (v0..v4) or checkpoint path (default: the shipped default model, now "
+        f"{DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--top-k", type=int, default=1000, help="keypoints per image, 0 for all (default: 1000)"
@@ -48,10 +54,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scale-factor",
         type=float,
-        default=1.0,
+        default=None,
         metavar="S",
         help="run the network on the image resized by S; 2 gives finer keypoints for 4x the compute "
-        "(default: 1)",
+        "(default: the model's setting, recorded in its weights file; 1 when it records none)",
     )
     parser.add_argument(
         "--fit-memory",
@@ -93,6 +99,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def model_options(options: dict, model) -> dict:
+    """``options`` with ``scale_factor`` resolved: ``--scale-factor`` when given, else the model's setting."""
+    from kp2d.io.inference import model_scale_factor
+
+    return {**options, "scale_factor": model_scale_factor(model, options["scale_factor"])}
+
+
 def model_backend(args: argparse.Namespace, model):
     """The :class:`~kp2d.deploy.backends.Backend` chosen with ``--backend``; ``None``: the plain network."""
     if args.backend == "torch-fp32":
@@ -103,7 +116,10 @@ def model_backend(args: argparse.Namespace, model):
 
 
 def selection_options(args: argparse.Namespace) -> dict:
-    """``extract`` keyword arguments from the parsed options (``--top-k``, ``--score-threshold``, ...)."""
+    """``extract`` keyword arguments from the parsed options (``--top-k``, ``--score-threshold``, ...).
+
+    ``scale_factor`` is ``None`` without ``--scale-factor``: the model's setting (:func:`model_options`).
+    """
     from kp2d.config import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
     from kp2d.errors import ConfigError
 
@@ -111,10 +127,11 @@ def selection_options(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
     check_finite("--score-threshold", args.score_threshold)
     check_finite("--nms-radius", args.nms_radius, minimum=0)
-    check_scale_factor_option(args.scale_factor)
-    largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
-    if args.scale_factor > largest:  # (eval names the shape it would make instead)
-        raise ConfigError(f"--scale-factor must be at most {largest}, got {args.scale_factor:g}")
+    if args.scale_factor is not None:
+        check_scale_factor_option(args.scale_factor)
+        largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
+        if args.scale_factor > largest:  # (eval names the shape it would make instead)
+            raise ConfigError(f"--scale-factor must be at most {largest}, got {args.scale_factor:g}")
     return {
         "top_k": args.top_k or None,
         "score_threshold": args.score_threshold,
@@ -216,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
     paths = _image_paths([Path(p) for p in args.images], out_dir)
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
+    options = model_options(options, model)
     options["backend"] = model_backend(args, model)
     created = not out_dir.exists()
     make_folder(out_dir, "output folder")
@@ -273,6 +291,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
         record = {
             "image": str(path),
             "image_size": list(keypoints.image_size),
+            "scale_factor": options["scale_factor"],
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),
         }
@@ -280,7 +299,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
         save_image(
             out_dir / f"{stem}_keypoints.png", draw_keypoints(image, arrays["keypoints"], arrays["scores"])
         )
-        save_image(out_dir / f"{stem}_scores.png", _heat_map(image, cell_scores, args.scale_factor))
+        save_image(out_dir / f"{stem}_scores.png", _heat_map(image, cell_scores, options["scale_factor"]))
         log.debug("%s: %d keypoints", path, len(keypoints))
         tqdm.write(f"{path}: {len(keypoints)} keypoints -> {out_dir / stem}.*")
     if skipped:

@@ -19,6 +19,7 @@ from kp2d.eval.settings import (
     parse_baselines,
     parse_shapes,
 )
+from kp2d.io.weights import DEFAULT_MODEL
 
 __all__ = ["add_parser", "format_table", "run"]
 
@@ -30,9 +31,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate on HPatches (repeatability, localization, C1/C3/C5, matching score)",
         description="Evaluate keypoints on HPatches-format sequences with the original KP2D protocol.",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="FILE", help="KeyPointNet checkpoint file")
-    source.add_argument("--model", metavar="NAME", help="shipped pretrained name (v0..v4) or checkpoint path")
+    source.add_argument(
+        "--model",
+        metavar="NAME",
+        help="shipped pretrained name (v0..v4) or checkpoint path (default, when no other source is "
+        f"given: the shipped default model, now {DEFAULT_MODEL}, with its shipped settings)",
+    )
     source.add_argument("--method", choices=OPENCV_METHODS, help="classical OpenCV baseline")
     source.add_argument(
         "--random-init", action="store_true", help="untrained network built from --config (seed 0)"
@@ -70,10 +76,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--scale-factor",
         type=float,
-        default=1.0,
+        default=None,
         metavar="S",
         help="run the network on the evaluation images resized by S (e.g. 2: keypoints on a 4-px grid, "
-        "4x the compute) and map its keypoints back; default 1, the original protocol",
+        "4x the compute) and map its keypoints back; default: the model's setting, recorded in its "
+        "weights file (1, the original protocol, when it records none)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -96,15 +103,28 @@ def _build_network(args: argparse.Namespace, device):
             hint = f" (shipped weights: --model {path})" if str(path) in list_pretrained() else ""
             raise CheckpointError(f"checkpoint not found: {path}{hint}")
         return load_keypoint_net(path, device), path.stem
-    return load_keypoint_net(args.model, device), Path(args.model).stem
+    model = args.model if args.model is not None else DEFAULT_MODEL
+    return load_keypoint_net(model, device), Path(model).stem
 
 
-def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int):
+def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[int, int, int]]):
+    """The settings to evaluate with: ``--scale-factor`` when given, else the network's recorded ones."""
+    from kp2d.io.inference import InferenceSettings
+
+    recorded = getattr(network, "inference_settings", InferenceSettings())
+    scale_factor = args.scale_factor if args.scale_factor is not None else recorded.scale_factor
+    if scale_factor != 1:
+        name = "--scale-factor" if args.scale_factor is not None else "the model's scale_factor"
+        check_eval_scale_factor(scale_factor, settings, name)
+    return InferenceSettings(scale_factor)
+
+
+def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int, inference):
     from kp2d.eval.hpatches import KeyPointNetDetector
 
     if args.method is not None:
         return opencv_detector(args.method, top_k)
-    return KeyPointNetDetector(network, device, name=label, scale_factor=args.scale_factor)
+    return KeyPointNetDetector(network, device, name=label, scale_factor=inference.scale_factor)
 
 
 def _fmt(value: float) -> str:
@@ -154,18 +174,17 @@ def run(args: argparse.Namespace) -> int:
 
         check_output_path(json_out, "--json")  # before the evaluation, so that its results are not lost
 
-    network, label, device = None, (args.method or "").upper(), None
+    network, label, device, inference = None, (args.method or "").upper(), None, None
     if args.method is None:
         device = resolve_device(args.device)
         network, label = _build_network(args, device)
         bad = [f"{w}x{h}" for w, h, _ in settings if w % 8 or h % 8]
         if bad:
             raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
-        if args.scale_factor != 1:
-            check_eval_scale_factor(args.scale_factor, settings)
-            label = f"{label} (input x{args.scale_factor:g})"
-        check_eval_memory(settings, args.scale_factor, device)
-    elif args.scale_factor != 1:
+        inference = _inference_settings(args, network, settings)
+        label += inference.label()  # whether the settings came from the weights file or the options
+        check_eval_memory(settings, inference.scale_factor, device)
+    elif args.scale_factor is not None and args.scale_factor != 1:
         raise ConfigError("--scale-factor applies to KeyPointNet, not to --method")
 
     baselines = parse_baselines(args.baselines, args.method)
@@ -185,8 +204,11 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     for width, height, top_k in settings:
         key = f"{width}x{height}"
-        result = evaluate(_make_detector(args, network, label, device, top_k), (width, height), top_k)
+        detector = _make_detector(args, network, label, device, top_k, inference)
+        result = evaluate(detector, (width, height), top_k)
         results[key] = {**result, "model": label, "device": str(device or "cpu")}
+        if inference is not None:
+            results[key]["inference"] = inference.to_entry()
         rows = [(label, result)]
         for method in baselines:
             baseline = evaluate(opencv_detector(method, top_k), (width, height), top_k)

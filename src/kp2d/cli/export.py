@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kp2d.checks import parse_size_wh
 from kp2d.errors import ConfigError, Kp2dError, make_folder
+from kp2d.io.weights import DEFAULT_MODEL
 
 __all__ = ["add_parser", "run"]
 
@@ -28,7 +29,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Export KeyPointNet.describe (score, keypoints, sampled descriptors) as an ONNX graph.",
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", default="v4", help="pretrained name or checkpoint (default v4)")
+    source.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"pretrained name or checkpoint (default: the shipped default model, now {DEFAULT_MODEL})",
+    )
     source.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (same as --model FILE)")
     parser.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18, at least 16)")
@@ -116,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         export_onnx(net, out, opset=opset, dynamic=not args.static, example_shape_hw=(height, width))
         print(f"wrote {out} (fp32, opset {opset}, {'fixed' if args.static else 'dynamic'} input size)")
+    scale_factor = net.inference_settings.scale_factor
+    if scale_factor != 1:  # the graph is the bare network: the resize kp2d.extract does is the caller's
+        source = args.checkpoint or args.model
+        print(f"note: {source} records scale_factor {scale_factor:g}: resize images by {scale_factor:g} "
+              "before the graph (and keypoints back), as kp2d.extract does")
 
     if not args.no_verify:
         _verify(net, out, height, width)

@@ -8,6 +8,9 @@ default, about 10 MB for V4) with two more entries that the original's loaders i
   it (``score``, ``coord``, ``desc`` of :meth:`KeyPointNet.describe`), so that anyone can check that the
   shipped weights still compute what the checkpoint they were made from computed
   (:func:`reference_error`, and the tests do for every shipped file).
+
+and, when the model is meant to run otherwise than by default, ``inference`` (e.g. ``{"scale_factor":
+2.0}``, :mod:`kp2d.io.inference`), which the loaders apply to the network (the original's ignore it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from kp2d.io.checkpoint import load_checkpoint
 from kp2d.io.files import atomic_torch_save
+from kp2d.io.inference import INFERENCE_KEY, InferenceSettings
 from kp2d.models import KeyPointNet
 from kp2d.models.keypoint_net import keypoint_net_from
 
@@ -48,11 +52,13 @@ def make_pretrained(
     out: str | Path,
     dtype: torch.dtype = torch.float16,
     provenance: dict[str, Any] | None = None,
+    inference: InferenceSettings | None = None,
 ) -> Path:
     """Write the shipped form of the checkpoint ``source`` (see the module docstring) to ``out``.
 
     Floating-point tensors of the KeyPointNet state dict are stored as ``dtype`` (integer buffers such as
     BatchNorm's ``num_batches_tracked`` stay as they are); IO-Net and the optimizer state are dropped.
+    ``inference``: the settings to record (``None``: the source's own, if any); defaults are not written.
     """
     checkpoint = load_checkpoint(source)
     net = keypoint_net_from(checkpoint, source)
@@ -67,6 +73,9 @@ def make_pretrained(
         "provenance": dict(provenance or {}),
         "reference": {"image": image, **_describe(net, image)},
     }
+    settings = inference if inference is not None else checkpoint.inference
+    if settings != InferenceSettings():
+        payload[INFERENCE_KEY] = settings.to_entry()
     atomic_torch_save(payload, out)
     return Path(out)
 

@@ -36,6 +36,7 @@ from kp2d.errors import ConfigError, DataError
 from kp2d.eval.metrics import evaluate_pair
 from kp2d.features.dense import CELL
 from kp2d.features.extraction import check_scale_factor, rescale_images, to_image_pixels
+from kp2d.io.inference import model_scale_factor
 
 __all__ = [
     "METRIC_NAMES",
@@ -80,7 +81,8 @@ class KeyPointNetDetector:
             oneDNN convolutions are faster in that layout; outputs differ by float rounding only).
         scale_factor: run the network on the images resized by this factor (bilinear,
             see :func:`~kp2d.features.extraction.rescale_images`) and map the keypoints back to the evaluation
-            shape; 1 (default) is the original protocol. The resized size must stay a multiple of 8.
+            shape; 1 is the original protocol. The resized size must stay a multiple of 8. ``None``
+            (default): the model's ``inference_settings`` (1 unless its weights file records one).
     """
 
     norm = cv2.NORM_L2
@@ -91,9 +93,9 @@ class KeyPointNetDetector:
         device: str | torch.device | None = None,
         name: str | None = None,
         channels_last: bool | None = None,
-        scale_factor: float = 1.0,
+        scale_factor: float | None = None,
     ) -> None:
-        self.scale_factor = check_scale_factor(scale_factor)
+        self.scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
         self.is_backend = not isinstance(model, torch.nn.Module)
         if self.is_backend:
             self.device = torch.device(device if device is not None else "cpu")

@@ -74,8 +74,13 @@ def parse_shapes(shapes: list[str] | None, top_ks: list[str] | None) -> list[tup
     return [(w, h, k) for (w, h), k in zip(parsed_shapes, parsed_top_k, strict=True)]
 
 
-def check_eval_scale_factor(scale_factor: float, settings: list[tuple[int, int, int]]) -> None:
-    """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8."""
+def check_eval_scale_factor(
+    scale_factor: float, settings: list[tuple[int, int, int]], name: str = "--scale-factor"
+) -> None:
+    """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8.
+
+    ``name`` says where the value came from (the option, or the model's recorded setting).
+    """
     from kp2d.features.dense import CELL
 
     check_scale_factor_option(scale_factor)
@@ -84,7 +89,7 @@ def check_eval_scale_factor(scale_factor: float, settings: list[tuple[int, int, 
         fits = MIN_IMAGE_SIZE <= min(scaled) and max(scaled) <= MAX_NETWORK_SIZE
         if scaled[0] % CELL or scaled[1] % CELL or not fits:
             raise ConfigError(
-                f"--scale-factor {scale_factor:g} resizes {width}x{height} to {scaled[0]}x{scaled[1]}; "
+                f"{name} {scale_factor:g} resizes {width}x{height} to {scaled[0]}x{scaled[1]}; "
                 f"KeyPointNet needs multiples of {CELL}, from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} a side"
             )
 

@@ -2,7 +2,7 @@
 
 The user story::
 
-    model = kp2d.KeyPointNet.from_pretrained("v4")
+    model = kp2d.KeyPointNet.from_pretrained()                        # the default model
     kpts0, kpts1 = model.extract(image0), model.extract(image1)      # RGB, any size from 32 px
     matches, distances = kp2d.match(kpts0.descriptors, kpts1.descriptors)
     H, inliers = kp2d.estimate_homography(kpts0.keypoints, kpts1.keypoints, matches)
@@ -23,6 +23,8 @@ shrinking) and maps the keypoints back to pixels of the original image (pixel ce
 ``x = (x' + 0.5) * W / W' - 0.5``). At 2 the grid of cells is 4 px of the original image instead of 8 and
 the regressed offsets are twice as fine (lower localization error, for four times the compute; see
 docs/notes-from-code.md). OpenCV's SIFT doubles its input the same way before building its pyramid.
+``scale_factor=None`` (the default) takes the model's ``inference_settings`` (recorded in its weights file,
+see :mod:`kp2d.io.inference`; 1 for a file or module without them); a number overrides them.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from kp2d.features.dense import CELL, DEFAULT_SCORE_THRESHOLD, KeyPointNetOutput
 from kp2d.features.keypoints import Keypoints
 from kp2d.features.selection import _check_selection, select_keypoints
 from kp2d.io.images import ImageLike, _pil_to_numpy, image_to_tensor, load_image
+from kp2d.io.inference import model_scale_factor
 
 #: What ``extract`` runs instead of the plain network (a :class:`kp2d.deploy.backends.Backend`).
 Backend = Callable[[torch.Tensor], KeyPointNetOutput]
@@ -282,12 +285,13 @@ def _extract_batch(
     score_threshold: float,
     nms_radius: float,
     backend: Backend | None = None,
-    scale_factor: float = 1.0,
+    scale_factor: float | None = None,
     fit_memory: bool | None = False,
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
     """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched.
 
-    ``fit_memory=None`` skips the memory check (for an image already shrunk to fit).
+    ``scale_factor=None``: the model's setting. ``fit_memory=None`` skips the memory check (for an image
+    already shrunk to fit).
     """
     _check_selection(top_k, nms_radius, score_threshold)
     if backend is not None and not callable(backend):
@@ -295,7 +299,7 @@ def _extract_batch(
             f"backend must be built once with kp2d.deploy.backends.load_backend({backend!r}, model), got "
             f"{type(backend).__name__} {backend!r}"
         )
-    scale_factor = check_scale_factor(scale_factor)
+    scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
     original_size = None
     if fit_memory is not None:
         fit_memory = check_flag("fit_memory", fit_memory)
@@ -355,7 +359,7 @@ def extract(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     nms_radius: float = 0,
     backend: Backend | None = None,
-    scale_factor: float = 1.0,
+    scale_factor: float | None = None,
     fit_memory: bool = False,
 ) -> Keypoints | list[Keypoints]:
     """Detect and describe keypoints (see the module docstring for padding and selection).
@@ -385,7 +389,8 @@ def extract(
             ``"torch-bf16"`` or ``"ort-int8"``) to run instead of the plain network.
         scale_factor: run the network on the image resized by this factor (e.g. 2 for finer keypoints;
             see the module docstring); keypoints, ``nms_radius`` and ``image_size`` stay in pixels of the
-            original image.
+            original image. ``None``: the model's ``inference_settings.scale_factor`` (1 unless its
+            weights file records one).
         fit_memory: when the image needs more memory than is available (CPU models; see
             :mod:`kp2d.memory`), run it shrunk to the largest size that fits instead of refusing it;
             keypoints and ``image_size`` stay in pixels of the original image.
@@ -425,7 +430,7 @@ def extract_with_score_map(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     nms_radius: float = 0,
     backend: Backend | None = None,
-    scale_factor: float = 1.0,
+    scale_factor: float | None = None,
     fit_memory: bool = False,
 ) -> tuple[Keypoints, torch.Tensor]:
     """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run.

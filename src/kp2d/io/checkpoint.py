@@ -4,6 +4,7 @@
 - ``config``: a dict with ``model.params`` (``use_color``, ``do_upsample``, ``do_cross``, ...) as the
   original reads it; ours adds ``kp2d`` (the whole resolved :class:`~kp2d.config.Config`).
 - Training checkpoints add ``io_net_state_dict``, ``optimizer``, ``step``, ``epoch`` and RNG states.
+- ``inference`` (optional): how the network is meant to run (:mod:`kp2d.io.inference`).
 
 No code runs from a file: only torch's zip and legacy formats are read (checked by their first bytes), and
 only through ``torch.load(weights_only=True)`` or, for original checkpoints whose config is a yacs
@@ -31,6 +32,7 @@ from kp2d.config import Config, ModelConfig, config_from_dict
 from kp2d.errors import CheckpointError, ConfigError
 from kp2d.io.checksum import CHECKSUM_KEY, payload_checksum
 from kp2d.io.files import atomic_torch_save
+from kp2d.io.inference import INFERENCE_KEY, InferenceSettings, inference_settings_from
 
 __all__ = [
     "Checkpoint",
@@ -185,6 +187,8 @@ class Checkpoint:
         io_net_state_dict: IO-Net weights, when saved.
         extra: everything else in the file (optimizer state, step, epoch, RNG states, ...).
         raw_config: the file's ``config`` entry as plain containers (a yacs ``CfgNode`` becomes a dict).
+        inference: the file's ``inference`` entry, parsed (defaults when absent); ``extra`` keeps the raw
+            entry, so that a file rewritten from ``extra`` keeps it.
     """
 
     model: ModelConfig
@@ -193,6 +197,7 @@ class Checkpoint:
     io_net_state_dict: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     raw_config: dict[str, Any] | None = None
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
 
 
 def _model_config_from(raw_config: Any, path: Path) -> tuple[ModelConfig, Config | None]:
@@ -231,7 +236,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     skip = ("config", "state_dict", "io_net_state_dict", CHECKSUM_KEY)
     extra = {k: v for k, v in raw.items() if k not in skip}
     raw_config = _to_plain(raw["config"]) if raw.get("config") is not None else None
-    return Checkpoint(model, dict(state_dict), full, raw.get("io_net_state_dict"), extra, raw_config)
+    inference = inference_settings_from(raw.get(INFERENCE_KEY), path)
+    return Checkpoint(
+        model, dict(state_dict), full, raw.get("io_net_state_dict"), extra, raw_config, inference
+    )
 
 
 def training_steps(checkpoint: Checkpoint) -> int | None:
@@ -327,6 +335,9 @@ def save_checkpoint(
 ) -> None:
     """Write ``{'config', 'state_dict', 'io_net_state_dict'?, **extra}`` atomically.
 
+    ``extra`` may hold ``inference`` (a dict or :class:`~kp2d.io.inference.InferenceSettings`): the
+    settings the network is meant to run with.
+
     Raises:
         ConfigError: ``config.model``'s switches (``use_color``, ``do_upsample``, ``do_cross``) differ
             from ``keypoint_net``'s; nothing is written.
@@ -339,4 +350,6 @@ def save_checkpoint(
     if io_net is not None:
         payload["io_net_state_dict"] = {k: v.detach().cpu() for k, v in io_net.state_dict().items()}
     payload.update(extra)
+    if isinstance(payload.get(INFERENCE_KEY), InferenceSettings):
+        payload[INFERENCE_KEY] = payload[INFERENCE_KEY].to_entry()
     atomic_torch_save(payload, path)

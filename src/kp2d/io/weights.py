@@ -7,7 +7,10 @@ from pathlib import Path
 
 from kp2d.errors import CheckpointError
 
-__all__ = ["list_pretrained", "resolve_model_path"]
+__all__ = ["DEFAULT_MODEL", "list_pretrained", "resolve_model_path"]
+
+#: The model used when none is named: ``KeyPointNet.from_pretrained()``, the CLIs' ``--model``.
+DEFAULT_MODEL = "v4"
 
 
 def list_pretrained() -> list[str]:

@@ -27,7 +27,8 @@ from kp2d.features.dense import (
 from kp2d.features.extraction import extract
 from kp2d.geometry import cell_centers
 from kp2d.io.checkpoint import Checkpoint, load_checkpoint, load_state_dict_strict
-from kp2d.io.weights import resolve_model_path
+from kp2d.io.inference import InferenceSettings
+from kp2d.io.weights import DEFAULT_MODEL, resolve_model_path
 from kp2d.runtime import resolve_device
 
 __all__ = [
@@ -88,6 +89,8 @@ class KeyPointNet(nn.Module):
         self.with_dropout = with_dropout
         self.width = width
         self.cross_ratio = 2.0 if do_cross else 1.0
+        # a plain attribute, not a buffer: the state dict keeps the original's keys
+        self.inference_settings = InferenceSettings()
 
         c1, c2, c3, c4, c5, d1 = (max(8, round(c * width)) for c in (32, 64, 128, 256, 256, 512))
         self.conv1a, self.conv1b = _conv_bn(in_channels, c1), _conv_bn(c1, c1)
@@ -112,13 +115,15 @@ class KeyPointNet(nn.Module):
         self.upsample = nn.PixelShuffle(upscale_factor=2)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "v4", device: str | torch.device = "cpu") -> KeyPointNet:
-        """Load shipped weights by name (``"v0"`` … ``"v4"``) or a checkpoint file.
+    def from_pretrained(
+        cls, name_or_path: str | None = None, device: str | torch.device = "cpu"
+    ) -> KeyPointNet:
+        """Load shipped weights by name (``"v0"`` … ``"v4"``; ``None``: the default model) or a checkpoint.
 
         Returns the network in eval mode, on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or
-        ``"auto"``).
+        ``"auto"``), with the file's :attr:`inference_settings`.
         """
-        return load_keypoint_net(name_or_path, device)
+        return load_keypoint_net(DEFAULT_MODEL if name_or_path is None else name_or_path, device)
 
     def extract(
         self,
@@ -127,10 +132,13 @@ class KeyPointNet(nn.Module):
         score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         nms_radius: float = 0,
         backend=None,
-        scale_factor: float = 1.0,
+        scale_factor: float | None = None,
         fit_memory: bool = False,
     ):
-        """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.extract`."""
+        """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.extract`.
+
+        ``scale_factor=None`` uses :attr:`inference_settings` (1 unless the weights file records one).
+        """
         return extract(
             self,
             image,
@@ -218,9 +226,13 @@ def untrained_keypoint_net(config: str | os.PathLike = "v4") -> KeyPointNet:
 
 
 def keypoint_net_from(checkpoint: Checkpoint, source: str | Path) -> KeyPointNet:
-    """A KeyPointNet with ``checkpoint``'s switches and weights (``source`` names the file in errors)."""
+    """A KeyPointNet with ``checkpoint``'s switches, weights and inference settings.
+
+    ``source`` names the file in errors.
+    """
     net = build_keypoint_net(checkpoint.model)
     load_state_dict_strict(net, checkpoint.state_dict, str(source))
+    net.inference_settings = checkpoint.inference
     return net
 
 
