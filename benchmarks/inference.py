@@ -8,6 +8,11 @@ and evaluated on an HPatches-format set (default ``../shared/data/hpatches-synth
 
     python benchmarks/inference.py --checkpoint runs/v4/checkpoints/last.ckpt
     python benchmarks/inference.py --random-init --max-sequences 10      # quick look, no trained weights
+    python benchmarks/inference.py --versus-original                     # the default model's cost
+
+``--versus-original`` times, side by side at each size, the original network (V4's architecture) in fp32
+at 1x, its whole ``extract``, and the default model's ``extract`` with its shipped settings (input scale)
+and the default backend: what a user pays per image, against the paper's network.
 
 ``--random-init`` uses a seeded random network whose BatchNorm statistics are estimated on the
 calibration photos (so activations have the ranges a trained network's have); its matching score says
@@ -59,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-timing", action="store_true", help="accuracy only")
     parser.add_argument("--seed", type=int, default=0, help="--random-init seed")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--versus-original", action="store_true",
+                        help="only time the default model (or --model; its settings, default backend) "
+                             "against the original network's fp32 forward at 1x")
     return parser.parse_args(argv)
 
 
@@ -104,6 +112,53 @@ def time_backends(backends: dict, sizes, warmup: int, repeats: int) -> dict[str,
             log.info("%-12s %dx%d: median %.1f ms (min %.1f, max %.1f)", name, width, height,
                      statistics.median(values), min(values), max(values))
     return results
+
+
+def time_versus_original(
+    sizes, warmup: int, repeats: int, model: str | None = None
+) -> list[tuple[str, dict[str, float]]]:
+    """Median ms per image of the original network and of the default model (or ``model``) in ``extract``."""
+    from kp2d import extract
+    from kp2d.io.weights import DEFAULT_MODEL
+    from kp2d.models.keypoint_net import load_keypoint_net
+
+    original = load_keypoint_net("v4")
+    label = model or DEFAULT_MODEL
+    default = load_keypoint_net(label)
+    scale = default.inference_settings.scale_factor
+    tops = {(320, 240): 300, (640, 480): 1000}
+    runs = {
+        "v4 network, fp32, 1x (the original's forward)": lambda image, top_k: original(image),
+        "v4 extract, fp32, 1x": lambda image, top_k: extract(original, image, top_k=top_k),
+        f"{label} extract (its settings: input x{scale:g}; default backend, plain fp32)":
+            lambda image, top_k: extract(default, image, top_k=top_k),
+    }
+    results: dict[str, dict[str, float]] = {name: {} for name in runs}
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for width, height in sizes:
+            image = torch.rand(1, 3, height, width, generator=generator)
+            top_k = tops.get((width, height), 1000)
+            samples: dict[str, list[float]] = {name: [] for name in runs}
+            for index in range(warmup + repeats):
+                for name, run_one in runs.items():
+                    start = time.perf_counter()
+                    run_one(image, top_k)
+                    if index >= warmup:
+                        samples[name].append((time.perf_counter() - start) * 1000.0)
+            for name, values in samples.items():
+                results[name][f"{width}x{height}"] = statistics.median(values)
+    return list(results.items())
+
+
+def print_versus_original(rows: list[tuple[str, dict[str, float]]], sizes) -> None:
+    size_names = [f"{w}x{h}" for w, h in sizes]
+    base = rows[0][1]
+    print("| what | " + " | ".join(f"ms {s} | vs original" for s in size_names) + " |")
+    print("|---|" + "---|---|" * len(size_names))
+    for name, ms in rows:
+        cells = " | ".join(f"{ms[s]:.1f} | {ms[s] / base[s]:.2f}x" for s in size_names)
+        print(f"| {name} | {cells} |")
 
 
 def check_args(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
@@ -190,6 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.versus_original:
+        torch.set_num_threads(args.threads)
+        rows = time_versus_original(SIZES, args.warmup, args.repeats, args.checkpoint or args.model)
+        print(f"\nthreads {args.threads}; batch 1; median of {args.repeats} (after {args.warmup} warm-up); "
+              f"torch {torch.__version__}; load average at end {os.getloadavg()[0]:.2f}")
+        print_versus_original(rows, SIZES)
+        return 0
     try:
         names, folders = check_args(args)
         weights, rows = run(args, names, folders)

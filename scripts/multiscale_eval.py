@@ -28,14 +28,20 @@ from kp2d.models.keypoint_net import load_keypoint_net
 class PooledScales:
     """A :class:`~kp2d.eval.hpatches.Detector`: the union of one :class:`KeyPointNetDetector` per scale."""
 
-    def __init__(self, model, scales: list[float]) -> None:
+    def __init__(self, model, scales: list[float], score_weights: list[float] | None = None) -> None:
         self.detectors = [KeyPointNetDetector(model, scale_factor=scale) for scale in scales]
         self.norm = self.detectors[0].norm
+        self.score_weights = score_weights or [1.0] * len(scales)
         self.name = "KeyPointNet x" + "+".join(f"{scale:g}" for scale in scales)
+        if score_weights:
+            self.name += " (scores x" + ",".join(f"{w:g}" for w in score_weights) + ")"
 
     def __call__(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per image: ``prob (N1 + N2 + ..., 3)`` and ``desc (N1 + N2 + ..., 256)``, scale by scale."""
-        per_scale = [detector(images) for detector in self.detectors]
+        per_scale = [
+            [(prob * np.array([1.0, 1.0, weight], dtype=prob.dtype), desc) for prob, desc in detector(images)]
+            for detector, weight in zip(self.detectors, self.score_weights, strict=True)
+        ]  # a scale's scores times its weight: the top-k prefers the scales with larger weights
         return [
             tuple(np.concatenate([detections[index][part] for detections in per_scale]) for part in (0, 1))
             for index in range(len(images))
@@ -58,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("hpatches", type=Path, help="folder of HPatches-format sequences")
     parser.add_argument("--scales", default="2,1", help="input scales, comma-separated (default: 2,1)")
     parser.add_argument(
+        "--score-weights", help="a factor per scale on its scores before the top-k (default: all 1)"
+    )
+    parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help=f"shipped name or checkpoint (default: the shipped default model, now {DEFAULT_MODEL})",
@@ -68,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         scales = parse_scales(args.scales)
+        weights = parse_scales(args.score_weights) if args.score_weights else None
+        if weights and len(weights) != len(scales):
+            raise ConfigError(
+                f"--score-weights needs one number per scale ({len(scales)}), got {args.score_weights!r}"
+            )
         ((width, height, top_k),) = parse_shapes([args.shape], [str(args.top_k)])
         if args.json:
             check_output_path(args.json, "--json")  # before the evaluation, so that its results are not lost
-        detector = PooledScales(load_keypoint_net(args.model), scales)
+        detector = PooledScales(load_keypoint_net(args.model), scales, weights)
         result = evaluate_hpatches(detector, args.hpatches, (width, height), top_k, progress=False)
         print(f"| {detector.name} | " + " | ".join(f"{result[name]:.3f}" for name in METRIC_NAMES) + " |")
         if args.json:

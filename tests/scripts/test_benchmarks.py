@@ -120,3 +120,19 @@ def test_inference_subset_alternates_kinds(hpatches, tmp_path):
     root = inference.subset_root(hpatches, folders, 3, tmp_path)
     assert sorted(path.name for path in root.iterdir()) == ["i_camera", "i_coffee", "v_astronaut"]
     assert inference.subset_root(hpatches, folders, None, tmp_path) == hpatches
+
+
+def test_versus_original_times_the_default_model_with_its_settings(capsys):
+    inference = _benchmark("inference")
+    rows = inference.time_versus_original([(64, 48)], warmup=0, repeats=1)
+    names = [name for name, _ in rows]
+    assert names[0] == "v4 network, fp32, 1x (the original's forward)"
+    from kp2d.io.checkpoint import load_checkpoint
+    from kp2d.io.weights import DEFAULT_MODEL, resolve_model_path
+
+    scale = load_checkpoint(resolve_model_path(DEFAULT_MODEL)).inference.scale_factor
+    assert names[2].startswith(f"{DEFAULT_MODEL} extract (its settings: input x{scale:g};")
+    assert all(ms["64x48"] > 0 for _, ms in rows)
+    inference.print_versus_original(rows, [(64, 48)])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| what | ms 64x48 | vs original |" and table[2].endswith("| 1.00x |")

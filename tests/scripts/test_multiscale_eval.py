@@ -77,3 +77,22 @@ def test_bad_json_path_fails_before_the_evaluation(
     reason = {"folder": "is a folder", "under_a_file": "is a file, not a folder"}.get(where, "read-only")
     assert reason in line
     assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_score_weights_scale_each_scales_scores(multiscale):
+    model = load_keypoint_net("v4")
+    images = np.random.default_rng(1).integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)
+    plain = multiscale.PooledScales(model, [2.0, 1.0])(images)[0][0]
+    weighted_detector = multiscale.PooledScales(model, [2.0, 1.0], [1.0, 0.5])
+    weighted = weighted_detector(images)[0][0]
+    count = len(KeyPointNetDetector(model, scale_factor=2.0)(images)[0][0])
+    assert weighted_detector.name == "KeyPointNet x2+1 (scores x1,0.5)"
+    np.testing.assert_array_equal(weighted[:count], plain[:count])
+    np.testing.assert_allclose(weighted[count:, 2], plain[count:, 2] * 0.5)
+    np.testing.assert_array_equal(weighted[count:, :2], plain[count:, :2])
+
+
+def test_score_weights_need_one_per_scale(multiscale, tiny_root, capsys):
+    assert multiscale.main([str(tiny_root), "--scales", "2,1", "--score-weights", "1"]) == 2
+    assert "--score-weights needs one number per scale (2)" in capsys.readouterr().err
