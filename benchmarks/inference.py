@@ -122,14 +122,16 @@ def time_versus_original(
     from kp2d.io.weights import DEFAULT_MODEL
     from kp2d.models.keypoint_net import load_keypoint_net
 
-    original = load_keypoint_net("v4")
+    # the original network as it ran there: plain fp32 and contiguous (kp2d loads CPU models channels-last)
+    original = load_keypoint_net("v4").to(memory_format=torch.contiguous_format)
+    loaded = load_keypoint_net("v4")
     label = model or DEFAULT_MODEL
     default = load_keypoint_net(label)
     scale = default.inference_settings.scale_factor
     tops = {(320, 240): 300, (640, 480): 1000}
     runs = {
         "v4 network, fp32, 1x (the original's forward)": lambda image, top_k: original(image),
-        "v4 extract, fp32, 1x": lambda image, top_k: extract(original, image, top_k=top_k),
+        "v4 extract, fp32, 1x (kp2d's default)": lambda image, top_k: extract(loaded, image, top_k=top_k),
         f"{label} extract (its settings: input x{scale:g}; default backend, plain fp32)":
             lambda image, top_k: extract(default, image, top_k=top_k),
     }

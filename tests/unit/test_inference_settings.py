@@ -109,6 +109,7 @@ def test_from_pretrained_without_a_name_is_the_default_model():
 
 def test_extract_follows_the_recorded_scale_factor(random_net, x2_file, image):
     net = load_keypoint_net(x2_file)
+    random_net = random_net.to(memory_format=torch.channels_last)  # as load_keypoint_net leaves CPU models
     recorded = extract(net, image, top_k=50)
     twice = extract(random_net, image, top_k=50, scale_factor=2)
     once = extract(random_net, image, top_k=50, scale_factor=1)

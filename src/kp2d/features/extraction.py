@@ -235,11 +235,21 @@ def _run(
             if backend is not None:
                 out = backend(padded.float())
                 return out.score[:, 0], out.coord, out.desc
+            if _channels_last(model):
+                padded = padded.contiguous(memory_format=torch.channels_last)
             out = model(padded)
             desc = sample_descriptors(out.desc, out.coord, padded.shape[-2], padded.shape[-1])
             return out.score[:, 0], out.coord, desc.float()  # float32 also from a float64 model
     finally:
         model.train(was_training)
+
+
+def _channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model's first 4-D weight is channels-last (then its input is made so too)."""
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    return weight is not None and not weight.is_contiguous() and weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
 
 
 class DenseKeypoints(NamedTuple):

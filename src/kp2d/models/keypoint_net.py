@@ -237,11 +237,14 @@ def keypoint_net_from(checkpoint: Checkpoint, source: str | Path) -> KeyPointNet
 
 
 def load_keypoint_net(name_or_path: str | Path, device: str | torch.device = "cpu") -> KeyPointNet:
-    """KeyPointNet from a pretrained name or a checkpoint file, in eval mode, on ``device``.
+    """KeyPointNet from a pretrained name or a checkpoint, in eval mode, on ``device`` (channels-last on CPU).
 
     ``device`` as :func:`kp2d.runtime.resolve_device` takes it (``"auto"`` too); one that this machine
     lacks is a :class:`~kp2d.errors.Kp2dError`.
     """
     target = resolve_device(str(device))
     path = resolve_model_path(name_or_path)
-    return keypoint_net_from(load_checkpoint(path), path).to(target).eval()
+    net = keypoint_net_from(load_checkpoint(path), path).to(target).eval()
+    if target.type == "cpu":  # channels-last convolutions are faster on CPUs (same values up to rounding)
+        net = net.to(memory_format=torch.channels_last)
+    return net
