@@ -34,7 +34,8 @@ def test_pool_is_the_scales_in_order(multiscale):
 @pytest.mark.slow
 def test_one_scale_is_kp2d_eval(multiscale, tiny_root, tmp_path, capsys, load_script):
     out = tmp_path / "new" / "folder" / "one.json"  # --json's folder is created
-    args = [str(tiny_root), "--scales", "1", "--shape", "64x48", "--top-k", "100", "--json", str(out)]
+    args = [str(tiny_root), "--model", "v4", "--scales", "1", "--shape", "64x48", "--top-k", "100",
+            "--json", str(out)]
     assert multiscale.main(args) == 0
     plain = evaluate_hpatches(KeyPointNetDetector(load_keypoint_net("v4")), tiny_root, (64, 48), 100,
                               progress=False)

@@ -197,7 +197,8 @@ def test_unknown_or_escaping_preset_names_are_refused(name):
 
 @pytest.mark.parametrize(
     ("weights", "recipe"),
-    [*((f"v{v}", f"v{v}_shipped") for v in range(4)), ("v4", "v4_shipped_s8"), ("lite", "lite_shipped")],
+    [*((f"v{v}", f"v{v}_shipped") for v in range(4)), ("v4", "v4_shipped_s8"),
+     ("lite", "lite_shipped")],
 )
 def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe):
     import torch

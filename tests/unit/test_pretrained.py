@@ -27,7 +27,8 @@ def source_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 0.0), (torch.float16, 5e-2)])
+# fp32: CPU models load channels-last, whose convolutions round differently from the contiguous source's
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float16, 5e-2)])
 def test_shipped_file_reproduces_its_checkpoint(source_checkpoint, tmp_path, dtype, tolerance):
     out = make_pretrained(source_checkpoint, tmp_path / "v4.pt", dtype, {"step": 123})
     shipped = torch.load(out, map_location="cpu", weights_only=True)
