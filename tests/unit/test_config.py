@@ -178,7 +178,8 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
 
 def test_recipes_load_as_presets_and_extend_each_other():
     assert list_recipes() == [
-        "recipes/lite_shipped", "recipes/v0_shipped", "recipes/v1_shipped", "recipes/v2_shipped", "recipes/v3_shipped",
+        "recipes/lite_shipped",
+        "recipes/v0_shipped", "recipes/v1_shipped", "recipes/v2_shipped", "recipes/v3_shipped",
         "recipes/v4_shipped_s1", "recipes/v4_shipped_s2", "recipes/v4_shipped_s7", "recipes/v4_shipped_s8",
     ]
     S, L, J = (240, 320), (480, 640), "original_jitter_noop"
