@@ -53,6 +53,15 @@ def test_width_scales_every_layer_but_the_descriptor_output():
     assert wide.eval()(torch.rand(1, 3, 64, 96)).desc.shape == (1, 256, 16, 24)
 
 
+@pytest.mark.parametrize("width", [0.3, 0.75, 1.3])
+@pytest.mark.parametrize("do_upsample", [True, False])
+def test_any_width_builds_a_working_network(width, do_upsample):
+    net = KeyPointNet(width=width, do_upsample=do_upsample).eval()
+    assert all(m.out_channels % 8 == 0 for m in net.modules() if isinstance(m, torch.nn.Conv2d)
+               and m.out_channels > 2)
+    assert net(torch.rand(1, 3, 32, 48)).desc.shape[1] == 256
+
+
 def test_width_one_is_the_papers_network():
     assert list(KeyPointNet().state_dict()) == list(KeyPointNet(width=1.0).state_dict())
     assert sum(p.numel() for p in KeyPointNet().parameters()) == sum(

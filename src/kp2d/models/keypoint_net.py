@@ -92,7 +92,9 @@ class KeyPointNet(nn.Module):
         # a plain attribute, not a buffer: the state dict keeps the original's keys
         self.inference_settings = InferenceSettings()
 
-        c1, c2, c3, c4, c5, d1 = (max(8, round(c * width)) for c in (32, 64, 128, 256, 256, 512))
+        # multiples of 8, so that the pixel-shuffled map (d1 / 4) plus the skip (c3) is convFaa's input
+        c1, c2, c3, c4, c5 = (max(8, 8 * round(c * width / 8)) for c in (32, 64, 128, 256, 256))
+        d1 = 2 * c4
         self.conv1a, self.conv1b = _conv_bn(in_channels, c1), _conv_bn(c1, c1)
         self.conv2a, self.conv2b = _conv_bn(c1, c2), _conv_bn(c2, c2)
         self.conv3a, self.conv3b = _conv_bn(c2, c3), _conv_bn(c3, c3)
@@ -106,7 +108,7 @@ class KeyPointNet(nn.Module):
         # descriptor head
         self.convFa = _conv_bn(c4, c4)
         self.convFb = _conv_bn(c4, d1)
-        self.convFaa = _conv_bn(c4, c5)
+        self.convFaa = _conv_bn(d1 // 4 + c3 if do_upsample else c4, c5)
         self.convFbb = nn.Conv2d(c5, DESCRIPTOR_DIM, kernel_size=3, padding=1)
 
         self.relu = nn.LeakyReLU(0.01)
