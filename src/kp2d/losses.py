@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kp2d.config import LossConfig
-from kp2d.features.dense import KeyPointNetOutput, interior_mask, sample_descriptors
+from kp2d.features.dense import CELL, KeyPointNetOutput, interior_mask, sample_descriptors
 from kp2d.geometry import denormalize_points, normalize_points, warp_points
 from kp2d.models.io_net import IONet
 
@@ -355,7 +355,7 @@ def distillation_loss(
     """How far a network's outputs are from a teacher's on the same ``height x width`` images.
 
     The mean of three terms, each 0 for identical outputs: the score maps' mean absolute difference; the
-    keypoints' distance in cells (``|dx| + |dy|`` over 8 px), weighted by the teacher's score; and
+    keypoints' distance in cells (``|dx| + |dy|`` over :data:`CELL` px), weighted by the teacher's score; and
     ``1 - cos`` between the two descriptor maps sampled at the teacher's keypoints, weighted likewise.
     Descriptor maps of different strides (a teacher with upsampling, a student without) compare, as both
     are sampled at pixel positions. Shapes as :class:`KeyPointNetOutput`; the teacher's are constants.
@@ -364,7 +364,7 @@ def distillation_loss(
     score = (student.score - teacher.score).abs().mean()
     weight = teacher.score.flatten(1)  # (B, N): keypoints the teacher would pick count most
     weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1e-6)
-    cells = (student.coord - teacher.coord).abs().sum(dim=1).flatten(1) / 8.0
+    cells = (student.coord - teacher.coord).abs().sum(dim=1).flatten(1) / CELL
     location = (weight * cells).sum(dim=1).mean()
     student_desc = sample_descriptors(student.desc, teacher.coord, height, width).flatten(2)
     teacher_desc = sample_descriptors(teacher.desc.float(), teacher.coord, height, width).flatten(2)

@@ -308,17 +308,14 @@ def _check_model_matches_config(model: ModelConfig, keypoint_net: torch.nn.Modul
         ("do_upsample", model.do_upsample, keypoint_net.do_upsample, None),
         ("do_cross", model.do_cross, keypoint_net.do_cross, None),
     )
-    net_width = getattr(keypoint_net, "width", 1.0)
-    if float(model.width) != float(net_width):
-        raise ConfigError(
-            f"the config does not describe the network being saved: model.width={model.width:g} but the "
-            f"network has width={net_width:g} (reloading would build a different network)"
-        )
     problems = [
         f"model.{name}={bool(wanted)!s} but the network has {shown or f'{name}={bool(have)!s}'}"
         for name, wanted, have, shown in pairs
         if bool(wanted) != bool(have)
     ]
+    net_width = getattr(keypoint_net, "width", 1.0)
+    if float(model.width) != float(net_width):
+        problems.append(f"model.width={model.width:g} but the network has width={net_width:g}")
     if problems:
         raise ConfigError(
             "the config does not describe the network being saved: " + "; ".join(problems)
