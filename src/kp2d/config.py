@@ -98,12 +98,16 @@ class LossConfig:
     io_inlier_threshold: float = 4.0  # px
     io_min_inliers: int = 10  # the IO loss is used when the batch has more inliers than this
     distill_weight: float = 1.0  # weight of losses.distillation_loss when train.teacher is set
+    # weight of losses.warped_distillation_loss: the network on the *target* image learns the teacher's
+    # outputs on the source at the warped points, i.e. invariance beyond the teacher's own
+    distill_warped_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.io_selection not in ("lowest", "highest"):
             raise ConfigError(f"loss.io_selection must be 'lowest' or 'highest', got {self.io_selection!r}")
         for name in ("keypoint_loss_weight", "descriptor_loss_weight", "score_loss_weight", "relax_field",
-                     "triplet_margin", "min_valid_cells", "io_min_inliers", "distill_weight"):
+                     "triplet_margin", "min_valid_cells", "io_min_inliers", "distill_weight",
+                     "distill_warped_weight"):
             _check_range(f"loss.{name}", getattr(self, name), low=0)
         _check_range("loss.location_threshold", self.location_threshold, low=0, low_open=True)
         _check_range("loss.io_inlier_threshold", self.io_inlier_threshold, low=0, low_open=True)

@@ -29,6 +29,7 @@ __all__ = [
     "WarpedKeypoints",
     "descriptor_loss",
     "distillation_loss",
+    "warped_distillation_loss",
     "io_loss",
     "keypoint_net_losses",
     "location_loss",
@@ -85,7 +86,7 @@ class LossTerms(NamedTuple):
     io: torch.Tensor
     recall: torch.Tensor
     io_inliers: torch.Tensor
-    distill: torch.Tensor  # the distillation term (0 without a teacher); included in ``total`` by its caller
+    distill: torch.Tensor  # the weighted distillation terms (0 without a teacher); included in ``total``
 
 
 def _flatten_cells(tensor: torch.Tensor) -> torch.Tensor:
@@ -371,3 +372,36 @@ def distillation_loss(
     cosine = (student_desc * teacher_desc).sum(dim=1)  # (B, N)
     descriptor = (weight * (1.0 - cosine)).sum(dim=1).mean()
     return score + location + descriptor
+
+
+def warped_distillation_loss(
+    student_target: KeyPointNetOutput,
+    teacher_source: KeyPointNetOutput,
+    homography: torch.Tensor,
+    height: int,
+    width: int,
+) -> torch.Tensor:
+    """How far the network's outputs on the *target* image are from the teacher's on the source.
+
+    The teacher's keypoints are warped into the target by ``homography`` (``(B, 3, 3)``, source-normalised
+    → target-normalised); at the warped points the network's score map (bilinear over its cells) should
+    equal the teacher's score and its descriptor the teacher's (``1 - cos``), both weighted by the
+    teacher's score over the keypoints that land inside the target. Since the teacher only ever sees the
+    unwarped image, this asks for invariance to the sampled homographies that the teacher may not have.
+    """
+    student = KeyPointNetOutput(*(t.float() for t in student_target))
+    warped = warp_source_keypoints(teacher_source.coord.float(), homography.float(), height, width)
+    valid = warped.valid.float()  # (B, N)
+    weight = teacher_source.score.float().flatten(1) * valid
+    weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    grid = warped.warped_norm.unsqueeze(1)  # (B, 1, N, 2)
+    resampled = F.grid_sample(student.score, grid, mode="bilinear", align_corners=True).flatten(1)
+    # no keypoint inside the target gives 0, not the NaN of an empty mean
+    teacher_score = teacher_source.score.float().flatten(1)
+    score = ((resampled - teacher_score).abs() * valid).sum() / valid.sum().clamp_min(1)
+    student_desc = _sample_unit_descriptors(student.desc, warped.warped_norm)  # (B, N, C)
+    teacher_coord = teacher_source.coord.float()
+    teacher_desc = sample_descriptors(teacher_source.desc.float(), teacher_coord, height, width)
+    cosine = (student_desc * _flatten_cells(teacher_desc)).sum(dim=-1)  # (B, N)
+    descriptor = (weight * (1.0 - cosine)).sum(dim=1).mean()
+    return score + descriptor

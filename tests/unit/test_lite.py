@@ -12,7 +12,7 @@ from kp2d.config import ModelConfig, load_config
 from kp2d.errors import ConfigError
 from kp2d.features.dense import KeyPointNetOutput
 from kp2d.io.checkpoint import load_checkpoint, save_checkpoint
-from kp2d.losses import distillation_loss
+from kp2d.losses import distillation_loss, warped_distillation_loss
 from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net, keypoint_net_from
 from kp2d.train.step import SiameseLoss
 
@@ -150,3 +150,49 @@ def test_distillation_alone_skips_the_target_and_trains_towards_the_teacher():
     terms.total.backward()
     assert student.convFbb.weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def _constant_output(score: float, desc: list[float], cells: int = 3) -> KeyPointNetOutput:
+    """One image of ``cells x cells`` cells: a constant score and descriptor, keypoints at cell centres."""
+    centres = torch.arange(cells, dtype=torch.float32) * 8 + 3.5
+    coord = torch.stack(torch.meshgrid(centres, centres, indexing="xy"))[None]  # (1, 2, cells, cells)
+    return KeyPointNetOutput(
+        torch.full((1, 1, cells, cells), score),
+        coord,
+        torch.tensor(desc, dtype=torch.float32).view(1, -1, 1, 1).expand(1, len(desc), cells, cells),
+    )
+
+
+def test_warped_distillation_loss_by_hand():
+    # 24x24 image, 3x3 cells: only the centre cell is interior; identity homography
+    teacher = _constant_output(0.5, [1.0, 0.0])
+    student = _constant_output(0.3, [1.0, 1.0])
+    loss = warped_distillation_loss(student, teacher, torch.eye(3)[None], 24, 24)
+    # |0.3 - 0.5| + (1 - cos 45 degrees)
+    assert loss.item() == pytest.approx(0.2 + 1 - 2**-0.5, abs=1e-6)
+
+
+def test_warped_distillation_loss_ignores_keypoints_warped_outside():
+    teacher = _constant_output(0.5, [1.0, 0.0])
+    student = _constant_output(0.3, [0.0, 1.0])
+    shift_out = torch.tensor([[[1.0, 0.0, 1.5], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # x_norm + 1.5
+    loss = warped_distillation_loss(student, teacher, shift_out, 24, 24)
+    assert loss.item() == 0.0
+
+
+def test_warped_distillation_runs_the_network_on_the_target_too():
+    torch.manual_seed(0)
+    config = load_config("lite")
+    config.loss.distill_warped_weight = 0.5
+    student = build_keypoint_net(config.model).eval()  # eval: no dropout, the forwards below repeat
+    teacher = KeyPointNet(width=0.5, do_upsample=False).eval()
+    loss = SiameseLoss(student, None, config, teacher=teacher)
+    calls = []
+    student.register_forward_hook(lambda *_: calls.append(1))
+    source = torch.rand(2, 3, 64, 64)
+    identity = torch.eye(3).expand(2, 3, 3)
+    terms = loss(source, source.flip(-1), identity)
+    assert len(calls) == 2 and torch.isfinite(terms.total)
+    plain = distillation_loss(student(source), teacher(source), 64, 64)
+    warped = warped_distillation_loss(student(source.flip(-1)), teacher(source), identity, 64, 64)
+    assert terms.distill.item() == pytest.approx(plain.item() + 0.5 * warped.item(), rel=1e-5)

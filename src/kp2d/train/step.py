@@ -10,7 +10,7 @@ from torch import nn
 from kp2d.config import Config, OptimConfig
 from kp2d.errors import Kp2dError
 from kp2d.io.images import to_network_channels
-from kp2d.losses import LossTerms, distillation_loss, keypoint_net_losses
+from kp2d.losses import LossTerms, distillation_loss, keypoint_net_losses, warped_distillation_loss
 from kp2d.models import IONet, KeyPointNet
 
 __all__ = ["NonFiniteLossError", "SiameseLoss", "TrainingStep", "build_optimizer", "learning_rate_at"]
@@ -59,11 +59,12 @@ class SiameseLoss(nn.Module):
         )
         with autocast:
             source_out = self.keypoint_net(source)
-            target_out = self.keypoint_net(target) if self._self_supervised() else None
+            needs_target = self._self_supervised() or self._warped_distillation()
+            target_out = self.keypoint_net(target) if needs_target else None
             if self._teacher:
                 with torch.no_grad():
                     teacher_out = self._teacher[0](source)
-        if target_out is not None:
+        if self._self_supervised():
             terms = keypoint_net_losses(
                 source_out, target_out, homography, tuple(source.shape[-2:]), self.loss_config, self.io_net
             )
@@ -72,8 +73,17 @@ class SiameseLoss(nn.Module):
             terms = LossTerms(zero, zero, zero, zero, zero, zero, zero, zero.long(), zero)
         if not self._teacher:
             return terms
-        distill = distillation_loss(source_out, teacher_out, *source.shape[-2:])
-        return terms._replace(total=terms.total + self.loss_config.distill_weight * distill, distill=distill)
+        height, width = source.shape[-2:]
+        distill = self.loss_config.distill_weight * distillation_loss(source_out, teacher_out, height, width)
+        if self._warped_distillation():
+            distill = distill + self.loss_config.distill_warped_weight * warped_distillation_loss(
+                target_out, teacher_out, homography, height, width
+            )
+        return terms._replace(total=terms.total + distill, distill=distill)
+
+    def _warped_distillation(self) -> bool:
+        """Whether the network also learns the teacher's outputs on the target image at warped points."""
+        return bool(self._teacher) and self.loss_config.distill_warped_weight > 0
 
     def _self_supervised(self) -> bool:
         """Whether any self-supervised term counts (with a teacher, all weights 0 trains by distillation)."""
