@@ -12,7 +12,9 @@ and evaluated on an HPatches-format set (default ``../shared/data/hpatches-synth
 
 ``--versus-original`` times, side by side at each size, the original network (V4's architecture) in fp32
 at 1x, its whole ``extract``, and the default model's ``extract`` with its shipped settings (input scale)
-and the default backend: what a user pays per image, against the paper's network.
+and the default backend: what a user pays per image, against the paper's network; for a model that runs
+at one scale above 1, also its ``extract`` with ``extra_scales=(1,)`` (multi-scale, opt-in), plain and
+with the ``torch-fused`` backend.
 
 ``--random-init`` uses a seeded random network whose BatchNorm statistics are estimated on the
 calibration photos (so activations have the ranges a trained network's have); its matching score says
@@ -127,14 +129,24 @@ def time_versus_original(
     loaded = load_keypoint_net("v4")
     label = model or DEFAULT_MODEL
     default = load_keypoint_net(label)
-    scale = default.inference_settings.scale_factor
+    settings = default.inference_settings
     tops = {(320, 240): 300, (640, 480): 1000}
     runs = {
         "v4 network, fp32, 1x (the original's forward)": lambda image, top_k: original(image),
         "v4 extract, fp32, 1x (kp2d's default)": lambda image, top_k: extract(loaded, image, top_k=top_k),
-        f"{label} extract (its settings: input x{scale:g}; default backend, plain fp32)":
+        f"{label} extract{settings.label() or ' (input x1)'}, its settings, default backend (plain fp32)":
             lambda image, top_k: extract(default, image, top_k=top_k),
     }
+    if settings.scale_factor > 1 and not settings.extra_scales:  # what the opt-in extra scale x1 adds
+        from kp2d.deploy.backends import load_backend
+
+        fused = load_backend("torch-fused", default)
+        runs[f"{label} extract (input x{settings.scale_factor:g}+x1), extra_scales=(1,)"] = (
+            lambda image, top_k: extract(default, image, top_k=top_k, extra_scales=(1,))
+        )
+        runs[f"{label} extract (input x{settings.scale_factor:g}+x1), backend torch-fused"] = (
+            lambda image, top_k: extract(default, image, top_k=top_k, extra_scales=(1,), backend=fused)
+        )
     results: dict[str, dict[str, float]] = {name: {} for name in runs}
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():

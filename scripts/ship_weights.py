@@ -7,7 +7,8 @@ Stores the KeyPointNet state dict in fp16 (``--fp32`` to keep fp32), the checkpo
 record (step, epoch, the run's wall time and hardware as given) and reference outputs on a fixed photo
 (see :mod:`kp2d.deploy.shipping`); prints how far the shipped weights are from the checkpoint on that photo.
 ``--scale-factor S`` records ``inference: {scale_factor: S}``: ``extract``, ``kp2d detect|match|track|eval``
-then run the model on images resized by S unless told otherwise.
+then run the model on images resized by S unless told otherwise; ``--extra-scales 1`` records more scales
+whose keypoints ``extract`` and ``kp2d detect|match|eval`` pool with the main scale's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from kp2d.checks import check_output_path, check_scale_factor_option
 from kp2d.deploy.shipping import make_pretrained, reference_error
 from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.io.checkpoint import load_checkpoint, training_steps
-from kp2d.io.inference import InferenceSettings
+from kp2d.io.inference import InferenceSettings, parse_extra_scales
 from kp2d.models.keypoint_net import load_keypoint_net
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "kp2d" / "weights"
@@ -72,13 +73,22 @@ def main(argv: list[str] | None = None) -> int:
         help="record that the model runs on images resized by S (default: the checkpoint's setting, 1 "
         "when it records none)",
     )
+    parser.add_argument(
+        "--extra-scales",
+        default=None,
+        metavar="LIST",
+        help="record more scales the model also runs at, e.g. 1 (needs --scale-factor; default: none)",
+    )
     args = parser.parse_args(argv)
     try:
         check_name(args.name)
         inference = None
+        if args.extra_scales is not None and args.scale_factor is None:
+            raise ConfigError("--extra-scales needs --scale-factor (the main scale)")
         if args.scale_factor is not None:
             check_scale_factor_option(args.scale_factor)
-            inference = InferenceSettings(args.scale_factor)
+            extra = () if args.extra_scales is None else parse_extra_scales(args.extra_scales)
+            inference = InferenceSettings(args.scale_factor, extra)
         target = WEIGHTS / f"{args.name}.pt"
         check_output_path(target, "NAME")
         provenance = provenance_of(args.checkpoint, args.note)
@@ -95,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     steps_text = "training steps unknown" if steps is None else f"{steps} training steps in all"
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), {steps_text}; max diff vs checkpoint: "
           f"score {diff['score']:.2e}, coord {diff['coord']:.2e} px, desc {diff['desc']:.2e}; "
-          f"inference: scale_factor {written.inference.scale_factor:g}")
+          f"inference: scale_factor {written.inference.scale_factor:g}"
+          + "".join(f", extra scale {scale:g}" for scale in written.inference.extra_scales))
     return 0
 
 

@@ -182,11 +182,38 @@ def test_detect_uses_the_scale_factor_the_model_records(tmp_path, checkpoint, ph
     np.testing.assert_array_equal(scores, np.asarray(Image.open(tmp_path / "option" / "a_scores.png")))
 
 
+def test_detect_pools_the_extra_scales_recorded_or_given(tmp_path, checkpoint, photos, capsys):
+    """A file recording extra scale 1 detects as --extra-scales 1 does; --extra-scales none overrides it."""
+    x2x1 = _recording(checkpoint, tmp_path / "x2x1.ckpt", {"scale_factor": 2.0, "extra_scales": [1.0]})
+    runs = {
+        "recorded": ["--model", x2x1],
+        "option": ["--model", checkpoint, "--scale-factor", "2", "--extra-scales", "1"],
+        "override": ["--model", x2x1, "--extra-scales", "none"],
+        "single": ["--model", checkpoint, "--scale-factor", "2"],
+    }
+    for name, options in runs.items():
+        argv = ["detect", str(photos[0]), *options, "--top-k", "0", "--device", "cpu"]
+        assert main([*argv, "--out", str(tmp_path / name)]) == 0
+    arrays = {name: np.load(tmp_path / name / "a.npz") for name in runs}
+    records = {name: json.loads((tmp_path / name / "a.json").read_text()) for name in runs}
+    for got, want in (("recorded", "option"), ("override", "single")):
+        for key in ("keypoints", "scores", "descriptors"):
+            np.testing.assert_array_equal(arrays[got][key], arrays[want][key])
+    assert len(arrays["recorded"]["keypoints"]) > len(arrays["single"]["keypoints"])
+    assert records["recorded"]["extra_scales"] == [1.0] and records["override"]["extra_scales"] == []
+    argv = ["detect", str(photos[0]), "--model", checkpoint, "--extra-scales", "x"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "--extra-scales must be numbers > 0" in single_error_line(capsys)
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
         ({"scale_factor": -1}, "inference.scale_factor must be a finite number > 0, got -1"),
-        ({"scale_factor": 2.0, "top_k": 5}, "unknown inference setting top_k (known: scale_factor)"),
+        (
+            {"scale_factor": 2.0, "top_k": 5},
+            "unknown inference setting top_k (known: scale_factor, extra_scales)",
+        ),
     ],
 )
 def test_detect_refuses_bad_recorded_settings(tmp_path, checkpoint, photos, capsys, entry, message):

@@ -135,6 +135,19 @@ def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):
     assert entry["pairs"] == PAIRS_PER_SUBSET["i"] and entry["inference"] == {"scale_factor": 2.0}
 
 
+def test_extra_scales_label_the_row(tiny_root, tmp_path, capsys):
+    out = tmp_path / "x2x1.json"
+    args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
+    assert _eval(*args, "--scale-factor", "2", "--extra-scales", "1", "--json", str(out)) == 0
+    assert "| random-init (v4) (input x2+x1) |" in capsys.readouterr().out
+    entry = json.loads(out.read_text())["64x48"]
+    assert entry["inference"] == {"scale_factor": 2.0, "extra_scales": [1.0]}
+    assert _eval(*args, "--extra-scales", "1.1") == 2
+    assert "--extra-scales 1.1 resizes 64x48 to 70x53" in _error_line(capsys)
+    assert _eval("--method", "sift", "--hpatches", str(tiny_root), "--extra-scales", "1") == 2
+    assert "--extra-scales applies to KeyPointNet, not to --method" in _error_line(capsys)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -130,8 +130,13 @@ def test_versus_original_times_the_default_model_with_its_settings(capsys):
     from kp2d.io.checkpoint import load_checkpoint
     from kp2d.io.weights import DEFAULT_MODEL, resolve_model_path
 
-    scale = load_checkpoint(resolve_model_path(DEFAULT_MODEL)).inference.scale_factor
-    assert names[2].startswith(f"{DEFAULT_MODEL} extract (its settings: input x{scale:g};")
+    settings = load_checkpoint(resolve_model_path(DEFAULT_MODEL)).inference
+    assert names[2].startswith(f"{DEFAULT_MODEL} extract{settings.label() or ' (input x1)'}, its settings")
+    if settings.scale_factor > 1 and not settings.extra_scales:  # the opt-in second scale, plain and fused
+        assert names[3:] == [
+            f"{DEFAULT_MODEL} extract (input x{settings.scale_factor:g}+x1), extra_scales=(1,)",
+            f"{DEFAULT_MODEL} extract (input x{settings.scale_factor:g}+x1), backend torch-fused",
+        ]
     assert all(ms["64x48"] > 0 for _, ms in rows)
     inference.print_versus_original(rows, [(64, 48)])
     table = capsys.readouterr().out.splitlines()

@@ -1,7 +1,7 @@
 """User mistakes in the helper scripts of ``scripts/``: one ``<script>: error:`` line, exit status 2, and
 nothing written (the user's files untouched), checked before any long work.
 
-``warp_sweep`` and ``multiscale_eval`` have their own test files.
+``warp_sweep`` has its own test file.
 """
 
 from __future__ import annotations

@@ -30,8 +30,11 @@ __all__ = [
 CLI_BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp32")
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Add the options shared with ``match`` (model, selection, device)."""
+def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True) -> None:
+    """Add the options shared with ``match`` and ``track`` (model, selection, device).
+
+    ``extra_scales``: also ``--extra-scales`` (``track`` runs one scale).
+    """
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -59,6 +62,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="run the network on the image resized by S; 2 gives finer keypoints for 4x the compute "
         "(default: the model's setting, recorded in its weights file; 1 when it records none)",
     )
+    if extra_scales:
+        parser.add_argument(
+            "--extra-scales",
+            default=None,
+            metavar="LIST",
+            help="more scales to run the network at, keypoints pooled by score (e.g. 1 beside "
+            "--scale-factor 2: finds keypoints again across a 2-2.5x zoom; 'none': one scale; default: "
+            "the model's setting)",
+        )
     parser.add_argument(
         "--fit-memory",
         action="store_true",
@@ -100,10 +112,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def model_options(options: dict, model) -> dict:
-    """``options`` with ``scale_factor`` resolved: ``--scale-factor`` when given, else the model's setting."""
-    from kp2d.io.inference import model_scale_factor
+    """``options`` with ``scale_factor`` and ``extra_scales`` resolved (the option, else the model's)."""
+    from kp2d.io.inference import check_extra_scales, model_extra_scales, model_scale_factor
 
-    return {**options, "scale_factor": model_scale_factor(model, options["scale_factor"])}
+    scale_factor = model_scale_factor(model, options["scale_factor"])
+    resolved = {**options, "scale_factor": scale_factor}
+    if "extra_scales" in options:
+        extra = model_extra_scales(model, options["extra_scales"])
+        resolved["extra_scales"] = check_extra_scales(extra, scale_factor)
+    return resolved
 
 
 def model_backend(args: argparse.Namespace, model):
@@ -132,13 +149,19 @@ def selection_options(args: argparse.Namespace) -> dict:
         largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
         if args.scale_factor > largest:  # (eval names the shape it would make instead)
             raise ConfigError(f"--scale-factor must be at most {largest}, got {args.scale_factor:g}")
-    return {
+    options = {
         "top_k": args.top_k or None,
         "score_threshold": args.score_threshold,
         "nms_radius": args.nms_radius,
         "scale_factor": args.scale_factor,
         "fit_memory": args.fit_memory,
     }
+    if hasattr(args, "extra_scales"):
+        from kp2d.io.inference import parse_extra_scales
+
+        extra = None if args.extra_scales is None else parse_extra_scales(args.extra_scales)
+        options["extra_scales"] = extra
+    return options
 
 
 _OUTPUT_PICTURES = ("_keypoints.png", "_scores.png")
@@ -292,6 +315,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
             "image": str(path),
             "image_size": list(keypoints.image_size),
             "scale_factor": options["scale_factor"],
+            "extra_scales": list(options["extra_scales"]),
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),
         }

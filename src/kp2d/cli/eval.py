@@ -82,6 +82,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "4x the compute) and map its keypoints back; default: the model's setting, recorded in its "
         "weights file (1, the original protocol, when it records none)",
     )
+    parser.add_argument(
+        "--extra-scales",
+        default=None,
+        metavar="LIST",
+        help="more scales to run the network at, every scale's keypoints pooled before the top-k (e.g. "
+        "1 beside --scale-factor 2); 'none': one scale; default: the model's setting",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -108,15 +115,21 @@ def _build_network(args: argparse.Namespace, device):
 
 
 def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[int, int, int]]):
-    """The settings to evaluate with: ``--scale-factor`` when given, else the network's recorded ones."""
-    from kp2d.io.inference import InferenceSettings
+    """The settings to evaluate with: each option when given, else the network's recorded setting."""
+    from kp2d.io.inference import InferenceSettings, parse_extra_scales
 
     recorded = getattr(network, "inference_settings", InferenceSettings())
     scale_factor = args.scale_factor if args.scale_factor is not None else recorded.scale_factor
     if scale_factor != 1:
         name = "--scale-factor" if args.scale_factor is not None else "the model's scale_factor"
         check_eval_scale_factor(scale_factor, settings, name)
-    return InferenceSettings(scale_factor)
+    if args.extra_scales is not None:
+        extra_scales, name = parse_extra_scales(args.extra_scales), "--extra-scales"
+    else:
+        extra_scales, name = recorded.extra_scales, "the model's extra_scales"
+    for scale in extra_scales:
+        check_eval_scale_factor(scale, settings, name)
+    return InferenceSettings(scale_factor, extra_scales)
 
 
 def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int, inference):
@@ -124,7 +137,10 @@ def _make_detector(args: argparse.Namespace, network, label: str, device, top_k:
 
     if args.method is not None:
         return opencv_detector(args.method, top_k)
-    return KeyPointNetDetector(network, device, name=label, scale_factor=inference.scale_factor)
+    return KeyPointNetDetector(
+        network, device, name=label, scale_factor=inference.scale_factor,
+        extra_scales=inference.extra_scales,
+    )
 
 
 def _fmt(value: float) -> str:
@@ -183,9 +199,11 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
         inference = _inference_settings(args, network, settings)
         label += inference.label()  # whether the settings came from the weights file or the options
-        check_eval_memory(settings, inference.scale_factor, device)
+        check_eval_memory(settings, max(inference.scales), device)
     elif args.scale_factor is not None and args.scale_factor != 1:
         raise ConfigError("--scale-factor applies to KeyPointNet, not to --method")
+    elif args.extra_scales is not None:
+        raise ConfigError("--extra-scales applies to KeyPointNet, not to --method")
 
     baselines = parse_baselines(args.baselines, args.method)
 

@@ -126,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
         source = args.checkpoint or args.model
         print(f"note: {source} records scale_factor {scale_factor:g}: resize images by {scale_factor:g} "
               "before the graph (and keypoints back), as kp2d.extract does")
+    extra_scales = net.inference_settings.extra_scales
+    if extra_scales:
+        source = args.checkpoint or args.model
+        scales = ", ".join(f"{scale:g}" for scale in extra_scales)
+        print(f"note: {source} records extra scales {scales}: run the graph at each scale too and pool "
+              "the keypoints by score, as kp2d.extract does")
 
     if not args.no_verify:
         _verify(net, out, height, width)

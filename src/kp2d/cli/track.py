@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--trail", type=int, default=12, metavar="N", help="frames of trail drawn per track (default: 12)"
     )
-    add_model_options(parser)
+    add_model_options(parser, extra_scales=False)
     parser.set_defaults(func=run)
 
 

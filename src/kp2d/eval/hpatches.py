@@ -36,7 +36,7 @@ from kp2d.errors import ConfigError, DataError
 from kp2d.eval.metrics import evaluate_pair
 from kp2d.features.dense import CELL
 from kp2d.features.extraction import check_scale_factor, rescale_images, to_image_pixels
-from kp2d.io.inference import model_scale_factor
+from kp2d.io.inference import check_extra_scales, model_extra_scales, model_scale_factor
 
 __all__ = [
     "METRIC_NAMES",
@@ -83,6 +83,9 @@ class KeyPointNetDetector:
             see :func:`~kp2d.features.extraction.rescale_images`) and map the keypoints back to the evaluation
             shape; 1 is the original protocol. The resized size must stay a multiple of 8. ``None``
             (default): the model's ``inference_settings`` (1 unless its weights file records one).
+        extra_scales: more factors to run the network at; every scale's cells are pooled (the protocol's
+            top-k then picks the best scores among them). ``None`` (default): the model's
+            ``inference_settings`` (none unless its weights file records some).
     """
 
     norm = cv2.NORM_L2
@@ -94,8 +97,10 @@ class KeyPointNetDetector:
         name: str | None = None,
         channels_last: bool | None = None,
         scale_factor: float | None = None,
+        extra_scales: tuple[float, ...] | list[float] | None = None,
     ) -> None:
         self.scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
+        self.extra_scales = check_extra_scales(model_extra_scales(model, extra_scales), self.scale_factor)
         self.is_backend = not isinstance(model, torch.nn.Module)
         if self.is_backend:
             self.device = torch.device(device if device is not None else "cpu")
@@ -114,13 +119,23 @@ class KeyPointNetDetector:
             images = np.stack([cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in images])[..., None]
         batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         batch = batch.permute(0, 3, 1, 2).float() / 255.0  # (B, C, H, W) view of NHWC data: channels-last
+        per_scale = [self._detect(batch, scale) for scale in (self.scale_factor, *self.extra_scales)]
+        if len(per_scale) == 1:
+            return per_scale[0]
+        return [
+            (np.concatenate([rows for rows, _ in found]), np.concatenate([descs for _, descs in found]))
+            for found in zip(*per_scale, strict=True)
+        ]
+
+    def _detect(self, batch: torch.Tensor, scale_factor: float) -> list[Detection]:
+        """:meth:`__call__` of ``(B, C, H, W)`` images in [0, 1] at one scale."""
         height, width = batch.shape[-2:]
         with torch.inference_mode():
-            network_batch = rescale_images(batch, self.scale_factor)
+            network_batch = rescale_images(batch, scale_factor)
             net_height, net_width = network_batch.shape[-2:]
             if net_height % CELL or net_width % CELL:
                 raise ConfigError(
-                    f"scale_factor {self.scale_factor:g} resizes {width}x{height} images to "
+                    f"scale_factor {scale_factor:g} resizes {width}x{height} images to "
                     f"{net_width}x{net_height}; KeyPointNet needs multiples of {CELL}"
                 )
             out = self._describe(network_batch)

@@ -44,7 +44,7 @@ from kp2d.features.dense import CELL, DEFAULT_SCORE_THRESHOLD, KeyPointNetOutput
 from kp2d.features.keypoints import Keypoints
 from kp2d.features.selection import _check_selection, select_keypoints
 from kp2d.io.images import ImageLike, _pil_to_numpy, image_to_tensor, load_image
-from kp2d.io.inference import model_scale_factor
+from kp2d.io.inference import check_extra_scales, model_extra_scales, model_scale_factor
 
 #: What ``extract`` runs instead of the plain network (a :class:`kp2d.deploy.backends.Backend`).
 Backend = Callable[[torch.Tensor], KeyPointNetOutput]
@@ -297,11 +297,12 @@ def _extract_batch(
     backend: Backend | None = None,
     scale_factor: float | None = None,
     fit_memory: bool | None = False,
+    extra_scales: tuple[float, ...] | list[float] | None = None,
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
     """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched.
 
-    ``scale_factor=None``: the model's setting. ``fit_memory=None`` skips the memory check (for an image
-    already shrunk to fit).
+    ``scale_factor=None`` / ``extra_scales=None``: the model's settings. ``fit_memory=None`` skips the
+    memory check (for an image already shrunk to fit). The cell scores are the main scale's.
     """
     _check_selection(top_k, nms_radius, score_threshold)
     if backend is not None and not callable(backend):
@@ -310,10 +311,12 @@ def _extract_batch(
             f"{type(backend).__name__} {backend!r}"
         )
     scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
+    extra_scales = check_extra_scales(model_extra_scales(model, extra_scales), scale_factor)
     original_size = None
     if fit_memory is not None:
         fit_memory = check_flag("fit_memory", fit_memory)
-        image, original_size = _fitted_input(model, image, scale_factor, backend, fit_memory)
+        largest = max((scale_factor, *extra_scales))
+        image, original_size = _fitted_input(model, image, largest, backend, fit_memory)
     if original_size is not None:
         return _extract_shrunk(model, image, original_size, top_k, score_threshold, nms_radius, backend)
     batch, batched = model_input(model, image)
@@ -323,6 +326,49 @@ def _extract_batch(
         net_height, net_width = _network_size(height, width, scale_factor)
         cells = (-(-net_height // CELL), -(-net_width // CELL))
         return [], torch.zeros(0, *cells, device=batch.device), batched
+    results, scores = _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale_factor)
+    fitting = [scale for scale in extra_scales if _fits(height, width, scale)]
+    if fitting:
+        per_scale = [results] + [
+            _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale)[0]
+            for scale in fitting
+        ]
+        results = [_pooled(list(found), top_k) for found in zip(*per_scale, strict=True)]
+    return results, scores, batched
+
+
+def _fits(height: int, width: int, scale_factor: float) -> bool:
+    """Whether an ``H x W`` image resized by ``scale_factor`` fits the network (:func:`check_image_size`)."""
+    try:
+        check_image_size(height, width, scale_factor)
+    except DataError:
+        return False
+    return True
+
+
+def _pooled(found: list[Keypoints], top_k: int | None) -> Keypoints:
+    """One image's keypoints of several scales in one set: the ``top_k`` best scores, best first."""
+    scores = torch.cat([item.scores for item in found])
+    order = scores.argsort(descending=True, stable=True)[:top_k]
+    return Keypoints(
+        keypoints=torch.cat([item.keypoints for item in found])[order],
+        scores=scores[order],
+        descriptors=torch.cat([item.descriptors for item in found])[order],
+        image_size=found[0].image_size,
+    )
+
+
+def _keypoints_at(
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    top_k: int | None,
+    score_threshold: float,
+    nms_radius: float,
+    backend: Backend | None,
+    scale_factor: float,
+) -> tuple[list[Keypoints], torch.Tensor]:
+    """Keypoints per image of ``(B, C, H, W)`` at one scale, and the cell scores ``(B, Hc, Wc)``."""
+    height, width = batch.shape[-2:]
     scores, coords, descs, _, selected, _ = dense_keypoints(
         model, batch, top_k, score_threshold, nms_radius, backend, scale_factor
     )
@@ -337,7 +383,7 @@ def _extract_batch(
                 image_size=(width, height),
             )
         )
-    return results, scores.clone(), batched
+    return results, scores.clone()
 
 
 def _extract_shrunk(
@@ -353,7 +399,8 @@ def _extract_shrunk(
     shrunk_height, shrunk_width = image.shape[-2:] if isinstance(image, torch.Tensor) else image.shape[:2]
     ratio = shrunk_width / original_size[0]
     results, scores, batched = _extract_batch(
-        model, image, top_k, score_threshold, nms_radius * ratio, backend, 1.0, fit_memory=None
+        model, image, top_k, score_threshold, nms_radius * ratio, backend, 1.0, fit_memory=None,
+        extra_scales=(),
     )
     for result in results:
         points = to_image_pixels(result.keypoints.t()[None], (shrunk_width, shrunk_height), original_size)
@@ -371,6 +418,7 @@ def extract(
     backend: Backend | None = None,
     scale_factor: float | None = None,
     fit_memory: bool = False,
+    extra_scales: tuple[float, ...] | list[float] | None = None,
 ) -> Keypoints | list[Keypoints]:
     """Detect and describe keypoints (see the module docstring for padding and selection).
 
@@ -404,6 +452,12 @@ def extract(
         fit_memory: when the image needs more memory than is available (CPU models; see
             :mod:`kp2d.memory`), run it shrunk to the largest size that fits instead of refusing it;
             keypoints and ``image_size`` stay in pixels of the original image.
+        extra_scales: more factors to run the network at (e.g. ``(1,)`` beside ``scale_factor=2``): each
+            scale's keypoints are selected as above, then pooled and the ``top_k`` best scores kept, so
+            an image met again zoomed 2-2.5x finds its keypoints at the other scale. ``None``: the
+            model's ``inference_settings.extra_scales`` (none unless its weights file records some);
+            ``()``: one scale. Scales at which the image would be under 32 px (or over the network's
+            largest size) are left out; an image shrunk by ``fit_memory`` runs at one scale.
 
     Returns:
         Keypoints sorted by decreasing score (float32 keypoints, scores and descriptors, also for a
@@ -424,11 +478,14 @@ def extract(
                     "on its own, or its images in the list)"
                 )
         return [
-            extract(model, item, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory)
+            extract(
+                model, item, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory,
+                extra_scales,
+            )
             for item in image
         ]
     results, _, batched = _extract_batch(
-        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales
     )
     return results if batched else results[0]
 
@@ -442,14 +499,15 @@ def extract_with_score_map(
     backend: Backend | None = None,
     scale_factor: float | None = None,
     fit_memory: bool = False,
+    extra_scales: tuple[float, ...] | list[float] | None = None,
 ) -> tuple[Keypoints, torch.Tensor]:
     """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run.
 
     With ``scale_factor`` (or an image shrunk by ``fit_memory``) the cells are those of the resized
-    image: ``(ceil(H'/8), ceil(W'/8))``.
+    image: ``(ceil(H'/8), ceil(W'/8))``; with ``extra_scales``, those of the main ``scale_factor``.
     """
     results, scores, _ = _extract_batch(
-        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales
     )
     if len(results) != 1:
         raise DataError(f"extract_with_score_map takes one image, got a batch of {len(results)}")

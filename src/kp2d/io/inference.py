@@ -1,5 +1,8 @@
 """Inference settings a weights file records for its network (``"inference": {"scale_factor": 2.0}``).
 
+``extra_scales`` (``"inference": {"scale_factor": 2.0, "extra_scales": [1.0]}``) are more input scales the
+network also runs at, their keypoints pooled with the main scale's by score (see :func:`kp2d.extract`).
+
 A shipped model may be meant to run differently from the defaults, e.g. on images resized by 2; the file
 says so in its ``inference`` entry, which the checkpoint's checksum covers like every other entry. Files
 without the entry (the original's, older kp2d files) get the defaults. ``extract``, ``kp2d.track``, the
@@ -15,7 +18,15 @@ from typing import Any
 from kp2d.checks import check_scale_factor
 from kp2d.errors import CheckpointError, ConfigError
 
-__all__ = ["INFERENCE_KEY", "InferenceSettings", "inference_settings_from", "model_scale_factor"]
+__all__ = [
+    "INFERENCE_KEY",
+    "InferenceSettings",
+    "check_extra_scales",
+    "inference_settings_from",
+    "model_extra_scales",
+    "model_scale_factor",
+    "parse_extra_scales",
+]
 
 #: The checkpoint entry that holds the settings.
 INFERENCE_KEY = "inference"
@@ -27,20 +38,53 @@ class InferenceSettings:
 
     Attributes:
         scale_factor: the network runs on images resized by this factor (see :func:`kp2d.extract`).
+        extra_scales: more factors it also runs at, keypoints pooled by score (``()``: none).
     """
 
     scale_factor: float = 1.0
+    extra_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scale_factor", check_scale_factor(self.scale_factor))
+        scale_factor = check_scale_factor(self.scale_factor)
+        object.__setattr__(self, "scale_factor", scale_factor)
+        object.__setattr__(self, "extra_scales", check_extra_scales(self.extra_scales, scale_factor))
 
-    def to_entry(self) -> dict[str, float]:
-        """The checkpoint entry: ``{"scale_factor": 2.0}``."""
-        return {"scale_factor": self.scale_factor}
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """Every factor the network runs at, the main one first."""
+        return (self.scale_factor, *self.extra_scales)
+
+    def to_entry(self) -> dict[str, Any]:
+        """The checkpoint entry: ``{"scale_factor": 2.0}`` (plus ``"extra_scales"`` when there are any)."""
+        entry: dict[str, Any] = {"scale_factor": self.scale_factor}
+        if self.extra_scales:
+            entry["extra_scales"] = list(self.extra_scales)
+        return entry
 
     def label(self) -> str:
-        """The settings that differ from the defaults, for a table row: ``" (input x2)"`` or ``""``."""
-        return "" if self.scale_factor == 1 else f" (input x{self.scale_factor:g})"
+        """The non-default settings for a table row: ``" (input x2)"``, ``" (input x2+x1)"`` or ``""``."""
+        if self.scale_factor == 1 and not self.extra_scales:
+            return ""
+        return " (input " + "+".join(f"x{scale:g}" for scale in self.scales) + ")"
+
+
+def check_extra_scales(extra_scales: Any, scale_factor: float | None = None) -> tuple[float, ...]:
+    """``extra_scales`` as a tuple of floats > 0, without duplicates or ``scale_factor`` itself.
+
+    Raises:
+        ConfigError: not a sequence of numbers > 0.
+    """
+    if isinstance(extra_scales, (str, bytes)) or not hasattr(extra_scales, "__iter__"):
+        raise ConfigError(f"extra_scales must be a list of numbers > 0, got {extra_scales!r}")
+    scales: list[float] = []
+    for value in extra_scales:
+        try:
+            scale = check_scale_factor(value)
+        except ConfigError:
+            raise ConfigError(f"extra_scales must be numbers > 0, got {value!r}") from None
+        if scale != scale_factor and scale not in scales:
+            scales.append(scale)
+    return tuple(scales)
 
 
 def inference_settings_from(entry: Any, path: str | Path) -> InferenceSettings:
@@ -63,6 +107,30 @@ def inference_settings_from(entry: Any, path: str | Path) -> InferenceSettings:
         return InferenceSettings(**entry)
     except ConfigError as err:
         raise CheckpointError(f"{path}: {INFERENCE_KEY}.{err}") from None
+
+
+def parse_extra_scales(text: str, option: str = "--extra-scales") -> tuple[float, ...]:
+    """``"1"`` or ``"1,0.5"`` → ``(1.0,)`` / ``(1.0, 0.5)``; ``"none"`` → ``()``.
+
+    Raises:
+        ConfigError: naming ``option``, for text that is not numbers > 0.
+    """
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        return check_extra_scales([float(item) for item in text.split(",")])
+    except (ValueError, ConfigError):
+        raise ConfigError(
+            f"{option} must be numbers > 0 separated by commas (e.g. 1 or 1,0.5) or none, got {text!r}"
+        ) from None
+
+
+def model_extra_scales(model: object, extra_scales: Any = None) -> tuple[float, ...]:
+    """``extra_scales`` when given, else the model's recorded ones (none for a module without settings)."""
+    if extra_scales is not None:
+        return check_extra_scales(extra_scales)
+    settings = getattr(model, "inference_settings", None)
+    return tuple(getattr(settings, "extra_scales", ()))
 
 
 def model_scale_factor(model: object, scale_factor: float | None) -> float:

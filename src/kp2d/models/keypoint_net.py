@@ -136,10 +136,12 @@ class KeyPointNet(nn.Module):
         backend=None,
         scale_factor: float | None = None,
         fit_memory: bool = False,
+        extra_scales=None,
     ):
         """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.extract`.
 
-        ``scale_factor=None`` uses :attr:`inference_settings` (1 unless the weights file records one).
+        ``scale_factor=None`` / ``extra_scales=None`` use :attr:`inference_settings` (1 and none unless
+        the weights file records them).
         """
         return extract(
             self,
@@ -150,6 +152,7 @@ class KeyPointNet(nn.Module):
             backend=backend,
             scale_factor=scale_factor,
             fit_memory=fit_memory,
+            extra_scales=extra_scales,
         )
 
     @property
