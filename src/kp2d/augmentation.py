@@ -457,6 +457,29 @@ def random_crop(
     return images[index, channel, rows, cols]
 
 
+def scaled_crop(
+    images: torch.Tensor,
+    shape: tuple[int, int],
+    window_scale: tuple[float, float] = (1.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A random window of each of ``images (B, C, H, W)``, resized to ``shape = (h, w)``.
+
+    The window is ``shape`` times a factor drawn once per batch, uniform in ``window_scale`` (no draw when
+    the range is one value), at most the image; bilinear, antialiased resize. ``(1, 1)`` is
+    :func:`random_crop`.
+    """
+    low, high = window_scale
+    factor = low if high == low else low + (high - low) * float(torch.rand((), generator=generator))
+    height, width = images.shape[-2:]
+    window = (min(height, round(shape[0] * factor)), min(width, round(shape[1] * factor)))
+    crops = random_crop(images, window, generator)
+    if window == tuple(shape):
+        return crops
+    resized = F.interpolate(crops, size=tuple(shape), mode="bilinear", align_corners=False, antialias=True)
+    return resized.clamp(0.0, 1.0)
+
+
 # --------------------------------------------------------------------------------------------------
 # The whole augmentation
 # --------------------------------------------------------------------------------------------------
@@ -469,7 +492,8 @@ class HomographicAugmentation:
         config: the augmentation parameters.
         photometric: apply step 3 (False: target and source are pure resamplings of the input).
 
-    Draw order per call (from the CPU ``generator``): the crop offsets (with ``crop_from``), flips and
+    Draw order per call (from the CPU ``generator``): the crop window's scale (with ``crop_from`` and a
+    ``crop_window_scale`` range) and offsets (with ``crop_from``), flips and
     affine, homographies, photometric parameters (including a seed for the per-pixel noise, drawn on the
     images' device).
     """
@@ -499,7 +523,7 @@ class HomographicAugmentation:
             raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
         images = _to_unit_float(images)
         if tuple(self.config.crop_from) != (0, 0):  # photos loaded at crop_from: an image_shape window each
-            images = random_crop(images, self.config.image_shape, generator)
+            images = scaled_crop(images, self.config.image_shape, self.config.crop_window_scale, generator)
         batch, _, height, width = images.shape
         affine = sample_spatial_transforms(batch, height, width, self.config, generator)
         homography = sample_homographies(batch, height, width, self.sampler_config, generator)

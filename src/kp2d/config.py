@@ -138,6 +138,10 @@ class AugmentationConfig:
     # (H, W) photos are resized to before a random image_shape window is cut from each (0, 0: no crop):
     # e.g. [480, 640] with image_shape [240, 320] shows the content scale of 480x640 training at its cost
     crop_from: tuple[int, int] = (0, 0)
+    # with crop_from: the window's side is image_shape times a factor drawn per batch from this range,
+    # resized to image_shape, so that one run meets content at several scales (e.g. [1, 2] with crop_from
+    # twice image_shape: from the 2x photo down to the 1x one)
+    crop_window_scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         height, width = self.image_shape
@@ -159,6 +163,19 @@ class AugmentationConfig:
         if max(self.crop_from) > MAX_NETWORK_SIZE:
             raise ConfigError(
                 f"augmentation.crop_from must be at most {MAX_NETWORK_SIZE} a side: {list(self.crop_from)}"
+            )
+        low, high = self.crop_window_scale
+        if not (1 <= low <= high) or (self.crop_from == (0, 0) and high != 1):
+            raise ConfigError(
+                f"augmentation.crop_window_scale {list(self.crop_window_scale)} must be [low, high] with "
+                "1 <= low <= high, and [1, 1] without crop_from"
+            )
+        if self.crop_from != (0, 0) and (
+            round(height * high) > self.crop_from[0] or round(width * high) > self.crop_from[1]
+        ):
+            raise ConfigError(
+                f"augmentation.crop_window_scale {high:g} makes {round(width * high)}x{round(height * high)} "
+                f"windows, larger than crop_from {list(self.crop_from)}"
             )
         bad_kernels = [k for k in self.blur_kernels if k < 0 or (k > 1 and k % 2 == 0)]
         if bad_kernels or not self.blur_kernels:

@@ -428,3 +428,42 @@ def test_random_crop_cuts_each_image_at_its_own_drawn_offset():
         torch.testing.assert_close(crops[b], images[b, :, top[b] : top[b] + 4, left[b] : left[b] + 5])
     with pytest.raises(ValueError, match="smaller than the crop"):
         random_crop(images, (7, 5))
+
+
+def test_scaled_crop_resizes_a_window_of_the_drawn_scale():
+    from kp2d.augmentation import random_crop, scaled_crop
+
+    images = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(1))
+    # (1, 1): the plain crop, the same draws
+    torch.testing.assert_close(
+        scaled_crop(images, (8, 12), (1.0, 1.0), torch.Generator().manual_seed(2)),
+        random_crop(images, (8, 12), torch.Generator().manual_seed(2)),
+    )
+    # (2, 2): the whole 16x24 image is the window, shrunk by 2 (offsets 0: the draws are of a single value)
+    whole = scaled_crop(images, (8, 12), (2.0, 2.0), torch.Generator().manual_seed(2))
+    shrunk = F.interpolate(images, size=(8, 12), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(whole, shrunk.clamp(0, 1), atol=0, rtol=0)
+    # a range: the factor is drawn first, then the offsets of a window of that size
+    generator = torch.Generator().manual_seed(3)
+    factor = 1.0 + float(torch.rand((), generator=generator))
+    window = (round(8 * factor), round(12 * factor))
+    want = F.interpolate(
+        random_crop(images, window, generator), size=(8, 12), mode="bilinear", align_corners=False,
+        antialias=True,
+    )
+    got = scaled_crop(images, (8, 12), (1.0, 2.0), torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got, want.clamp(0, 1))
+
+
+def test_crop_window_scale_is_checked():
+    from kp2d.errors import ConfigError
+
+    config = AugmentationConfig(crop_from=(480, 640), crop_window_scale=(1.0, 2.0))
+    assert config.crop_window_scale == (1.0, 2.0)
+    for bad in ((0.5, 1.0), (2.0, 1.0)):
+        with pytest.raises(ConfigError, match="crop_window_scale"):
+            AugmentationConfig(crop_from=(480, 640), crop_window_scale=bad)
+    with pytest.raises(ConfigError, match="without crop_from"):
+        AugmentationConfig(crop_window_scale=(1.0, 2.0))
+    with pytest.raises(ConfigError, match="larger than crop_from"):
+        AugmentationConfig(crop_from=(480, 640), crop_window_scale=(1.0, 2.5))
