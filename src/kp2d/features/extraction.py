@@ -25,6 +25,10 @@ the regressed offsets are twice as fine (lower localization error, for four time
 docs/notes-from-code.md). OpenCV's SIFT doubles its input the same way before building its pyramid.
 ``scale_factor=None`` (the default) takes the model's ``inference_settings`` (recorded in its weights file,
 see :mod:`kp2d.io.inference`; 1 for a file or module without them); a number overrides them.
+
+``extra_scales`` runs the network at more factors as well; each scale's keypoints are selected as above,
+then the scales are pooled and the ``top_k`` best scores kept (a keypoint of each scale may sit at the same
+place, with that scale's descriptor: what a view zoomed 2-2.5x needs to match).
 """
 
 from __future__ import annotations
