@@ -13,3 +13,10 @@ def random_net() -> KeyPointNet:
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, a=0.01)
     return net.eval()
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    """A textured 64x96 RGB image in [0, 1] (seeded)."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(3, 64, 96, generator=generator)

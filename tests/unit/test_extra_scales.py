@@ -16,13 +16,6 @@ from kp2d.models.keypoint_net import load_keypoint_net
 
 
 @pytest.fixture(scope="module")
-def image() -> torch.Tensor:
-    """A textured 64x96 RGB image in [0, 1] (seeded)."""
-    generator = torch.Generator().manual_seed(3)
-    return torch.rand(3, 64, 96, generator=generator)
-
-
-@pytest.fixture(scope="module")
 def x2_x1_file(random_net, tmp_path_factory):
     """``random_net`` saved with ``inference: {scale_factor: 2.0, extra_scales: [1.0]}``."""
     path = tmp_path_factory.mktemp("x2x1") / "x2x1.ckpt"

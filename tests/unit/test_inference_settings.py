@@ -20,13 +20,6 @@ from kp2d.tracking import track
 
 
 @pytest.fixture(scope="module")
-def image() -> torch.Tensor:
-    """A textured 64x96 RGB image in [0, 1] (seeded)."""
-    generator = torch.Generator().manual_seed(1)
-    return torch.rand(3, 64, 96, generator=generator)
-
-
-@pytest.fixture(scope="module")
 def x2_file(random_net, tmp_path_factory):
     """``random_net`` saved with ``inference: {scale_factor: 2.0}``."""
     path = tmp_path_factory.mktemp("x2") / "x2.ckpt"
