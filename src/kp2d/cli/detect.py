@@ -113,13 +113,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def model_options(options: dict, model) -> dict:
     """``options`` with ``scale_factor`` and ``extra_scales`` resolved (the option, else the model's)."""
-    from kp2d.io.inference import check_extra_scales, model_extra_scales, model_scale_factor
+    from kp2d.io.inference import model_extra_scales, model_scale_factor
 
     scale_factor = model_scale_factor(model, options["scale_factor"])
     resolved = {**options, "scale_factor": scale_factor}
     if "extra_scales" in options:
-        extra = model_extra_scales(model, options["extra_scales"])
-        resolved["extra_scales"] = check_extra_scales(extra, scale_factor)
+        resolved["extra_scales"] = model_extra_scales(model, options["extra_scales"], scale_factor)
     return resolved
 
 

@@ -122,13 +122,12 @@ def run(args: argparse.Namespace) -> int:
         export_onnx(net, out, opset=opset, dynamic=not args.static, example_shape_hw=(height, width))
         print(f"wrote {out} (fp32, opset {opset}, {'fixed' if args.static else 'dynamic'} input size)")
     scale_factor = net.inference_settings.scale_factor
+    source = args.checkpoint or args.model
     if scale_factor != 1:  # the graph is the bare network: the resize kp2d.extract does is the caller's
-        source = args.checkpoint or args.model
         print(f"note: {source} records scale_factor {scale_factor:g}: resize images by {scale_factor:g} "
               "before the graph (and keypoints back), as kp2d.extract does")
     extra_scales = net.inference_settings.extra_scales
     if extra_scales:
-        source = args.checkpoint or args.model
         scales = ", ".join(f"{scale:g}" for scale in extra_scales)
         print(f"note: {source} records extra scales {scales}: run the graph at each scale too and pool "
               "the keypoints by score, as kp2d.extract does")

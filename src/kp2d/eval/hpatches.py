@@ -36,7 +36,7 @@ from kp2d.errors import ConfigError, DataError
 from kp2d.eval.metrics import evaluate_pair
 from kp2d.features.dense import CELL
 from kp2d.features.extraction import check_scale_factor, rescale_images, to_image_pixels
-from kp2d.io.inference import check_extra_scales, model_extra_scales, model_scale_factor
+from kp2d.io.inference import model_extra_scales, model_scale_factor
 
 __all__ = [
     "METRIC_NAMES",
@@ -100,7 +100,7 @@ class KeyPointNetDetector:
         extra_scales: tuple[float, ...] | list[float] | None = None,
     ) -> None:
         self.scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
-        self.extra_scales = check_extra_scales(model_extra_scales(model, extra_scales), self.scale_factor)
+        self.extra_scales = model_extra_scales(model, extra_scales, self.scale_factor)
         self.is_backend = not isinstance(model, torch.nn.Module)
         if self.is_backend:
             self.device = torch.device(device if device is not None else "cpu")

@@ -48,7 +48,7 @@ from kp2d.features.dense import CELL, DEFAULT_SCORE_THRESHOLD, KeyPointNetOutput
 from kp2d.features.keypoints import Keypoints
 from kp2d.features.selection import _check_selection, select_keypoints
 from kp2d.io.images import ImageLike, _pil_to_numpy, image_to_tensor, load_image
-from kp2d.io.inference import check_extra_scales, model_extra_scales, model_scale_factor
+from kp2d.io.inference import model_extra_scales, model_scale_factor
 
 #: What ``extract`` runs instead of the plain network (a :class:`kp2d.deploy.backends.Backend`).
 Backend = Callable[[torch.Tensor], KeyPointNetOutput]
@@ -315,7 +315,7 @@ def _extract_batch(
             f"{type(backend).__name__} {backend!r}"
         )
     scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
-    extra_scales = check_extra_scales(model_extra_scales(model, extra_scales), scale_factor)
+    extra_scales = model_extra_scales(model, extra_scales, scale_factor)
     original_size = None
     if fit_memory is not None:
         fit_memory = check_flag("fit_memory", fit_memory)

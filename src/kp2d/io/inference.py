@@ -125,12 +125,17 @@ def parse_extra_scales(text: str, option: str = "--extra-scales") -> tuple[float
         ) from None
 
 
-def model_extra_scales(model: object, extra_scales: Any = None) -> tuple[float, ...]:
-    """``extra_scales`` when given, else the model's recorded ones (none for a module without settings)."""
-    if extra_scales is not None:
-        return check_extra_scales(extra_scales)
-    settings = getattr(model, "inference_settings", None)
-    return tuple(getattr(settings, "extra_scales", ()))
+def model_extra_scales(
+    model: object, extra_scales: Any = None, scale_factor: float | None = None
+) -> tuple[float, ...]:
+    """``extra_scales`` when given, else the model's recorded ones, checked and without ``scale_factor``.
+
+    A module without settings records none; see :func:`check_extra_scales`.
+    """
+    if extra_scales is None:
+        settings = getattr(model, "inference_settings", None)
+        extra_scales = getattr(settings, "extra_scales", ())
+    return check_extra_scales(extra_scales, scale_factor)
 
 
 def model_scale_factor(model: object, scale_factor: float | None) -> float:
