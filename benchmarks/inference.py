@@ -14,7 +14,7 @@ and evaluated on an HPatches-format set (default ``../shared/data/hpatches-synth
 at 1x, its whole ``extract``, and the default model's ``extract`` with its shipped settings (input scale)
 and the default backend: what a user pays per image, against the paper's network; for a model that runs
 at one scale above 1, also its ``extract`` with ``extra_scales=(1,)`` (multi-scale, opt-in), plain and
-with the ``torch-fused`` backend.
+with the ``torch-fused`` backend, and with ``extra_rotations=(45, -45)`` (turned copies, opt-in).
 
 ``--random-init`` uses a seeded random network whose BatchNorm statistics are estimated on the
 calibration photos (so activations have the ranges a trained network's have); its matching score says
@@ -146,6 +146,10 @@ def time_versus_original(
         )
         runs[f"{label} extract (input x{settings.scale_factor:g}+x1), backend torch-fused"] = (
             lambda image, top_k: extract(default, image, top_k=top_k, extra_scales=(1,), backend=fused)
+        )
+    if not settings.extra_rotations:  # what the opt-in turned copies add
+        runs[f"{label} extract{settings.label()}, extra_rotations=(45, -45)"] = (
+            lambda image, top_k: extract(default, image, top_k=top_k, extra_rotations=(45, -45))
         )
     results: dict[str, dict[str, float]] = {name: {} for name in runs}
     generator = torch.Generator().manual_seed(0)

@@ -8,7 +8,8 @@ record (step, epoch, the run's wall time and hardware as given) and reference ou
 (see :mod:`kp2d.deploy.shipping`); prints how far the shipped weights are from the checkpoint on that photo.
 ``--scale-factor S`` records ``inference: {scale_factor: S}``: ``extract``, ``kp2d detect|match|track|eval``
 then run the model on images resized by S unless told otherwise; ``--extra-scales 1`` records more scales
-whose keypoints ``extract`` and ``kp2d detect|match|eval`` pool with the main scale's.
+whose keypoints ``extract`` and ``kp2d detect|match|eval`` pool with the main scale's, ``--extra-rotations
+45,-45`` turned copies of the image pooled likewise.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from kp2d.checks import check_output_path, check_scale_factor_option
 from kp2d.deploy.shipping import make_pretrained, reference_error
 from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.io.checkpoint import load_checkpoint, training_steps
-from kp2d.io.inference import InferenceSettings, parse_extra_scales
+from kp2d.io.inference import InferenceSettings, parse_extra_rotations, parse_extra_scales
 from kp2d.models.keypoint_net import load_keypoint_net
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "kp2d" / "weights"
@@ -79,16 +80,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LIST",
         help="record more scales the model also runs at, e.g. 1 (needs --scale-factor; default: none)",
     )
+    parser.add_argument(
+        "--extra-rotations",
+        default=None,
+        metavar="LIST",
+        help="record angles in degrees of turned copies the model also runs on, e.g. 45,-45 (needs "
+        "--scale-factor; default: none)",
+    )
     args = parser.parse_args(argv)
     try:
         check_name(args.name)
         inference = None
-        if args.extra_scales is not None and args.scale_factor is None:
-            raise ConfigError("--extra-scales needs --scale-factor (the main scale)")
+        extras = (("--extra-scales", args.extra_scales), ("--extra-rotations", args.extra_rotations))
+        for option, value in extras:
+            if value is not None and args.scale_factor is None:
+                raise ConfigError(f"{option} needs --scale-factor (the main scale)")
         if args.scale_factor is not None:
             check_scale_factor_option(args.scale_factor)
             extra = () if args.extra_scales is None else parse_extra_scales(args.extra_scales)
-            inference = InferenceSettings(args.scale_factor, extra)
+            turns = () if args.extra_rotations is None else parse_extra_rotations(args.extra_rotations)
+            inference = InferenceSettings(args.scale_factor, extra, turns)
         target = WEIGHTS / f"{args.name}.pt"
         check_output_path(target, "NAME")
         provenance = provenance_of(args.checkpoint, args.note)
@@ -106,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), {steps_text}; max diff vs checkpoint: "
           f"score {diff['score']:.2e}, coord {diff['coord']:.2e} px, desc {diff['desc']:.2e}; "
           f"inference: scale_factor {written.inference.scale_factor:g}"
-          + "".join(f", extra scale {scale:g}" for scale in written.inference.extra_scales))
+          + "".join(f", extra scale {scale:g}" for scale in written.inference.extra_scales)
+          + "".join(f", extra rotation {angle:g}" for angle in written.inference.extra_rotations))
     return 0
 
 

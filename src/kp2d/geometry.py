@@ -27,6 +27,7 @@ __all__ = [
     "cell_centers",
     "denormalize_points",
     "normalize_points",
+    "rotation_about_center",
     "sample_homographies",
     "scale_homography",
     "warp_points",
@@ -91,6 +92,28 @@ def cell_centers(
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     centers = torch.stack([grid_x, grid_y], dim=0) * cell + (cell - 1) / 2.0
     return centers.unsqueeze(0).expand(batch, 2, rows, cols)
+
+
+def rotation_about_center(
+    angle_deg: float, height: int, width: int, *, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """``(3, 3)`` pixel homography that turns an ``H x W`` image by ``angle_deg`` about its centre.
+
+    Positive angles turn the picture counter-clockwise as displayed (``y`` down), OpenCV's
+    ``getRotationMatrix2D`` convention; the centre is ``((W - 1) / 2, (H - 1) / 2)``.
+    """
+    angle = math.radians(angle_deg)
+    cos, sin = math.cos(angle), math.sin(angle)
+    center_x, center_y = (width - 1) / 2.0, (height - 1) / 2.0
+    return torch.tensor(
+        [
+            [cos, sin, center_x - cos * center_x - sin * center_y],
+            [-sin, cos, center_y + sin * center_x - cos * center_y],
+            [0.0, 0.0, 1.0],
+        ],
+        device=device,
+        dtype=dtype,
+    )
 
 
 def scale_homography(

@@ -201,9 +201,34 @@ def test_detect_pools_the_extra_scales_recorded_or_given(tmp_path, checkpoint, p
             np.testing.assert_array_equal(arrays[got][key], arrays[want][key])
     assert len(arrays["recorded"]["keypoints"]) > len(arrays["single"]["keypoints"])
     assert records["recorded"]["extra_scales"] == [1.0] and records["override"]["extra_scales"] == []
+    assert records["recorded"]["extra_rotations"] == []
     argv = ["detect", str(photos[0]), "--model", checkpoint, "--extra-scales", "x"]
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
     assert "--extra-scales must be numbers > 0" in single_error_line(capsys)
+
+
+def test_detect_pools_the_extra_rotations_recorded_or_given(tmp_path, checkpoint, photos, capsys):
+    """A file recording a quarter turn detects as --extra-rotations 90 does; 'none' overrides it."""
+    turned = _recording(checkpoint, tmp_path / "turned.ckpt", {"scale_factor": 1.0, "extra_rotations": [90]})
+    runs = {
+        "recorded": ["--model", turned],
+        "option": ["--model", checkpoint, "--extra-rotations", "90"],
+        "override": ["--model", turned, "--extra-rotations", "none"],
+        "single": ["--model", checkpoint],
+    }
+    for name, options in runs.items():
+        argv = ["detect", str(photos[0]), *options, "--top-k", "0", "--device", "cpu"]
+        assert main([*argv, "--out", str(tmp_path / name)]) == 0
+    arrays = {name: np.load(tmp_path / name / "a.npz") for name in runs}
+    records = {name: json.loads((tmp_path / name / "a.json").read_text()) for name in runs}
+    for got, want in (("recorded", "option"), ("override", "single")):
+        for key in ("keypoints", "scores", "descriptors"):
+            np.testing.assert_array_equal(arrays[got][key], arrays[want][key])
+    assert len(arrays["recorded"]["keypoints"]) > len(arrays["single"]["keypoints"])
+    assert records["recorded"]["extra_rotations"] == [90.0] and records["override"]["extra_rotations"] == []
+    argv = ["detect", str(photos[0]), "--model", checkpoint, "--extra-rotations", "x"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "--extra-rotations must be angles in degrees" in single_error_line(capsys)
 
 
 @pytest.mark.parametrize(
@@ -212,7 +237,7 @@ def test_detect_pools_the_extra_scales_recorded_or_given(tmp_path, checkpoint, p
         ({"scale_factor": -1}, "inference.scale_factor must be a finite number > 0, got -1"),
         (
             {"scale_factor": 2.0, "top_k": 5},
-            "unknown inference setting top_k (known: scale_factor, extra_scales)",
+            "unknown inference setting top_k (known: scale_factor, extra_scales, extra_rotations)",
         ),
     ],
 )

@@ -148,6 +148,19 @@ def test_extra_scales_label_the_row(tiny_root, tmp_path, capsys):
     assert "--extra-scales applies to KeyPointNet, not to --method" in _error_line(capsys)
 
 
+def test_extra_rotations_label_the_row(tiny_root, tmp_path, capsys):
+    out = tmp_path / "turned.json"
+    args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
+    assert _eval(*args, "--scale-factor", "2", "--extra-rotations", "45,-45", "--json", str(out)) == 0
+    assert "| random-init (v4) (input x2, turned 0/45/-45) |" in capsys.readouterr().out
+    entry = json.loads(out.read_text())["64x48"]
+    assert entry["inference"] == {"scale_factor": 2.0, "extra_rotations": [45.0, -45.0]}
+    assert _eval(*args, "--extra-rotations", "north") == 2
+    assert "--extra-rotations must be angles in degrees separated by commas" in _error_line(capsys)
+    assert _eval("--method", "sift", "--hpatches", str(tiny_root), "--extra-rotations", "45") == 2
+    assert "--extra-rotations applies to KeyPointNet, not to --method" in _error_line(capsys)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -132,11 +132,15 @@ def test_versus_original_times_the_default_model_with_its_settings(capsys):
 
     settings = load_checkpoint(resolve_model_path(DEFAULT_MODEL)).inference
     assert names[2].startswith(f"{DEFAULT_MODEL} extract{settings.label() or ' (input x1)'}, its settings")
+    extra = []
     if settings.scale_factor > 1 and not settings.extra_scales:  # the opt-in second scale, plain and fused
-        assert names[3:] == [
+        extra = [
             f"{DEFAULT_MODEL} extract (input x{settings.scale_factor:g}+x1), extra_scales=(1,)",
             f"{DEFAULT_MODEL} extract (input x{settings.scale_factor:g}+x1), backend torch-fused",
         ]
+    if not settings.extra_rotations:  # the opt-in turned copies
+        extra.append(f"{DEFAULT_MODEL} extract{settings.label()}, extra_rotations=(45, -45)")
+    assert names[3:] == extra
     assert all(ms["64x48"] > 0 for _, ms in rows)
     inference.print_versus_original(rows, [(64, 48)])
     table = capsys.readouterr().out.splitlines()

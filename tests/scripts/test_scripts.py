@@ -97,6 +97,21 @@ def test_ship_weights_records_the_scale_factor(ship, random_checkpoint, capsys):
     assert "inference" not in load_checkpoint(ship.WEIGHTS / "v8.pt").extra
 
 
+def test_ship_weights_records_extra_scales_and_rotations(ship, random_checkpoint, capsys):
+    from kp2d.io.inference import InferenceSettings
+    from kp2d.models.keypoint_net import load_keypoint_net
+
+    argv = [str(random_checkpoint), "v9", "--scale-factor", "2", "--extra-scales", "1"]
+    argv += ["--extra-rotations", "45,-45"]
+    assert ship.main(argv) == 0
+    assert "scale_factor 2, extra scale 1, extra rotation 45, extra rotation -45" in capsys.readouterr().out
+    settings = load_keypoint_net(ship.WEIGHTS / "v9.pt").inference_settings
+    assert settings == InferenceSettings(2.0, (1.0,), (45.0, -45.0))
+    assert ship.main([str(random_checkpoint), "v8", "--extra-rotations", "45"]) == 2
+    message = "--extra-rotations needs --scale-factor (the main scale)"
+    assert single_error_line(capsys) == f"ship_weights: error: {message}"
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "nan"])
 def test_ship_weights_refuses_a_bad_scale_factor(ship, random_checkpoint, capsys, value):
     assert ship.main([str(random_checkpoint), "v9", "--scale-factor", value]) == 2

@@ -50,7 +50,10 @@ def test_settings_parse_and_label():
         ({"scale_factor": float("nan")}, "inference.scale_factor must be a finite number > 0, got nan"),
         ({"scale_factor": "2"}, "inference.scale_factor must be a number > 0, got '2'"),
         ({"scale_factor": True}, "inference.scale_factor must be a number > 0, got True"),
-        ({"scale": 2.0}, "unknown inference setting scale (known: scale_factor, extra_scales)"),
+        (
+            {"scale": 2.0},
+            "unknown inference setting scale (known: scale_factor, extra_scales, extra_rotations)",
+        ),
         ([2.0], "'inference' must be a mapping, got list"),
     ],
 )

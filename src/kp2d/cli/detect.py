@@ -33,7 +33,7 @@ CLI_BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp
 def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True) -> None:
     """Add the options shared with ``match`` and ``track`` (model, selection, device).
 
-    ``extra_scales``: also ``--extra-scales`` (``track`` runs one scale).
+    ``extra_scales``: also ``--extra-scales`` and ``--extra-rotations`` (``track`` runs one scale, unturned).
     """
     parser.add_argument(
         "--model",
@@ -70,6 +70,14 @@ def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True
             help="more scales to run the network at, keypoints pooled by score (e.g. 1 beside "
             "--scale-factor 2: finds keypoints again across a 2-2.5x zoom; 'none': one scale; default: "
             "the model's setting)",
+        )
+        parser.add_argument(
+            "--extra-rotations",
+            default=None,
+            metavar="LIST",
+            help="angles in degrees of turned copies of the image to run the network on as well, keypoints "
+            "pooled by score (e.g. 45,-45: finds keypoints again across a 40-60 degree turn, 3x the "
+            "compute; 'none': unturned only; default: the model's setting)",
         )
     parser.add_argument(
         "--fit-memory",
@@ -112,13 +120,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def model_options(options: dict, model) -> dict:
-    """``options`` with ``scale_factor`` and ``extra_scales`` resolved (the option, else the model's)."""
-    from kp2d.io.inference import model_extra_scales, model_scale_factor
+    """``options`` with the scale factor, extra scales and extra rotations resolved (option, else model)."""
+    from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_scale_factor
 
     scale_factor = model_scale_factor(model, options["scale_factor"])
     resolved = {**options, "scale_factor": scale_factor}
     if "extra_scales" in options:
         resolved["extra_scales"] = model_extra_scales(model, options["extra_scales"], scale_factor)
+    if "extra_rotations" in options:
+        resolved["extra_rotations"] = model_extra_rotations(model, options["extra_rotations"])
     return resolved
 
 
@@ -156,10 +166,12 @@ def selection_options(args: argparse.Namespace) -> dict:
         "fit_memory": args.fit_memory,
     }
     if hasattr(args, "extra_scales"):
-        from kp2d.io.inference import parse_extra_scales
+        from kp2d.io.inference import parse_extra_rotations, parse_extra_scales
 
         extra = None if args.extra_scales is None else parse_extra_scales(args.extra_scales)
         options["extra_scales"] = extra
+        turns = None if args.extra_rotations is None else parse_extra_rotations(args.extra_rotations)
+        options["extra_rotations"] = turns
     return options
 
 
@@ -315,6 +327,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
             "image_size": list(keypoints.image_size),
             "scale_factor": options["scale_factor"],
             "extra_scales": list(options["extra_scales"]),
+            "extra_rotations": list(options["extra_rotations"]),
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),
         }

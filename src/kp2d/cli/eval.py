@@ -89,6 +89,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="more scales to run the network at, every scale's keypoints pooled before the top-k (e.g. "
         "1 beside --scale-factor 2); 'none': one scale; default: the model's setting",
     )
+    parser.add_argument(
+        "--extra-rotations",
+        default=None,
+        metavar="LIST",
+        help="angles in degrees of turned copies of the images to run the network on as well, keypoints "
+        "pooled before the top-k (e.g. 45,-45); 'none': unturned only; default: the model's setting",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -116,7 +123,7 @@ def _build_network(args: argparse.Namespace, device):
 
 def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[int, int, int]]):
     """The settings to evaluate with: each option when given, else the network's recorded setting."""
-    from kp2d.io.inference import InferenceSettings, parse_extra_scales
+    from kp2d.io.inference import InferenceSettings, parse_extra_rotations, parse_extra_scales
 
     recorded = getattr(network, "inference_settings", InferenceSettings())
     scale_factor = args.scale_factor if args.scale_factor is not None else recorded.scale_factor
@@ -129,7 +136,11 @@ def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[
         extra_scales, name = recorded.extra_scales, "the model's extra_scales"
     for scale in extra_scales:
         check_eval_scale_factor(scale, settings, name)
-    return InferenceSettings(scale_factor, extra_scales)
+    if args.extra_rotations is not None:
+        extra_rotations = parse_extra_rotations(args.extra_rotations)
+    else:
+        extra_rotations = recorded.extra_rotations
+    return InferenceSettings(scale_factor, extra_scales, extra_rotations)
 
 
 def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int, inference):
@@ -139,7 +150,7 @@ def _make_detector(args: argparse.Namespace, network, label: str, device, top_k:
         return opencv_detector(args.method, top_k)
     return KeyPointNetDetector(
         network, device, name=label, scale_factor=inference.scale_factor,
-        extra_scales=inference.extra_scales,
+        extra_scales=inference.extra_scales, extra_rotations=inference.extra_rotations,
     )
 
 
@@ -204,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--scale-factor applies to KeyPointNet, not to --method")
     elif args.extra_scales is not None:
         raise ConfigError("--extra-scales applies to KeyPointNet, not to --method")
+    elif args.extra_rotations is not None:
+        raise ConfigError("--extra-rotations applies to KeyPointNet, not to --method")
 
     baselines = parse_baselines(args.baselines, args.method)
 

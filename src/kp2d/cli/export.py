@@ -131,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
         scales = ", ".join(f"{scale:g}" for scale in extra_scales)
         print(f"note: {source} records extra scales {scales}: run the graph at each scale too and pool "
               "the keypoints by score, as kp2d.extract does")
+    extra_rotations = net.inference_settings.extra_rotations
+    if extra_rotations:
+        angles = ", ".join(f"{angle:g}" for angle in extra_rotations)
+        print(f"note: {source} records extra rotations {angles}: run the graph on the image turned by each "
+              "angle too, map the keypoints back and pool them by score, as kp2d.extract does")
 
     if not args.no_verify:
         _verify(net, out, height, width)

@@ -35,8 +35,14 @@ from kp2d.data.hpatches import HPatchesDataset, SequenceSample
 from kp2d.errors import ConfigError, DataError
 from kp2d.eval.metrics import evaluate_pair
 from kp2d.features.dense import CELL
-from kp2d.features.extraction import check_scale_factor, rescale_images, to_image_pixels
-from kp2d.io.inference import model_extra_scales, model_scale_factor
+from kp2d.features.extraction import (
+    check_scale_factor,
+    rescale_images,
+    rotate_images,
+    to_image_pixels,
+    unturn_coords,
+)
+from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_scale_factor
 
 __all__ = [
     "METRIC_NAMES",
@@ -86,6 +92,9 @@ class KeyPointNetDetector:
         extra_scales: more factors to run the network at; every scale's cells are pooled (the protocol's
             top-k then picks the best scores among them). ``None`` (default): the model's
             ``inference_settings`` (none unless its weights file records some).
+        extra_rotations: angles in degrees of turned copies of the images the network also runs on at
+            ``scale_factor``, their cells mapped back and pooled likewise (see :func:`kp2d.extract`).
+            ``None`` (default): the model's ``inference_settings``.
     """
 
     norm = cv2.NORM_L2
@@ -98,9 +107,11 @@ class KeyPointNetDetector:
         channels_last: bool | None = None,
         scale_factor: float | None = None,
         extra_scales: tuple[float, ...] | list[float] | None = None,
+        extra_rotations: tuple[float, ...] | list[float] | None = None,
     ) -> None:
         self.scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
         self.extra_scales = model_extra_scales(model, extra_scales, self.scale_factor)
+        self.extra_rotations = model_extra_rotations(model, extra_rotations)
         self.is_backend = not isinstance(model, torch.nn.Module)
         if self.is_backend:
             self.device = torch.device(device if device is not None else "cpu")
@@ -119,19 +130,22 @@ class KeyPointNetDetector:
             images = np.stack([cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in images])[..., None]
         batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         batch = batch.permute(0, 3, 1, 2).float() / 255.0  # (B, C, H, W) view of NHWC data: channels-last
-        per_scale = [self._detect(batch, scale) for scale in (self.scale_factor, *self.extra_scales)]
-        if len(per_scale) == 1:
-            return per_scale[0]
+        runs = [(scale, 0.0) for scale in (self.scale_factor, *self.extra_scales)]
+        runs += [(self.scale_factor, angle) for angle in self.extra_rotations]
+        per_run = [self._detect(batch, scale, angle) for scale, angle in runs]
+        if len(per_run) == 1:
+            return per_run[0]
         return [
             (np.concatenate([rows for rows, _ in found]), np.concatenate([descs for _, descs in found]))
-            for found in zip(*per_scale, strict=True)
+            for found in zip(*per_run, strict=True)
         ]
 
-    def _detect(self, batch: torch.Tensor, scale_factor: float) -> list[Detection]:
-        """:meth:`__call__` of ``(B, C, H, W)`` images in [0, 1] at one scale."""
+    def _detect(self, batch: torch.Tensor, scale_factor: float, rotation_deg: float = 0.0) -> list[Detection]:
+        """:meth:`__call__` of ``(B, C, H, W)`` images in [0, 1] at one scale, turned by ``rotation_deg``."""
         height, width = batch.shape[-2:]
         with torch.inference_mode():
-            network_batch = rescale_images(batch, scale_factor)
+            turned = rotate_images(batch, rotation_deg) if rotation_deg else batch
+            network_batch = rescale_images(turned, scale_factor)
             net_height, net_width = network_batch.shape[-2:]
             if net_height % CELL or net_width % CELL:
                 raise ConfigError(
@@ -140,9 +154,13 @@ class KeyPointNetDetector:
                 )
             out = self._describe(network_batch)
             coord = to_image_pixels(out.coord, (net_width, net_height), (width, height))
+            keep = out.score[:, 0] > 0
+            if rotation_deg:
+                coord, inside = unturn_coords(coord, rotation_deg, height, width)
+                keep &= inside
         rows = torch.cat([coord, out.score], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
         descs = out.desc.flatten(2).transpose(1, 2).float().cpu().numpy()  # (B, Hc*Wc, 256)
-        keep = rows[..., 2] > 0
+        keep = keep.flatten(1).cpu().numpy()
         return [(rows[b][keep[b]], descs[b][keep[b]]) for b in range(len(rows))]
 
 

@@ -29,6 +29,12 @@ see :mod:`kp2d.io.inference`; 1 for a file or module without them); a number ove
 ``extra_scales`` runs the network at more factors as well; each scale's keypoints are selected as above,
 then the scales are pooled and the ``top_k`` best scores kept (a keypoint of each scale may sit at the same
 place, with that scale's descriptor: what a view zoomed 2-2.5x needs to match).
+
+``extra_rotations`` (degrees) runs the network, at ``scale_factor``, on copies of the image turned about its
+centre by those angles, and pools their keypoints the same way, mapped back to the unturned image: the
+network's descriptors are not rotation invariant, so a view turned by 40-60 degrees finds its keypoints in
+the copy turned back towards it. Keypoints within :data:`TURNED_MARGIN` pixels of the turned copy's empty
+corners (where the network would fire on the edge of the picture) are dropped.
 """
 
 from __future__ import annotations
@@ -47,8 +53,9 @@ from kp2d.errors import ConfigError, DataError
 from kp2d.features.dense import CELL, DEFAULT_SCORE_THRESHOLD, KeyPointNetOutput, sample_descriptors
 from kp2d.features.keypoints import Keypoints
 from kp2d.features.selection import _check_selection, select_keypoints
+from kp2d.geometry import normalize_points, rotation_about_center, warp_points
 from kp2d.io.images import ImageLike, _pil_to_numpy, image_to_tensor, load_image
-from kp2d.io.inference import model_extra_scales, model_scale_factor
+from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_scale_factor
 
 #: What ``extract`` runs instead of the plain network (a :class:`kp2d.deploy.backends.Backend`).
 Backend = Callable[[torch.Tensor], KeyPointNetOutput]
@@ -56,6 +63,7 @@ Backend = Callable[[torch.Tensor], KeyPointNetOutput]
 __all__ = [
     "MAX_NETWORK_SIZE",
     "MIN_IMAGE_SIZE",
+    "TURNED_MARGIN",
     "DenseKeypoints",
     "check_image_size",
     "dense_keypoints",
@@ -65,8 +73,10 @@ __all__ = [
     "model_input",
     "pad_to_multiple",
     "rescale_images",
+    "rotate_images",
     "score_map",
     "to_image_pixels",
+    "unturn_coords",
 ]
 
 
@@ -116,6 +126,35 @@ def rescale_images(images: torch.Tensor, scale_factor: float) -> torch.Tensor:
     source = images.float() if reduced else images
     resized = F.interpolate(source, size=size, mode="bilinear", align_corners=False, antialias=shrink)
     return resized.to(images.dtype) if reduced else resized
+
+
+#: Keypoints of a turned copy whose place in the original image lies closer than this to its edge (pixels
+#: of the original) are dropped: there the network sees the copy's empty corners.
+TURNED_MARGIN = 8.0
+
+
+def rotate_images(images: torch.Tensor, angle_deg: float) -> torch.Tensor:
+    """``(B, C, H, W)`` turned by ``angle_deg`` about the centre (bilinear), same size, zeros outside.
+
+    Pixel ``p`` of the result shows pixel ``R^-1 p`` of the input, ``R`` being
+    :func:`~kp2d.geometry.rotation_about_center` (counter-clockwise as displayed for positive angles).
+    """
+    height, width = images.shape[-2:]
+    inverse = rotation_about_center(-angle_deg, height, width, device=images.device)
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=images.device, dtype=torch.float32),
+        torch.arange(width, device=images.device, dtype=torch.float32),
+        indexing="ij",
+    )
+    source = warp_points(torch.stack([xs, ys], dim=-1).reshape(1, -1, 2), inverse)
+    grid = normalize_points(source, height, width).reshape(1, height, width, 2)
+    grid = grid.expand(images.shape[0], height, width, 2)
+    reduced = images.dtype in (torch.float16, torch.bfloat16)
+    turned = F.grid_sample(
+        images.float() if reduced else images, grid.to(torch.float32), mode="bilinear",
+        padding_mode="zeros", align_corners=True,
+    )
+    return turned.to(images.dtype) if reduced else turned
 
 
 def _network_size(height: int, width: int, scale_factor: float) -> tuple[int, int]:
@@ -275,21 +314,46 @@ def dense_keypoints(
     nms_radius: float,
     backend: Backend | None = None,
     scale_factor: float = 1.0,
+    rotation_deg: float = 0.0,
 ) -> DenseKeypoints:
     """Run the network on ``(B, C, H, W)`` resized by ``scale_factor``; all cells and the top-k selection.
 
-    ``nms_radius`` is in pixels of ``batch``; options are checked by the caller.
+    ``nms_radius`` is in pixels of ``batch``; options are checked by the caller. With ``rotation_deg`` the
+    network runs on the batch turned by that angle (:func:`rotate_images`); ``coords`` are mapped back to
+    the unturned images and cells within :data:`TURNED_MARGIN` of their edges are not valid.
     """
     height, width = batch.shape[-2:]
-    network_batch = rescale_images(batch, scale_factor)
+    turned = rotate_images(batch, rotation_deg) if rotation_deg else batch
+    network_batch = rescale_images(turned, scale_factor)
     net_height, net_width = network_batch.shape[-2:]
     scores, coords, descs = _run(model, network_batch, backend)
     # border cells (score forced to 0) and keypoints in the padding never count, whatever the threshold
     valid = (scores > 0) & (coords[:, 0] <= net_width - 1) & (coords[:, 1] <= net_height - 1)
     nms_radius = nms_radius * net_width / width  # the selection works in pixels of the network's input
+    image_coords = to_image_pixels(coords, (net_width, net_height), (width, height))
+    if rotation_deg:
+        image_coords, inside = unturn_coords(image_coords, rotation_deg, height, width)
+        valid &= inside
     selected = select_keypoints(scores, coords, top_k, score_threshold, nms_radius, valid=valid)
-    coords = to_image_pixels(coords, (net_width, net_height), (width, height))
-    return DenseKeypoints(scores, coords, descs, valid, selected, (net_width, net_height))
+    return DenseKeypoints(scores, image_coords, descs, valid, selected, (net_width, net_height))
+
+
+def unturn_coords(
+    coords: torch.Tensor, rotation_deg: float, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 2, Hc, Wc)`` points of ``H x W`` images turned by ``rotation_deg`` (:func:`rotate_images`).
+
+    Returns the points in pixels of the unturned images and ``(B, Hc, Wc)``: those at least
+    :data:`TURNED_MARGIN` pixels inside them.
+    """
+    inverse = rotation_about_center(-rotation_deg, height, width, device=coords.device)
+    batch, _, rows, cols = coords.shape
+    points = warp_points(coords.float().flatten(2).transpose(1, 2), inverse)
+    points = points.transpose(1, 2).reshape(batch, 2, rows, cols).to(coords.dtype)
+    x, y = points[:, 0], points[:, 1]
+    inside = (x >= TURNED_MARGIN) & (x <= width - 1 - TURNED_MARGIN)
+    inside &= (y >= TURNED_MARGIN) & (y <= height - 1 - TURNED_MARGIN)
+    return points, inside
 
 
 def _extract_batch(
@@ -302,11 +366,13 @@ def _extract_batch(
     scale_factor: float | None = None,
     fit_memory: bool | None = False,
     extra_scales: tuple[float, ...] | list[float] | None = None,
+    extra_rotations: tuple[float, ...] | list[float] | None = None,
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
     """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched.
 
-    ``scale_factor=None`` / ``extra_scales=None``: the model's settings. ``fit_memory=None`` skips the
-    memory check (for an image already shrunk to fit). The cell scores are the main scale's.
+    ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None``: the model's settings.
+    ``fit_memory=None`` skips the memory check (for an image already shrunk to fit). The cell scores are
+    the main scale's.
     """
     _check_selection(top_k, nms_radius, score_threshold)
     if backend is not None and not callable(backend):
@@ -316,6 +382,7 @@ def _extract_batch(
         )
     scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
     extra_scales = model_extra_scales(model, extra_scales, scale_factor)
+    extra_rotations = model_extra_rotations(model, extra_rotations)
     original_size = None
     if fit_memory is not None:
         fit_memory = check_flag("fit_memory", fit_memory)
@@ -332,12 +399,13 @@ def _extract_batch(
         return [], torch.zeros(0, *cells, device=batch.device), batched
     results, scores = _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale_factor)
     fitting = [scale for scale in extra_scales if _fits(height, width, scale)]
-    if fitting:
-        per_scale = [results] + [
-            _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale)[0]
-            for scale in fitting
+    if fitting or extra_rotations:
+        runs = [(scale, 0.0) for scale in fitting] + [(scale_factor, angle) for angle in extra_rotations]
+        per_run = [results] + [
+            _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale, angle)[0]
+            for scale, angle in runs
         ]
-        results = [_pooled(list(found), top_k) for found in zip(*per_scale, strict=True)]
+        results = [_pooled(list(found), top_k) for found in zip(*per_run, strict=True)]
     return results, scores, batched
 
 
@@ -370,11 +438,12 @@ def _keypoints_at(
     nms_radius: float,
     backend: Backend | None,
     scale_factor: float,
+    rotation_deg: float = 0.0,
 ) -> tuple[list[Keypoints], torch.Tensor]:
-    """Keypoints per image of ``(B, C, H, W)`` at one scale, and the cell scores ``(B, Hc, Wc)``."""
+    """Keypoints per image of ``(B, C, H, W)`` at one scale and turn; the cell scores ``(B, Hc, Wc)``."""
     height, width = batch.shape[-2:]
     scores, coords, descs, _, selected, _ = dense_keypoints(
-        model, batch, top_k, score_threshold, nms_radius, backend, scale_factor
+        model, batch, top_k, score_threshold, nms_radius, backend, scale_factor, rotation_deg
     )
     results = []
     for score, coord, desc, index in zip(scores, coords, descs, selected, strict=True):
@@ -404,7 +473,7 @@ def _extract_shrunk(
     ratio = shrunk_width / original_size[0]
     results, scores, batched = _extract_batch(
         model, image, top_k, score_threshold, nms_radius * ratio, backend, 1.0, fit_memory=None,
-        extra_scales=(),
+        extra_scales=(), extra_rotations=(),
     )
     for result in results:
         points = to_image_pixels(result.keypoints.t()[None], (shrunk_width, shrunk_height), original_size)
@@ -423,6 +492,7 @@ def extract(
     scale_factor: float | None = None,
     fit_memory: bool = False,
     extra_scales: tuple[float, ...] | list[float] | None = None,
+    extra_rotations: tuple[float, ...] | list[float] | None = None,
 ) -> Keypoints | list[Keypoints]:
     """Detect and describe keypoints (see the module docstring for padding and selection).
 
@@ -462,6 +532,12 @@ def extract(
             model's ``inference_settings.extra_scales`` (none unless its weights file records some);
             ``()``: one scale. Scales at which the image would be under 32 px (or over the network's
             largest size) are left out; an image shrunk by ``fit_memory`` runs at one scale.
+        extra_rotations: angles in degrees (e.g. ``(45, -45)``) of turned copies of the image the network
+            also runs on, at ``scale_factor``; their keypoints are mapped back and pooled like
+            ``extra_scales``' (a view turned by 40-60 degrees finds its keypoints again; each angle costs
+            one more run of the network). ``None``: the model's ``inference_settings.extra_rotations``
+            (none unless its weights file records some); ``()``: none. An image shrunk by
+            ``fit_memory`` runs unturned.
 
     Returns:
         Keypoints sorted by decreasing score (float32 keypoints, scores and descriptors, also for a
@@ -484,12 +560,13 @@ def extract(
         return [
             extract(
                 model, item, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory,
-                extra_scales,
+                extra_scales, extra_rotations,
             )
             for item in image
         ]
     results, _, batched = _extract_batch(
-        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales,
+        extra_rotations,
     )
     return results if batched else results[0]
 
@@ -504,14 +581,17 @@ def extract_with_score_map(
     scale_factor: float | None = None,
     fit_memory: bool = False,
     extra_scales: tuple[float, ...] | list[float] | None = None,
+    extra_rotations: tuple[float, ...] | list[float] | None = None,
 ) -> tuple[Keypoints, torch.Tensor]:
     """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run.
 
     With ``scale_factor`` (or an image shrunk by ``fit_memory``) the cells are those of the resized
-    image: ``(ceil(H'/8), ceil(W'/8))``; with ``extra_scales``, those of the main ``scale_factor``.
+    image: ``(ceil(H'/8), ceil(W'/8))``; with ``extra_scales`` or ``extra_rotations``, those of the main
+    ``scale_factor``, unturned.
     """
     results, scores, _ = _extract_batch(
-        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales
+        model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales,
+        extra_rotations,
     )
     if len(results) != 1:
         raise DataError(f"extract_with_score_map takes one image, got a batch of {len(results)}")

@@ -2,6 +2,7 @@
 
 ``extra_scales`` (``"inference": {"scale_factor": 2.0, "extra_scales": [1.0]}``) are more input scales the
 network also runs at, their keypoints pooled with the main scale's by score (see :func:`kp2d.extract`).
+``extra_rotations`` (``[45, -45]``, degrees) likewise runs it on copies of the image turned by those angles.
 
 A shipped model may be meant to run differently from the defaults, e.g. on images resized by 2; the file
 says so in its ``inference`` entry, which the checkpoint's checksum covers like every other entry. Files
@@ -15,16 +16,19 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from kp2d.checks import check_scale_factor
+from kp2d.checks import check_finite, check_scale_factor
 from kp2d.errors import CheckpointError, ConfigError
 
 __all__ = [
     "INFERENCE_KEY",
     "InferenceSettings",
+    "check_extra_rotations",
     "check_extra_scales",
     "inference_settings_from",
+    "model_extra_rotations",
     "model_extra_scales",
     "model_scale_factor",
+    "parse_extra_rotations",
     "parse_extra_scales",
 ]
 
@@ -39,15 +43,19 @@ class InferenceSettings:
     Attributes:
         scale_factor: the network runs on images resized by this factor (see :func:`kp2d.extract`).
         extra_scales: more factors it also runs at, keypoints pooled by score (``()``: none).
+        extra_rotations: angles in degrees of turned copies of the image it also runs on, at
+            ``scale_factor``, keypoints pooled by score (``()``: none).
     """
 
     scale_factor: float = 1.0
     extra_scales: tuple[float, ...] = ()
+    extra_rotations: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         scale_factor = check_scale_factor(self.scale_factor)
         object.__setattr__(self, "scale_factor", scale_factor)
         object.__setattr__(self, "extra_scales", check_extra_scales(self.extra_scales, scale_factor))
+        object.__setattr__(self, "extra_rotations", check_extra_rotations(self.extra_rotations))
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -55,17 +63,25 @@ class InferenceSettings:
         return (self.scale_factor, *self.extra_scales)
 
     def to_entry(self) -> dict[str, Any]:
-        """The checkpoint entry: ``{"scale_factor": 2.0}`` (plus ``"extra_scales"`` when there are any)."""
+        """The checkpoint entry: ``{"scale_factor": 2.0}``, plus the extra scales and rotations if any."""
         entry: dict[str, Any] = {"scale_factor": self.scale_factor}
         if self.extra_scales:
             entry["extra_scales"] = list(self.extra_scales)
+        if self.extra_rotations:
+            entry["extra_rotations"] = list(self.extra_rotations)
         return entry
 
     def label(self) -> str:
-        """The non-default settings for a table row: ``" (input x2)"``, ``" (input x2+x1)"`` or ``""``."""
-        if self.scale_factor == 1 and not self.extra_scales:
-            return ""
-        return " (input " + "+".join(f"x{scale:g}" for scale in self.scales) + ")"
+        """The non-default settings for a table row: ``" (input x2+x1)"``, ``" (input x2, turned 0/45/-45)"``.
+
+        ``""`` for the defaults.
+        """
+        parts = []
+        if self.scale_factor != 1 or self.extra_scales:
+            parts.append("input " + "+".join(f"x{scale:g}" for scale in self.scales))
+        if self.extra_rotations:
+            parts.append("turned " + "/".join(f"{angle:g}" for angle in (0.0, *self.extra_rotations)))
+        return f" ({', '.join(parts)})" if parts else ""
 
 
 def check_extra_scales(extra_scales: Any, scale_factor: float | None = None) -> tuple[float, ...]:
@@ -85,6 +101,26 @@ def check_extra_scales(extra_scales: Any, scale_factor: float | None = None) -> 
         if scale != scale_factor and scale not in scales:
             scales.append(scale)
     return tuple(scales)
+
+
+def check_extra_rotations(extra_rotations: Any) -> tuple[float, ...]:
+    """``extra_rotations`` as a tuple of angles in ``(-180, 180]`` degrees, without 0 or duplicates.
+
+    Raises:
+        ConfigError: not a sequence of finite numbers.
+    """
+    if isinstance(extra_rotations, (str, bytes)) or not hasattr(extra_rotations, "__iter__"):
+        raise ConfigError(f"extra_rotations must be a list of angles in degrees, got {extra_rotations!r}")
+    angles: list[float] = []
+    for value in extra_rotations:
+        try:
+            angle = check_finite("extra_rotations", value)
+        except ConfigError:
+            raise ConfigError(f"extra_rotations must be finite angles in degrees, got {value!r}") from None
+        angle = -((-angle + 180.0) % 360.0 - 180.0)  # into (-180, 180]
+        if angle != 0 and angle not in angles:
+            angles.append(angle)
+    return tuple(angles)
 
 
 def inference_settings_from(entry: Any, path: str | Path) -> InferenceSettings:
@@ -123,6 +159,30 @@ def parse_extra_scales(text: str, option: str = "--extra-scales") -> tuple[float
         raise ConfigError(
             f"{option} must be numbers > 0 separated by commas (e.g. 1 or 1,0.5) or none, got {text!r}"
         ) from None
+
+
+def parse_extra_rotations(text: str, option: str = "--extra-rotations") -> tuple[float, ...]:
+    """``"45,-45"`` → ``(45.0, -45.0)``; ``"none"`` → ``()``.
+
+    Raises:
+        ConfigError: naming ``option``, for text that is not finite numbers.
+    """
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        return check_extra_rotations([float(item) for item in text.split(",")])
+    except (ValueError, ConfigError):
+        raise ConfigError(
+            f"{option} must be angles in degrees separated by commas (e.g. 45,-45) or none, got {text!r}"
+        ) from None
+
+
+def model_extra_rotations(model: object, extra_rotations: Any = None) -> tuple[float, ...]:
+    """``extra_rotations`` when given, else the model's recorded ones (none for a module without them)."""
+    if extra_rotations is None:
+        settings = getattr(model, "inference_settings", None)
+        extra_rotations = getattr(settings, "extra_rotations", ())
+    return check_extra_rotations(extra_rotations)
 
 
 def model_extra_scales(

@@ -137,11 +137,12 @@ class KeyPointNet(nn.Module):
         scale_factor: float | None = None,
         fit_memory: bool = False,
         extra_scales=None,
+        extra_rotations=None,
     ):
         """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.extract`.
 
-        ``scale_factor=None`` / ``extra_scales=None`` use :attr:`inference_settings` (1 and none unless
-        the weights file records them).
+        ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None`` use
+        :attr:`inference_settings` (1 and none unless the weights file records them).
         """
         return extract(
             self,
@@ -153,6 +154,7 @@ class KeyPointNet(nn.Module):
             scale_factor=scale_factor,
             fit_memory=fit_memory,
             extra_scales=extra_scales,
+            extra_rotations=extra_rotations,
         )
 
     @property
