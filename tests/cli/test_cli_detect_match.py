@@ -158,6 +158,16 @@ def _recording(checkpoint: str, path, entry: dict) -> str:
     return str(path)
 
 
+def _detect_each(runs: dict[str, list[str]], photo, tmp_path) -> tuple[dict, dict]:
+    """``kp2d detect PHOTO --top-k 0`` with each run's options: the ``.npz`` arrays and ``.json`` records."""
+    for name, options in runs.items():
+        argv = ["detect", str(photo), *options, "--top-k", "0", "--device", "cpu"]
+        assert main([*argv, "--out", str(tmp_path / name)]) == 0
+    arrays = {name: np.load(tmp_path / name / "a.npz") for name in runs}
+    records = {name: json.loads((tmp_path / name / "a.json").read_text()) for name in runs}
+    return arrays, records
+
+
 def test_detect_uses_the_scale_factor_the_model_records(tmp_path, checkpoint, photos):
     """A file recording scale_factor 2 detects as --scale-factor 2 does; --scale-factor 1 overrides it."""
     x2 = _recording(checkpoint, tmp_path / "x2.ckpt", {"scale_factor": 2.0})
@@ -167,11 +177,7 @@ def test_detect_uses_the_scale_factor_the_model_records(tmp_path, checkpoint, ph
         "override": ["--model", x2, "--scale-factor", "1"],
         "plain": ["--model", checkpoint],
     }
-    for name, options in runs.items():
-        argv = ["detect", str(photos[0]), *options, "--top-k", "0", "--device", "cpu"]
-        assert main([*argv, "--out", str(tmp_path / name)]) == 0
-    arrays = {name: np.load(tmp_path / name / "a.npz") for name in runs}
-    records = {name: json.loads((tmp_path / name / "a.json").read_text()) for name in runs}
+    arrays, records = _detect_each(runs, photos[0], tmp_path)
     assert len(arrays["recorded"]["keypoints"]) > 3 * len(arrays["plain"]["keypoints"])  # 4 px cells
     for got, want in (("recorded", "option"), ("override", "plain")):
         for key in ("keypoints", "scores", "descriptors"):
@@ -182,53 +188,38 @@ def test_detect_uses_the_scale_factor_the_model_records(tmp_path, checkpoint, ph
     np.testing.assert_array_equal(scores, np.asarray(Image.open(tmp_path / "option" / "a_scores.png")))
 
 
-def test_detect_pools_the_extra_scales_recorded_or_given(tmp_path, checkpoint, photos, capsys):
-    """A file recording extra scale 1 detects as --extra-scales 1 does; --extra-scales none overrides it."""
-    x2x1 = _recording(checkpoint, tmp_path / "x2x1.ckpt", {"scale_factor": 2.0, "extra_scales": [1.0]})
+@pytest.mark.parametrize(
+    ("key", "entry", "main_scale", "value", "refused"),
+    [
+        ("extra_scales", {"scale_factor": 2.0, "extra_scales": [1.0]}, ["--scale-factor", "2"], "1",
+         "--extra-scales must be numbers > 0"),
+        ("extra_rotations", {"scale_factor": 1.0, "extra_rotations": [90]}, [], "90",
+         "--extra-rotations must be angles in degrees"),
+    ],
+)
+def test_detect_pools_the_extra_runs_recorded_or_given(
+    tmp_path, checkpoint, photos, capsys, key, entry, main_scale, value, refused
+):
+    """A file recording an extra scale (or turn) detects as the option does; 'none' overrides it."""
+    option = "--" + key.replace("_", "-")
+    recording = _recording(checkpoint, tmp_path / "recording.ckpt", entry)
     runs = {
-        "recorded": ["--model", x2x1],
-        "option": ["--model", checkpoint, "--scale-factor", "2", "--extra-scales", "1"],
-        "override": ["--model", x2x1, "--extra-scales", "none"],
-        "single": ["--model", checkpoint, "--scale-factor", "2"],
+        "recorded": ["--model", recording],
+        "option": ["--model", checkpoint, *main_scale, option, value],
+        "override": ["--model", recording, option, "none"],
+        "single": ["--model", checkpoint, *main_scale],
     }
-    for name, options in runs.items():
-        argv = ["detect", str(photos[0]), *options, "--top-k", "0", "--device", "cpu"]
-        assert main([*argv, "--out", str(tmp_path / name)]) == 0
-    arrays = {name: np.load(tmp_path / name / "a.npz") for name in runs}
-    records = {name: json.loads((tmp_path / name / "a.json").read_text()) for name in runs}
+    arrays, records = _detect_each(runs, photos[0], tmp_path)
     for got, want in (("recorded", "option"), ("override", "single")):
-        for key in ("keypoints", "scores", "descriptors"):
-            np.testing.assert_array_equal(arrays[got][key], arrays[want][key])
+        for name in ("keypoints", "scores", "descriptors"):
+            np.testing.assert_array_equal(arrays[got][name], arrays[want][name])
     assert len(arrays["recorded"]["keypoints"]) > len(arrays["single"]["keypoints"])
-    assert records["recorded"]["extra_scales"] == [1.0] and records["override"]["extra_scales"] == []
-    assert records["recorded"]["extra_rotations"] == []
-    argv = ["detect", str(photos[0]), "--model", checkpoint, "--extra-scales", "x"]
+    assert records["recorded"][key] == [float(value)] and records["override"][key] == []
+    other = "extra_rotations" if key == "extra_scales" else "extra_scales"
+    assert records["recorded"][other] == []
+    argv = ["detect", str(photos[0]), "--model", checkpoint, option, "x"]
     assert main([*argv, "--out", str(tmp_path / "x")]) == 2
-    assert "--extra-scales must be numbers > 0" in single_error_line(capsys)
-
-
-def test_detect_pools_the_extra_rotations_recorded_or_given(tmp_path, checkpoint, photos, capsys):
-    """A file recording a quarter turn detects as --extra-rotations 90 does; 'none' overrides it."""
-    turned = _recording(checkpoint, tmp_path / "turned.ckpt", {"scale_factor": 1.0, "extra_rotations": [90]})
-    runs = {
-        "recorded": ["--model", turned],
-        "option": ["--model", checkpoint, "--extra-rotations", "90"],
-        "override": ["--model", turned, "--extra-rotations", "none"],
-        "single": ["--model", checkpoint],
-    }
-    for name, options in runs.items():
-        argv = ["detect", str(photos[0]), *options, "--top-k", "0", "--device", "cpu"]
-        assert main([*argv, "--out", str(tmp_path / name)]) == 0
-    arrays = {name: np.load(tmp_path / name / "a.npz") for name in runs}
-    records = {name: json.loads((tmp_path / name / "a.json").read_text()) for name in runs}
-    for got, want in (("recorded", "option"), ("override", "single")):
-        for key in ("keypoints", "scores", "descriptors"):
-            np.testing.assert_array_equal(arrays[got][key], arrays[want][key])
-    assert len(arrays["recorded"]["keypoints"]) > len(arrays["single"]["keypoints"])
-    assert records["recorded"]["extra_rotations"] == [90.0] and records["override"]["extra_rotations"] == []
-    argv = ["detect", str(photos[0]), "--model", checkpoint, "--extra-rotations", "x"]
-    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
-    assert "--extra-rotations must be angles in degrees" in single_error_line(capsys)
+    assert refused in single_error_line(capsys)
 
 
 @pytest.mark.parametrize(

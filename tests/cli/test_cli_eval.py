@@ -135,30 +135,26 @@ def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):
     assert entry["pairs"] == PAIRS_PER_SUBSET["i"] and entry["inference"] == {"scale_factor": 2.0}
 
 
-def test_extra_scales_label_the_row(tiny_root, tmp_path, capsys):
-    out = tmp_path / "x2x1.json"
+@pytest.mark.parametrize(
+    ("option", "value", "label", "recorded", "bad", "refused"),
+    [
+        ("--extra-scales", "1", "input x2+x1", {"extra_scales": [1.0]}, "1.1",
+         "--extra-scales 1.1 resizes 64x48 to 70x53"),
+        ("--extra-rotations", "45,-45", "input x2, turned 0/45/-45", {"extra_rotations": [45.0, -45.0]},
+         "north", "--extra-rotations must be angles in degrees separated by commas"),
+    ],
+)
+def test_extra_runs_label_the_row(tiny_root, tmp_path, capsys, option, value, label, recorded, bad, refused):
+    out = tmp_path / "extra.json"
     args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
-    assert _eval(*args, "--scale-factor", "2", "--extra-scales", "1", "--json", str(out)) == 0
-    assert "| random-init (v4) (input x2+x1) |" in capsys.readouterr().out
+    assert _eval(*args, "--scale-factor", "2", option, value, "--json", str(out)) == 0
+    assert f"| random-init (v4) ({label}) |" in capsys.readouterr().out
     entry = json.loads(out.read_text())["64x48"]
-    assert entry["inference"] == {"scale_factor": 2.0, "extra_scales": [1.0]}
-    assert _eval(*args, "--extra-scales", "1.1") == 2
-    assert "--extra-scales 1.1 resizes 64x48 to 70x53" in _error_line(capsys)
-    assert _eval("--method", "sift", "--hpatches", str(tiny_root), "--extra-scales", "1") == 2
-    assert "--extra-scales applies to KeyPointNet, not to --method" in _error_line(capsys)
-
-
-def test_extra_rotations_label_the_row(tiny_root, tmp_path, capsys):
-    out = tmp_path / "turned.json"
-    args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
-    assert _eval(*args, "--scale-factor", "2", "--extra-rotations", "45,-45", "--json", str(out)) == 0
-    assert "| random-init (v4) (input x2, turned 0/45/-45) |" in capsys.readouterr().out
-    entry = json.loads(out.read_text())["64x48"]
-    assert entry["inference"] == {"scale_factor": 2.0, "extra_rotations": [45.0, -45.0]}
-    assert _eval(*args, "--extra-rotations", "north") == 2
-    assert "--extra-rotations must be angles in degrees separated by commas" in _error_line(capsys)
-    assert _eval("--method", "sift", "--hpatches", str(tiny_root), "--extra-rotations", "45") == 2
-    assert "--extra-rotations applies to KeyPointNet, not to --method" in _error_line(capsys)
+    assert entry["inference"] == {"scale_factor": 2.0, **recorded}
+    assert _eval(*args, option, bad) == 2
+    assert refused in _error_line(capsys)
+    assert _eval("--method", "sift", "--hpatches", str(tiny_root), option, value) == 2
+    assert f"{option} applies to KeyPointNet, not to --method" in _error_line(capsys)
 
 
 @pytest.mark.parametrize(

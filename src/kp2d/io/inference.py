@@ -151,14 +151,8 @@ def parse_extra_scales(text: str, option: str = "--extra-scales") -> tuple[float
     Raises:
         ConfigError: naming ``option``, for text that is not numbers > 0.
     """
-    if text.strip().lower() in ("none", ""):
-        return ()
-    try:
-        return check_extra_scales([float(item) for item in text.split(",")])
-    except (ValueError, ConfigError):
-        raise ConfigError(
-            f"{option} must be numbers > 0 separated by commas (e.g. 1 or 1,0.5) or none, got {text!r}"
-        ) from None
+    return _parse_list(text, check_extra_scales, f"{option} must be numbers > 0 separated by commas (e.g. 1 "
+                       "or 1,0.5) or none")
 
 
 def parse_extra_rotations(text: str, option: str = "--extra-rotations") -> tuple[float, ...]:
@@ -167,14 +161,18 @@ def parse_extra_rotations(text: str, option: str = "--extra-rotations") -> tuple
     Raises:
         ConfigError: naming ``option``, for text that is not finite numbers.
     """
+    return _parse_list(text, check_extra_rotations, f"{option} must be angles in degrees separated by commas "
+                       "(e.g. 45,-45) or none")
+
+
+def _parse_list(text: str, check: Any, must: str) -> tuple[float, ...]:
+    """Comma-separated numbers through ``check``; ``"none"`` → ``()``; else ConfigError ``must``."""
     if text.strip().lower() in ("none", ""):
         return ()
     try:
-        return check_extra_rotations([float(item) for item in text.split(",")])
+        return check([float(item) for item in text.split(",")])
     except (ValueError, ConfigError):
-        raise ConfigError(
-            f"{option} must be angles in degrees separated by commas (e.g. 45,-45) or none, got {text!r}"
-        ) from None
+        raise ConfigError(f"{must}, got {text!r}") from None
 
 
 def model_extra_rotations(model: object, extra_rotations: Any = None) -> tuple[float, ...]:
