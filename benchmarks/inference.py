@@ -13,8 +13,9 @@ and evaluated on an HPatches-format set (default ``../shared/data/hpatches-synth
 ``--versus-original`` times, side by side at each size, the original network (V4's architecture) in fp32
 at 1x, its whole ``extract``, and the default model's ``extract`` with its shipped settings (input scale)
 and the default backend: what a user pays per image, against the paper's network; for a model that runs
-at one scale above 1, also its ``extract`` with ``extra_scales=(1,)`` (multi-scale, opt-in), plain and
-with the ``torch-fused`` backend, and with ``extra_rotations=(45, -45)`` (turned copies, opt-in).
+at one scale above 1, also its ``extract`` with ``extra_scales=(1,)`` (multi-scale, opt-in) and with
+``extra_rotations=(45, -45)`` (turned copies, opt-in); for a model that runs in bf16 here (``precision:
+auto`` on a CPU with AVX512-BF16 / AMX), also its settings in fp32, as a CPU without native bf16 runs them.
 
 ``--random-init`` uses a seeded random network whose BatchNorm statistics are estimated on the
 calibration photos (so activations have the ranges a trained network's have); its matching score says
@@ -24,6 +25,7 @@ nothing about KeyPointNet, only how far each backend moves from fp32. Rerun with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
 import os
@@ -127,28 +129,31 @@ def time_versus_original(
     # the original network as it ran there: plain fp32 and contiguous (kp2d loads CPU models channels-last)
     original = load_keypoint_net("v4").to(memory_format=torch.contiguous_format)
     loaded = load_keypoint_net("v4")
+    from kp2d.features.extraction import resolve_backend
+
     label = model or DEFAULT_MODEL
     default = load_keypoint_net(label)
     settings = default.inference_settings
+    precision = "fp32" if resolve_backend(default) is None else "bf16"
     tops = {(320, 240): 300, (640, 480): 1000}
     runs = {
         "v4 network, fp32, 1x (the original's forward)": lambda image, top_k: original(image),
         "v4 extract, fp32, 1x (kp2d's default)": lambda image, top_k: extract(loaded, image, top_k=top_k),
-        f"{label} extract{settings.label() or ' (input x1)'}, its settings, default backend (plain fp32)":
+        f"{label} extract{settings.label(precision) or ' (input x1)'}, its settings, default backend":
             lambda image, top_k: extract(default, image, top_k=top_k),
     }
+    if precision == "bf16":  # what a CPU without native bf16 runs: the same settings in fp32
+        runs[f"{label} extract{settings.label('fp32') or ' (input x1)'}, precision fp32 (no native bf16)"] = (
+            lambda image, top_k: extract(default, image, top_k=top_k, precision="fp32")
+        )
     if settings.scale_factor > 1 and not settings.extra_scales:  # what the opt-in extra scale x1 adds
-        from kp2d.deploy.backends import load_backend
-
-        fused = load_backend("torch-fused", default)
-        runs[f"{label} extract (input x{settings.scale_factor:g}+x1), extra_scales=(1,)"] = (
+        pooled = dataclasses.replace(settings, extra_scales=(1.0,))
+        runs[f"{label} extract{pooled.label(precision)}, extra_scales=(1,)"] = (
             lambda image, top_k: extract(default, image, top_k=top_k, extra_scales=(1,))
         )
-        runs[f"{label} extract (input x{settings.scale_factor:g}+x1), backend torch-fused"] = (
-            lambda image, top_k: extract(default, image, top_k=top_k, extra_scales=(1,), backend=fused)
-        )
     if not settings.extra_rotations:  # what the opt-in turned copies add
-        runs[f"{label} extract{settings.label()}, extra_rotations=(45, -45)"] = (
+        turned = dataclasses.replace(settings, extra_rotations=(45.0, -45.0))
+        runs[f"{label} extract{turned.label(precision)}, extra_rotations=(45, -45)"] = (
             lambda image, top_k: extract(default, image, top_k=top_k, extra_rotations=(45, -45))
         )
     results: dict[str, dict[str, float]] = {name: {} for name in runs}

@@ -9,7 +9,8 @@ record (step, epoch, the run's wall time and hardware as given) and reference ou
 ``--scale-factor S`` records ``inference: {scale_factor: S}``: ``extract``, ``kp2d detect|match|track|eval``
 then run the model on images resized by S unless told otherwise; ``--extra-scales 1`` records more scales
 whose keypoints ``extract`` and ``kp2d detect|match|eval`` pool with the main scale's, ``--extra-rotations
-45,-45`` turned copies of the image pooled likewise.
+45,-45`` turned copies of the image pooled likewise, ``--precision auto`` that the model runs under bf16
+autocast where the CPU has AVX512-BF16 / AMX (or the GPU bf16).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kp2d.checks import check_output_path, check_scale_factor_option
 from kp2d.deploy.shipping import make_pretrained, reference_error
 from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.io.checkpoint import load_checkpoint, training_steps
-from kp2d.io.inference import InferenceSettings, parse_extra_rotations, parse_extra_scales
+from kp2d.io.inference import PRECISIONS, InferenceSettings, parse_extra_rotations, parse_extra_scales
 from kp2d.models.keypoint_net import load_keypoint_net
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "kp2d" / "weights"
@@ -44,8 +45,16 @@ def check_name(name: str) -> None:
 
 
 def provenance_of(checkpoint_path: Path, note: str) -> dict:
-    """The shipped file's provenance record: the run's step and epoch, its fine-tuning source, ``note``."""
+    """The shipped file's provenance record: the run's step and epoch, its fine-tuning source, ``note``.
+
+    A shipped file given as the source (new settings for the same weights) keeps its record, ``note``
+    appended to its note.
+    """
     extra = load_checkpoint(checkpoint_path).extra
+    if isinstance(extra.get("provenance"), dict):
+        provenance = dict(extra["provenance"])
+        provenance["note"] = "; ".join(text for text in (provenance.get("note", ""), note) if text)
+        return provenance
     provenance = {
         "source": checkpoint_path.name,
         "step": extra.get("step"),  # steps of this run
@@ -87,11 +96,22 @@ def main(argv: list[str] | None = None) -> int:
         help="record angles in degrees of turned copies the model also runs on, e.g. 45,-45 (needs "
         "--scale-factor; default: none)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="record the precision the model runs at: fp32, bf16 or auto (bf16 where the hardware has it; "
+        "needs --scale-factor; default: fp32)",
+    )
     args = parser.parse_args(argv)
     try:
         check_name(args.name)
         inference = None
-        extras = (("--extra-scales", args.extra_scales), ("--extra-rotations", args.extra_rotations))
+        extras = (
+            ("--extra-scales", args.extra_scales),
+            ("--extra-rotations", args.extra_rotations),
+            ("--precision", args.precision),
+        )
         for option, value in extras:
             if value is not None and args.scale_factor is None:
                 raise ConfigError(f"{option} needs --scale-factor (the main scale)")
@@ -99,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             check_scale_factor_option(args.scale_factor)
             extra = () if args.extra_scales is None else parse_extra_scales(args.extra_scales)
             turns = () if args.extra_rotations is None else parse_extra_rotations(args.extra_rotations)
-            inference = InferenceSettings(args.scale_factor, extra, turns)
+            inference = InferenceSettings(args.scale_factor, extra, turns, args.precision or "fp32")
         target = WEIGHTS / f"{args.name}.pt"
         check_output_path(target, "NAME")
         provenance = provenance_of(args.checkpoint, args.note)
@@ -118,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
           f"score {diff['score']:.2e}, coord {diff['coord']:.2e} px, desc {diff['desc']:.2e}; "
           f"inference: scale_factor {written.inference.scale_factor:g}"
           + "".join(f", extra scale {scale:g}" for scale in written.inference.extra_scales)
-          + "".join(f", extra rotation {angle:g}" for angle in written.inference.extra_rotations))
+          + "".join(f", extra rotation {angle:g}" for angle in written.inference.extra_rotations)
+          + f", precision {written.inference.precision}")
     return 0
 
 

@@ -526,7 +526,8 @@ def track(
             ``None`` is an unreadable frame, skipped. Any iterable: a list, a reader, a webcam loop.
         model: a :class:`~kp2d.models.KeyPointNet` (default: the shipped default model, now ``v4``, on the
             CPU).
-        backend: a :class:`kp2d.deploy.backends.Backend` or a backend name (built once from ``model``).
+        backend: a :class:`kp2d.deploy.backends.Backend` or a backend name (built once from ``model``;
+            ``"torch-fp32"``: the plain network). ``None``: the model's own for its recorded precision.
         top_k: keypoints per frame (``None``: all).
         geometry: the matches' robust check, ``"homography"``, ``"fundamental"`` or ``"none"``.
         threshold: its inlier threshold in pixels.
@@ -548,7 +549,7 @@ def track(
     """
     from kp2d.checks import check_flag
     from kp2d.features.dense import DEFAULT_SCORE_THRESHOLD
-    from kp2d.features.extraction import extract
+    from kp2d.features.extraction import extract, resolve_backend
 
     every = check_integer("every", every)
     max_frames = None if max_frames is None else check_integer("max_frames", max_frames)
@@ -560,11 +561,14 @@ def track(
 
         model = KeyPointNet.from_pretrained().eval()
     scale_factor = model_scale_factor(model, scale_factor)
-    if isinstance(backend, str):
+    if backend is None:
+        backend = resolve_backend(model)  # the model's recorded precision
+    elif isinstance(backend, str):
         from kp2d.deploy.backends import load_backend
 
         backend = None if backend == "torch-fp32" else load_backend(backend, model)
     options = {
+        "precision": "fp32" if backend is None else None,
         "top_k": top_k,
         "score_threshold": DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold,
         "nms_radius": nms_radius,

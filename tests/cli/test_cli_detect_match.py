@@ -228,7 +228,7 @@ def test_detect_pools_the_extra_runs_recorded_or_given(
         ({"scale_factor": -1}, "inference.scale_factor must be a finite number > 0, got -1"),
         (
             {"scale_factor": 2.0, "top_k": 5},
-            "unknown inference setting top_k (known: scale_factor, extra_scales, extra_rotations)",
+            "unknown inference setting top_k (known: scale_factor, extra_scales, extra_rotations, precision)",
         ),
     ],
 )

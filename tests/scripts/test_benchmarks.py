@@ -127,21 +127,44 @@ def test_versus_original_times_the_default_model_with_its_settings(capsys):
     rows = inference.time_versus_original([(64, 48)], warmup=0, repeats=1)
     names = [name for name, _ in rows]
     assert names[0] == "v4 network, fp32, 1x (the original's forward)"
+    import dataclasses
+
+    from kp2d.features.extraction import resolve_backend
     from kp2d.io.checkpoint import load_checkpoint
     from kp2d.io.weights import DEFAULT_MODEL, resolve_model_path
+    from kp2d.models.keypoint_net import load_keypoint_net
 
     settings = load_checkpoint(resolve_model_path(DEFAULT_MODEL)).inference
-    assert names[2].startswith(f"{DEFAULT_MODEL} extract{settings.label() or ' (input x1)'}, its settings")
+    precision = "fp32" if resolve_backend(load_keypoint_net(DEFAULT_MODEL)) is None else "bf16"
+    own = settings.label(precision) or " (input x1)"
+    assert names[2].startswith(f"{DEFAULT_MODEL} extract{own}, its settings")
     extra = []
-    if settings.scale_factor > 1 and not settings.extra_scales:  # the opt-in second scale, plain and fused
-        extra = [
-            f"{DEFAULT_MODEL} extract (input x{settings.scale_factor:g}+x1), extra_scales=(1,)",
-            f"{DEFAULT_MODEL} extract (input x{settings.scale_factor:g}+x1), backend torch-fused",
-        ]
+    if precision == "bf16":  # what a CPU without native bf16 runs
+        extra.append(f"{DEFAULT_MODEL} extract{settings.label('fp32') or ' (input x1)'}, precision fp32 "
+                     "(no native bf16)")
+    if settings.scale_factor > 1 and not settings.extra_scales:  # the opt-in second scale
+        pooled = dataclasses.replace(settings, extra_scales=(1.0,))
+        extra.append(f"{DEFAULT_MODEL} extract{pooled.label(precision)}, extra_scales=(1,)")
     if not settings.extra_rotations:  # the opt-in turned copies
-        extra.append(f"{DEFAULT_MODEL} extract{settings.label()}, extra_rotations=(45, -45)")
+        turned = dataclasses.replace(settings, extra_rotations=(45.0, -45.0))
+        extra.append(f"{DEFAULT_MODEL} extract{turned.label(precision)}, extra_rotations=(45, -45)")
     assert names[3:] == extra
     assert all(ms["64x48"] > 0 for _, ms in rows)
     inference.print_versus_original(rows, [(64, 48)])
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "| what | ms 64x48 | vs original |" and table[2].endswith("| 1.00x |")
+
+
+def test_settings_cost_reads_settings():
+    from kp2d.errors import ConfigError
+    from kp2d.io.inference import InferenceSettings
+
+    settings_cost = _benchmark("settings_cost")
+    assert settings_cost.parse_setting("x3:bf16") == InferenceSettings(3.0, precision="bf16")
+    pooled = InferenceSettings(2.0, (1.0,), (45.0, -45.0), "auto")
+    assert settings_cost.parse_setting("x2+1:r45/-45:auto") == pooled
+    assert settings_cost.parse_setting("x2") == InferenceSettings(2.0)
+    for bad, message in (("2", "starts with x"), ("xa", "not a number"), ("x2:half", "precision must be")):
+        with pytest.raises(ConfigError, match=message):
+            settings_cost.parse_setting(bad)
+    assert settings_cost.main(["y2"]) == 2

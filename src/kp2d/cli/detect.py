@@ -20,6 +20,7 @@ from kp2d.io.weights import DEFAULT_MODEL
 __all__ = [
     "add_model_options",
     "add_parser",
+    "backend_options",
     "model_backend",
     "model_options",
     "run",
@@ -89,9 +90,10 @@ def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True
     parser.add_argument(
         "--backend",
         choices=CLI_BACKENDS,
-        default="torch-fp32",
-        help="inference backend (default: torch-fp32; torch-bf16 is the fast CPU path on CPUs with bf16, "
-        "ort-fp32 needs onnxruntime; see the README's Fast CPU path)",
+        default=None,
+        help="inference backend (default: the model's precision: torch-bf16 where it records auto and the "
+        "CPU has AVX512-BF16 / AMX, else torch-fp32; ort-fp32 needs onnxruntime; see the README's Fast CPU "
+        "path)",
     )
 
 
@@ -133,12 +135,26 @@ def model_options(options: dict, model) -> dict:
 
 
 def model_backend(args: argparse.Namespace, model):
-    """The :class:`~kp2d.deploy.backends.Backend` chosen with ``--backend``; ``None``: the plain network."""
+    """The :class:`~kp2d.deploy.backends.Backend` chosen with ``--backend``; ``None``: the plain network.
+
+    Without ``--backend``: the model's own for its recorded precision (:func:`kp2d.features.extraction.
+    resolve_backend`).
+    """
+    if args.backend is None:
+        from kp2d.features.extraction import resolve_backend
+
+        return resolve_backend(model)
     if args.backend == "torch-fp32":
         return None
     from kp2d.deploy.backends import load_backend
 
     return load_backend(args.backend, model)
+
+
+def backend_options(args: argparse.Namespace, model) -> dict:
+    """``extract``'s ``backend`` and ``precision``: :func:`model_backend`, or the plain network in fp32."""
+    backend = model_backend(args, model)
+    return {"backend": backend, "precision": None if backend is not None else "fp32"}
 
 
 def selection_options(args: argparse.Namespace) -> dict:
@@ -268,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
     options = model_options(options, model)
-    options["backend"] = model_backend(args, model)
+    options.update(backend_options(args, model))
     created = not out_dir.exists()
     make_folder(out_dir, "output folder")
     try:
@@ -328,6 +344,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
             "scale_factor": options["scale_factor"],
             "extra_scales": list(options["extra_scales"]),
             "extra_rotations": list(options["extra_rotations"]),
+            "backend": "torch-fp32" if options["backend"] is None else options["backend"].name,
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),
         }

@@ -19,6 +19,7 @@ from kp2d.eval.settings import (
     parse_baselines,
     parse_shapes,
 )
+from kp2d.io.inference import PRECISIONS
 from kp2d.io.weights import DEFAULT_MODEL
 
 __all__ = ["add_parser", "format_table", "run"]
@@ -96,6 +97,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="angles in degrees of turned copies of the images to run the network on as well, keypoints "
         "pooled before the top-k (e.g. 45,-45); 'none': unturned only; default: the model's setting",
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="fp32 (the plain network), bf16 (bf16 autocast, score and location heads in fp32) or auto (bf16 "
+        "on CPUs with AVX512-BF16 / AMX and GPUs with bf16, else fp32); default: the model's setting",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -140,7 +148,8 @@ def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[
         extra_rotations = parse_extra_rotations(args.extra_rotations)
     else:
         extra_rotations = recorded.extra_rotations
-    return InferenceSettings(scale_factor, extra_scales, extra_rotations)
+    precision = args.precision if args.precision is not None else recorded.precision
+    return InferenceSettings(scale_factor, extra_scales, extra_rotations, precision)
 
 
 def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int, inference):
@@ -151,6 +160,7 @@ def _make_detector(args: argparse.Namespace, network, label: str, device, top_k:
     return KeyPointNetDetector(
         network, device, name=label, scale_factor=inference.scale_factor,
         extra_scales=inference.extra_scales, extra_rotations=inference.extra_rotations,
+        precision=inference.precision,
     )
 
 
@@ -183,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the tables, write the JSON; returns the exit status."""
     from kp2d.errors import ConfigError
     from kp2d.eval.hpatches import evaluate_hpatches
+    from kp2d.features.extraction import resolve_backend
     from kp2d.runtime import resolve_device
 
     if args.config is not None and not args.random_init:
@@ -209,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
         inference = _inference_settings(args, network, settings)
-        label += inference.label()  # whether the settings came from the weights file or the options
+        precision = "fp32" if resolve_backend(network, None, inference.precision) is None else "bf16"
+        label += inference.label(precision)  # whether the settings came from the weights file or the options
         check_eval_memory(settings, max(inference.scales), device)
     elif args.scale_factor is not None and args.scale_factor != 1:
         raise ConfigError("--scale-factor applies to KeyPointNet, not to --method")
@@ -217,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--extra-scales applies to KeyPointNet, not to --method")
     elif args.extra_rotations is not None:
         raise ConfigError("--extra-rotations applies to KeyPointNet, not to --method")
+    elif args.precision is not None:
+        raise ConfigError("--precision applies to KeyPointNet, not to --method")
 
     baselines = parse_baselines(args.baselines, args.method)
 
@@ -240,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
         results[key] = {**result, "model": label, "device": str(device or "cpu")}
         if inference is not None:
             results[key]["inference"] = inference.to_entry()
+            results[key]["precision"] = detector.precision  # what ran here: fp32 or bf16
         rows = [(label, result)]
         for method in baselines:
             baseline = evaluate(opencv_detector(method, top_k), (width, height), top_k)

@@ -128,7 +128,7 @@ def _format_homography(homography) -> str:
 def run(args: argparse.Namespace) -> int:
     """Match, estimate, print and draw; returns the exit status."""
     from kp2d.checks import check_finite, check_unit_interval
-    from kp2d.cli.detect import model_backend, model_options, selection_options
+    from kp2d.cli.detect import backend_options, model_options, selection_options
     from kp2d.errors import ConfigError, DataError
     from kp2d.eval.metrics import corner_error
     from kp2d.features.extraction import extract
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(Path(args.json), "--json")
     model = load_keypoint_net(args.model, resolve_device(args.device))
     options = model_options(options, model)
-    options["backend"] = model_backend(args, model)
+    options.update(backend_options(args, model))
     if args.demo:
         from kp2d.demo import demo_pair
 

@@ -157,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
         video = VideoOutput(args.out, source.fps / args.every, source.size_wh)
     drawer, table = TrackDrawer(args.trail), TrackTable()
     frames = track(
-        source, model, backend, options["top_k"], geometry=args.geometry, threshold=args.threshold,
+        source, model, backend if backend is not None else "torch-fp32", options["top_k"],
+        geometry=args.geometry, threshold=args.threshold,
         memory=args.memory, guided=args.guided, search_radius=args.search_radius,
         every=args.every, max_frames=args.max_frames, scale_factor=options["scale_factor"],
         score_threshold=options["score_threshold"], nms_radius=options["nms_radius"],

@@ -31,117 +31,24 @@ import contextlib
 import copy
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from kp2d.deploy.fold import fold_batchnorm
 from kp2d.deploy.int8 import DEFAULT_FLOAT_LAYERS, _iter_images, load_calibration_images, quantize_int8
 from kp2d.deploy.onnx import export_onnx
 from kp2d.errors import ConfigError, DataError
 from kp2d.features.dense import KeyPointNetOutput
-from kp2d.io.images import to_network_channels
 from kp2d.models import KeyPointNet
+from kp2d.models.fast import Backend, bf16_network, fold_batchnorm, torch_backend
 
 __all__ = ["BACKENDS", "Backend", "load_backend"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp32", "ort-int8")
-
-
-@dataclass
-class Backend:
-    """A named inference function: ``backend(images (B, 3, H, W) in [0, 1]) -> KeyPointNetOutput``.
-
-    Attributes:
-        name: one of :data:`BACKENDS`.
-        run: the function itself.
-        details: what was built (e.g. the ONNX file, the layers kept in float), for reports.
-        in_channels: the network's input channels (1: it gets the luma of RGB images).
-    """
-
-    name: str
-    run: Callable[[torch.Tensor], KeyPointNetOutput]
-    details: dict[str, object] = field(default_factory=dict)
-    in_channels: int = 3  # the network's: a grayscale network (1) gets the luma of RGB images
-
-    def __call__(self, images: torch.Tensor) -> KeyPointNetOutput:
-        """Score ``(B, 1, Hc, Wc)``, coord ``(B, 2, Hc, Wc)``, desc ``(B, 256, Hc, Wc)``, all float32.
-
-        DataError unless ``images`` is a float tensor ``(B, 1|3, H, W)`` (``extract`` converts other
-        inputs; a uint8 tensor here would run on values 0–255).
-        """
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise DataError(f"a backend takes float images (B, 3, H, W) in [0, 1], got {shape}")
-        if not images.is_floating_point():
-            raise DataError(
-                f"a backend takes float images in [0, 1], got {images.dtype} (divide by 255, or use extract)"
-            )
-        return self.run(to_network_channels(images, self.in_channels))
-
-
-class _Float32Conv(nn.Module):
-    """A conv run in float32 even under autocast (score and location heads of the bf16 backend)."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.conv(x.float())
-
-
-class _Float32Output(nn.Module):
-    """A conv run under autocast whose output is cast back to float32 (the descriptor output)."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x).float()
-
-
-def _torch_backend(
-    name: str, net: KeyPointNet, channels_last: bool, autocast: torch.dtype | None
-) -> Backend:
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    parameter = next(net.parameters())
-    device_type = parameter.device.type
-    # under autocast the input stays float32 (autocast casts per op); else it takes the weights' dtype,
-    # so that a model in fp16 / bf16 (``model.half()``) runs on its own dtype
-    input_dtype = torch.float32 if autocast is not None else parameter.dtype
-
-    def run(images: torch.Tensor) -> KeyPointNetOutput:
-        images = images.to(input_dtype)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        cast = (
-            torch.autocast(device_type=device_type, dtype=autocast) if autocast is not None else nullcontext()
-        )
-        with torch.inference_mode(), cast:
-            out = net.describe(images)
-        return KeyPointNetOutput(*(t.float().contiguous() for t in out))
-
-    details = {"channels_last": channels_last, "autocast": str(autocast) if autocast else None}
-    return Backend(name, run, details, net.in_channels)
-
-
-def _bf16_net(model: KeyPointNet) -> KeyPointNet:
-    net = fold_batchnorm(model).float()  # autocast wants fp32 weights (a .half() model's are not)
-    net.convDb = _Float32Conv(net.convDb)
-    net.convPb = _Float32Conv(net.convPb)
-    net.convFbb = _Float32Output(net.convFbb)
-    return net
 
 
 def _ort_session(path: Path, threads: int | None):
@@ -210,18 +117,18 @@ def load_backend(
     if name == "ort-int8" and calibration_images is None:
         raise ConfigError("backend ort-int8 needs calibration images (a folder of training photos)")
     if name == "torch-fp32":
-        return _torch_backend(name, copy.deepcopy(model).eval().requires_grad_(False), False, None)
+        return torch_backend(name, copy.deepcopy(model).eval().requires_grad_(False), False, None)
     if name == "torch-fold":
-        return _torch_backend(name, fold_batchnorm(model), False, None)
+        return torch_backend(name, fold_batchnorm(model), False, None)
     if name == "torch-fused":
-        return _torch_backend(name, fold_batchnorm(model), True, None)
+        return torch_backend(name, fold_batchnorm(model), True, None)
     if name == "torch-bf16":
         from kp2d.runtime import cpu_has_fast_bf16
 
         if next(model.parameters()).device.type == "cpu" and not cpu_has_fast_bf16():
             log.warning("this CPU has no native bf16 (AVX512-BF16/AMX): torch-bf16 is emulated here and "
                         "slower than torch-fused")
-        return _torch_backend(name, _bf16_net(model), True, torch.bfloat16)
+        return torch_backend(name, bf16_network(model), True, torch.bfloat16)
 
     with contextlib.ExitStack() as cleanup:
         if work_dir is None:  # ONNX Runtime holds the graph in memory once the session exists

@@ -38,6 +38,7 @@ from kp2d.features.dense import CELL
 from kp2d.features.extraction import (
     check_scale_factor,
     rescale_images,
+    resolve_backend,
     rotate_images,
     to_image_pixels,
     unturn_coords,
@@ -95,6 +96,8 @@ class KeyPointNetDetector:
         extra_rotations: angles in degrees of turned copies of the images the network also runs on at
             ``scale_factor``, their cells mapped back and pooled likewise (see :func:`kp2d.extract`).
             ``None`` (default): the model's ``inference_settings``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` for a network (see :func:`kp2d.extract`); ``None``
+            (default): the model's ``inference_settings``. :attr:`precision` holds what it resolved to.
     """
 
     norm = cv2.NORM_L2
@@ -108,6 +111,7 @@ class KeyPointNetDetector:
         scale_factor: float | None = None,
         extra_scales: tuple[float, ...] | list[float] | None = None,
         extra_rotations: tuple[float, ...] | list[float] | None = None,
+        precision: str | None = None,
     ) -> None:
         self.scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
         self.extra_scales = model_extra_scales(model, extra_scales, self.scale_factor)
@@ -121,7 +125,9 @@ class KeyPointNetDetector:
             self.model = model.to(self.device).eval()
             if channels_last if channels_last is not None else self.device.type == "cpu":
                 self.model = self.model.to(memory_format=torch.channels_last)
-            self._describe = self.model.describe
+            backend = resolve_backend(self.model, None, precision)
+            self._describe = backend if backend is not None else self.model.describe
+        self.precision = "bf16" if getattr(self._describe, "name", "") == "torch-bf16" else "fp32"
         self.name = name if name is not None else getattr(model, "name", "KeyPointNet")
 
     def __call__(self, images: np.ndarray) -> list[Detection]:

@@ -55,7 +55,7 @@ from kp2d.features.keypoints import Keypoints
 from kp2d.features.selection import _check_selection, select_keypoints
 from kp2d.geometry import normalize_points, rotation_about_center, warp_points
 from kp2d.io.images import ImageLike, _pil_to_numpy, image_to_tensor, load_image
-from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_scale_factor
+from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_precision, model_scale_factor
 
 #: What ``extract`` runs instead of the plain network (a :class:`kp2d.deploy.backends.Backend`).
 Backend = Callable[[torch.Tensor], KeyPointNetOutput]
@@ -73,6 +73,7 @@ __all__ = [
     "model_input",
     "pad_to_multiple",
     "rescale_images",
+    "resolve_backend",
     "rotate_images",
     "score_map",
     "to_image_pixels",
@@ -260,6 +261,29 @@ def model_input(model: torch.nn.Module, image: ImageLike) -> tuple[torch.Tensor,
     device, dtype = _model_placement(model)
     batch, batched = image_to_tensor(image, model.in_channels, device)
     return batch.to(dtype), batched
+
+
+def resolve_backend(
+    model: torch.nn.Module, backend: Backend | None = None, precision: str | None = None
+) -> Backend | None:
+    """What runs the network: ``backend`` when given, else the model's own for ``precision``.
+
+    ``precision=None`` takes the model's recorded ``inference_settings.precision``; a KeyPointNet whose
+    precision resolves to bf16 here returns its cached bf16 copy
+    (:meth:`~kp2d.models.KeyPointNet.default_backend`), otherwise ``None``: the plain network.
+
+    Raises:
+        ConfigError: both ``backend`` and ``precision`` given, or an unknown ``precision``.
+    """
+    if backend is not None:
+        if precision is not None:
+            raise ConfigError("give a backend or a precision, not both (a backend fixes its own precision)")
+        return backend
+    precision = model_precision(model, precision)
+    default_backend = getattr(model, "default_backend", None)
+    if precision == "fp32" or not callable(default_backend):
+        return None
+    return default_backend(precision)
 
 
 def _run(
@@ -493,6 +517,7 @@ def extract(
     fit_memory: bool = False,
     extra_scales: tuple[float, ...] | list[float] | None = None,
     extra_rotations: tuple[float, ...] | list[float] | None = None,
+    precision: str | None = None,
 ) -> Keypoints | list[Keypoints]:
     """Detect and describe keypoints (see the module docstring for padding and selection).
 
@@ -538,6 +563,10 @@ def extract(
             one more run of the network). ``None``: the model's ``inference_settings.extra_rotations``
             (none unless its weights file records some); ``()``: none. An image shrunk by
             ``fit_memory`` runs unturned.
+        precision: without a ``backend``: ``"fp32"`` (the plain network), ``"bf16"`` (a folded copy of
+            it under bf16 autocast, score and location heads in fp32; built once and cached) or
+            ``"auto"`` (bf16 where the CPU has AVX512-BF16 / AMX or the GPU bf16, else fp32). ``None``:
+            the model's ``inference_settings.precision`` (fp32 unless its weights file records one).
 
     Returns:
         Keypoints sorted by decreasing score (float32 keypoints, scores and descriptors, also for a
@@ -548,7 +577,8 @@ def extract(
             resizing), or one that needs more memory than is available (without ``fit_memory``; the
             message names the largest size that fits).
         ConfigError: a bad ``top_k`` (not an integer >= 1), ``nms_radius`` (< 0), ``score_threshold``
-            (NaN) or ``scale_factor`` (<= 0), or a ``backend`` given by name instead of built.
+            (NaN) or ``scale_factor`` (<= 0), a ``backend`` given by name instead of built, or both a
+            ``backend`` and a ``precision``.
     """
     if isinstance(image, (list, tuple)):
         for index, item in enumerate(image):
@@ -560,10 +590,11 @@ def extract(
         return [
             extract(
                 model, item, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory,
-                extra_scales, extra_rotations,
+                extra_scales, extra_rotations, precision,
             )
             for item in image
         ]
+    backend = resolve_backend(model, backend, precision)
     results, _, batched = _extract_batch(
         model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales,
         extra_rotations,
@@ -582,6 +613,7 @@ def extract_with_score_map(
     fit_memory: bool = False,
     extra_scales: tuple[float, ...] | list[float] | None = None,
     extra_rotations: tuple[float, ...] | list[float] | None = None,
+    precision: str | None = None,
 ) -> tuple[Keypoints, torch.Tensor]:
     """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run.
 
@@ -589,6 +621,7 @@ def extract_with_score_map(
     image: ``(ceil(H'/8), ceil(W'/8))``; with ``extra_scales`` or ``extra_rotations``, those of the main
     ``scale_factor``, unturned.
     """
+    backend = resolve_backend(model, backend, precision)
     results, scores, _ = _extract_batch(
         model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales,
         extra_rotations,

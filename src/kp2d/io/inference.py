@@ -3,6 +3,8 @@
 ``extra_scales`` (``"inference": {"scale_factor": 2.0, "extra_scales": [1.0]}``) are more input scales the
 network also runs at, their keypoints pooled with the main scale's by score (see :func:`kp2d.extract`).
 ``extra_rotations`` (``[45, -45]``, degrees) likewise runs it on copies of the image turned by those angles.
+``precision`` (``"auto"``) runs it under bf16 autocast where the hardware does bf16 natively (``"bf16"``:
+always; ``"fp32"``, the default: never); see :meth:`kp2d.models.KeyPointNet.default_backend`.
 
 A shipped model may be meant to run differently from the defaults, e.g. on images resized by 2; the file
 says so in its ``inference`` entry, which the checkpoint's checksum covers like every other entry. Files
@@ -21,12 +23,15 @@ from kp2d.errors import CheckpointError, ConfigError
 
 __all__ = [
     "INFERENCE_KEY",
+    "PRECISIONS",
     "InferenceSettings",
     "check_extra_rotations",
     "check_extra_scales",
+    "check_precision",
     "inference_settings_from",
     "model_extra_rotations",
     "model_extra_scales",
+    "model_precision",
     "model_scale_factor",
     "parse_extra_rotations",
     "parse_extra_scales",
@@ -34,6 +39,9 @@ __all__ = [
 
 #: The checkpoint entry that holds the settings.
 INFERENCE_KEY = "inference"
+
+#: ``precision`` values: plain float32, bf16 autocast, bf16 where the device does it natively.
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -45,17 +53,21 @@ class InferenceSettings:
         extra_scales: more factors it also runs at, keypoints pooled by score (``()``: none).
         extra_rotations: angles in degrees of turned copies of the image it also runs on, at
             ``scale_factor``, keypoints pooled by score (``()``: none).
+        precision: ``"fp32"``, ``"bf16"`` (autocast, heads in fp32) or ``"auto"`` (bf16 on a CPU with
+            AVX512-BF16 / AMX or a GPU with bf16, else fp32); used when no backend is given.
     """
 
     scale_factor: float = 1.0
     extra_scales: tuple[float, ...] = ()
     extra_rotations: tuple[float, ...] = ()
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         scale_factor = check_scale_factor(self.scale_factor)
         object.__setattr__(self, "scale_factor", scale_factor)
         object.__setattr__(self, "extra_scales", check_extra_scales(self.extra_scales, scale_factor))
         object.__setattr__(self, "extra_rotations", check_extra_rotations(self.extra_rotations))
+        object.__setattr__(self, "precision", check_precision(self.precision))
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -69,18 +81,24 @@ class InferenceSettings:
             entry["extra_scales"] = list(self.extra_scales)
         if self.extra_rotations:
             entry["extra_rotations"] = list(self.extra_rotations)
+        if self.precision != "fp32":
+            entry["precision"] = self.precision
         return entry
 
-    def label(self) -> str:
-        """The non-default settings for a table row: ``" (input x2+x1)"``, ``" (input x2, turned 0/45/-45)"``.
+    def label(self, precision: str | None = None) -> str:
+        """The non-default settings for a table row: ``" (input x2+x1)"``, ``" (input x3, bf16)"``.
 
-        ``""`` for the defaults.
+        ``precision``: what the precision resolved to on this machine (``"bf16"`` / ``"fp32"``), named
+        instead of the recorded ``"auto"``; ``""`` for the defaults.
         """
         parts = []
         if self.scale_factor != 1 or self.extra_scales:
             parts.append("input " + "+".join(f"x{scale:g}" for scale in self.scales))
         if self.extra_rotations:
             parts.append("turned " + "/".join(f"{angle:g}" for angle in (0.0, *self.extra_rotations)))
+        precision = precision or self.precision
+        if precision != "fp32":
+            parts.append(precision)
         return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -121,6 +139,26 @@ def check_extra_rotations(extra_rotations: Any) -> tuple[float, ...]:
         if angle != 0 and angle not in angles:
             angles.append(angle)
     return tuple(angles)
+
+
+def check_precision(precision: Any) -> str:
+    """``precision`` as one of :data:`PRECISIONS` (case-insensitive).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    value = precision.lower() if isinstance(precision, str) else precision
+    if value not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return value
+
+
+def model_precision(model: object, precision: str | None = None) -> str:
+    """``precision`` when given, else the model's recorded one (``"fp32"`` for a module without settings)."""
+    if precision is None:
+        settings = getattr(model, "inference_settings", None)
+        precision = getattr(settings, "precision", "fp32")
+    return check_precision(precision)
 
 
 def inference_settings_from(entry: Any, path: str | Path) -> InferenceSettings:

@@ -10,6 +10,7 @@ load unchanged.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import torch
@@ -27,9 +28,10 @@ from kp2d.features.dense import (
 from kp2d.features.extraction import extract
 from kp2d.geometry import cell_centers
 from kp2d.io.checkpoint import Checkpoint, load_checkpoint, load_state_dict_strict
-from kp2d.io.inference import InferenceSettings
+from kp2d.io.inference import InferenceSettings, model_precision
 from kp2d.io.weights import DEFAULT_MODEL, resolve_model_path
-from kp2d.runtime import resolve_device
+from kp2d.models.fast import Backend, bf16_network, torch_backend
+from kp2d.runtime import autocast_dtype, resolve_device
 
 __all__ = [
     "KeyPointNet",
@@ -138,11 +140,12 @@ class KeyPointNet(nn.Module):
         fit_memory: bool = False,
         extra_scales=None,
         extra_rotations=None,
+        precision=None,
     ):
         """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.extract`.
 
-        ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None`` use
-        :attr:`inference_settings` (1 and none unless the weights file records them).
+        ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None`` / ``precision=None`` use
+        :attr:`inference_settings` (1, none and fp32 unless the weights file records them).
         """
         return extract(
             self,
@@ -155,7 +158,31 @@ class KeyPointNet(nn.Module):
             fit_memory=fit_memory,
             extra_scales=extra_scales,
             extra_rotations=extra_rotations,
+            precision=precision,
         )
+
+    def default_backend(self, precision: str | None = None) -> Backend | None:
+        """What :func:`kp2d.extract` runs when given no backend: ``None`` (this network) or a bf16 copy.
+
+        ``precision`` (``None``: :attr:`inference_settings`' ``precision``) ``"bf16"``, or ``"auto"`` on
+        a CPU with AVX512-BF16 / AMX or a GPU with bf16, gives a ``torch-bf16`` backend (BatchNorm folded,
+        channels-last, score and location heads in fp32), built on first use and rebuilt when the weights,
+        buffers or device change. A network in another dtype than float32 runs as it is.
+        """
+        precision = model_precision(self, precision)
+        parameter = next(self.parameters())
+        if precision == "fp32" or parameter.dtype != torch.float32:
+            return None
+        dtype = autocast_dtype(precision, parameter.device)
+        if dtype is None:
+            return None
+        key = _weights_key(self)
+        cached = _BF16_COPIES.get(self)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        backend = torch_backend("torch-bf16", bf16_network(self), True, dtype)
+        _BF16_COPIES[self] = (key, backend)
+        return backend
 
     @property
     def descriptor_stride(self) -> int:
@@ -209,6 +236,18 @@ class KeyPointNet(nn.Module):
         out = self(image)
         height, width = image.shape[-2:]
         return out._replace(desc=sample_descriptors(out.desc, out.coord, height, width))
+
+
+#: Each network's bf16 copy and the :func:`_weights_key` it was built from; gone with the network.
+_BF16_COPIES: weakref.WeakKeyDictionary[KeyPointNet, tuple[tuple, Backend]] = weakref.WeakKeyDictionary()
+
+
+def _weights_key(net: nn.Module) -> tuple:
+    """Identity of the weights and buffers as they are now: storage, in-place version, device, dtype."""
+    return tuple(
+        (tensor.data_ptr(), tensor._version, tensor.device, tensor.dtype)
+        for tensor in (*net.parameters(), *net.buffers())
+    )
 
 
 def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
