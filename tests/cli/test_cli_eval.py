@@ -138,8 +138,8 @@ def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("option", "value", "label", "recorded", "bad", "refused"),
     [
-        ("--extra-scales", "1", "input x2+x1", {"extra_scales": [1.0]}, "1.1",
-         "--extra-scales 1.1 resizes 64x48 to 70x53"),
+        ("--extra-scales", "1", "input x2+x1", {"extra_scales": [1.0]}, "0.1",
+         "--extra-scales 0.1 resizes 64x48 to 6x5; KeyPointNet takes 32 to 16384 px a side"),
         ("--extra-rotations", "45,-45", "input x2, turned 0/45/-45", {"extra_rotations": [45.0, -45.0]},
          "north", "--extra-rotations must be angles in degrees separated by commas"),
     ],
@@ -160,9 +160,9 @@ def test_extra_runs_label_the_row(tiny_root, tmp_path, capsys, option, value, la
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("--random-init", "--scale-factor", "1.1"), "resizes 64x48 to 70x53"),
+        (("--random-init", "--scale-factor", "0.4"), "resizes 64x48 to 26x19; KeyPointNet takes 32 to"),
         (("--random-init", "--scale-factor", "0"), "--scale-factor must be"),
-        (("--random-init", "--scale-factor", "1e6"), "from 32 to 16384 a side"),
+        (("--random-init", "--scale-factor", "1e6"), "takes 32 to 16384 px a side"),
         (("--random-init", "--scale-factor", "nan"), "--scale-factor must be"),
         (("--method", "sift", "--scale-factor", "2"), "not to --method"),
     ],
@@ -301,9 +301,18 @@ def test_a_recorded_scale_factor_that_does_not_fit_the_shape_is_named(tiny_root,
     from kp2d.models import KeyPointNet
 
     odd = tmp_path / "odd.ckpt"
-    save_checkpoint(odd, load_config("v4"), KeyPointNet(), inference={"scale_factor": 1.1})
+    save_checkpoint(odd, load_config("v4"), KeyPointNet(), inference={"scale_factor": 0.4})
     assert _eval("--model", str(odd), "--hpatches", str(tiny_root), "--shape", "64x48") == 2
-    assert "the model's scale_factor 1.1 resizes 64x48 to 70x53" in _error_line(capsys)
+    assert "the model's scale_factor 0.4 resizes 64x48 to 26x19" in _error_line(capsys)
+
+
+def test_a_scale_factor_off_the_8_px_grid_is_padded(tiny_root, tmp_path):
+    """x1.1 resizes 64x48 to 70x53: padded to 72x56 as extract pads, no keypoint outside the image."""
+    out = tmp_path / "odd.json"
+    args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
+    assert _eval(*args, "--scale-factor", "1.1", "--json", str(out)) == 0
+    entry = json.loads(out.read_text())["64x48"]
+    assert entry["pairs"] == PAIRS_PER_SUBSET["i"] and entry["inference"] == {"scale_factor": 1.1}
 
 
 def test_parse_shapes():

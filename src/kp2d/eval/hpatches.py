@@ -32,11 +32,12 @@ import torch
 from tqdm import tqdm
 
 from kp2d.data.hpatches import HPatchesDataset, SequenceSample
-from kp2d.errors import ConfigError, DataError
+from kp2d.errors import DataError
 from kp2d.eval.metrics import evaluate_pair
 from kp2d.features.dense import CELL
 from kp2d.features.extraction import (
     check_scale_factor,
+    pad_to_multiple,
     rescale_images,
     resolve_backend,
     rotate_images,
@@ -88,8 +89,9 @@ class KeyPointNetDetector:
             oneDNN convolutions are faster in that layout; outputs differ by float rounding only).
         scale_factor: run the network on the images resized by this factor (bilinear,
             see :func:`~kp2d.features.extraction.rescale_images`) and map the keypoints back to the evaluation
-            shape; 1 is the original protocol. The resized size must stay a multiple of 8. ``None``
-            (default): the model's ``inference_settings`` (1 unless its weights file records one).
+            shape; 1 is the original protocol. A resized size off the 8-px grid is padded bottom and right
+            (as :func:`kp2d.extract` pads), keypoints in the padding left out. ``None`` (default): the
+            model's ``inference_settings`` (1 unless its weights file records one).
         extra_scales: more factors to run the network at; every scale's cells are pooled (the protocol's
             top-k then picks the best scores among them). ``None`` (default): the model's
             ``inference_settings`` (none unless its weights file records some).
@@ -153,14 +155,11 @@ class KeyPointNetDetector:
             turned = rotate_images(batch, rotation_deg) if rotation_deg else batch
             network_batch = rescale_images(turned, scale_factor)
             net_height, net_width = network_batch.shape[-2:]
-            if net_height % CELL or net_width % CELL:
-                raise ConfigError(
-                    f"scale_factor {scale_factor:g} resizes {width}x{height} images to "
-                    f"{net_width}x{net_height}; KeyPointNet needs multiples of {CELL}"
-                )
-            out = self._describe(network_batch)
+            # a resized size off the 8-px grid is padded as extract pads it; keypoints in the padding drop out
+            out = self._describe(pad_to_multiple(network_batch, CELL))
             coord = to_image_pixels(out.coord, (net_width, net_height), (width, height))
-            keep = out.score[:, 0] > 0
+            inside_net = (out.coord[:, 0] <= net_width - 1) & (out.coord[:, 1] <= net_height - 1)
+            keep = (out.score[:, 0] > 0) & inside_net
             if rotation_deg:
                 coord, inside = unturn_coords(coord, rotation_deg, height, width)
                 keep &= inside

@@ -77,20 +77,19 @@ def parse_shapes(shapes: list[str] | None, top_ks: list[str] | None) -> list[tup
 def check_eval_scale_factor(
     scale_factor: float, settings: list[tuple[int, int, int]], name: str = "--scale-factor"
 ) -> None:
-    """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to multiples of 8.
+    """ConfigError unless ``scale_factor`` > 0 resizes every evaluation shape to a size the network takes.
 
-    ``name`` says where the value came from (the option, or the model's recorded setting).
+    That is :data:`MIN_IMAGE_SIZE` to :data:`MAX_NETWORK_SIZE` a side (a size off the 8-px grid is padded,
+    as :func:`kp2d.extract` pads it). ``name`` says where the value came from (the option, or the model's
+    recorded setting).
     """
-    from kp2d.features.dense import CELL
-
     check_scale_factor_option(scale_factor)
     for width, height, _ in settings:
         scaled = (round(width * scale_factor), round(height * scale_factor))
-        fits = MIN_IMAGE_SIZE <= min(scaled) and max(scaled) <= MAX_NETWORK_SIZE
-        if scaled[0] % CELL or scaled[1] % CELL or not fits:
+        if not MIN_IMAGE_SIZE <= min(scaled) or max(scaled) > MAX_NETWORK_SIZE:
             raise ConfigError(
                 f"{name} {scale_factor:g} resizes {width}x{height} to {scaled[0]}x{scaled[1]}; "
-                f"KeyPointNet needs multiples of {CELL}, from {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} a side"
+                f"KeyPointNet takes {MIN_IMAGE_SIZE} to {MAX_NETWORK_SIZE} px a side"
             )
 
 
