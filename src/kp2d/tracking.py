@@ -524,7 +524,7 @@ def track(
     Args:
         frames: RGB ``(H, W, 3)`` uint8 arrays (or anything :func:`kp2d.extract` takes), all of one size; a
             ``None`` is an unreadable frame, skipped. Any iterable: a list, a reader, a webcam loop.
-        model: a :class:`~kp2d.models.KeyPointNet` (default: the shipped default model, now ``v4``, on the
+        model: a :class:`~kp2d.models.KeyPointNet` (default: the shipped default model, now ``lite``, on the
             CPU).
         backend: a :class:`kp2d.deploy.backends.Backend` or a backend name (built once from ``model``;
             ``"torch-fp32"``: the plain network). ``None``: the model's own for its recorded precision.
