@@ -9,6 +9,7 @@ and evaluated on an HPatches-format set (default ``../shared/data/hpatches-synth
     python benchmarks/inference.py --checkpoint runs/v4/checkpoints/last.ckpt
     python benchmarks/inference.py --random-init --max-sequences 10      # quick look, no trained weights
     python benchmarks/inference.py --versus-original                     # the default model's cost
+    python benchmarks/inference.py --versus-original --settings x2:fp32 x2+1:r45:bf16   # and other settings
 
 ``--versus-original`` times, side by side at each size, the original network (V4's architecture) in fp32
 at 1x, its whole ``extract``, and the default model's ``extract`` with its shipped settings (input scale)
@@ -16,6 +17,9 @@ and the default backend: what a user pays per image, against the paper's network
 at one scale above 1, also its ``extract`` with ``extra_scales=(1,)`` (multi-scale, opt-in) and with
 ``extra_rotations=(45, -45)`` (turned copies, opt-in); for a model that runs in bf16 here (``precision:
 auto`` on a CPU with AVX512-BF16 / AMX), also its settings in fp32, as a CPU without native bf16 runs them.
+``--settings`` adds a row for each SETTING: ``xS[+E...]`` (the input scale and extra scales), then
+``:rA[/B...]`` for turned copies (degrees) and ``:fp32`` / ``:bf16`` / ``:auto`` for the precision, e.g.
+``x2+1:r45:bf16``.
 
 ``--random-init`` uses a seeded random network whose BatchNorm statistics are estimated on the
 calibration photos (so activations have the ranges a trained network's have); its matching score says
@@ -71,7 +75,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--versus-original", action="store_true",
                         help="only time the default model (or --model; its settings, default backend) "
                              "against the original network's fp32 forward at 1x")
+    parser.add_argument("--settings", nargs="+", metavar="SETTING", default=(),
+                        help="with --versus-original: also time extract at these settings, e.g. x2:fp32 "
+                             "x3:bf16 x2+1:r45:bf16 (see above)")
     return parser.parse_args(argv)
+
+
+def parse_setting(text: str):
+    """``"x2+1:r45:bf16"`` → ``InferenceSettings(2.0, (1.0,), (45.0,), "bf16")``; ConfigError if malformed."""
+    from kp2d.errors import ConfigError
+    from kp2d.io.inference import InferenceSettings, parse_extra_rotations, parse_extra_scales
+
+    scales, *rest = text.split(":")
+    if not scales.startswith("x"):
+        raise ConfigError(f"a setting starts with x and the input scale (e.g. x2:bf16), got {text!r}")
+    main, *extra = scales[1:].split("+")
+    turns, precision = (), "fp32"
+    for part in rest:
+        if part.startswith("r"):
+            turns = parse_extra_rotations(part[1:].replace("/", ","), f"setting {text!r}")
+        else:
+            precision = part
+    try:
+        scale = float(main)
+    except ValueError:
+        raise ConfigError(f"the input scale of setting {text!r} is not a number") from None
+    return InferenceSettings(scale, parse_extra_scales(",".join(extra)), turns, precision)
 
 
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
@@ -119,9 +148,12 @@ def time_backends(backends: dict, sizes, warmup: int, repeats: int) -> dict[str,
 
 
 def time_versus_original(
-    sizes, warmup: int, repeats: int, model: str | None = None
+    sizes, warmup: int, repeats: int, model: str | None = None, extra_settings: tuple = ()
 ) -> list[tuple[str, dict[str, float]]]:
-    """Median ms per image of the original network and of the default model (or ``model``) in ``extract``."""
+    """Median ms per image of the original network and of the default model (or ``model``) in ``extract``.
+
+    ``extra_settings``: ``(text, InferenceSettings)`` pairs (:func:`parse_setting`), a row each.
+    """
     from kp2d import extract
     from kp2d.io.weights import DEFAULT_MODEL
     from kp2d.models.keypoint_net import load_keypoint_net
@@ -155,6 +187,11 @@ def time_versus_original(
         turned = dataclasses.replace(settings, extra_rotations=(45.0, -45.0))
         runs[f"{label} extract{turned.label(precision)}, extra_rotations=(45, -45)"] = (
             lambda image, top_k: extract(default, image, top_k=top_k, extra_rotations=(45, -45))
+        )
+    for text, item in extra_settings:
+        runs[f"{label} extract{item.label()}, --settings {text}"] = lambda image, top_k, item=item: extract(
+            default, image, top_k=top_k, scale_factor=item.scale_factor, extra_scales=item.extra_scales,
+            extra_rotations=item.extra_rotations, precision=item.precision,
         )
     results: dict[str, dict[str, float]] = {name: {} for name in runs}
     generator = torch.Generator().manual_seed(0)
@@ -268,9 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.settings and not args.versus_original:
+        print("inference benchmark: error: --settings goes with --versus-original", file=sys.stderr)
+        return 2
     if args.versus_original:
+        try:
+            extra = tuple((text, parse_setting(text)) for text in args.settings)
+        except Kp2dError as error:
+            print(f"inference benchmark: error: {user_message(error)}", file=sys.stderr)
+            return 2
         torch.set_num_threads(args.threads)
-        rows = time_versus_original(SIZES, args.warmup, args.repeats, args.checkpoint or args.model)
+        rows = time_versus_original(SIZES, args.warmup, args.repeats, args.checkpoint or args.model, extra)
         print(f"\nthreads {args.threads}; batch 1; median of {args.repeats} (after {args.warmup} warm-up); "
               f"torch {torch.__version__}; load average at end {os.getloadavg()[0]:.2f}")
         print_versus_original(rows, SIZES)

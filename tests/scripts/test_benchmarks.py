@@ -155,16 +155,20 @@ def test_versus_original_times_the_default_model_with_its_settings(capsys):
     assert table[0] == "| what | ms 64x48 | vs original |" and table[2].endswith("| 1.00x |")
 
 
-def test_settings_cost_reads_settings():
+def test_versus_original_reads_settings(capsys):
     from kp2d.errors import ConfigError
     from kp2d.io.inference import InferenceSettings
 
-    settings_cost = _benchmark("settings_cost")
-    assert settings_cost.parse_setting("x3:bf16") == InferenceSettings(3.0, precision="bf16")
+    inference = _benchmark("inference")
+    assert inference.parse_setting("x3:bf16") == InferenceSettings(3.0, precision="bf16")
     pooled = InferenceSettings(2.0, (1.0,), (45.0, -45.0), "auto")
-    assert settings_cost.parse_setting("x2+1:r45/-45:auto") == pooled
-    assert settings_cost.parse_setting("x2") == InferenceSettings(2.0)
+    assert inference.parse_setting("x2+1:r45/-45:auto") == pooled
+    assert inference.parse_setting("x2") == InferenceSettings(2.0)
     for bad, message in (("2", "starts with x"), ("xa", "not a number"), ("x2:half", "precision must be")):
         with pytest.raises(ConfigError, match=message):
-            settings_cost.parse_setting(bad)
-    assert settings_cost.main(["y2"]) == 2
+            inference.parse_setting(bad)
+    assert inference.main(["--versus-original", "--settings", "y2"]) == 2
+    assert inference.main(["--settings", "x2"]) == 2
+    assert "--settings goes with --versus-original" in capsys.readouterr().err
+    rows = inference.time_versus_original([(64, 48)], 0, 1, extra_settings=(("x2:fp32", pooled),))
+    assert rows[-1][0].endswith("extract (input x2+x1, turned 0/45/-45, auto), --settings x2:fp32")
