@@ -161,12 +161,12 @@ def time_versus_original(
     # the original network as it ran there: plain fp32 and contiguous (kp2d loads CPU models channels-last)
     original = load_keypoint_net("v4").to(memory_format=torch.contiguous_format)
     loaded = load_keypoint_net("v4")
-    from kp2d.features.extraction import resolve_backend
+    from kp2d.features.extraction import resolved_precision
 
     label = model or DEFAULT_MODEL
     default = load_keypoint_net(label)
     settings = default.inference_settings
-    precision = "fp32" if resolve_backend(default) is None else "bf16"
+    precision = resolved_precision(default)
     tops = {(320, 240): 300, (640, 480): 1000}
     runs = {
         "v4 network, fp32, 1x (the original's forward)": lambda image, top_k: original(image),

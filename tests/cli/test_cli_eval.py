@@ -269,11 +269,11 @@ def test_the_default_model_is_the_shipped_default(tiny_root, tmp_path, capsys):
 
     if DEFAULT_MODEL not in list_pretrained():
         pytest.skip(f"the default model {DEFAULT_MODEL} is not shipped in this install")
-    from kp2d.features.extraction import resolve_backend
+    from kp2d.features.extraction import resolved_precision
     from kp2d.models.keypoint_net import load_keypoint_net
 
     settings = load_checkpoint(resolve_model_path(DEFAULT_MODEL)).inference
-    precision = "fp32" if resolve_backend(load_keypoint_net(DEFAULT_MODEL)) is None else "bf16"
+    precision = resolved_precision(load_keypoint_net(DEFAULT_MODEL))
     out = tmp_path / "default.json"  # 80x40 stays a multiple of 8 at x2, x2.8, x3
     args = ("--hpatches", str(tiny_root), "--shape", "80x40", "--subset", "i", "--json", str(out))
     assert _eval(*args) == 0

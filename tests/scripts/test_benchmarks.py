@@ -129,13 +129,13 @@ def test_versus_original_times_the_default_model_with_its_settings(capsys):
     assert names[0] == "v4 network, fp32, 1x (the original's forward)"
     import dataclasses
 
-    from kp2d.features.extraction import resolve_backend
+    from kp2d.features.extraction import resolved_precision
     from kp2d.io.checkpoint import load_checkpoint
     from kp2d.io.weights import DEFAULT_MODEL, resolve_model_path
     from kp2d.models.keypoint_net import load_keypoint_net
 
     settings = load_checkpoint(resolve_model_path(DEFAULT_MODEL)).inference
-    precision = "fp32" if resolve_backend(load_keypoint_net(DEFAULT_MODEL)) is None else "bf16"
+    precision = resolved_precision(load_keypoint_net(DEFAULT_MODEL))
     own = settings.label(precision) or " (input x1)"
     assert names[2].startswith(f"{DEFAULT_MODEL} extract{own}, its settings")
     extra = []

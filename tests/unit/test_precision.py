@@ -13,7 +13,7 @@ from kp2d.config import load_config
 from kp2d.deploy.backends import load_backend
 from kp2d.errors import CheckpointError, ConfigError
 from kp2d.eval.hpatches import KeyPointNetDetector
-from kp2d.features.extraction import extract, resolve_backend
+from kp2d.features.extraction import extract, resolve_backend, resolved_precision
 from kp2d.io.checkpoint import load_checkpoint, save_checkpoint
 from kp2d.io.inference import InferenceSettings, check_precision, inference_settings_from
 from kp2d.models.keypoint_net import load_keypoint_net
@@ -57,7 +57,8 @@ def test_a_file_records_the_precision(random_net, tmp_path):
 
 def test_fp32_is_the_plain_network(net):
     assert net.default_backend() is None and net.default_backend("fp32") is None
-    assert resolve_backend(net) is None
+    assert resolve_backend(net) is None and resolved_precision(net) == "fp32"
+    assert resolved_precision(net, "bf16") == "bf16"
 
 
 def test_bf16_builds_one_copy_and_rebuilds_it_when_the_weights_change(net):

@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the tables, write the JSON; returns the exit status."""
     from kp2d.errors import ConfigError
     from kp2d.eval.hpatches import evaluate_hpatches
-    from kp2d.features.extraction import resolve_backend
+    from kp2d.features.extraction import resolved_precision
     from kp2d.runtime import resolve_device
 
     if args.config is not None and not args.random_init:
@@ -220,8 +220,8 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
         inference = _inference_settings(args, network, settings)
-        precision = "fp32" if resolve_backend(network, None, inference.precision) is None else "bf16"
-        label += inference.label(precision)  # whether the settings came from the weights file or the options
+        # the row names the settings, from the weights file or the options, and the precision that runs here
+        label += inference.label(resolved_precision(network, inference.precision))
         check_eval_memory(settings, max(inference.scales), device)
     elif args.scale_factor is not None and args.scale_factor != 1:
         raise ConfigError("--scale-factor applies to KeyPointNet, not to --method")

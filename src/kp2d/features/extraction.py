@@ -74,6 +74,7 @@ __all__ = [
     "pad_to_multiple",
     "rescale_images",
     "resolve_backend",
+    "resolved_precision",
     "rotate_images",
     "score_map",
     "to_image_pixels",
@@ -284,6 +285,11 @@ def resolve_backend(
     if precision == "fp32" or not callable(default_backend):
         return None
     return default_backend(precision)
+
+
+def resolved_precision(model: torch.nn.Module, precision: str | None = None) -> str:
+    """What ``precision`` (``None``: the model's recorded one) runs as here: ``"bf16"`` or ``"fp32"``."""
+    return "fp32" if resolve_backend(model, None, precision) is None else "bf16"
 
 
 def _run(
