@@ -302,18 +302,18 @@ def main(argv: list[str] | None = None) -> int:
     from kp2d.errors import Kp2dError, user_message
 
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.settings and not args.versus_original:
         print("inference benchmark: error: --settings goes with --versus-original", file=sys.stderr)
         return 2
+    try:  # before the logging is set up: a user mistake is one line
+        extra = tuple((text, parse_setting(text)) for text in args.settings)
+    except Kp2dError as error:
+        print(f"inference benchmark: error: {user_message(error)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.versus_original:
-        try:
-            extra = tuple((text, parse_setting(text)) for text in args.settings)
-        except Kp2dError as error:
-            print(f"inference benchmark: error: {user_message(error)}", file=sys.stderr)
-            return 2
         torch.set_num_threads(args.threads)
         rows = time_versus_original(SIZES, args.warmup, args.repeats, args.checkpoint or args.model, extra)
         print(f"\nthreads {args.threads}; batch 1; median of {args.repeats} (after {args.warmup} warm-up); "
