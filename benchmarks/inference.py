@@ -16,7 +16,8 @@ at 1x, its whole ``extract``, and the default model's ``extract`` with its shipp
 and the default backend: what a user pays per image, against the paper's network; for a model that runs
 at one scale above 1, also its ``extract`` with ``extra_scales=(1,)`` (multi-scale, opt-in) and with
 ``extra_rotations=(45, -45)`` (turned copies, opt-in); for a model that runs in bf16 here (``precision:
-auto`` on a CPU with AVX512-BF16 / AMX), also its settings in fp32, as a CPU without native bf16 runs them.
+auto`` on a CPU with AVX512-BF16 / AMX), also its settings in fp32, as a CPU without native bf16 runs them
+(``auto`` there: BatchNorm folded), and in plain fp32.
 ``--settings`` adds a row for each SETTING: ``xS[+E...]`` (the input scale and extra scales), then
 ``:rA[/B...]`` for turned copies (degrees) and ``:fp32`` / ``:bf16`` / ``:auto`` for the precision, e.g.
 ``x2+1:r45:bf16``.
@@ -175,7 +176,15 @@ def time_versus_original(
             lambda image, top_k: extract(default, image, top_k=top_k),
     }
     if precision == "bf16":  # what a CPU without native bf16 runs: the same settings in fp32
-        runs[f"{label} extract{settings.label('fp32') or ' (input x1)'}, precision fp32 (no native bf16)"] = (
+        fp32_label = f"{label} extract{settings.label('fp32') or ' (input x1)'}"
+        if settings.precision == "auto":  # "auto" there: BatchNorm folded (the torch-fused backend)
+            from kp2d.deploy.backends import load_backend
+
+            fused = load_backend("torch-fused", default)
+            runs[f"{fp32_label}, fp32 folded (auto without native bf16)"] = (
+                lambda image, top_k: extract(default, image, top_k=top_k, backend=fused)
+            )
+        runs[f"{fp32_label}, precision fp32"] = (
             lambda image, top_k: extract(default, image, top_k=top_k, precision="fp32")
         )
     if settings.scale_factor > 1 and not settings.extra_scales:  # what the opt-in extra scale x1 adds

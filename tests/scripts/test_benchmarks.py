@@ -140,8 +140,10 @@ def test_versus_original_times_the_default_model_with_its_settings(capsys):
     assert names[2].startswith(f"{DEFAULT_MODEL} extract{own}, its settings")
     extra = []
     if precision == "bf16":  # what a CPU without native bf16 runs
-        extra.append(f"{DEFAULT_MODEL} extract{settings.label('fp32') or ' (input x1)'}, precision fp32 "
-                     "(no native bf16)")
+        fp32 = f"{DEFAULT_MODEL} extract{settings.label('fp32') or ' (input x1)'}"
+        if settings.precision == "auto":
+            extra.append(f"{fp32}, fp32 folded (auto without native bf16)")
+        extra.append(f"{fp32}, precision fp32")
     if settings.scale_factor > 1 and not settings.extra_scales:  # the opt-in second scale
         pooled = dataclasses.replace(settings, extra_scales=(1.0,))
         extra.append(f"{DEFAULT_MODEL} extract{pooled.label(precision)}, extra_scales=(1,)")

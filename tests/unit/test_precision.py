@@ -73,9 +73,19 @@ def test_bf16_builds_one_copy_and_rebuilds_it_when_the_weights_change(net):
 
 def test_auto_is_bf16_only_where_the_cpu_has_it(net, monkeypatch):
     monkeypatch.setattr(kp2d.runtime, "cpu_has_fast_bf16", lambda flags=None: False)
-    assert net.default_backend("auto") is None
+    fused = net.default_backend("auto")  # elsewhere fp32, BatchNorm folded: the fast fp32 path
+    assert fused.name == "torch-fused" and fused.details["autocast"] is None
+    assert net.default_backend("auto") is fused and resolved_precision(net, "auto") == "fp32"
     monkeypatch.setattr(kp2d.runtime, "cpu_has_fast_bf16", lambda flags=None: True)
     assert net.default_backend("auto").name == "torch-bf16"
+
+
+def test_the_fused_fp32_copy_finds_the_plain_networks_keypoints(net, image, monkeypatch):
+    monkeypatch.setattr(kp2d.runtime, "cpu_has_fast_bf16", lambda flags=None: False)
+    plain = extract(net, image, top_k=50, precision="fp32")
+    fused = extract(net, image, top_k=50, precision="auto")
+    torch.testing.assert_close(fused.keypoints, plain.keypoints, atol=1e-3, rtol=0)
+    torch.testing.assert_close(fused.descriptors, plain.descriptors, atol=1e-4, rtol=0)
 
 
 def test_a_network_in_another_dtype_runs_as_it_is(net):

@@ -269,9 +269,10 @@ def resolve_backend(
 ) -> Backend | None:
     """What runs the network: ``backend`` when given, else the model's own for ``precision``.
 
-    ``precision=None`` takes the model's recorded ``inference_settings.precision``; a KeyPointNet whose
-    precision resolves to bf16 here returns its cached bf16 copy
-    (:meth:`~kp2d.models.KeyPointNet.default_backend`), otherwise ``None``: the plain network.
+    ``precision=None`` takes the model's recorded ``inference_settings.precision``; a KeyPointNet returns
+    its cached bf16 copy where that resolves to bf16 here, its fused fp32 copy for ``"auto"`` on a CPU
+    without native bf16 (:meth:`~kp2d.models.KeyPointNet.default_backend`), otherwise ``None``: the plain
+    network.
 
     Raises:
         ConfigError: both ``backend`` and ``precision`` given, or an unknown ``precision``.
@@ -289,7 +290,8 @@ def resolve_backend(
 
 def resolved_precision(model: torch.nn.Module, precision: str | None = None) -> str:
     """What ``precision`` (``None``: the model's recorded one) runs as here: ``"bf16"`` or ``"fp32"``."""
-    return "fp32" if resolve_backend(model, None, precision) is None else "bf16"
+    backend = resolve_backend(model, None, precision)
+    return "bf16" if backend is not None and backend.name == "torch-bf16" else "fp32"
 
 
 def _run(

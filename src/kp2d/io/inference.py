@@ -3,8 +3,9 @@
 ``extra_scales`` (``"inference": {"scale_factor": 2.0, "extra_scales": [1.0]}``) are more input scales the
 network also runs at, their keypoints pooled with the main scale's by score (see :func:`kp2d.extract`).
 ``extra_rotations`` (``[45, -45]``, degrees) likewise runs it on copies of the image turned by those angles.
-``precision`` (``"auto"``) runs it under bf16 autocast where the hardware does bf16 natively (``"bf16"``:
-always; ``"fp32"``, the default: never); see :meth:`kp2d.models.KeyPointNet.default_backend`.
+``precision`` (``"auto"``) runs it under bf16 autocast where the hardware does bf16 natively, elsewhere on a
+CPU in fp32 with BatchNorm folded (``"bf16"``: always bf16; ``"fp32"``, the default: the network as it is);
+see :meth:`kp2d.models.KeyPointNet.default_backend`.
 
 A shipped model may be meant to run differently from the defaults, e.g. on images resized by 2; the file
 says so in its ``inference`` entry, which the checkpoint's checksum covers like every other entry. Files
@@ -54,7 +55,8 @@ class InferenceSettings:
         extra_rotations: angles in degrees of turned copies of the image it also runs on, at
             ``scale_factor``, keypoints pooled by score (``()``: none).
         precision: ``"fp32"``, ``"bf16"`` (autocast, heads in fp32) or ``"auto"`` (bf16 on a CPU with
-            AVX512-BF16 / AMX or a GPU with bf16, else fp32); used when no backend is given.
+            AVX512-BF16 / AMX or a GPU with bf16, else fp32, BatchNorm folded on a CPU); used when no
+            backend is given.
     """
 
     scale_factor: float = 1.0

@@ -30,7 +30,7 @@ from kp2d.geometry import cell_centers
 from kp2d.io.checkpoint import Checkpoint, load_checkpoint, load_state_dict_strict
 from kp2d.io.inference import InferenceSettings, model_precision
 from kp2d.io.weights import DEFAULT_MODEL, resolve_model_path
-from kp2d.models.fast import Backend, bf16_network, torch_backend
+from kp2d.models.fast import Backend, bf16_network, fold_batchnorm, torch_backend
 from kp2d.runtime import autocast_dtype, resolve_device
 
 __all__ = [
@@ -162,26 +162,31 @@ class KeyPointNet(nn.Module):
         )
 
     def default_backend(self, precision: str | None = None) -> Backend | None:
-        """What :func:`kp2d.extract` runs when given no backend: ``None`` (this network) or a bf16 copy.
+        """What :func:`kp2d.extract` runs when given no backend: ``None`` (this network) or a faster copy.
 
         ``precision`` (``None``: :attr:`inference_settings`' ``precision``) ``"bf16"``, or ``"auto"`` on
         a CPU with AVX512-BF16 / AMX or a GPU with bf16, gives a ``torch-bf16`` backend (BatchNorm folded,
-        channels-last, score and location heads in fp32), built on first use and rebuilt when the weights,
-        buffers or device change. A network in another dtype than float32 runs as it is.
+        channels-last, score and location heads in fp32). ``"auto"`` on any other CPU gives ``torch-fused``
+        (the fp32 network with BatchNorm folded, channels-last: the same function to float rounding, and
+        faster). Either is built on first use and rebuilt when the weights, buffers or device change.
+        ``"fp32"``, and a network in another dtype than float32, run this network as it is.
         """
         precision = model_precision(self, precision)
         parameter = next(self.parameters())
         if precision == "fp32" or parameter.dtype != torch.float32:
             return None
         dtype = autocast_dtype(precision, parameter.device)
-        if dtype is None:
+        if dtype is None and parameter.device.type != "cpu":
             return None
-        key = _weights_key(self)
-        cached = _BF16_COPIES.get(self)
+        key = (_weights_key(self), dtype)
+        cached = _FAST_COPIES.get(self)
         if cached is not None and cached[0] == key:
             return cached[1]
-        backend = torch_backend("torch-bf16", bf16_network(self), True, dtype)
-        _BF16_COPIES[self] = (key, backend)
+        if dtype is None:  # "auto" on a CPU without native bf16
+            backend = torch_backend("torch-fused", fold_batchnorm(self), True, None)
+        else:
+            backend = torch_backend("torch-bf16", bf16_network(self), True, dtype)
+        _FAST_COPIES[self] = (key, backend)
         return backend
 
     @property
@@ -238,8 +243,9 @@ class KeyPointNet(nn.Module):
         return out._replace(desc=sample_descriptors(out.desc, out.coord, height, width))
 
 
-#: Each network's bf16 copy and the :func:`_weights_key` it was built from; gone with the network.
-_BF16_COPIES: weakref.WeakKeyDictionary[KeyPointNet, tuple[tuple, Backend]] = weakref.WeakKeyDictionary()
+#: Each network's faster copy (bf16, or fused fp32), the :func:`_weights_key` and autocast dtype it was
+#: built from; gone with the network.
+_FAST_COPIES: weakref.WeakKeyDictionary[KeyPointNet, tuple[tuple, Backend]] = weakref.WeakKeyDictionary()
 
 
 def _weights_key(net: nn.Module) -> tuple:
