@@ -28,7 +28,6 @@ input's device.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -42,13 +41,13 @@ from kp2d.deploy.onnx import export_onnx
 from kp2d.errors import ConfigError, DataError
 from kp2d.features.dense import KeyPointNetOutput
 from kp2d.models import KeyPointNet
-from kp2d.models.fast import Backend, bf16_network, fold_batchnorm, torch_backend
+from kp2d.models.fast import TORCH_BACKENDS, Backend, build_torch_backend
 
 __all__ = ["BACKENDS", "Backend", "load_backend"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp32", "ort-int8")
+BACKENDS = (*TORCH_BACKENDS, "ort-fp32", "ort-int8")
 
 
 def _ort_session(path: Path, threads: int | None):
@@ -116,19 +115,14 @@ def load_backend(
         raise ConfigError(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")
     if name == "ort-int8" and calibration_images is None:
         raise ConfigError("backend ort-int8 needs calibration images (a folder of training photos)")
-    if name == "torch-fp32":
-        return torch_backend(name, copy.deepcopy(model).eval().requires_grad_(False), False, None)
-    if name == "torch-fold":
-        return torch_backend(name, fold_batchnorm(model), False, None)
-    if name == "torch-fused":
-        return torch_backend(name, fold_batchnorm(model), True, None)
     if name == "torch-bf16":
         from kp2d.runtime import cpu_has_fast_bf16
 
         if next(model.parameters()).device.type == "cpu" and not cpu_has_fast_bf16():
             log.warning("this CPU has no native bf16 (AVX512-BF16/AMX): torch-bf16 is emulated here and "
                         "slower than torch-fused")
-        return torch_backend(name, bf16_network(model), True, torch.bfloat16)
+    if name in TORCH_BACKENDS:
+        return build_torch_backend(name, model)
 
     with contextlib.ExitStack() as cleanup:
         if work_dir is None:  # ONNX Runtime holds the graph in memory once the session exists

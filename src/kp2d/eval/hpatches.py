@@ -36,6 +36,7 @@ from kp2d.errors import DataError
 from kp2d.eval.metrics import evaluate_pair
 from kp2d.features.dense import CELL
 from kp2d.features.extraction import (
+    backend_precision,
     check_scale_factor,
     pad_to_multiple,
     rescale_images,
@@ -43,6 +44,7 @@ from kp2d.features.extraction import (
     rotate_images,
     to_image_pixels,
     unturn_coords,
+    usable_cells,
 )
 from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_scale_factor
 
@@ -129,7 +131,7 @@ class KeyPointNetDetector:
                 self.model = self.model.to(memory_format=torch.channels_last)
             backend = resolve_backend(self.model, None, precision)
             self._describe = backend if backend is not None else self.model.describe
-        self.precision = "bf16" if getattr(self._describe, "name", "") == "torch-bf16" else "fp32"
+        self.precision = backend_precision(self._describe)
         self.name = name if name is not None else getattr(model, "name", "KeyPointNet")
 
     def __call__(self, images: np.ndarray) -> list[Detection]:
@@ -158,8 +160,7 @@ class KeyPointNetDetector:
             # a resized size off the 8-px grid is padded as extract pads it; keypoints in the padding drop out
             out = self._describe(pad_to_multiple(network_batch, CELL))
             coord = to_image_pixels(out.coord, (net_width, net_height), (width, height))
-            inside_net = (out.coord[:, 0] <= net_width - 1) & (out.coord[:, 1] <= net_height - 1)
-            keep = (out.score[:, 0] > 0) & inside_net
+            keep = usable_cells(out.score[:, 0], out.coord, net_width, net_height)
             if rotation_deg:
                 coord, inside = unturn_coords(coord, rotation_deg, height, width)
                 keep &= inside

@@ -65,6 +65,7 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "TURNED_MARGIN",
     "DenseKeypoints",
+    "backend_precision",
     "check_image_size",
     "dense_keypoints",
     "check_scale_factor",
@@ -79,6 +80,7 @@ __all__ = [
     "score_map",
     "to_image_pixels",
     "unturn_coords",
+    "usable_cells",
 ]
 
 
@@ -290,8 +292,21 @@ def resolve_backend(
 
 def resolved_precision(model: torch.nn.Module, precision: str | None = None) -> str:
     """What ``precision`` (``None``: the model's recorded one) runs as here: ``"bf16"`` or ``"fp32"``."""
-    backend = resolve_backend(model, None, precision)
-    return "bf16" if backend is not None and backend.name == "torch-bf16" else "fp32"
+    return backend_precision(resolve_backend(model, None, precision))
+
+
+def backend_precision(backend: Callable | None) -> str:
+    """``"bf16"`` for a ``torch-bf16`` backend, else ``"fp32"`` (``None``: the plain network)."""
+    return "bf16" if getattr(backend, "name", None) == "torch-bf16" else "fp32"
+
+
+def usable_cells(scores: torch.Tensor, coords: torch.Tensor, net_width: int, net_height: int) -> torch.Tensor:
+    """``(B, Hc, Wc)`` bool: cells of ``scores (B, Hc, Wc)`` that can be keypoints.
+
+    Border cells (score forced to 0) and keypoints ``coords (B, 2, Hc, Wc)`` in the padding beyond the
+    network's ``net_width x net_height`` input never count, whatever the threshold.
+    """
+    return (scores > 0) & (coords[:, 0] <= net_width - 1) & (coords[:, 1] <= net_height - 1)
 
 
 def _run(
@@ -359,8 +374,7 @@ def dense_keypoints(
     network_batch = rescale_images(turned, scale_factor)
     net_height, net_width = network_batch.shape[-2:]
     scores, coords, descs = _run(model, network_batch, backend)
-    # border cells (score forced to 0) and keypoints in the padding never count, whatever the threshold
-    valid = (scores > 0) & (coords[:, 0] <= net_width - 1) & (coords[:, 1] <= net_height - 1)
+    valid = usable_cells(scores, coords, net_width, net_height)
     nms_radius = nms_radius * net_width / width  # the selection works in pixels of the network's input
     image_coords = to_image_pixels(coords, (net_width, net_height), (width, height))
     if rotation_deg:

@@ -21,7 +21,18 @@ from kp2d.errors import DataError
 from kp2d.features.dense import KeyPointNetOutput
 from kp2d.io.images import to_network_channels
 
-__all__ = ["Backend", "bf16_network", "fold_batchnorm", "fold_conv_bn", "torch_backend"]
+__all__ = [
+    "TORCH_BACKENDS",
+    "Backend",
+    "bf16_network",
+    "build_torch_backend",
+    "fold_batchnorm",
+    "fold_conv_bn",
+    "torch_backend",
+]
+
+#: The torch backends by name (:func:`kp2d.deploy.backends.load_backend` adds the ONNX Runtime ones).
+TORCH_BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16")
 
 _Net = TypeVar("_Net", bound=nn.Module)
 
@@ -179,3 +190,20 @@ def bf16_network(model: _Net) -> _Net:
         # each activation's input is a fresh convolution output, so overwriting it is safe and saves a copy
         net.relu = nn.LeakyReLU(net.relu.negative_slope, inplace=True)
     return net
+
+
+def build_torch_backend(name: str, model: _Net) -> Backend:
+    """The backend of :data:`TORCH_BACKENDS` called ``name``, built from a copy of ``model`` (unchanged).
+
+    ``torch-fp32`` the network as it is, ``torch-fold`` BatchNorm folded, ``torch-fused`` folded and
+    channels-last, ``torch-bf16`` fused under bf16 autocast (:func:`bf16_network`).
+    """
+    if name == "torch-fp32":
+        return torch_backend(name, copy.deepcopy(model).eval().requires_grad_(False), False, None)
+    if name == "torch-fold":
+        return torch_backend(name, fold_batchnorm(model), False, None)
+    if name == "torch-fused":
+        return torch_backend(name, fold_batchnorm(model), True, None)
+    if name == "torch-bf16":
+        return torch_backend(name, bf16_network(model), True, torch.bfloat16)
+    raise ValueError(f"not a torch backend: {name!r} (choose from {', '.join(TORCH_BACKENDS)})")

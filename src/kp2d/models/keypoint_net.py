@@ -30,7 +30,7 @@ from kp2d.geometry import cell_centers
 from kp2d.io.checkpoint import Checkpoint, load_checkpoint, load_state_dict_strict
 from kp2d.io.inference import InferenceSettings, model_precision
 from kp2d.io.weights import DEFAULT_MODEL, resolve_model_path
-from kp2d.models.fast import Backend, bf16_network, fold_batchnorm, torch_backend
+from kp2d.models.fast import Backend, build_torch_backend
 from kp2d.runtime import autocast_dtype, resolve_device
 
 __all__ = [
@@ -182,10 +182,8 @@ class KeyPointNet(nn.Module):
         cached = _FAST_COPIES.get(self)
         if cached is not None and cached[0] == key:
             return cached[1]
-        if dtype is None:  # "auto" on a CPU without native bf16
-            backend = torch_backend("torch-fused", fold_batchnorm(self), True, None)
-        else:
-            backend = torch_backend("torch-bf16", bf16_network(self), True, dtype)
+        # "auto" on a CPU without native bf16 gets the folded fp32 copy (dtype is bf16 or None here)
+        backend = build_torch_backend("torch-fused" if dtype is None else "torch-bf16", self)
         _FAST_COPIES[self] = (key, backend)
         return backend
 
