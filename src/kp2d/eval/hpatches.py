@@ -34,18 +34,7 @@ from tqdm import tqdm
 from kp2d.data.hpatches import HPatchesDataset, SequenceSample
 from kp2d.errors import DataError
 from kp2d.eval.metrics import evaluate_pair
-from kp2d.features.dense import CELL
-from kp2d.features.extraction import (
-    backend_precision,
-    check_scale_factor,
-    pad_to_multiple,
-    rescale_images,
-    resolve_backend,
-    rotate_images,
-    to_image_pixels,
-    unturn_coords,
-    usable_cells,
-)
+from kp2d.features.extraction import backend_precision, check_scale_factor, dense_cells, resolve_backend
 from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_scale_factor
 
 __all__ = [
@@ -121,17 +110,19 @@ class KeyPointNetDetector:
         self.extra_scales = model_extra_scales(model, extra_scales, self.scale_factor)
         self.extra_rotations = model_extra_rotations(model, extra_rotations)
         self.is_backend = not isinstance(model, torch.nn.Module)
+        self._network: torch.nn.Module | None = None  # the plain network, run when there is no backend
         if self.is_backend:
             self.device = torch.device(device if device is not None else "cpu")
-            self.model, self._describe = model, model
+            self.model, self._backend = model, model
         else:
             self.device = torch.device(device) if device is not None else next(model.parameters()).device
             self.model = model.to(self.device).eval()
             if channels_last if channels_last is not None else self.device.type == "cpu":
                 self.model = self.model.to(memory_format=torch.channels_last)
-            backend = resolve_backend(self.model, None, precision)
-            self._describe = backend if backend is not None else self.model.describe
-        self.precision = backend_precision(self._describe)
+            self._backend = resolve_backend(self.model, None, precision)
+            if self._backend is None:
+                self._network = self.model
+        self.precision = backend_precision(self._backend)
         self.name = name if name is not None else getattr(model, "name", "KeyPointNet")
 
     def __call__(self, images: np.ndarray) -> list[Detection]:
@@ -152,21 +143,12 @@ class KeyPointNetDetector:
 
     def _detect(self, batch: torch.Tensor, scale_factor: float, rotation_deg: float = 0.0) -> list[Detection]:
         """:meth:`__call__` of ``(B, C, H, W)`` images in [0, 1] at one scale, turned by ``rotation_deg``."""
-        height, width = batch.shape[-2:]
         with torch.inference_mode():
-            turned = rotate_images(batch, rotation_deg) if rotation_deg else batch
-            network_batch = rescale_images(turned, scale_factor)
-            net_height, net_width = network_batch.shape[-2:]
-            # a resized size off the 8-px grid is padded as extract pads it; keypoints in the padding drop out
-            out = self._describe(pad_to_multiple(network_batch, CELL))
-            coord = to_image_pixels(out.coord, (net_width, net_height), (width, height))
-            keep = usable_cells(out.score[:, 0], out.coord, net_width, net_height)
-            if rotation_deg:
-                coord, inside = unturn_coords(coord, rotation_deg, height, width)
-                keep &= inside
-        rows = torch.cat([coord, out.score], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
-        descs = out.desc.flatten(2).transpose(1, 2).float().cpu().numpy()  # (B, Hc*Wc, 256)
-        keep = keep.flatten(1).cpu().numpy()
+            cells = dense_cells(self._network, batch, self._backend, scale_factor, rotation_deg)
+        scores = cells.scores[:, None]
+        rows = torch.cat([cells.coords, scores], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
+        descs = cells.descriptors.flatten(2).transpose(1, 2).float().cpu().numpy()  # (B, Hc*Wc, 256)
+        keep = cells.valid.flatten(1).cpu().numpy()
         return [(rows[b][keep[b]], descs[b][keep[b]]) for b in range(len(rows))]
 
 

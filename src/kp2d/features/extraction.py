@@ -64,9 +64,11 @@ __all__ = [
     "MAX_NETWORK_SIZE",
     "MIN_IMAGE_SIZE",
     "TURNED_MARGIN",
+    "DenseCells",
     "DenseKeypoints",
     "backend_precision",
     "check_image_size",
+    "dense_cells",
     "dense_keypoints",
     "check_scale_factor",
     "extract",
@@ -310,21 +312,23 @@ def usable_cells(scores: torch.Tensor, coords: torch.Tensor, net_width: int, net
 
 
 def _run(
-    model: torch.nn.Module, batch: torch.Tensor, backend: Backend | None = None
+    model: torch.nn.Module | None, batch: torch.Tensor, backend: Backend | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network, or ``backend`` (a :class:`kp2d.deploy.backends.Backend` built from it), on the padded batch.
 
-    Runs in eval and inference mode. Returns ``score (B, Hc, Wc)``, ``coord (B, 2, Hc, Wc)``,
-    ``desc (B, D, Hc, Wc)`` (sampled, unit norm).
+    Runs in eval and inference mode; ``model`` may be ``None`` with a backend. Returns
+    ``score (B, Hc, Wc)``, ``coord (B, 2, Hc, Wc)``, ``desc (B, D, Hc, Wc)`` (sampled, unit norm).
     """
+    if backend is not None:
+        with torch.inference_mode():
+            out = backend(pad_to_multiple(batch, CELL).float())
+            return out.score[:, 0], out.coord, out.desc
+    assert model is not None
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             padded = pad_to_multiple(batch, CELL)
-            if backend is not None:
-                out = backend(padded.float())
-                return out.score[:, 0], out.coord, out.desc
             if _channels_last(model):
                 padded = padded.contiguous(memory_format=torch.channels_last)
             out = model(padded)
@@ -353,6 +357,43 @@ class DenseKeypoints(NamedTuple):
     network_size_wh: tuple[int, int]  #: (W', H') of the network's input before padding
 
 
+class DenseCells(NamedTuple):
+    """Every cell's keypoint of a batch (:func:`dense_cells`)."""
+
+    scores: torch.Tensor  #: (B, Hc, Wc) cell scores of the padded (resized) images
+    coords: torch.Tensor  #: (B, 2, Hc, Wc) each cell's keypoint (x, y) in pixels of the input images
+    network_coords: torch.Tensor  #: (B, 2, Hc, Wc) the same in pixels of the network's input
+    descriptors: torch.Tensor  #: (B, D, Hc, Wc) float32 descriptors
+    valid: torch.Tensor  #: (B, Hc, Wc) cells that can be keypoints
+    network_size_wh: tuple[int, int]  #: (W', H') of the network's input before padding
+
+
+def dense_cells(
+    model: torch.nn.Module | None,
+    batch: torch.Tensor,
+    backend: Backend | None = None,
+    scale_factor: float = 1.0,
+    rotation_deg: float = 0.0,
+) -> DenseCells:
+    """Run the network (or ``backend``) on ``(B, C, H, W)`` resized by ``scale_factor``; every cell.
+
+    With ``rotation_deg`` the network runs on the batch turned by that angle (:func:`rotate_images`);
+    ``coords`` are mapped back to the unturned images and cells within :data:`TURNED_MARGIN` of their
+    edges are not valid.
+    """
+    height, width = batch.shape[-2:]
+    turned = rotate_images(batch, rotation_deg) if rotation_deg else batch
+    network_batch = rescale_images(turned, scale_factor)
+    net_height, net_width = network_batch.shape[-2:]
+    scores, coords, descs = _run(model, network_batch, backend)
+    valid = usable_cells(scores, coords, net_width, net_height)
+    image_coords = to_image_pixels(coords, (net_width, net_height), (width, height))
+    if rotation_deg:
+        image_coords, inside = unturn_coords(image_coords, rotation_deg, height, width)
+        valid &= inside
+    return DenseCells(scores, image_coords, coords, descs, valid, (net_width, net_height))
+
+
 def dense_keypoints(
     model: torch.nn.Module,
     batch: torch.Tensor,
@@ -363,25 +404,19 @@ def dense_keypoints(
     scale_factor: float = 1.0,
     rotation_deg: float = 0.0,
 ) -> DenseKeypoints:
-    """Run the network on ``(B, C, H, W)`` resized by ``scale_factor``; all cells and the top-k selection.
+    """:func:`dense_cells` and the top-k selection among them.
 
-    ``nms_radius`` is in pixels of ``batch``; options are checked by the caller. With ``rotation_deg`` the
-    network runs on the batch turned by that angle (:func:`rotate_images`); ``coords`` are mapped back to
-    the unturned images and cells within :data:`TURNED_MARGIN` of their edges are not valid.
+    ``nms_radius`` is in pixels of ``batch``; options are checked by the caller.
     """
-    height, width = batch.shape[-2:]
-    turned = rotate_images(batch, rotation_deg) if rotation_deg else batch
-    network_batch = rescale_images(turned, scale_factor)
-    net_height, net_width = network_batch.shape[-2:]
-    scores, coords, descs = _run(model, network_batch, backend)
-    valid = usable_cells(scores, coords, net_width, net_height)
-    nms_radius = nms_radius * net_width / width  # the selection works in pixels of the network's input
-    image_coords = to_image_pixels(coords, (net_width, net_height), (width, height))
-    if rotation_deg:
-        image_coords, inside = unturn_coords(image_coords, rotation_deg, height, width)
-        valid &= inside
-    selected = select_keypoints(scores, coords, top_k, score_threshold, nms_radius, valid=valid)
-    return DenseKeypoints(scores, image_coords, descs, valid, selected, (net_width, net_height))
+    cells = dense_cells(model, batch, backend, scale_factor, rotation_deg)
+    # the selection works in pixels of the network's input
+    nms_radius = nms_radius * cells.network_size_wh[0] / batch.shape[-1]
+    selected = select_keypoints(
+        cells.scores, cells.network_coords, top_k, score_threshold, nms_radius, valid=cells.valid
+    )
+    return DenseKeypoints(
+        cells.scores, cells.coords, cells.descriptors, cells.valid, selected, cells.network_size_wh
+    )
 
 
 def unturn_coords(
