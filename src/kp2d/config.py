@@ -36,6 +36,8 @@ __all__ = [
 
 MIN_IMAGE_SIZE = 32  # pixels, each side
 MAX_NETWORK_SIZE = 16384  # pixels, each side of the network's input (after scale_factor)
+#: Parts of KeyPointNet that ``train.freeze`` names (:meth:`kp2d.models.KeyPointNet.part_modules`).
+NETWORK_PARTS = ("encoder", "score", "location", "descriptor")
 
 
 def _check_range(
@@ -250,10 +252,18 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "kp2d"
     teacher: str = ""  # shipped name or checkpoint whose outputs the network also learns (distillation)
+    # parts of KeyPointNet kept as they start (weights and BatchNorm statistics): encoder, score,
+    # location, descriptor; e.g. [encoder, score, location] trains the descriptor head alone
+    freeze: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        unknown = [part for part in self.freeze if part not in NETWORK_PARTS]
+        if unknown or len(set(self.freeze)) == len(NETWORK_PARTS):
+            raise ConfigError(
+                f"train.freeze takes some of {', '.join(NETWORK_PARTS)} (not all), got {list(self.freeze)}"
+            )
         for name in ("epochs", "batch_size", "log_every", "checkpoint_every", "val_top_k"):
             _check_range(f"train.{name}", getattr(self, name), low=1)
         for name in ("num_workers", "snapshot_every", "val_every"):

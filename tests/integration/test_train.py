@@ -597,3 +597,29 @@ def test_crop_from_trains_on_windows_of_larger_photos(tiny_images, tmp_path):
     summary = train(TrainOptions(config=cropped, data=tiny_images, out=tmp_path, device="cpu", progress=False,
                                  max_steps=2))
     assert summary.steps == 2 and np.isfinite(summary.last_loss)
+
+
+def test_freeze_keeps_the_named_parts_as_they_started(tiny_images, tmp_path):
+    """train.freeze [encoder, score, location]: those weights and BatchNorm statistics stay bit for bit (also
+    through a validation-free resume), the descriptor head trains."""
+    first = train(_options(tmp_path / "a", tiny_images, max_steps=1))
+    before = load_checkpoint(first.last_checkpoint).state_dict
+    frozen_parts = ["encoder", "score", "location"]
+    config = load_config("v4", {**TINY, "train": {**TINY["train"], "freeze": frozen_parts}})
+    options = TrainOptions(config=config, data=tiny_images, out=tmp_path / "b", device="cpu", progress=False,
+                           init=str(first.last_checkpoint), max_steps=2)
+    train(options)
+    resumed = train(TrainOptions(**{**vars(options), "max_steps": 3, "resume": True}))
+    after = load_checkpoint(resumed.last_checkpoint).state_dict
+    frozen = [k for k in before if k.startswith(("conv1", "conv2", "conv3", "conv4", "convD", "convP"))]
+    assert any("running_mean" in k for k in frozen)
+    for key in frozen:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    assert (after["convFbb.weight"] - before["convFbb.weight"]).abs().max() > 0
+    assert (after["convFa.1.running_mean"] - before["convFa.1.running_mean"]).abs().max() > 0
+
+
+@pytest.mark.parametrize("parts", [["decoder"], ["encoder", "score", "location", "descriptor"]])
+def test_freeze_rejects_unknown_or_all_parts(parts):
+    with pytest.raises(ConfigError, match="train.freeze"):
+        load_config("v4", {"train": {"freeze": parts}})

@@ -195,6 +195,18 @@ class KeyPointNet(nn.Module):
     def _block(self, x: torch.Tensor, first: nn.Module, second: nn.Module) -> torch.Tensor:
         return self.dropout(self.relu(second(self.relu(first(x)))))
 
+    def part_modules(self, part: str) -> list[nn.Module]:
+        """The layers of one of :data:`~kp2d.config.NETWORK_PARTS` (what ``train.freeze`` names)."""
+        parts = {
+            "encoder": ["conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", "conv4b"],
+            "score": ["convDa", "convDb"],
+            "location": ["convPa", "convPb"],
+            "descriptor": ["convFa", "convFb", "convFaa", "convFbb"],
+        }
+        if part not in parts:
+            raise ValueError(f"unknown part {part!r}: use one of {', '.join(parts)}")
+        return [getattr(self, name) for name in parts[part]]
+
     def forward(self, image: torch.Tensor) -> KeyPointNetOutput:
         """Dense score, keypoint and descriptor maps; see :class:`KeyPointNetOutput`."""
         if image.dim() != 4 or image.shape[1] != self.in_channels:

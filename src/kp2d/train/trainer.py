@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ from kp2d.errors import CheckpointError
 from kp2d.io.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint, training_steps
 from kp2d.io.weights import resolve_model_path
 from kp2d.models import IONet
-from kp2d.models.keypoint_net import build_keypoint_net, load_keypoint_net
+from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net, load_keypoint_net
 from kp2d.runtime import autocast_dtype, init_distributed, resolve_device
 from kp2d.train.logger import RunLogger
 from kp2d.train.run_folder import close_inherited_locks, hold_run_folder, remove_stale_temporary_files
@@ -119,6 +119,18 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def freeze_parts(net: KeyPointNet, parts: Sequence[str]) -> list[torch.nn.Module]:
+    """Stop training ``parts`` (:data:`~kp2d.config.NETWORK_PARTS`) of ``net``; returns their layers.
+
+    Their weights stop taking gradients and their BatchNorm layers go to eval mode (running statistics
+    kept); the caller keeps them in eval mode whenever it puts the network back into training mode.
+    """
+    frozen = [module for part in parts for module in net.part_modules(part)]
+    for module in frozen:
+        module.requires_grad_(False).eval()
+    return frozen
+
+
 def _leave_signals_to_the_run(worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops the run after the step.
 
@@ -188,6 +200,9 @@ class _Run:
             worker_init_fn=_leave_signals_to_the_run,
         )
         self.keypoint_net = build_keypoint_net(self.config.model).to(self.device)
+        self.frozen = freeze_parts(self.keypoint_net, train_cfg.freeze)
+        if train_cfg.freeze:
+            log.info("frozen: %s (weights and BatchNorm statistics kept)", ", ".join(train_cfg.freeze))
         self.io_net = IONet().to(self.device) if self.config.model.with_io else None
         self.optimizer = build_optimizer(self.keypoint_net, self.io_net, self.config.optim)
         dtype = autocast_dtype(train_cfg.precision, self.device)
@@ -350,7 +365,7 @@ class _Run:
                     progress=False,
                 )
             finally:
-                self.keypoint_net.train()
+                self.train_mode()
             logger.validation(metrics, self.progress.step)
             if metrics.get("mscore", -math.inf) > self.best_score:
                 self.best_score = metrics["mscore"]
@@ -358,6 +373,12 @@ class _Run:
         if self.dist.enabled:
             torch.distributed.barrier()
         return metrics
+
+    def train_mode(self) -> None:
+        """KeyPointNet in training mode, its frozen parts in eval mode (BatchNorm keeps its statistics)."""
+        self.keypoint_net.train()
+        for module in self.frozen:
+            module.eval()
 
     # -- the loop -------------------------------------------------------------------------------------------
     def total_steps(self) -> int:
