@@ -267,3 +267,42 @@ def test_readme_pictures_out_under_a_file(load_script, tmp_path, capsys, monkeyp
     assert "is a file, not a folder" in single_error_line(capsys)
     assert blocker.read_text() == "keep me"
 
+
+
+# --- swap_descriptors ---
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hpatches", "missing-folder"], "missing-folder"),
+        (["--shape", "320by240"], "320by240"),
+        (["--descriptors", "no-such-model"], "no-such-model"),
+    ],
+)
+def test_swap_descriptors_refuses_user_mistakes(load_script, tiny_root, capsys, args, message):
+    script = load_script("swap_descriptors")
+    base = {"--keypoints": "lite", "--descriptors": "lite", "--hpatches": str(tiny_root)}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    assert script.main([item for pair in base.items() for item in pair]) == 2
+    line = single_error_line(capsys)
+    assert line.startswith("swap_descriptors: error: ") and message in line
+
+
+@pytest.mark.slow
+def test_swap_descriptors_of_one_network_is_that_network(load_script, tiny_root, capsys):
+    """Keypoints and descriptors of the same network: the protocol's numbers of that network alone."""
+    from kp2d.eval.hpatches import KeyPointNetDetector, evaluate_hpatches
+    from kp2d.models.keypoint_net import load_keypoint_net
+
+    script = load_script("swap_descriptors")
+    argv = ["--keypoints", "v4", "--descriptors", "v4", "--hpatches", str(tiny_root), "--precision", "fp32"]
+    assert script.main(argv) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    alone = evaluate_hpatches(
+        KeyPointNetDetector(load_keypoint_net("v4"), precision="fp32"), tiny_root, (320, 240), 300,
+        progress=False,
+    )
+    want = " | ".join(f"{alone[key]:.3f}" for key in
+                      ("repeatability", "localization_error", "c1", "c3", "c5", "mscore"))
+    assert row == f"| {tiny_root.name} | {want} |"
