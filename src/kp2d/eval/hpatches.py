@@ -110,7 +110,6 @@ class KeyPointNetDetector:
         self.extra_scales = model_extra_scales(model, extra_scales, self.scale_factor)
         self.extra_rotations = model_extra_rotations(model, extra_rotations)
         self.is_backend = not isinstance(model, torch.nn.Module)
-        self._network: torch.nn.Module | None = None  # the plain network, run when there is no backend
         if self.is_backend:
             self.device = torch.device(device if device is not None else "cpu")
             self.model, self._backend = model, model
@@ -120,8 +119,6 @@ class KeyPointNetDetector:
             if channels_last if channels_last is not None else self.device.type == "cpu":
                 self.model = self.model.to(memory_format=torch.channels_last)
             self._backend = resolve_backend(self.model, None, precision)
-            if self._backend is None:
-                self._network = self.model
         self.precision = backend_precision(self._backend)
         self.name = name if name is not None else getattr(model, "name", "KeyPointNet")
 
@@ -144,7 +141,8 @@ class KeyPointNetDetector:
     def _detect(self, batch: torch.Tensor, scale_factor: float, rotation_deg: float = 0.0) -> list[Detection]:
         """:meth:`__call__` of ``(B, C, H, W)`` images in [0, 1] at one scale, turned by ``rotation_deg``."""
         with torch.inference_mode():
-            cells = dense_cells(self._network, batch, self._backend, scale_factor, rotation_deg)
+            network = None if self.is_backend else self.model  # a backend, when there is one, runs instead
+            cells = dense_cells(network, batch, self._backend, scale_factor, rotation_deg)
         scores = cells.scores[:, None]
         rows = torch.cat([cells.coords, scores], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
         descs = cells.descriptors.flatten(2).transpose(1, 2).float().cpu().numpy()  # (B, Hc*Wc, 256)
