@@ -5,7 +5,7 @@
 
 Runs the HPatches protocol of ``kp2d eval`` (same detector, selection and metrics) on a network that takes
 its keypoints and scores from ``--keypoints`` and samples the dense descriptors of ``--descriptors`` at them,
-both on the same resized input. With one network given twice it is that network. Prints ``kp2d eval``'s
+both on the same resized input. With one network given twice it is that network. Prints a Markdown
 table, a row per folder. Input scale: ``--scale-factor``, else the keypoint network's recorded one; precision:
 ``--precision`` (``auto``: the keypoint network's recorded one; bf16 runs both networks under bf16 autocast).
 """
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from kp2d.cli.eval import format_table
 from kp2d.data.hpatches import HPatchesDataset
 from kp2d.errors import ConfigError, Kp2dError
-from kp2d.eval.hpatches import KeyPointNetDetector, evaluate_hpatches
+from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
 from kp2d.eval.settings import check_eval_scale_factor, parse_shapes
 from kp2d.features.dense import KeyPointNetOutput, sample_descriptors
 from kp2d.features.extraction import resolve_backend, resolved_precision
@@ -79,10 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         check_eval_scale_factor(scale_factor, [(width, height, top_k)])
         swapped = SwappedDescriptors(keypoint_net, descriptor_net, args.precision)
         detector = KeyPointNetDetector(swapped, scale_factor=scale_factor)
-        print(f"{swapped.name}: input x{scale_factor:g}, {swapped.precision}\n", flush=True)
-        rows = [(root.name, evaluate_hpatches(detector, root, (width, height), top_k, progress=False))
-                for root in args.hpatches]
-        print(format_table(rows))
+        setting = f"input x{scale_factor:g}, {swapped.precision}, {width}x{height}, top {top_k}"
+        print(f"{swapped.name}: {setting}\n")
+        print("| set | Repeatability | Localization | C1 | C3 | C5 | MScore |\n|---|---|---|---|---|---|---|")
+        for root in args.hpatches:
+            result = evaluate_hpatches(detector, root, (width, height), top_k, progress=False)
+            values = " | ".join(f"{result[key]:.3f}" for key in METRIC_NAMES)
+            print(f"| {root.name} | {values} |", flush=True)
     except Kp2dError as error:
         print(f"swap_descriptors: error: {error}", file=sys.stderr)
         return 2
