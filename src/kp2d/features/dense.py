@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from kp2d.geometry import normalize_points
 
@@ -16,9 +17,14 @@ __all__ = [
     "CELL",
     "DEFAULT_SCORE_THRESHOLD",
     "DESCRIPTOR_DIM",
+    "CellOutput",
     "KeyPointNetOutput",
+    "MapPoints",
+    "gather_patches",
     "interior_mask",
+    "map_points",
     "sample_descriptors",
+    "unpadded_conv",
 ]
 
 
@@ -45,6 +51,83 @@ class KeyPointNetOutput(NamedTuple):
     score: torch.Tensor
     coord: torch.Tensor
     desc: torch.Tensor
+
+
+class CellOutput(NamedTuple):
+    """What a network computes before its descriptor head (``KeyPointNet.forward_cells``).
+
+    Attributes:
+        score: ``(B, 1, Hc, Wc)`` as :class:`KeyPointNetOutput`.
+        coord: ``(B, 2, Hc, Wc)`` as :class:`KeyPointNetOutput`.
+        features: ``(B, C, Hd, Wd)`` the descriptor head's input, on the descriptor map's grid.
+    """
+
+    score: torch.Tensor
+    coord: torch.Tensor
+    features: torch.Tensor
+
+
+class MapPoints(NamedTuple):
+    """Pixel positions on a descriptor map's grid, as ``grid_sample(..., align_corners=True)`` reads them.
+
+    Attributes:
+        left, top: ``(N,)`` int64 column / row of each point's upper-left map cell.
+        weights: ``(N, 1, 2, 2)`` float32 bilinear weights of the cells ``(top + i, left + j)``.
+    """
+
+    left: torch.Tensor
+    top: torch.Tensor
+    weights: torch.Tensor
+
+
+def map_points(points: torch.Tensor, height: int, width: int, rows: int, cols: int) -> MapPoints:
+    """Pixel ``points (N, 2)`` ``(x, y)`` of an ``height x width`` image on a ``rows x cols`` map's cells.
+
+    The same positions as :func:`sample_descriptors` (normalised, then scaled to the map's corners); a
+    point on the last row or column gets weight 0 on the cell beyond it.
+    """
+    grid = normalize_points(points.float(), height, width)
+    x = (grid[:, 0] + 1.0) / 2.0 * (cols - 1)
+    y = (grid[:, 1] + 1.0) / 2.0 * (rows - 1)
+    left, top = x.floor(), y.floor()
+    fx, fy = x - left, y - top
+    weights = torch.stack([1.0 - fy, fy], dim=1)[:, :, None] * torch.stack([1.0 - fx, fx], dim=1)[:, None, :]
+    return MapPoints(left.long(), top.long(), weights[:, None])
+
+
+def gather_patches(
+    maps: torch.Tensor, batch_index: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int
+) -> torch.Tensor:
+    """``(N, C, size, size)`` windows of ``maps (B, C, H, W)`` at rows ``top + i``, columns ``left + j``.
+
+    ``batch_index``, ``top``, ``left``: ``(N,)`` int64; rows and columns outside the map read 0, as a
+    convolution's zero padding does.
+    """
+    height, width = maps.shape[-2:]
+    offsets = torch.arange(size, device=maps.device)
+    rows, cols = top[:, None] + offsets, left[:, None] + offsets  # (N, size) each
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+    rows, cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
+    # (B, H, W, C) is a view of a channels-last map, so each window gathers whole channel vectors
+    windows = maps.permute(0, 2, 3, 1)[batch_index[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return (windows * inside[..., None].to(windows.dtype)).permute(0, 3, 1, 2)
+
+
+def unpadded_conv(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A convolution layer (``Conv2d``, or ``Sequential(Conv2d, ...)``) on ``x`` without its padding.
+
+    ``(N, C, h, w)`` → ``(N, C', h - k + 1, w - k + 1)`` for a ``k x k`` kernel: the values the padded
+    layer gives at those positions of a larger map, computed on a window of it.
+    """
+    if isinstance(layer, nn.Sequential):
+        first, *rest = layer
+        x = unpadded_conv(first, x)
+        for module in rest:
+            x = module(x)
+        return x
+    if isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros":
+        return F.conv2d(x, layer.weight, layer.bias, layer.stride, 0, layer.dilation, layer.groups)
+    raise TypeError(f"not a convolution layer: {type(layer).__name__}")
 
 
 def sample_descriptors(desc: torch.Tensor, coord: torch.Tensor, height: int, width: int) -> torch.Tensor:

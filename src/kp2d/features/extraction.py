@@ -39,8 +39,9 @@ corners (where the network would fire on the edge of the picture) are dropped.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -50,7 +51,13 @@ import torch.nn.functional as F
 from kp2d.checks import check_flag, check_scale_factor
 from kp2d.config import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
 from kp2d.errors import ConfigError, DataError
-from kp2d.features.dense import CELL, DEFAULT_SCORE_THRESHOLD, KeyPointNetOutput, sample_descriptors
+from kp2d.features.dense import (
+    CELL,
+    DEFAULT_SCORE_THRESHOLD,
+    CellOutput,
+    KeyPointNetOutput,
+    sample_descriptors,
+)
 from kp2d.features.keypoints import Keypoints
 from kp2d.features.selection import _check_selection, select_keypoints
 from kp2d.geometry import normalize_points, rotation_about_center, warp_points
@@ -381,17 +388,36 @@ def dense_cells(
     ``coords`` are mapped back to the unturned images and cells within :data:`TURNED_MARGIN` of their
     edges are not valid.
     """
-    height, width = batch.shape[-2:]
-    turned = rotate_images(batch, rotation_deg) if rotation_deg else batch
-    network_batch = rescale_images(turned, scale_factor)
+    network_batch = _network_batch(batch, scale_factor, rotation_deg)
     net_height, net_width = network_batch.shape[-2:]
     scores, coords, descs = _run(model, network_batch, backend)
-    valid = usable_cells(scores, coords, net_width, net_height)
-    image_coords = to_image_pixels(coords, (net_width, net_height), (width, height))
+    image_coords, valid = _image_cells(
+        scores, coords, (net_width, net_height), batch.shape[-2:], rotation_deg
+    )
+    return DenseCells(scores, image_coords, coords, descs, valid, (net_width, net_height))
+
+
+def _network_batch(batch: torch.Tensor, scale_factor: float, rotation_deg: float) -> torch.Tensor:
+    """``(B, C, H, W)`` turned by ``rotation_deg``, then resized by ``scale_factor``: the network's input."""
+    turned = rotate_images(batch, rotation_deg) if rotation_deg else batch
+    return rescale_images(turned, scale_factor)
+
+
+def _image_cells(
+    scores: torch.Tensor,
+    coords: torch.Tensor,
+    network_size_wh: tuple[int, int],
+    image_size_hw: tuple[int, int],
+    rotation_deg: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``coords (B, 2, Hc, Wc)`` in pixels of the unturned ``H x W`` images; ``(B, Hc, Wc)`` usable cells."""
+    height, width = image_size_hw
+    valid = usable_cells(scores, coords, *network_size_wh)
+    image_coords = to_image_pixels(coords, network_size_wh, (width, height))
     if rotation_deg:
         image_coords, inside = unturn_coords(image_coords, rotation_deg, height, width)
         valid &= inside
-    return DenseCells(scores, image_coords, coords, descs, valid, (net_width, net_height))
+    return image_coords, valid
 
 
 def dense_keypoints(
@@ -521,23 +547,110 @@ def _keypoints_at(
     scale_factor: float,
     rotation_deg: float = 0.0,
 ) -> tuple[list[Keypoints], torch.Tensor]:
-    """Keypoints per image of ``(B, C, H, W)`` at one scale and turn; the cell scores ``(B, Hc, Wc)``."""
+    """Keypoints per image of ``(B, C, H, W)`` at one scale and turn; the cell scores ``(B, Hc, Wc)``.
+
+    A network that can run in two stages (``forward_cells`` / ``descriptors_at``, also through a torch
+    backend) computes descriptors at the selected keypoints only; others give the dense map.
+    """
     height, width = batch.shape[-2:]
-    scores, coords, descs, _, selected, _ = dense_keypoints(
-        model, batch, top_k, score_threshold, nms_radius, backend, scale_factor, rotation_deg
-    )
+    stages = _two_stages(model, backend)
+    if stages is None:
+        scores, coords, descs, _, selected, _ = dense_keypoints(
+            model, batch, top_k, score_threshold, nms_radius, backend, scale_factor, rotation_deg
+        )
+        descriptors = [desc.flatten(1)[:, index].t() for desc, index in zip(descs, selected, strict=True)]
+    else:
+        network = model if backend is None else None  # the plain network runs in eval mode, a backend as is
+        scores, coords, selected, descriptors = _selected_keypoints(
+            network, stages, batch, top_k, score_threshold, nms_radius, scale_factor, rotation_deg
+        )
     results = []
-    for score, coord, desc, index in zip(scores, coords, descs, selected, strict=True):
-        # indexing outside inference mode gives ordinary tensors (the caller may modify them in place)
+    for score, coord, desc, index in zip(scores, coords, descriptors, selected, strict=True):
+        # indexing (and cloning) outside inference mode gives ordinary tensors the caller may modify
         results.append(
             Keypoints(
                 keypoints=coord.flatten(1)[:, index].t(),
                 scores=score.flatten()[index],
-                descriptors=desc.flatten(1)[:, index].t(),
+                descriptors=desc.clone(),
                 image_size=(width, height),
             )
         )
     return results, scores.clone()
+
+
+_Stages = tuple[Callable[[torch.Tensor], CellOutput], Callable[..., torch.Tensor]]
+
+
+def _two_stages(model: torch.nn.Module | None, backend: Backend | None) -> _Stages | None:
+    """``(cells, descriptors_at)`` of the backend or network, or ``None`` where it only runs whole."""
+    if backend is not None:
+        cells, describe = getattr(backend, "cells", None), getattr(backend, "descriptors_at", None)
+        return (cells, describe) if cells is not None and describe is not None else None
+    if not (hasattr(model, "forward_cells") and hasattr(model, "descriptors_at")):
+        return None
+    channels_last = _channels_last(model)
+
+    def cells(padded: torch.Tensor) -> CellOutput:
+        if channels_last:
+            padded = padded.contiguous(memory_format=torch.channels_last)
+        score, coord, features = model.forward_cells(padded)
+        return CellOutput(score.float(), coord.float(), features)  # float32 also from a float64 model
+
+    return cells, model.descriptors_at
+
+
+def _selected_keypoints(
+    model: torch.nn.Module | None,
+    stages: _Stages,
+    batch: torch.Tensor,
+    top_k: int | None,
+    score_threshold: float,
+    nms_radius: float,
+    scale_factor: float,
+    rotation_deg: float,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """:func:`dense_keypoints` with descriptors at the selected cells only.
+
+    ``model``: the plain network (put in eval mode meanwhile), ``None`` for a backend. Returns
+    ``scores (B, Hc, Wc)``, ``coords (B, 2, Hc, Wc)`` in pixels of ``batch``, per image the selected flat
+    cell indices and their ``(N, D)`` float32 descriptors (inference tensors).
+    """
+    cells, describe = stages
+    network_batch = _network_batch(batch, scale_factor, rotation_deg)
+    net_height, net_width = network_batch.shape[-2:]
+    with _inference(model):
+        padded = pad_to_multiple(network_batch, CELL)
+        score, coords, features = cells(padded if model is not None else padded.float())
+        scores = score[:, 0]
+        image_coords, valid = _image_cells(
+            scores, coords, (net_width, net_height), batch.shape[-2:], rotation_deg
+        )
+        # the selection works in pixels of the network's input
+        radius = nms_radius * net_width / batch.shape[-1]
+        selected = select_keypoints(scores, coords, top_k, score_threshold, radius, valid=valid)
+        counts = [len(index) for index in selected]
+        batch_index = torch.arange(len(selected), device=scores.device).repeat_interleave(
+            torch.tensor(counts, device=scores.device)
+        )
+        points = torch.cat(
+            [coord.flatten(1)[:, index].t() for coord, index in zip(coords, selected, strict=True)]
+        )
+        descriptors = describe(features, batch_index, points, *padded.shape[-2:])
+    return scores, image_coords, selected, list(descriptors.float().split(counts))
+
+
+@contextlib.contextmanager
+def _inference(model: torch.nn.Module | None) -> Iterator[None]:
+    """Inference mode, and eval mode for ``model`` (``None``: a backend) with its mode restored after."""
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        if model is not None:
+            model.train(was_training)
 
 
 def _extract_shrunk(

@@ -8,9 +8,9 @@ a model whose weights file asks for bf16 (``"inference": {"precision": "auto"}``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kp2d.errors import DataError
-from kp2d.features.dense import KeyPointNetOutput
+from kp2d.features.dense import CellOutput, KeyPointNetOutput
 from kp2d.io.images import to_network_channels
 
 __all__ = [
@@ -99,12 +99,17 @@ class Backend:
         run: the function itself.
         details: what was built (e.g. the ONNX file, the layers kept in float), for reports.
         in_channels: the network's input channels (1: it gets the luma of RGB images).
+        cells: the same network's ``forward_cells`` on images as ``run`` takes them, or ``None`` where
+            it only runs whole (ONNX Runtime).
+        descriptors_at: its ``descriptors_at`` on what ``cells`` returned, or ``None``.
     """
 
     name: str
     run: Callable[[torch.Tensor], KeyPointNetOutput]
     details: dict[str, object] = field(default_factory=dict)
     in_channels: int = 3  # the network's: a grayscale network (1) gets the luma of RGB images
+    cells: Callable[[torch.Tensor], CellOutput] | None = None
+    descriptors_at: Callable[..., torch.Tensor] | None = None
 
     def __call__(self, images: torch.Tensor) -> KeyPointNetOutput:
         """Score ``(B, 1, Hc, Wc)``, coord ``(B, 2, Hc, Wc)``, desc ``(B, 256, Hc, Wc)``, all float32.
@@ -134,17 +139,6 @@ class Float32Conv(nn.Module):
             return self.conv(x.float())
 
 
-class Float32Output(nn.Module):
-    """A conv run under autocast whose output is cast back to float32 (the descriptor output)."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x).float()
-
-
 def torch_backend(
     name: str, net: nn.Module, channels_last: bool, autocast: torch.dtype | None
 ) -> Backend:
@@ -161,19 +155,37 @@ def torch_backend(
     # so that a model in fp16 / bf16 (``model.half()``) runs on its own dtype
     input_dtype = torch.float32 if autocast is not None else parameter.dtype
 
-    def run(images: torch.Tensor) -> KeyPointNetOutput:
+    def context() -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if autocast is not None:
+            stack.enter_context(torch.autocast(device_type=device_type, dtype=autocast))
+        return stack
+
+    def prepared(images: torch.Tensor) -> torch.Tensor:
         images = images.to(input_dtype)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        cast = (
-            torch.autocast(device_type=device_type, dtype=autocast) if autocast is not None else nullcontext()
-        )
-        with torch.inference_mode(), cast:
-            out = net.describe(images)
+        return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+    def run(images: torch.Tensor) -> KeyPointNetOutput:
+        with context():
+            out = net.describe(prepared(images))
         return KeyPointNetOutput(*(t.float().contiguous() for t in out))
 
+    def cells(images: torch.Tensor) -> CellOutput:
+        with context():
+            score, coord, features = net.forward_cells(prepared(to_network_channels(images, net.in_channels)))
+        return CellOutput(score.float(), coord.float(), features)
+
+    def descriptors_at(features: torch.Tensor, *args) -> torch.Tensor:
+        with context():
+            return net.descriptors_at(features, *args).float()
+
     details = {"channels_last": channels_last, "autocast": str(autocast) if autocast else None}
-    return Backend(name, run, details, net.in_channels)
+    two_stage = hasattr(net, "forward_cells") and hasattr(net, "descriptors_at")
+    return Backend(
+        name, run, details, net.in_channels,
+        cells if two_stage else None, descriptors_at if two_stage else None,
+    )
 
 
 def bf16_network(model: _Net) -> _Net:
@@ -185,9 +197,16 @@ def bf16_network(model: _Net) -> _Net:
     net = fold_batchnorm(model).float()  # autocast wants fp32 weights (a .half() model's are not)
     net.convDb = Float32Conv(net.convDb)
     net.convPb = Float32Conv(net.convPb)
-    net.convFbb = Float32Output(net.convFbb)
+    return _inplace_activation(net)
+
+
+def _inplace_activation(net: _Net) -> _Net:
+    """``net`` (an inference copy) with its LeakyReLU overwriting its input.
+
+    Each activation's input is a fresh convolution output, so overwriting it is safe; a new full-size
+    tensor costs far more than the activation itself (fresh pages).
+    """
     if isinstance(getattr(net, "relu", None), nn.LeakyReLU):
-        # each activation's input is a fresh convolution output, so overwriting it is safe and saves a copy
         net.relu = nn.LeakyReLU(net.relu.negative_slope, inplace=True)
     return net
 
@@ -201,9 +220,9 @@ def build_torch_backend(name: str, model: _Net) -> Backend:
     if name == "torch-fp32":
         return torch_backend(name, copy.deepcopy(model).eval().requires_grad_(False), False, None)
     if name == "torch-fold":
-        return torch_backend(name, fold_batchnorm(model), False, None)
+        return torch_backend(name, _inplace_activation(fold_batchnorm(model)), False, None)
     if name == "torch-fused":
-        return torch_backend(name, fold_batchnorm(model), True, None)
+        return torch_backend(name, _inplace_activation(fold_batchnorm(model)), True, None)
     if name == "torch-bf16":
         return torch_backend(name, bf16_network(model), True, torch.bfloat16)
     raise ValueError(f"not a torch backend: {name!r} (choose from {', '.join(TORCH_BACKENDS)})")

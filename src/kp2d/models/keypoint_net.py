@@ -21,9 +21,13 @@ from kp2d.features.dense import (
     CELL,
     DEFAULT_SCORE_THRESHOLD,
     DESCRIPTOR_DIM,
+    CellOutput,
     KeyPointNetOutput,
+    gather_patches,
     interior_mask,
+    map_points,
     sample_descriptors,
+    unpadded_conv,
 )
 from kp2d.features.extraction import extract
 from kp2d.geometry import cell_centers
@@ -209,6 +213,11 @@ class KeyPointNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> KeyPointNetOutput:
         """Dense score, keypoint and descriptor maps; see :class:`KeyPointNetOutput`."""
+        score, coord, features = self.forward_cells(image)
+        return KeyPointNetOutput(score, coord, self.descriptor_map(features))
+
+    def forward_cells(self, image: torch.Tensor) -> CellOutput:
+        """Score and keypoint maps and the descriptor head's input (:class:`CellOutput`)."""
         if image.dim() != 4 or image.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(image.shape)}"
@@ -237,11 +246,41 @@ class KeyPointNet(nn.Module):
             [coord[:, 0].clamp(0, width - 1), coord[:, 1].clamp(0, height - 1)], dim=1
         )
 
-        feat = self.dropout(self.relu(self.convFa(x)))
+        features = self.dropout(self.relu(self.convFa(x)))
         if self.do_upsample:
-            feat = torch.cat([self.upsample(self.convFb(feat)), skip], dim=1)
-        desc = self.convFbb(self.relu(self.convFaa(feat)))
-        return KeyPointNetOutput(score, coord, desc)
+            features = torch.cat([self.upsample(self.convFb(features)), skip], dim=1)
+        return CellOutput(score, coord, features)
+
+    def descriptor_map(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, 256, Hd, Wd)`` dense descriptors (not normalised) from :attr:`CellOutput.features`."""
+        return self.convFbb(self.relu(self.convFaa(features)))
+
+    def descriptors_at(
+        self, features: torch.Tensor, batch_index: torch.Tensor, points: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        """``(N, 256)`` float32 unit descriptors at ``points (N, 2)`` (pixels, x y) of images ``batch_index``.
+
+        Equal, to float rounding, to :func:`sample_descriptors` on :meth:`descriptor_map` at those points of
+        the ``height x width`` input, but the head runs only on the 6×6 windows of ``features`` that the
+        points' four map cells need: a few hundred keypoints cost a small share of the dense map.
+        """
+        rows, cols = features.shape[-2:]
+        if points.shape[0] == 0:
+            return torch.zeros(0, self.convFbb.out_channels, device=features.device)
+        at = map_points(points, height, width, rows, cols)
+        if points.shape[0] * 8 >= features.shape[0] * rows * cols:
+            # about 8 map cells' worth of convolutions per point: past that the dense map is cheaper
+            corners = gather_patches(self.descriptor_map(features), batch_index, at.top, at.left, 2)
+        else:
+            windows = gather_patches(features, batch_index, at.top - 2, at.left - 2, 6)
+            hidden = self.relu(unpadded_conv(self.convFaa, windows))  # (N, C, 4, 4): map cells top-1..top+2
+            # the dense head's second layer reads zeros beyond the map, not the first layer's values there
+            inside = gather_patches(
+                features.new_ones(features.shape[0], 1, rows, cols), batch_index, at.top - 1, at.left - 1, 4
+            )
+            corners = unpadded_conv(self.convFbb, hidden * inside)  # (N, 256, 2, 2)
+        desc = (corners.float() * at.weights).sum(dim=(2, 3))
+        return desc / desc.norm(p=2, dim=1, keepdim=True)
 
     def describe(self, image: torch.Tensor) -> KeyPointNetOutput:
         """Like :meth:`forward`, with ``desc`` sampled at ``coord`` and L2-normalised: ``(B, 256, Hc, Wc)``.
