@@ -20,7 +20,7 @@ import torch
 
 from kp2d.data.hpatches import HPatchesDataset
 from kp2d.errors import ConfigError, Kp2dError
-from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
+from kp2d.eval.hpatches import TABLE_HEADER, KeyPointNetDetector, evaluate_hpatches, table_row
 from kp2d.eval.settings import check_eval_scale_factor, parse_shapes
 from kp2d.features.dense import KeyPointNetOutput, sample_descriptors
 from kp2d.features.extraction import resolve_backend, resolved_precision
@@ -80,11 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         detector = KeyPointNetDetector(swapped, scale_factor=scale_factor)
         setting = f"input x{scale_factor:g}, {swapped.precision}, {width}x{height}, top {top_k}"
         print(f"{swapped.name}: {setting}\n")
-        print("| set | Repeatability | Localization | C1 | C3 | C5 | MScore |\n|---|---|---|---|---|---|---|")
+        print(TABLE_HEADER)
         for root in args.hpatches:
             result = evaluate_hpatches(detector, root, (width, height), top_k, progress=False)
-            values = " | ".join(f"{result[key]:.3f}" for key in METRIC_NAMES)
-            print(f"| {root.name} | {values} |", flush=True)
+            print(table_row(root.name, result), flush=True)
     except Kp2dError as error:
         print(f"swap_descriptors: error: {error}", file=sys.stderr)
         return 2

@@ -7,7 +7,6 @@ Prints one markdown table per evaluation shape in the original README's layout a
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -164,22 +163,13 @@ def _make_detector(args: argparse.Namespace, network, label: str, device, top_k:
     )
 
 
-def _fmt(value: float) -> str:
-    return "nan" if value is None or math.isnan(value) else f"{value:.3f}"
-
-
 def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """The original README's markdown table (3 decimals) for one evaluation shape, a row per method."""
+    from kp2d.eval.hpatches import TABLE_HEADER, table_row
+
     width, height = rows[0][1]["shape"]
-    lines = [
-        f"Evaluation for ({width}, {height}):",
-        "",
-        "| Model | Repeatability | Localization | C1 | C3 | C5 | MScore |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, result in rows:
-        row = [result[name] for name in ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")]
-        lines.append(f"| {label} | " + " | ".join(_fmt(v) for v in row) + " |")
+    lines = [f"Evaluation for ({width}, {height}):", "", TABLE_HEADER]
+    lines += [table_row(label, result) for label, result in rows]
     lines.append("")
     for label, result in rows:
         lines.append(

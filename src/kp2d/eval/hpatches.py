@@ -39,6 +39,7 @@ from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_s
 
 __all__ = [
     "METRIC_NAMES",
+    "TABLE_HEADER",
     "Detector",
     "KeyPointNetDetector",
     "check_sequence_problems",
@@ -46,6 +47,7 @@ __all__ = [
     "evaluate_hpatches",
     "pair_groups",
     "summarize",
+    "table_row",
 ]
 
 log = logging.getLogger(__name__)
@@ -215,6 +217,20 @@ def _read_samples(dataset: HPatchesDataset, workers: int) -> Iterator[SequenceSa
 
 def _default_workers() -> int:
     return min(4, max(1, (os.cpu_count() or 1) // 2))
+
+
+#: The original README's table head (markdown, two lines); :func:`table_row` gives its rows.
+TABLE_HEADER = (
+    "| Model | Repeatability | Localization | C1 | C3 | C5 | MScore |\n|---|---|---|---|---|---|---|"
+)
+
+
+def table_row(label: str, result: dict[str, Any]) -> str:
+    """One markdown row of :data:`TABLE_HEADER`: ``label`` and the metrics of ``result`` to 3 decimals."""
+    values = (result[name] for name in METRIC_NAMES)
+    return f"| {label} | " + " | ".join(
+        "nan" if value is None or math.isnan(value) else f"{value:.3f}" for value in values
+    ) + " |"
 
 
 def summarize(per_pair: list[dict[str, Any]]) -> dict[str, float]:
