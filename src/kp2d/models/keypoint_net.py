@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kp2d.config import ModelConfig, load_config
+from kp2d.config import NETWORK_PARTS, ModelConfig, load_config
 from kp2d.features.dense import (
     CELL,
     DEFAULT_SCORE_THRESHOLD,
@@ -45,6 +45,14 @@ __all__ = [
     "normalize_image",
     "untrained_keypoint_net",
 ]
+
+#: The layers of each of :data:`~kp2d.config.NETWORK_PARTS`, in its order.
+_PART_LAYERS = dict(zip(NETWORK_PARTS, (
+    ("conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", "conv4b"),
+    ("convDa", "convDb"),
+    ("convPa", "convPb"),
+    ("convFa", "convFb", "convFaa", "convFbb"),
+), strict=True))
 
 _IMAGE_MEAN = 0.5
 _IMAGE_SCALE = 0.225  # the published weights expect (img - 0.5) * 0.225 (multiplied, not divided)
@@ -201,15 +209,9 @@ class KeyPointNet(nn.Module):
 
     def part_modules(self, part: str) -> list[nn.Module]:
         """The layers of one of :data:`~kp2d.config.NETWORK_PARTS` (what ``train.freeze`` names)."""
-        parts = {
-            "encoder": ["conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", "conv4b"],
-            "score": ["convDa", "convDb"],
-            "location": ["convPa", "convPb"],
-            "descriptor": ["convFa", "convFb", "convFaa", "convFbb"],
-        }
-        if part not in parts:
-            raise ValueError(f"unknown part {part!r}: use one of {', '.join(parts)}")
-        return [getattr(self, name) for name in parts[part]]
+        if part not in _PART_LAYERS:
+            raise ValueError(f"unknown part {part!r}: use one of {', '.join(NETWORK_PARTS)}")
+        return [getattr(self, name) for name in _PART_LAYERS[part]]
 
     def forward(self, image: torch.Tensor) -> KeyPointNetOutput:
         """Dense score, keypoint and descriptor maps; see :class:`KeyPointNetOutput`."""
