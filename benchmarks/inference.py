@@ -18,6 +18,7 @@ at one scale above 1, also its ``extract`` with ``extra_scales=(1,)`` (multi-sca
 ``extra_rotations=(45, -45)`` (turned copies, opt-in); for a model that runs in bf16 here (``precision:
 auto`` on a CPU with AVX512-BF16 / AMX), also its settings in fp32, as a CPU without native bf16 runs them
 (``auto`` there: BatchNorm folded), and in plain fp32.
+``--keep-freed-memory`` first turns on :func:`kp2d.memory.keep_freed_memory`, as the CLI does.
 ``--settings`` adds a row for each SETTING: ``xS[+E...]`` (the input scale and extra scales), then
 ``:rA[/B...]`` for turned copies (degrees) and ``:fp32`` / ``:bf16`` / ``:auto`` for the precision, e.g.
 ``x2+1:r45:bf16``.
@@ -76,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--versus-original", action="store_true",
                         help="only time the default model (or --model; its settings, default backend) "
                              "against the original network's fp32 forward at 1x")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="first turn on kp2d.memory.keep_freed_memory(), as the kp2d CLI's inference "
+                             "commands do (for every row alike)")
     parser.add_argument("--settings", nargs="+", metavar="SETTING", default=(),
                         help="with --versus-original: also time extract at these settings, e.g. x2:fp32 "
                              "x3:bf16 x2+1:r45:bf16 (see above)")
@@ -322,11 +326,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    kept = False
+    if args.keep_freed_memory:
+        from kp2d.memory import keep_freed_memory
+
+        kept = keep_freed_memory()
+        if not kept:
+            log.warning("--keep-freed-memory: not glibc here, the allocator is left as it is")
     if args.versus_original:
         torch.set_num_threads(args.threads)
         rows = time_versus_original(SIZES, args.warmup, args.repeats, args.checkpoint or args.model, extra)
         print(f"\nthreads {args.threads}; batch 1; median of {args.repeats} (after {args.warmup} warm-up); "
-              f"torch {torch.__version__}; load average at end {os.getloadavg()[0]:.2f}")
+              f"torch {torch.__version__}; freed memory kept: {'yes' if kept else 'no'}; "
+              f"load average at end {os.getloadavg()[0]:.2f}")
         print_versus_original(rows, SIZES)
         return 0
     try:

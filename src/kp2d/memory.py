@@ -12,13 +12,20 @@ figures were measured with ``benchmarks/memory.py`` (docs/memory.md). The budget
 memory the cgroup (container) still allows and the kernel's ``MemAvailable``, or ``KP2D_MEMORY_LIMIT``
 (``3G``, ``500M``, bytes; ``none`` turns the check off). Models on a GPU are not checked here: PyTorch
 raises its own out-of-memory error there, which the CLI reports in one line.
+
+:func:`keep_freed_memory` asks glibc's allocator to keep the memory a forward pass frees for the next one
+instead of handing it back to the kernel: large feature maps then come from pages already mapped rather
+than fresh ones, whose faults cost a fifth to a third of a CPU ``extract`` (docs/backends.md). The CLI's
+inference commands turn it on; the budget above then counts the freed memory the process holds.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 from kp2d.errors import ConfigError, DataError
@@ -32,6 +39,7 @@ __all__ = [
     "check_extract_memory",
     "extract_memory",
     "format_bytes",
+    "keep_freed_memory",
     "parse_bytes",
 ]
 
@@ -113,7 +121,58 @@ def available_memory() -> int | None:
     if override:
         return parse_bytes(override)
     known = [value for value in (_cgroup_headroom(), _mem_available()) if value is not None]
-    return min(known) if known else None
+    # memory freed and kept by this process (keep_freed_memory) is not in either figure, and is reusable
+    return min(known) + _kept_free_bytes() if known else None
+
+
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
+_M_MMAP_MAX = -4
+_kept = False
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - musl has no such function
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed memory in this process for reuse (glibc only; process-wide); whether it now does.
+
+    Every allocation then comes from the heap (none from a fresh mapping) and the heap is not trimmed
+    below 1 GiB of free memory at its top. The memory stays with the process until it exits, which suits
+    a command run over images; a long-lived service pays its peak once.
+    """
+    global _kept
+    if _kept:
+        return True
+    libc = _glibc()
+    if libc is None:
+        return False
+    _kept = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
+    return _kept
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+        "keepcost",
+    )]
+
+
+def _kept_free_bytes() -> int:
+    """Free bytes in this process's heap while :func:`keep_freed_memory` is on (glibc >= 2.33), else 0."""
+    libc = _glibc() if _kept else None
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return 0
+    libc.mallinfo2.restype = _MallInfo2
+    return int(libc.mallinfo2().fordblks)
 
 
 def _padded_pixels(height: int, width: int) -> int:

@@ -10,6 +10,7 @@ import torch
 
 import kp2d.io.images
 from cli_output import single_error_line
+from kp2d import memory
 from kp2d.cli import main
 from kp2d.config import load_config
 from kp2d.errors import ConfigError, DataError
@@ -25,6 +26,7 @@ from kp2d.memory import (
     available_memory,
     check_extract_memory,
     extract_memory,
+    keep_freed_memory,
     parse_bytes,
 )
 
@@ -203,3 +205,27 @@ def test_eval_refuses_a_shape_too_large(monkeypatch):
     with pytest.raises(DataError, match=expected):
         check_eval_memory([(320, 240, 300), (4096, 3072, 1000)], 1.0, torch.device("cpu"))
     check_eval_memory([(4096, 3072, 1000)], 1.0, torch.device("cuda"))  # GPUs are not checked
+
+
+@pytest.mark.skipif(memory._glibc() is None, reason="keep_freed_memory needs glibc (Linux)")
+def test_kept_memory_counts_as_available(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(memory, "_cgroup_headroom", lambda: 900 * MIB)
+    monkeypatch.setattr(memory, "_mem_available", lambda: 700 * MIB)
+    assert available_memory() - memory._kept_free_bytes() == pytest.approx(700 * MIB, abs=MIB)
+    assert keep_freed_memory() and keep_freed_memory()  # on, and again without harm
+    block = torch.empty(300 * MIB // 4)
+    block.fill_(1.0)
+    del block
+    # the 300 MiB just freed stay in the process and count as available to it
+    assert memory._kept_free_bytes() >= 300 * MIB
+    assert available_memory() - memory._kept_free_bytes() == pytest.approx(700 * MIB, abs=MIB)
+
+
+def test_the_cli_keeps_freed_memory_for_inference_commands_only(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert main(["detect", str(tmp_path / "missing.png")]) == 2  # a user error, after the allocator call
+    assert calls == [1]
+    assert main(["train", str(tmp_path / "missing.yaml"), "--data", str(tmp_path)]) == 2
+    assert calls == [1]

@@ -27,6 +27,10 @@ def _version() -> str:
     return __version__
 
 
+#: Commands that run the network over images, where the allocator keeps freed memory for the next pass.
+INFERENCE_COMMANDS = ("detect", "match", "track", "eval")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kp2d`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -58,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     # OpenCV's own warnings and errors (e.g. "PNG input buffer is incomplete") would print beside kp2d's
     # one-line errors, which name the file
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    if args.command in INFERENCE_COMMANDS:
+        from kp2d.memory import keep_freed_memory
+
+        keep_freed_memory()  # one process over many images: reuse the pages each forward pass frees
     try:
         return int(args.func(args) or 0)
     except (Kp2dError, OSError) as err:
