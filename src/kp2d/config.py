@@ -103,13 +103,19 @@ class LossConfig:
     # weight of losses.warped_distillation_loss: the network on the *target* image learns the teacher's
     # outputs on the source at the warped points, i.e. invariance beyond the teacher's own
     distill_warped_weight: float = 0.0
+    # each term's weight inside losses.distillation_loss: e.g. 0 for the descriptor leaves the descriptors
+    # to the self-supervised losses while the scores stay the teacher's
+    distill_score_weight: float = 1.0
+    distill_location_weight: float = 1.0
+    distill_descriptor_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.io_selection not in ("lowest", "highest"):
             raise ConfigError(f"loss.io_selection must be 'lowest' or 'highest', got {self.io_selection!r}")
         for name in ("keypoint_loss_weight", "descriptor_loss_weight", "score_loss_weight", "relax_field",
                      "triplet_margin", "min_valid_cells", "io_min_inliers", "distill_weight",
-                     "distill_warped_weight"):
+                     "distill_warped_weight", "distill_score_weight", "distill_location_weight",
+                     "distill_descriptor_weight"):
             _check_range(f"loss.{name}", getattr(self, name), low=0)
         _check_range("loss.location_threshold", self.location_threshold, low=0, low_open=True)
         _check_range("loss.io_inlier_threshold", self.io_inlier_threshold, low=0, low_open=True)

@@ -351,17 +351,23 @@ def keypoint_net_losses(
 
 
 def distillation_loss(
-    student: KeyPointNetOutput, teacher: KeyPointNetOutput, height: int, width: int
+    student: KeyPointNetOutput,
+    teacher: KeyPointNetOutput,
+    height: int,
+    width: int,
+    term_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> torch.Tensor:
     """How far a network's outputs are from a teacher's on the same ``height x width`` images.
 
-    The mean of three terms, each 0 for identical outputs: the score maps' mean absolute difference; the
-    keypoints' distance in cells (``|dx| + |dy|`` over :data:`CELL` px), weighted by the teacher's score; and
-    ``1 - cos`` between the two descriptor maps sampled at the teacher's keypoints, weighted likewise.
+    The sum of three terms, each 0 for identical outputs, weighted by ``term_weights`` (score, location,
+    descriptor): the score maps' mean absolute difference; the keypoints' distance in cells (``|dx| + |dy|``
+    over :data:`CELL` px), weighted by the teacher's score; and ``1 - cos`` between the two descriptor maps
+    sampled at the teacher's keypoints, weighted likewise.
     Descriptor maps of different strides (a teacher with upsampling, a student without) compare, as both
     are sampled at pixel positions. Shapes as :class:`KeyPointNetOutput`; the teacher's are constants.
     """
     student = KeyPointNetOutput(*(t.float() for t in student))
+    score_weight, location_weight, descriptor_weight = term_weights
     score = (student.score - teacher.score).abs().mean()
     weight = teacher.score.flatten(1)  # (B, N): keypoints the teacher would pick count most
     weight = weight / weight.sum(dim=1, keepdim=True).clamp_min(1e-6)
@@ -371,7 +377,7 @@ def distillation_loss(
     teacher_desc = sample_descriptors(teacher.desc.float(), teacher.coord, height, width).flatten(2)
     cosine = (student_desc * teacher_desc).sum(dim=1)  # (B, N)
     descriptor = (weight * (1.0 - cosine)).sum(dim=1).mean()
-    return score + location + descriptor
+    return score_weight * score + location_weight * location + descriptor_weight * descriptor
 
 
 def warped_distillation_loss(

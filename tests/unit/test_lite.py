@@ -131,6 +131,9 @@ def test_distillation_loss_by_hand():
     student = _output([[[[0.5]]]], [[[[7.0]], [[3.0]]]], [[[[0.0]], [[1.0]]]])
     # |0.5 - 0.25| + 4 / 8 + (1 - cos 90 degrees)
     assert distillation_loss(student, teacher, 8, 8).item() == pytest.approx(0.25 + 0.5 + 1.0)
+    # each term weighted on its own: score x2, location x0, descriptor x0.5
+    weighted = distillation_loss(student, teacher, 8, 8, (2.0, 0.0, 0.5)).item()
+    assert weighted == pytest.approx(2 * 0.25 + 0.5 * 1.0)
 
 
 def test_distillation_alone_skips_the_target_and_trains_towards_the_teacher():
@@ -196,3 +199,16 @@ def test_warped_distillation_runs_the_network_on_the_target_too():
     plain = distillation_loss(student(source), teacher(source), 64, 64)
     warped = warped_distillation_loss(student(source.flip(-1)), teacher(source), identity, 64, 64)
     assert terms.distill.item() == pytest.approx(plain.item() + 0.5 * warped.item(), rel=1e-5)
+
+
+def test_the_config_weights_each_distillation_term():
+    torch.manual_seed(0)
+    config = load_config("lite")
+    config.loss.distill_weight = 2.0
+    config.loss.distill_score_weight, config.loss.distill_descriptor_weight = 3.0, 0.0
+    student = build_keypoint_net(config.model).eval()
+    teacher = KeyPointNet(width=0.5, do_upsample=False).eval()
+    source = torch.rand(2, 3, 64, 64)
+    terms = SiameseLoss(student, None, config, teacher=teacher)(source, source, torch.eye(3).expand(2, 3, 3))
+    expected = 2.0 * distillation_loss(student(source), teacher(source), 64, 64, (3.0, 1.0, 0.0))
+    assert terms.distill.item() == pytest.approx(expected.item(), rel=1e-5)

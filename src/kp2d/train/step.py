@@ -74,7 +74,13 @@ class SiameseLoss(nn.Module):
         if not self._teacher:
             return terms
         height, width = source.shape[-2:]
-        distill = self.loss_config.distill_weight * distillation_loss(source_out, teacher_out, height, width)
+        config = self.loss_config
+        term_weights = (
+            config.distill_score_weight, config.distill_location_weight, config.distill_descriptor_weight
+        )
+        distill = config.distill_weight * distillation_loss(
+            source_out, teacher_out, height, width, term_weights
+        )
         if self._warped_distillation():
             distill = distill + self.loss_config.distill_warped_weight * warped_distillation_loss(
                 target_out, teacher_out, homography, height, width
