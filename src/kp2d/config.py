@@ -261,6 +261,9 @@ class TrainConfig:
     # parts of KeyPointNet kept as they start (weights and BatchNorm statistics): encoder, score,
     # location, descriptor; e.g. [encoder, score, location] trains the descriptor head alone
     freeze: tuple[str, ...] = ()
+    # every BatchNorm keeps the running statistics it starts with (eval mode) while the weights train:
+    # fine-tuning on other views then leaves the statistics the network is run with alone
+    keep_batchnorm_statistics: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

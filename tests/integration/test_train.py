@@ -619,6 +619,22 @@ def test_freeze_keeps_the_named_parts_as_they_started(tiny_images, tmp_path):
     assert (after["convFa.1.running_mean"] - before["convFa.1.running_mean"]).abs().max() > 0
 
 
+def test_keep_batchnorm_statistics_trains_the_weights_only(tiny_images, tmp_path):
+    """train.keep_batchnorm_statistics: every running statistic stays bit for bit, the weights move."""
+    first = train(_options(tmp_path / "a", tiny_images, max_steps=1))
+    before = load_checkpoint(first.last_checkpoint).state_dict
+    config = load_config("v4", {**TINY, "train": {**TINY["train"], "keep_batchnorm_statistics": True}})
+    options = TrainOptions(config=config, data=tiny_images, out=tmp_path / "b", device="cpu", progress=False,
+                           init=str(first.last_checkpoint), max_steps=2)
+    after = load_checkpoint(train(options).last_checkpoint).state_dict
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert len(statistics) > 20
+    for key in statistics:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    assert (after["conv1a.0.weight"] - before["conv1a.0.weight"]).abs().max() > 0
+    assert (after["conv4b.1.weight"] - before["conv4b.1.weight"]).abs().max() > 0
+
+
 @pytest.mark.parametrize("parts", [["decoder"], ["encoder", "score", "location", "descriptor"]])
 def test_freeze_rejects_unknown_or_all_parts(parts):
     with pytest.raises(ConfigError, match="train.freeze"):

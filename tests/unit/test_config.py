@@ -213,7 +213,7 @@ def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe)
              ("train", "teacher"): "", ("loss", "distill_warped_weight"): 0.0,
              ("augmentation", "crop_window_scale"): [1.0, 1.0], ("train", "freeze"): [],
              ("loss", "distill_score_weight"): 1.0, ("loss", "distill_location_weight"): 1.0,
-             ("loss", "distill_descriptor_weight"): 1.0}
+             ("loss", "distill_descriptor_weight"): 1.0, ("train", "keep_batchnorm_statistics"): False}
     for (section, key), default in added.items():
         if key not in shipped[section]:
             assert mine[section].pop(key) == default

@@ -203,6 +203,10 @@ class _Run:
         self.frozen = freeze_parts(self.keypoint_net, train_cfg.freeze)
         if train_cfg.freeze:
             log.info("frozen: %s (weights and BatchNorm statistics kept)", ", ".join(train_cfg.freeze))
+        if train_cfg.keep_batchnorm_statistics:
+            batchnorms = [m for m in self.keypoint_net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            self.frozen += [m.eval() for m in batchnorms if m not in self.frozen]
+            log.info("BatchNorm statistics kept as they start (train.keep_batchnorm_statistics)")
         self.io_net = IONet().to(self.device) if self.config.model.with_io else None
         self.optimizer = build_optimizer(self.keypoint_net, self.io_net, self.config.optim)
         dtype = autocast_dtype(train_cfg.precision, self.device)
@@ -375,7 +379,7 @@ class _Run:
         return metrics
 
     def train_mode(self) -> None:
-        """KeyPointNet in training mode, its frozen parts in eval mode (BatchNorm keeps its statistics)."""
+        """KeyPointNet in training mode, its frozen parts (and kept BatchNorms) in eval mode."""
         self.keypoint_net.train()
         for module in self.frozen:
             module.eval()
