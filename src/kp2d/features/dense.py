@@ -25,6 +25,7 @@ __all__ = [
     "map_points",
     "sample_descriptors",
     "unpadded_conv",
+    "window_inside",
 ]
 
 
@@ -95,6 +96,13 @@ def map_points(points: torch.Tensor, height: int, width: int, rows: int, cols: i
     return MapPoints(left.long(), top.long(), weights[:, None])
 
 
+def window_inside(top: torch.Tensor, left: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
+    """``(N, size, size)`` bool: which cells of the windows at ``top``, ``left`` (``(N,)``) lie on the map."""
+    offsets = torch.arange(size, device=top.device)
+    rows, cols = top[:, None] + offsets, left[:, None] + offsets  # (N, size) each
+    return ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+
+
 def gather_patches(
     maps: torch.Tensor, batch_index: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int
 ) -> torch.Tensor:
@@ -106,7 +114,7 @@ def gather_patches(
     height, width = maps.shape[-2:]
     offsets = torch.arange(size, device=maps.device)
     rows, cols = top[:, None] + offsets, left[:, None] + offsets  # (N, size) each
-    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+    inside = window_inside(top, left, size, height, width)
     rows, cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
     # (B, H, W, C) is a view of a channels-last map, so each window gathers whole channel vectors
     windows = maps.permute(0, 2, 3, 1)[batch_index[:, None, None], rows[:, :, None], cols[:, None, :]]

@@ -566,12 +566,12 @@ def _keypoints_at(
         )
     results = []
     for score, coord, desc, index in zip(scores, coords, descriptors, selected, strict=True):
-        # indexing (and cloning) outside inference mode gives ordinary tensors the caller may modify
+        # indexing outside inference mode gives ordinary tensors (the caller may modify them in place)
         results.append(
             Keypoints(
                 keypoints=coord.flatten(1)[:, index].t(),
                 scores=score.flatten()[index],
-                descriptors=desc.clone(),
+                descriptors=desc,
                 image_size=(width, height),
             )
         )
@@ -613,7 +613,7 @@ def _selected_keypoints(
 
     ``model``: the plain network (put in eval mode meanwhile), ``None`` for a backend. Returns
     ``scores (B, Hc, Wc)``, ``coords (B, 2, Hc, Wc)`` in pixels of ``batch``, per image the selected flat
-    cell indices and their ``(N, D)`` float32 descriptors (inference tensors).
+    cell indices and their ``(N, D)`` float32 descriptors.
     """
     cells, describe = stages
     network_batch = _network_batch(batch, scale_factor, rotation_deg)
@@ -636,7 +636,8 @@ def _selected_keypoints(
             [coord.flatten(1)[:, index].t() for coord, index in zip(coords, selected, strict=True)]
         )
         descriptors = describe(features, batch_index, points, *padded.shape[-2:])
-    return scores, image_coords, selected, list(descriptors.float().split(counts))
+    # cloned outside inference mode: ordinary tensors (the caller may modify them in place)
+    return scores, image_coords, selected, [part.clone() for part in descriptors.split(counts)]
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from kp2d.features.dense import (
     map_points,
     sample_descriptors,
     unpadded_conv,
+    window_inside,
 )
 from kp2d.features.extraction import extract
 from kp2d.geometry import cell_centers
@@ -277,9 +278,7 @@ class KeyPointNet(nn.Module):
             windows = gather_patches(features, batch_index, at.top - 2, at.left - 2, 6)
             hidden = self.relu(unpadded_conv(self.convFaa, windows))  # (N, C, 4, 4): map cells top-1..top+2
             # the dense head's second layer reads zeros beyond the map, not the first layer's values there
-            inside = gather_patches(
-                features.new_ones(features.shape[0], 1, rows, cols), batch_index, at.top - 1, at.left - 1, 4
-            )
+            inside = window_inside(at.top - 1, at.left - 1, 4, rows, cols)[:, None].to(hidden.dtype)
             corners = unpadded_conv(self.convFbb, hidden * inside)  # (N, 256, 2, 2)
         desc = (corners.float() * at.weights).sum(dim=(2, 3))
         return desc / desc.norm(p=2, dim=1, keepdim=True)
