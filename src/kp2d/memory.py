@@ -22,6 +22,7 @@ inference commands turn it on; the budget above then counts the freed memory the
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import re
@@ -130,8 +131,16 @@ _M_MMAP_MAX = -4
 _kept = False
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+        "keepcost",
+    )]
+
+
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (Linux), else None."""
+    """The C library when it is glibc (Linux), else None; loaded once (the memory check runs per image)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -139,6 +148,8 @@ def _glibc() -> ctypes.CDLL | None:
         libc.gnu_get_libc_version  # noqa: B018 - musl has no such function
     except (OSError, AttributeError):
         return None
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype = _MallInfo2
     return libc
 
 
@@ -159,19 +170,11 @@ def keep_freed_memory() -> bool:
     return _kept
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-        "keepcost",
-    )]
-
-
 def _kept_free_bytes() -> int:
     """Free bytes in this process's heap while :func:`keep_freed_memory` is on (glibc >= 2.33), else 0."""
     libc = _glibc() if _kept else None
     if libc is None or not hasattr(libc, "mallinfo2"):
         return 0
-    libc.mallinfo2.restype = _MallInfo2
     return int(libc.mallinfo2().fordblks)
 
 

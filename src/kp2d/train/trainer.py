@@ -200,12 +200,13 @@ class _Run:
             worker_init_fn=_leave_signals_to_the_run,
         )
         self.keypoint_net = build_keypoint_net(self.config.model).to(self.device)
-        self.frozen = freeze_parts(self.keypoint_net, train_cfg.freeze)
+        # layers that stay in eval mode while the rest trains (train_mode)
+        self.eval_layers = freeze_parts(self.keypoint_net, train_cfg.freeze)
         if train_cfg.freeze:
             log.info("frozen: %s (weights and BatchNorm statistics kept)", ", ".join(train_cfg.freeze))
         if train_cfg.keep_batchnorm_statistics:
             batchnorms = [m for m in self.keypoint_net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-            self.frozen += [m.eval() for m in batchnorms if m not in self.frozen]
+            self.eval_layers += [m.eval() for m in batchnorms]
             log.info("BatchNorm statistics kept as they start (train.keep_batchnorm_statistics)")
         self.io_net = IONet().to(self.device) if self.config.model.with_io else None
         self.optimizer = build_optimizer(self.keypoint_net, self.io_net, self.config.optim)
@@ -381,7 +382,7 @@ class _Run:
     def train_mode(self) -> None:
         """KeyPointNet in training mode, its frozen parts (and kept BatchNorms) in eval mode."""
         self.keypoint_net.train()
-        for module in self.frozen:
+        for module in self.eval_layers:
             module.eval()
 
     # -- the loop -------------------------------------------------------------------------------------------
