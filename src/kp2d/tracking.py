@@ -328,17 +328,19 @@ def dense_frame(
     batch, _ = model_input(model, frame)
     height, width = batch.shape[-2:]
     check_image_size(height, width, check_scale_factor(scale_factor))
-    dense = dense_keypoints(model, batch[:1], top_k, score_threshold, nms_radius, backend, scale_factor)
-    net_width, net_height = dense.network_size_wh
-    scores = dense.scores
+    cells, selected = dense_keypoints(
+        model, batch[:1], top_k, score_threshold, nms_radius, backend, scale_factor
+    )
+    net_width, net_height = cells.network_size_wh
+    scores = cells.scores
     return DenseFrame(
-        coords=dense.coords[0].flatten(1).t().float().cpu().numpy(),
+        coords=cells.coords[0].flatten(1).t().float().cpu().numpy(),
         scores=scores[0].flatten().float().cpu().numpy(),
-        descriptors=dense.descriptors[0].flatten(1).t().contiguous(),
-        valid=dense.valid[0].flatten().cpu().numpy(),
+        descriptors=cells.descriptors[0].flatten(1).t().contiguous(),
+        valid=cells.valid[0].flatten().cpu().numpy(),
         grid=(int(scores.shape[1]), int(scores.shape[2])),
         cell=(CELL * width / net_width, CELL * height / net_height),
-        selected=dense.selected[0].cpu().numpy().astype(np.int64),
+        selected=selected[0].cpu().numpy().astype(np.int64),
     )
 
 

@@ -353,17 +353,6 @@ def _channels_last(model: torch.nn.Module) -> bool:
     )
 
 
-class DenseKeypoints(NamedTuple):
-    """Every cell's keypoint of a batch and the selection among them (:func:`dense_keypoints`)."""
-
-    scores: torch.Tensor  #: (B, Hc, Wc) cell scores of the padded (resized) images
-    coords: torch.Tensor  #: (B, 2, Hc, Wc) each cell's keypoint (x, y) in pixels of the input images
-    descriptors: torch.Tensor  #: (B, D, Hc, Wc) float32 descriptors
-    valid: torch.Tensor  #: (B, Hc, Wc) cells that may be selected
-    selected: list[torch.Tensor]  #: per image, flat cell indices of the selected keypoints, best first
-    network_size_wh: tuple[int, int]  #: (W', H') of the network's input before padding
-
-
 class DenseCells(NamedTuple):
     """Every cell's keypoint of a batch (:func:`dense_cells`)."""
 
@@ -373,6 +362,13 @@ class DenseCells(NamedTuple):
     descriptors: torch.Tensor  #: (B, D, Hc, Wc) float32 descriptors
     valid: torch.Tensor  #: (B, Hc, Wc) cells that can be keypoints
     network_size_wh: tuple[int, int]  #: (W', H') of the network's input before padding
+
+
+class DenseKeypoints(NamedTuple):
+    """Every cell's keypoint of a batch and the selection among them (:func:`dense_keypoints`)."""
+
+    cells: DenseCells  #: every cell's score, keypoint and descriptor
+    selected: list[torch.Tensor]  #: per image, flat cell indices of the selected keypoints, best first
 
 
 def dense_cells(
@@ -440,9 +436,7 @@ def dense_keypoints(
     selected = select_keypoints(
         cells.scores, cells.network_coords, top_k, score_threshold, nms_radius, valid=cells.valid
     )
-    return DenseKeypoints(
-        cells.scores, cells.coords, cells.descriptors, cells.valid, selected, cells.network_size_wh
-    )
+    return DenseKeypoints(cells, selected)
 
 
 def unturn_coords(
@@ -555,10 +549,13 @@ def _keypoints_at(
     height, width = batch.shape[-2:]
     stages = _two_stages(model, backend)
     if stages is None:
-        scores, coords, descs, _, selected, _ = dense_keypoints(
+        cells, selected = dense_keypoints(
             model, batch, top_k, score_threshold, nms_radius, backend, scale_factor, rotation_deg
         )
-        descriptors = [desc.flatten(1)[:, index].t() for desc, index in zip(descs, selected, strict=True)]
+        scores, coords = cells.scores, cells.coords
+        descriptors = [
+            desc.flatten(1)[:, index].t() for desc, index in zip(cells.descriptors, selected, strict=True)
+        ]
     else:
         network = model if backend is None else None  # the plain network runs in eval mode, a backend as is
         scores, coords, selected, descriptors = _selected_keypoints(
