@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -305,3 +306,61 @@ def test_swap_descriptors_of_one_network_is_that_network(load_script, tiny_root,
     )
     want = " | ".join(f"{alone[key]:.3f}" for key in METRIC_NAMES)
     assert rows == [f"| {tiny_root.name} | {want} |"]
+
+
+# --- second_run ---
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hpatches", "missing-folder"], "missing-folder"),
+        (["--variants", "first,best"], "best"),
+        (["--variants", "share"], "give a fraction"),
+        (["--variants", "dual:1.5"], "between 0 and 1"),
+        (["--variants", "first:0.5"], "takes no value"),
+        (["--crop", "0.1"], "--crop"),
+        (["--second-scale", "0"], "--second-scale"),
+        (["--model", "no-such-model"], "no-such-model"),
+    ],
+)
+def test_second_run_refuses_user_mistakes(load_script, tiny_root, capsys, monkeypatch, args, message):
+    script = load_script("second_run")
+    monkeypatch.setattr(script, "evaluate_variants", _refuse)
+    base = {"--hpatches": str(tiny_root)}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    assert script.main([item for pair in base.items() for item in pair]) == 2
+    line = single_error_line(capsys)
+    assert line.startswith("second_run: error: ") and message in line
+
+
+def test_second_run_rank_scores_give_each_run_its_share(load_script):
+    """300 slots, 0.25 to the second run: 225 of the first's best and 75 of the second's lie above 0."""
+    script = load_script("second_run")
+    rng = np.random.default_rng(0)
+    first, second = rng.random(1000), rng.random(800)
+    pooled = np.concatenate([script.rank_scores(first, 225.0), script.rank_scores(second, 75.0)])
+    top = np.argsort(-pooled, kind="stable")[:300]
+    assert (top < 1000).sum() == 225 and (top >= 1000).sum() == 75
+    assert set(top[top < 1000]) == set(np.argsort(-first)[:225])
+    assert script.rank_scores(np.array([0.2, 0.9, 0.5]), 2.0).tolist() == [0.0, 1.0, 0.5]
+
+
+@pytest.mark.slow
+def test_second_run_first_and_its_own_descriptors_are_kp2d_eval(load_script, tiny_root, capsys):
+    """The first run alone, and its keypoints with a second identical run's descriptors, give the protocol's
+    numbers of ``kp2d eval`` (fp32: the sparse descriptors equal the dense ones to rounding)."""
+    from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
+    from kp2d.models.keypoint_net import load_keypoint_net
+
+    script = load_script("second_run")
+    argv = ["--hpatches", str(tiny_root), "--precision", "fp32", "--variants", "first,second-descriptors"]
+    assert script.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {tiny_root.name},")]
+    alone = evaluate_hpatches(
+        KeyPointNetDetector(load_keypoint_net("lite"), precision="fp32"), tiny_root, (320, 240), 300,
+        progress=False,
+    )
+    want = " | ".join(f"{alone[key]:.3f}" for key in METRIC_NAMES)
+    name = tiny_root.name
+    assert rows == [f"| {name}, first | {want} |", f"| {name}, second-descriptors | {want} |"]
