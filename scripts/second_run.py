@@ -16,7 +16,7 @@ and variant); both runs are computed once per sequence and shared by the variant
 - ``share:F``: both pooled so that the protocol's top-k takes a fraction F from the second run (each run's
   keypoints re-scored by rank);
 - ``second-descriptors``: the first run's keypoints with the second run's descriptors sampled at them (those
-  the second run sees: inside its turned or cut image, :data:`TURNED_MARGIN` px from the edge);
+  the second run sees: inside its cut image, and :data:`TURNED_MARGIN` px inside a turned one);
 - ``dual:F``: each keypoint of the first run twice, with each run's descriptor, the second copies taking a
   fraction F of the top-k by rank (those the second run does not see keep one copy).
 """
@@ -138,8 +138,9 @@ class TwoRuns:
             image = rotate_images(image, self.turn)
             turned = warp_points(turned, rotation_about_center(self.turn, height, width))
         turned = turned[0]
-        seen = (turned[:, 0] >= TURNED_MARGIN) & (turned[:, 0] <= width - 1 - TURNED_MARGIN)
-        seen &= (turned[:, 1] >= TURNED_MARGIN) & (turned[:, 1] <= height - 1 - TURNED_MARGIN)
+        margin = TURNED_MARGIN if self.turn else 0.0  # a turned copy's empty corners, as extract drops them
+        seen = (turned[:, 0] >= margin) & (turned[:, 0] <= width - 1 - margin)
+        seen &= (turned[:, 1] >= margin) & (turned[:, 1] <= height - 1 - margin)
         resized = rescale_images(image, self.second_scale)
         net_height, net_width = resized.shape[-2:]
         padded = pad_to_multiple(resized, CELL)
