@@ -44,6 +44,7 @@ from kp2d.features.extraction import (
     resolve_backend,
     resolved_precision,
     rotate_images,
+    to_image_pixels,
 )
 from kp2d.geometry import rotation_about_center, warp_points
 from kp2d.io.inference import model_scale_factor
@@ -111,9 +112,9 @@ class TwoRuns:
                 item["second_rows"], item["second_desc"] = rows, desc
         if self.descriptors:
             offset = np.array([left, top], dtype=np.float32)
-            for index, item in enumerate(found):
-                points = item["rows"][:, :2] - offset
-                item["second_at_first"], item["seen"] = self._descriptors_at(cut, index, points)
+            described = self._descriptors_at(cut, [item["rows"][:, :2] - offset for item in found])
+            for item, (desc, seen) in zip(found, described, strict=True):
+                item["second_at_first"], item["seen"] = desc, seen
         return found
 
     def _cells(self, batch: torch.Tensor, scale: float, turn: float) -> list[Detection]:
@@ -125,27 +126,29 @@ class TwoRuns:
         return [(rows[b][keep[b]].copy(), descs[b][keep[b]]) for b in range(len(rows))]
 
     def _descriptors_at(
-        self, batch: torch.Tensor, index: int, points: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, 256)`` second-run descriptors at ``points (N, 2)`` of image ``index``; ``(N,)`` seen ones.
+        self, batch: torch.Tensor, points: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per image of ``batch``: the second run's ``(N, 256)`` descriptors at its ``points (N, 2)`` and the
+        ``(N,)`` points it sees; one network run for the batch.
 
         Points outside the turned image get a zero map's descriptor (not finite): never seen.
         """
         height, width = batch.shape[-2:]
-        image = batch[index:index + 1]
-        turned = torch.from_numpy(points).float()[None]
+        counts = [len(item) for item in points]
+        at_image = torch.from_numpy(np.concatenate(points)).float()
+        image = batch
         if self.turn:
-            image = rotate_images(image, self.turn)
-            turned = warp_points(turned, rotation_about_center(self.turn, height, width))
-        turned = turned[0]
+            image = rotate_images(batch, self.turn)
+            at_image = warp_points(at_image[None], rotation_about_center(self.turn, height, width))[0]
         margin = TURNED_MARGIN if self.turn else 0.0  # a turned copy's empty corners, as extract drops them
-        seen = (turned[:, 0] >= margin) & (turned[:, 0] <= width - 1 - margin)
-        seen &= (turned[:, 1] >= margin) & (turned[:, 1] <= height - 1 - margin)
+        seen = (at_image[:, 0] >= margin) & (at_image[:, 0] <= width - 1 - margin)
+        seen &= (at_image[:, 1] >= margin) & (at_image[:, 1] <= height - 1 - margin)
         resized = rescale_images(image, self.second_scale)
-        net_height, net_width = resized.shape[-2:]
+        network_size_wh = (resized.shape[-1], resized.shape[-2])
         padded = pad_to_multiple(resized, CELL)
-        at_network = (turned + 0.5) * torch.tensor([net_width / width, net_height / height]) - 0.5
-        batch_index = torch.zeros(len(points), dtype=torch.long)
+        # image -> network pixels: the inverse of to_image_pixels is the same map with the sizes swapped
+        at_network = to_image_pixels(at_image.t()[None], (width, height), network_size_wh)[0].t().contiguous()
+        batch_index = torch.repeat_interleave(torch.arange(len(points)), torch.tensor(counts))
         with torch.inference_mode():
             if self.backend is not None and self.backend.cells is not None:
                 features = self.backend.cells(padded).features
@@ -154,7 +157,9 @@ class TwoRuns:
                 features = self.model.forward_cells(padded).features
                 desc = self.model.descriptors_at(features, batch_index, at_network, *padded.shape[-2:])
         desc = desc.float().numpy()
-        return desc, seen.numpy() & np.isfinite(desc).all(axis=1)
+        seen = seen.numpy() & np.isfinite(desc).all(axis=1)
+        splits = np.cumsum(counts)[:-1]
+        return list(zip(np.split(desc, splits), np.split(seen, splits), strict=True))
 
 
 def combine(found: list[dict[str, np.ndarray]], kind: str, fraction: float, top_k: int) -> list[Detection]:
