@@ -38,6 +38,8 @@ MIN_IMAGE_SIZE = 32  # pixels, each side
 MAX_NETWORK_SIZE = 16384  # pixels, each side of the network's input (after scale_factor)
 #: Parts of KeyPointNet that ``train.freeze`` names (:meth:`kp2d.models.KeyPointNet.part_modules`).
 NETWORK_PARTS = ("encoder", "score", "location", "descriptor")
+#: KeyPointNet's first blocks (``model.stem``): the paper's at full resolution, or strided.
+STEMS = ("full", "strided")
 
 
 def _check_range(
@@ -78,9 +80,18 @@ class ModelConfig:
     with_dropout: bool = True
     with_io: bool = True  # train IO-Net and its loss
     width: float = 1.0  # channel multiplier of every layer but the 256-D descriptor output (1: the paper's)
+    # "full": two 3x3 convs at the input resolution, then a 2x2 max-pool (the paper's); "strided": a 4x4
+    # stride-2 conv and a 3x3 conv at half resolution, about a quarter of the first block's work
+    stem: str = "full"
+    # 0: the heads' first layers are 3x3 convs (the paper's); r > 0: each is factorised through r channels
+    # (1x1 in, 3x3 r -> r, 1x1 out), about r^2 / C^2 of their work
+    head_rank: int = 0
 
     def __post_init__(self) -> None:
         _check_range("model.width", self.width, low=0.125, high=2.0)
+        if self.stem not in STEMS:
+            raise ConfigError(f"model.stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
+        _check_range("model.head_rank", self.head_rank, low=0, high=512)
 
 
 @dataclass

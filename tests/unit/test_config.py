@@ -10,11 +10,11 @@ from kp2d.errors import ConfigError
 
 
 def test_presets_are_the_ablations_and_lite():
-    assert list_presets() == ["lite", "v0", "v1", "v2", "v3", "v4"]
+    assert list_presets() == ["lite", "litefast", "v0", "v1", "v2", "v3", "v4"]
     flags = {
         name: (c.model.do_cross, c.model.do_upsample, c.model.with_io, c.loss.descriptor_loss)
         for name in list_presets()
-        if name != "lite"
+        if not name.startswith("lite")
         for c in [load_config(name)]
     }
     assert flags == {
@@ -26,6 +26,9 @@ def test_presets_are_the_ablations_and_lite():
     }
     lite = load_config("lite")
     assert (lite.model.width, lite.model.do_upsample, lite.train.teacher) == (0.5, False, "v4")
+    fast = load_config("litefast")
+    assert (fast.model.width, fast.model.stem, fast.model.head_rank) == (0.5, "strided", 48)
+    assert fast.train.teacher == "lite"
 
 
 def test_original_defaults():
@@ -213,7 +216,8 @@ def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe)
              ("train", "teacher"): "", ("loss", "distill_warped_weight"): 0.0,
              ("augmentation", "crop_window_scale"): [1.0, 1.0], ("train", "freeze"): [],
              ("loss", "distill_score_weight"): 1.0, ("loss", "distill_location_weight"): 1.0,
-             ("loss", "distill_descriptor_weight"): 1.0, ("train", "keep_batchnorm_statistics"): False}
+             ("loss", "distill_descriptor_weight"): 1.0, ("train", "keep_batchnorm_statistics"): False,
+             ("model", "stem"): "full", ("model", "head_rank"): 0}
     for (section, key), default in added.items():
         if key not in shipped[section]:
             assert mine[section].pop(key) == default

@@ -242,3 +242,20 @@ def test_export_notes_a_recorded_scale_factor(tmp_path, capsys):
         out = capsys.readouterr().out
         note = f"note: {tmp_path / 'x2.ckpt'} records scale_factor 2: resize images by 2 before the graph"
         assert (note in out) == (name == "x2"), out
+
+
+def test_the_cheaper_layout_exports_from_a_channels_last_network(tmp_path):
+    """A channels-last strided stem was refused by torch.export (a guard on the batch size)."""
+    from kp2d.deploy.onnx import export_onnx
+
+    torch.manual_seed(0)
+    net = KeyPointNet(width=0.5, do_upsample=False, stem="strided", head_rank=16).eval()
+    net = net.to(memory_format=torch.channels_last)
+    path = export_onnx(net, tmp_path / "fast.onnx")
+    image = torch.rand(2, 3, 64, 96)
+    score, coord, desc = _run(path, image)
+    with torch.no_grad():
+        expected = net.describe(image)
+    np.testing.assert_allclose(score, expected.score.numpy(), atol=1e-5)
+    np.testing.assert_allclose(coord, expected.coord.numpy(), atol=1e-3)
+    np.testing.assert_allclose(desc, expected.desc.numpy(), atol=1e-4)

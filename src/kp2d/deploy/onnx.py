@@ -111,6 +111,8 @@ def export_onnx(
     make_folder(path.parent)
 
     net = (fold_batchnorm(model) if fold_bn else _eval_copy(model)).float()  # a .half() model too
+    # the graph has no memory layout, and torch.export guards a channels-last strided conv to small batches
+    net = net.to(memory_format=torch.contiguous_format)
     graph = DescribeGraph(net).eval()
     device = next(net.parameters()).device
     example = torch.rand(1, net.in_channels, height, width, device=device)

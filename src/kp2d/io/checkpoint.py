@@ -316,6 +316,10 @@ def _check_model_matches_config(model: ModelConfig, keypoint_net: torch.nn.Modul
     net_width = getattr(keypoint_net, "width", 1.0)
     if float(model.width) != float(net_width):
         problems.append(f"model.width={model.width:g} but the network has width={net_width:g}")
+    for name, default in (("stem", "full"), ("head_rank", 0)):
+        wanted, have = getattr(model, name), getattr(keypoint_net, name, default)
+        if wanted != have:
+            problems.append(f"model.{name}={wanted} but the network has {name}={have}")
     if problems:
         raise ConfigError(
             "the config does not describe the network being saved: " + "; ".join(problems)
@@ -336,8 +340,8 @@ def save_checkpoint(
     settings the network is meant to run with.
 
     Raises:
-        ConfigError: ``config.model``'s switches (``use_color``, ``do_upsample``, ``do_cross``) differ
-            from ``keypoint_net``'s; nothing is written.
+        ConfigError: ``config.model``'s switches (``use_color``, ``do_upsample``, ``do_cross``, ``width``,
+            ``stem``, ``head_rank``) differ from ``keypoint_net``'s; nothing is written.
     """
     _check_model_matches_config(config.model, keypoint_net)
     payload: dict[str, Any] = {

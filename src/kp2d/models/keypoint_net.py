@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kp2d.config import NETWORK_PARTS, ModelConfig, load_config
+from kp2d.config import NETWORK_PARTS, STEMS, ModelConfig, load_config
 from kp2d.features.dense import (
     CELL,
     DEFAULT_SCORE_THRESHOLD,
@@ -64,11 +64,20 @@ def normalize_image(image: torch.Tensor) -> torch.Tensor:
     return (image - _IMAGE_MEAN) * _IMAGE_SCALE
 
 
-def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv without bias followed by BatchNorm (keys ``.0.weight`` / ``.1.*`` as the original)."""
+def _conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
+    """Conv without bias followed by BatchNorm (keys ``.0.weight`` / ``.1.*`` as the original)."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels, momentum=0.1),
+    )
+
+
+def _factorised_conv(channels: int, rank: int) -> nn.Sequential:
+    """``channels -> channels`` 3x3 conv through ``rank`` channels: 1x1 in, 3x3, 1x1 out with a bias."""
+    return nn.Sequential(
+        nn.Conv2d(channels, rank, kernel_size=1, bias=False),
+        nn.Conv2d(rank, rank, kernel_size=3, padding=1, bias=False),
+        nn.Conv2d(rank, channels, kernel_size=1),
     )
 
 
@@ -82,6 +91,11 @@ class KeyPointNet(nn.Module):
         with_dropout: ``Dropout2d(0.2)`` after each block (active in training mode only).
         width: multiplies every layer's channels (32, 64, 128, 256, 256, 512) except the 256-D descriptor
             output; 1 is the paper's network (the original checkpoints).
+        stem: ``"full"`` (the paper's first block: two 3x3 convs at the input resolution, then a 2x2
+            max-pool) or ``"strided"`` (``conv1a`` a 4x4 stride-2 conv, ``conv1b`` at half resolution, no
+            pool): the same 1/2-resolution output for about a quarter of the work.
+        head_rank: 0 (the paper's), or each head's first layer (``convDa``, ``convPa``, ``convFa``) factorised
+            through this many channels (1x1, 3x3, 1x1 with a bias; no BatchNorm).
 
     Input: ``(B, in_channels, H, W)`` images in [0, 1], ``H`` and ``W`` multiples of 8.
     Output: :class:`KeyPointNetOutput` (dense maps, the same in training and eval mode).
@@ -94,15 +108,21 @@ class KeyPointNet(nn.Module):
         do_cross: bool = True,
         with_dropout: bool = True,
         width: float = 1.0,
+        stem: str = "full",
+        head_rank: int = 0,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         self.in_channels = in_channels
         self.do_upsample = do_upsample
         self.do_cross = do_cross
         self.with_dropout = with_dropout
         self.width = width
+        self.stem = stem
+        self.head_rank = head_rank
         self.cross_ratio = 2.0 if do_cross else 1.0
         # a plain attribute, not a buffer: the state dict keeps the original's keys
         self.inference_settings = InferenceSettings()
@@ -110,18 +130,23 @@ class KeyPointNet(nn.Module):
         # multiples of 8, so that the pixel-shuffled map (d1 / 4) plus the skip (c3) is convFaa's input
         c1, c2, c3, c4, c5 = (max(8, 8 * round(c * width / 8)) for c in (32, 64, 128, 256, 256))
         d1 = 2 * c4
-        self.conv1a, self.conv1b = _conv_bn(in_channels, c1), _conv_bn(c1, c1)
+        if stem == "strided":
+            self.conv1a = _conv_bn(in_channels, c1, kernel_size=4, stride=2)
+        else:
+            self.conv1a = _conv_bn(in_channels, c1)
+        self.conv1b = _conv_bn(c1, c1)
         self.conv2a, self.conv2b = _conv_bn(c1, c2), _conv_bn(c2, c2)
         self.conv3a, self.conv3b = _conv_bn(c2, c3), _conv_bn(c3, c3)
         self.conv4a, self.conv4b = _conv_bn(c3, c4), _conv_bn(c4, c4)
+        head = (lambda: _factorised_conv(c4, head_rank)) if head_rank else (lambda: _conv_bn(c4, c4))
         # score head
-        self.convDa = _conv_bn(c4, c4)
+        self.convDa = head()
         self.convDb = nn.Conv2d(c5, 1, kernel_size=3, padding=1)
         # location head
-        self.convPa = _conv_bn(c4, c4)
+        self.convPa = head()
         self.convPb = nn.Conv2d(c5, 2, kernel_size=3, padding=1)
         # descriptor head
-        self.convFa = _conv_bn(c4, c4)
+        self.convFa = head()
         self.convFb = _conv_bn(c4, d1)
         self.convFaa = _conv_bn(d1 // 4 + c3 if do_upsample else c4, c5)
         self.convFbb = nn.Conv2d(c5, DESCRIPTOR_DIM, kernel_size=3, padding=1)
@@ -230,7 +255,9 @@ class KeyPointNet(nn.Module):
             raise ValueError(f"image height and width must be multiples of {CELL}, got {height}x{width}")
 
         x = normalize_image(image)
-        x = self.pool(self._block(x, self.conv1a, self.conv1b))
+        x = self._block(x, self.conv1a, self.conv1b)
+        if self.stem == "full":
+            x = self.pool(x)
         x = self.pool(self._block(x, self.conv2a, self.conv2b))
         skip = self._block(x, self.conv3a, self.conv3b)
         x = self._block(self.pool(skip), self.conv4a, self.conv4b)
@@ -314,6 +341,8 @@ def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
         do_cross=model.do_cross,
         with_dropout=model.with_dropout,
         width=model.width,
+        stem=model.stem,
+        head_rank=model.head_rank,
     )
 
 

@@ -1,0 +1,100 @@
+"""A cheaper KeyPointNet (``model.stem: strided``, ``model.head_rank``) from a network's weights (``--init``).
+
+    python scripts/factorise_weights.py lite litefast --out litefast_init.pt
+
+Every layer the two networks share keeps the source's weights. Each head's first layer (``convDa``,
+``convPa``, ``convFa``: a 3x3 conv and its BatchNorm) becomes the rank-r Tucker factorisation of the folded
+conv (truncated higher-order SVD along its output and input channels: 1x1 into r channels, a 3x3 core,
+1x1 out with the folded bias), close to the source before any training. A strided first block has no
+counterpart in the source and starts from the target's random initialisation (seed 0); ``kp2d train`` with
+the source as ``train.teacher`` then learns it and adjusts the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch import nn
+
+from kp2d.config import load_config
+from kp2d.errors import Kp2dError, user_message
+from kp2d.io.checkpoint import save_checkpoint
+from kp2d.models.fast import fold_conv_bn
+from kp2d.models.keypoint_net import build_keypoint_net, load_keypoint_net
+
+HEADS = ("convDa", "convPa", "convFa")
+STEM = ("conv1a", "conv1b")
+
+
+def tucker_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``weight (O, I, k, k)`` ≈ ``out (O, r) · core (r, r, k, k) · in (r, I)`` by truncated HOSVD.
+
+    ``out`` and ``in`` are the leading left singular vectors of the output- and input-channel unfoldings;
+    the core is the weight projected onto both. Exact when ``rank`` is at least both channel counts.
+    """
+    w = weight.detach().double()
+    out_channels, in_channels = w.shape[:2]
+    out_basis = torch.linalg.svd(w.reshape(out_channels, -1), full_matrices=False)[0][:, :rank]
+    in_basis = torch.linalg.svd(w.transpose(0, 1).reshape(in_channels, -1), full_matrices=False)[0][:, :rank]
+    core = torch.einsum("oikl,or,is->rskl", w, out_basis, in_basis)
+    return out_basis, core, in_basis.T
+
+
+def factorise(source: nn.Module, target: nn.Module) -> list[str]:
+    """Copy ``source``'s weights into ``target``, factorising its heads; returns the layers left random."""
+    rank = target.head_rank
+    if rank and rank > target.convDa[2].out_channels:
+        raise Kp2dError(f"head_rank {rank} is more than the heads' {target.convDa[2].out_channels} channels")
+    random = list(STEM) if target.stem != source.stem else []
+    skip = set(random) | (set(HEADS) if rank else set())
+    state = target.state_dict()
+    for key, value in source.state_dict().items():
+        if key.split(".")[0] in skip:
+            continue
+        if key not in state or state[key].shape != value.shape:
+            raise Kp2dError(f"{key}: the source's {tuple(value.shape)} does not fit the target's "
+                            f"{tuple(state[key].shape) if key in state else 'nothing'} (same width needed)")
+        state[key] = value
+    target.load_state_dict(state)
+    if rank:
+        with torch.no_grad():
+            for name in HEADS:
+                conv = fold_conv_bn(*getattr(source, name))
+                out_basis, core, in_basis = tucker_factors(conv.weight, rank)
+                first, middle, last = getattr(target, name)
+                first.weight.copy_(in_basis[:, :, None, None].float())
+                middle.weight.copy_(core.float())
+                last.weight.copy_(out_basis[:, :, None, None].float())
+                last.bias.copy_(conv.bias)
+    return random
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("source", help="shipped name or checkpoint of the network to start from (e.g. lite)")
+    parser.add_argument("config", help="preset or YAML of the cheaper network (e.g. litefast)")
+    parser.add_argument("--out", required=True, help="checkpoint to write")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        source = load_keypoint_net(args.source).to(memory_format=torch.contiguous_format)
+        if source.head_rank:
+            raise Kp2dError(f"{args.source} already has factorised heads: start from a network without")
+        torch.manual_seed(0)
+        target = build_keypoint_net(config.model).eval()
+        random_layers = factorise(source, target)
+        save_checkpoint(args.out, config, target, factorised_from=str(args.source))
+    except Kp2dError as err:
+        print(f"error: {user_message(err)}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: stem {target.stem}, head rank {target.head_rank}; "
+          f"random: {', '.join(random_layers) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

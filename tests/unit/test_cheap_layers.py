@@ -1,0 +1,192 @@
+"""The cheaper layouts (``model.stem: strided``, ``model.head_rank``) and their start from other weights."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kp2d.config import ModelConfig, config_from_dict, load_config
+from kp2d.errors import ConfigError
+from kp2d.io.checkpoint import load_checkpoint, save_checkpoint
+from kp2d.models.fast import build_torch_backend
+from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net, keypoint_net_from
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def factorise():
+    spec = importlib.util.spec_from_file_location("factorise_weights", SCRIPTS / "factorise_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _randomised(net: KeyPointNet, seed: int = 0) -> KeyPointNet:
+    """Random BatchNorm statistics and scales, so that folding them matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+    return net.eval()
+
+
+def test_the_strided_stem_is_one_stride_2_conv_then_conv1b_without_a_pool():
+    torch.manual_seed(0)
+    net = _randomised(KeyPointNet(width=0.5, do_upsample=False, stem="strided"))
+    assert net.conv1a[0].kernel_size == (4, 4) and net.conv1a[0].stride == (2, 2)
+    image = torch.rand(1, 3, 64, 96)
+    out = net(image)
+    assert out.score.shape == (1, 1, 8, 12) and out.coord.shape == (1, 2, 8, 12)
+    # the same network by hand: the first block at half resolution, then the paper's blocks as they are
+    relu = net.relu
+    x = (image - 0.5) * 0.225
+    x = relu(net.conv1b(relu(net.conv1a(x))))
+    assert x.shape[-2:] == (32, 48)
+    x = net.pool(relu(net.conv2b(relu(net.conv2a(x)))))
+    x = net.pool(relu(net.conv3b(relu(net.conv3a(x)))))
+    x = relu(net.conv4b(relu(net.conv4a(x))))
+    score = net.convDb(relu(net.convDa(x))).sigmoid()
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # border cells are zeroed
+    torch.testing.assert_close(out.score[inner], score[inner])
+
+
+def test_factorised_heads_are_three_convs_through_the_rank():
+    net = KeyPointNet(width=0.5, do_upsample=False, head_rank=24).eval()
+    for name in ("convDa", "convPa", "convFa"):
+        first, core, last = getattr(net, name)
+        assert (first.in_channels, first.out_channels, first.kernel_size) == (128, 24, (1, 1))
+        assert (core.in_channels, core.out_channels, core.kernel_size) == (24, 24, (3, 3))
+        assert (last.in_channels, last.out_channels, last.bias is not None) == (24, 128, True)
+    assert net(torch.rand(2, 3, 32, 40)).desc.shape == (2, 256, 4, 5)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"stem": "pooled"}, "model.stem must be one of full, strided"),
+        ({"head_rank": -1}, r"model.head_rank must be in \[0, 512\]"),
+        ({"head_rank": 2.5}, "model.head_rank: expected an integer"),
+    ],
+)
+def test_bad_layouts_are_config_errors(model, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"model": model})
+
+
+def test_the_layout_round_trips_through_a_checkpoint(tmp_path):
+    config = load_config("litefast")
+    assert (config.model.stem, config.model.head_rank) == ("strided", 48)
+    torch.manual_seed(0)
+    net = build_keypoint_net(config.model).eval()
+    save_checkpoint(tmp_path / "a.ckpt", config, net)
+    loaded = keypoint_net_from(load_checkpoint(tmp_path / "a.ckpt"), tmp_path / "a.ckpt").eval()
+    assert (loaded.stem, loaded.head_rank) == ("strided", 48)
+    image = torch.rand(1, 3, 48, 64)
+    torch.testing.assert_close(loaded(image).score, net(image).score)
+
+
+@pytest.mark.parametrize(("field", "value"), [("stem", "strided"), ("head_rank", 16)])
+def test_a_config_that_names_another_layout_is_not_saved(tmp_path, field, value):
+    config = load_config("lite")
+    net = build_keypoint_net(ModelConfig(**{**config.model.__dict__, field: value}))
+    with pytest.raises(ConfigError, match=f"model.{field}="):
+        save_checkpoint(tmp_path / "a.ckpt", config, net)
+    assert not (tmp_path / "a.ckpt").exists()
+
+
+def test_tucker_factors_at_full_rank_give_the_weight_back(factorise):
+    weight = torch.randn(12, 10, 3, 3, dtype=torch.float64)
+    out_basis, core, in_basis = factorise.tucker_factors(weight, 12)
+    rebuilt = torch.einsum("or,rskl,si->oikl", out_basis, core, in_basis)
+    torch.testing.assert_close(rebuilt, weight)
+    errors = []
+    for rank in (2, 5, 8):
+        out_basis, core, in_basis = factorise.tucker_factors(weight, rank)
+        assert out_basis.shape == (12, rank) and core.shape == (rank, rank, 3, 3)
+        assert in_basis.shape == (rank, 10)
+        errors.append((torch.einsum("or,rskl,si->oikl", out_basis, core, in_basis) - weight).norm())
+    assert errors[0] > errors[1] > errors[2] > 0
+
+
+def test_factorising_at_full_rank_keeps_the_network(factorise):
+    torch.manual_seed(0)
+    source = _randomised(KeyPointNet(width=0.25, do_upsample=False))
+    channels = source.convDa[0].out_channels
+    torch.manual_seed(1)
+    target = KeyPointNet(width=0.25, do_upsample=False, head_rank=channels).eval()
+    assert factorise.factorise(source, target) == []
+    image = torch.rand(1, 3, 48, 64)
+    expected, got = source(image), target.eval()(image)
+    for name in ("score", "coord", "desc"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), atol=1e-4, rtol=1e-4)
+
+
+def test_factorising_leaves_a_new_stem_random_and_copies_the_rest(factorise):
+    torch.manual_seed(0)
+    source = _randomised(KeyPointNet(width=0.25, do_upsample=False))
+    torch.manual_seed(1)
+    target = KeyPointNet(width=0.25, do_upsample=False, stem="strided", head_rank=8).eval()
+    before = target.conv1a[0].weight.clone()
+    assert factorise.factorise(source, target) == ["conv1a", "conv1b"]
+    assert torch.equal(target.conv1a[0].weight, before)
+    assert torch.equal(target.conv3b[0].weight, source.conv3b[0].weight)
+    assert torch.equal(target.convFaa[0].weight, source.convFaa[0].weight)
+    # a rank-8 head is close to the folded source head on the same features (the leading directions)
+    x = torch.randn(1, source.conv4b[0].out_channels, 6, 7)
+    source_head = F.conv2d(x, *_folded(source.convDa), padding=1)
+    error = (target.convDa(x) - source_head).norm() / source_head.norm()
+    assert error < 1
+
+
+def _folded(block):
+    from kp2d.models.fast import fold_conv_bn
+
+    conv = fold_conv_bn(*block)
+    return conv.weight, conv.bias
+
+
+def test_factorise_script_writes_a_loadable_start(factorise, tmp_path, capsys):
+    out = tmp_path / "init.pt"
+    assert factorise.main(["lite", "litefast", "--out", str(out)]) == 0
+    assert "random: conv1a, conv1b" in capsys.readouterr().out
+    net = keypoint_net_from(load_checkpoint(out), out)
+    assert (net.stem, net.head_rank) == ("strided", 48)
+
+
+def test_factorise_script_refuses_another_width(factorise, tmp_path, capsys):
+    assert factorise.main(["v4", "litefast", "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "same width needed" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("name", ["torch-fused", "torch-bf16"])
+def test_fast_backends_run_the_cheaper_layout(name):
+    torch.manual_seed(0)
+    net = _randomised(KeyPointNet(width=0.5, do_upsample=False, stem="strided", head_rank=16))
+    image = torch.rand(1, 3, 64, 96)
+    expected = net.describe(image)
+    got = build_torch_backend(name, net)(image)
+    tolerance = 1e-4 if name == "torch-fused" else 0.05
+    torch.testing.assert_close(got.score, expected.score, atol=tolerance, rtol=0)
+    torch.testing.assert_close(got.coord, expected.coord, atol=tolerance * 10, rtol=0)
+
+
+def test_narrowing_refuses_the_cheaper_layout(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("narrow_weights", SCRIPTS / "narrow_weights.py")
+    narrow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(narrow)
+    assert narrow.main(["v4", "litefast", "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: litefast has a strided stem") and err.count("\n") == 1
+    assert not (tmp_path / "x.pt").exists()
