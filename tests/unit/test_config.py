@@ -181,7 +181,7 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
 
 def test_recipes_load_as_presets_and_extend_each_other():
     assert list_recipes() == [
-        "recipes/lite_shipped",
+        "recipes/lite_shipped", "recipes/litefast_shipped",
         "recipes/v0_shipped", "recipes/v1_shipped", "recipes/v2_shipped", "recipes/v3_shipped",
         "recipes/v4_shipped_s1", "recipes/v4_shipped_s2", "recipes/v4_shipped_s7", "recipes/v4_shipped_s8",
     ]
@@ -202,7 +202,7 @@ def test_unknown_or_escaping_preset_names_are_refused(name):
 @pytest.mark.parametrize(
     ("weights", "recipe"),
     [*((f"v{v}", f"v{v}_shipped") for v in range(4)), ("v4", "v4_shipped_s8"),
-     ("lite", "lite_shipped")],
+     ("lite", "lite_shipped"), ("litefast", "litefast_shipped")],
 )
 def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe):
     import torch
