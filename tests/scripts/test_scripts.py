@@ -351,6 +351,7 @@ def test_second_run_first_and_its_own_descriptors_are_kp2d_eval(load_script, tin
     """The first run alone, and its keypoints with a second identical run's descriptors, give the protocol's
     numbers of ``kp2d eval`` (fp32: the sparse descriptors equal the dense ones to rounding)."""
     from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
+    from kp2d.io.weights import DEFAULT_MODEL
     from kp2d.models.keypoint_net import load_keypoint_net
 
     script = load_script("second_run")
@@ -358,7 +359,7 @@ def test_second_run_first_and_its_own_descriptors_are_kp2d_eval(load_script, tin
     assert script.main(argv) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {tiny_root.name},")]
     alone = evaluate_hpatches(
-        KeyPointNetDetector(load_keypoint_net("lite"), precision="fp32"), tiny_root, (320, 240), 300,
+        KeyPointNetDetector(load_keypoint_net(DEFAULT_MODEL), precision="fp32"), tiny_root, (320, 240), 300,
         progress=False,
     )
     want = " | ".join(f"{alone[key]:.3f}" for key in METRIC_NAMES)
