@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,30 +11,15 @@ from kp2d.errors import ConfigError
 from kp2d.io.checkpoint import load_checkpoint, save_checkpoint
 from kp2d.models.fast import build_torch_backend
 from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net, keypoint_net_from
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from network_helpers import randomised_batchnorm, script_module
 
 
 @pytest.fixture(scope="module")
 def factorise():
-    spec = importlib.util.spec_from_file_location("factorise_weights", SCRIPTS / "factorise_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("factorise_weights")
 
 
-def _randomised(net: KeyPointNet, seed: int = 0) -> KeyPointNet:
-    """Random BatchNorm statistics and scales, so that folding them matters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-    return net.eval()
+_randomised = randomised_batchnorm
 
 
 def test_the_strided_stem_is_one_stride_2_conv_then_conv1b_without_a_pool():
@@ -183,9 +165,7 @@ def test_fast_backends_run_the_cheaper_layout(name):
 
 
 def test_narrowing_refuses_the_cheaper_layout(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("narrow_weights", SCRIPTS / "narrow_weights.py")
-    narrow = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(narrow)
+    narrow = script_module("narrow_weights")
     assert narrow.main(["v4", "litefast", "--out", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: litefast has a strided stem") and err.count("\n") == 1

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -15,29 +12,15 @@ from kp2d.io.checkpoint import load_checkpoint, save_checkpoint
 from kp2d.losses import distillation_loss, warped_distillation_loss
 from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net, keypoint_net_from
 from kp2d.train.step import SiameseLoss
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+from network_helpers import randomised_batchnorm, script_module
 
 
 def _narrow_module():
-    spec = importlib.util.spec_from_file_location("narrow_weights", SCRIPTS / "narrow_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("narrow_weights")
 
 
 def _randomised(net: KeyPointNet, seed: int = 0) -> KeyPointNet:
-    """Random BatchNorm statistics and scales, so that channel order matters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-    return net.eval()
+    return randomised_batchnorm(net, seed)
 
 
 def test_width_scales_every_layer_but_the_descriptor_output():
