@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from kp2d.config import ModelConfig, config_from_dict, load_config
 from kp2d.errors import ConfigError
 from kp2d.io.checkpoint import load_checkpoint, save_checkpoint
-from kp2d.models.fast import build_torch_backend
+from kp2d.models.fast import build_torch_backend, fold_conv_bn
 from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net, keypoint_net_from
 from network_helpers import randomised_batchnorm, script_module
 
@@ -19,12 +18,9 @@ def factorise():
     return script_module("factorise_weights")
 
 
-_randomised = randomised_batchnorm
-
-
 def test_the_strided_stem_is_one_stride_2_conv_then_conv1b_without_a_pool():
     torch.manual_seed(0)
-    net = _randomised(KeyPointNet(width=0.5, do_upsample=False, stem="strided"))
+    net = randomised_batchnorm(KeyPointNet(width=0.5, do_upsample=False, stem="strided"))
     assert net.conv1a[0].kernel_size == (4, 4) and net.conv1a[0].stride == (2, 2)
     image = torch.rand(1, 3, 64, 96)
     out = net(image)
@@ -102,7 +98,7 @@ def test_tucker_factors_at_full_rank_give_the_weight_back(factorise):
 
 def test_factorising_at_full_rank_keeps_the_network(factorise):
     torch.manual_seed(0)
-    source = _randomised(KeyPointNet(width=0.25, do_upsample=False))
+    source = randomised_batchnorm(KeyPointNet(width=0.25, do_upsample=False))
     channels = source.convDa[0].out_channels
     torch.manual_seed(1)
     target = KeyPointNet(width=0.25, do_upsample=False, head_rank=channels).eval()
@@ -115,7 +111,7 @@ def test_factorising_at_full_rank_keeps_the_network(factorise):
 
 def test_factorising_leaves_a_new_stem_random_and_copies_the_rest(factorise):
     torch.manual_seed(0)
-    source = _randomised(KeyPointNet(width=0.25, do_upsample=False))
+    source = randomised_batchnorm(KeyPointNet(width=0.25, do_upsample=False))
     torch.manual_seed(1)
     target = KeyPointNet(width=0.25, do_upsample=False, stem="strided", head_rank=8).eval()
     before = target.conv1a[0].weight.clone()
@@ -125,16 +121,9 @@ def test_factorising_leaves_a_new_stem_random_and_copies_the_rest(factorise):
     assert torch.equal(target.convFaa[0].weight, source.convFaa[0].weight)
     # a rank-8 head is close to the folded source head on the same features (the leading directions)
     x = torch.randn(1, source.conv4b[0].out_channels, 6, 7)
-    source_head = F.conv2d(x, *_folded(source.convDa), padding=1)
+    source_head = fold_conv_bn(*source.convDa)(x)
     error = (target.convDa(x) - source_head).norm() / source_head.norm()
     assert error < 1
-
-
-def _folded(block):
-    from kp2d.models.fast import fold_conv_bn
-
-    conv = fold_conv_bn(*block)
-    return conv.weight, conv.bias
 
 
 def test_factorise_script_writes_a_loadable_start(factorise, tmp_path, capsys):
@@ -155,7 +144,7 @@ def test_factorise_script_refuses_another_width(factorise, tmp_path, capsys):
 @pytest.mark.parametrize("name", ["torch-fused", "torch-bf16"])
 def test_fast_backends_run_the_cheaper_layout(name):
     torch.manual_seed(0)
-    net = _randomised(KeyPointNet(width=0.5, do_upsample=False, stem="strided", head_rank=16))
+    net = randomised_batchnorm(KeyPointNet(width=0.5, do_upsample=False, stem="strided", head_rank=16))
     image = torch.rand(1, 3, 64, 96)
     expected = net.describe(image)
     got = build_torch_backend(name, net)(image)

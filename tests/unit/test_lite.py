@@ -15,14 +15,6 @@ from kp2d.train.step import SiameseLoss
 from network_helpers import randomised_batchnorm, script_module
 
 
-def _narrow_module():
-    return script_module("narrow_weights")
-
-
-def _randomised(net: KeyPointNet, seed: int = 0) -> KeyPointNet:
-    return randomised_batchnorm(net, seed)
-
-
 def test_width_scales_every_layer_but_the_descriptor_output():
     net = KeyPointNet(width=0.5, do_upsample=False)
     assert net.conv1a[0].out_channels == 16
@@ -75,8 +67,8 @@ def test_a_checkpoint_whose_config_names_another_width_is_refused(tmp_path):
 
 
 def test_narrowing_to_the_same_width_copies_the_network():
-    narrow = _narrow_module()
-    wide = _randomised(KeyPointNet())
+    narrow = script_module("narrow_weights")
+    wide = randomised_batchnorm(KeyPointNet())
     same = KeyPointNet().eval()
     narrow.narrow(wide, same)
     image = torch.rand(1, 3, 64, 64)
@@ -86,8 +78,8 @@ def test_narrowing_to_the_same_width_copies_the_network():
 
 
 def test_narrowing_keeps_the_channels_with_the_largest_batchnorm_scale():
-    narrow = _narrow_module()
-    wide = _randomised(KeyPointNet(), seed=3)
+    narrow = script_module("narrow_weights")
+    wide = randomised_batchnorm(KeyPointNet(), seed=3)
     half = KeyPointNet(width=0.5, do_upsample=False).eval()
     random_layers = narrow.narrow(wide, half)
     assert random_layers == ["convFaa", "convFbb"]
