@@ -110,8 +110,12 @@ def compare(a: dict[str, Any], b: dict[str, Any], metrics: tuple[str, ...]) -> l
         sequences = [name.partition(":")[0] for name, keep in zip(names, kept, strict=True) if keep]
         if len(set(sequences)) < MIN_SEQUENCES:  # too few scenes to resample: resample the pairs
             sequences = [name for name, keep in zip(names, kept, strict=True) if keep]
-        row: dict[str, Any] = {"metric": metric, "pairs": int(kept.sum()),
-                               "a": float(a_values.mean()), "b": float(b_values.mean())}
+        row: dict[str, Any] = {"metric": metric, "pairs": int(kept.sum())}
+        if not row["pairs"]:  # e.g. no pair with a localization error on both sides
+            rows.append({**row, "a": math.nan, "b": math.nan, "difference": math.nan,
+                         "interval": (math.nan, math.nan)})
+            continue
+        row.update(a=float(a_values.mean()), b=float(b_values.mean()))
         row["difference"] = row["a"] - row["b"]
         row["interval"] = sequence_bootstrap_interval(a_values - b_values, sequences)
         if metric in BINARY_METRICS:

@@ -112,3 +112,11 @@ def test_one_sequence_resamples_its_pairs(compare):
     (row,) = compare.compare(a, b, ("c1",))
     assert row["difference"] == pytest.approx(0.2)
     assert row["interval"][0] == 0.0 and row["interval"][1] > 0.2
+
+
+def test_a_metric_no_pair_has_is_nan_not_an_error(compare):
+    a = {"per_pair": [_pair("s:1-2", 1, 1, loc=None)]}
+    b = {"per_pair": [_pair("s:1-2", 1, 1, loc=0.5)]}
+    (row,) = compare.compare(a, b, ("localization_error",))
+    assert row["pairs"] == 0 and np.isnan(row["difference"])
+    assert "| localization_error | 0 | nan | nan |" in compare.format_table("a", "b", [row])
