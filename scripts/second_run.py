@@ -15,6 +15,7 @@ and variant); both runs are computed once per sequence and shared by the variant
 - ``score``: both runs' keypoints pooled by score (as ``extract``'s ``extra_scales`` / ``extra_rotations``);
 - ``share:F``: both pooled so that the protocol's top-k takes a fraction F from the second run (each run's
   keypoints re-scored by rank);
+- ``weighted:W``: both pooled by score, the second run's scores multiplied by W (0 < W < 1) first;
 - ``second-descriptors``: the first run's keypoints with the second run's descriptors sampled at them (those
   the second run sees: inside its cut image, and :data:`TURNED_MARGIN` px inside a turned one);
 - ``dual:F``: each keypoint of the first run twice, with each run's descriptor, the second copies taking a
@@ -51,7 +52,7 @@ from kp2d.io.inference import model_scale_factor
 from kp2d.io.weights import DEFAULT_MODEL
 from kp2d.models.keypoint_net import load_keypoint_net
 
-KINDS = ("first", "score", "share", "second-descriptors", "dual")
+KINDS = ("first", "score", "share", "weighted", "second-descriptors", "dual")
 
 
 def parse_variants(text: str) -> list[tuple[str, float]]:
@@ -61,7 +62,7 @@ def parse_variants(text: str) -> list[tuple[str, float]]:
         kind, _, value = item.strip().partition(":")
         if kind not in KINDS:
             raise ConfigError(f"--variants: unknown variant '{item}' (use {', '.join(KINDS)})")
-        needs_fraction = kind in ("share", "dual")
+        needs_fraction = kind in ("share", "weighted", "dual")
         if needs_fraction != bool(value):
             what = f"give a fraction, e.g. {kind}:0.25" if needs_fraction else "takes no value"
             raise ConfigError(f"--variants: '{item}': {what}")
@@ -172,12 +173,15 @@ def combine(found: list[dict[str, np.ndarray]], kind: str, fraction: float, top_
         elif kind == "second-descriptors":
             seen = item["seen"]
             detections.append((rows[seen], item["second_at_first"][seen]))
-        elif kind in ("score", "share"):
+        elif kind in ("score", "share", "weighted"):
             second = item["second_rows"]
             if kind == "share":
                 rows, second = rows.copy(), second.copy()
                 rows[:, 2] = rank_scores(rows[:, 2], top_k * (1 - fraction))
                 second[:, 2] = rank_scores(second[:, 2], top_k * fraction)
+            elif kind == "weighted":
+                second = second.copy()
+                second[:, 2] *= fraction
             detections.append((np.concatenate([rows, second]), np.concatenate([desc, item["second_desc"]])))
         else:  # dual
             seen = item["seen"]
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         precision = resolved_precision(model, args.precision)
         kinds = {kind for kind, _ in variants}
         runs = TwoRuns(model, precision, first_scale, second_scale, args.turn, args.crop,
-                       keypoints=bool(kinds & {"score", "share"}),
+                       keypoints=bool(kinds & {"score", "share", "weighted"}),
                        descriptors=bool(kinds & {"second-descriptors", "dual"}))
         second = f"x{second_scale:g}" + (f" turned {args.turn:g}" if args.turn else "")
         second += f", central {args.crop:g}" if args.crop < 1 else ""

@@ -346,6 +346,16 @@ def test_second_run_rank_scores_give_each_run_its_share(load_script):
     assert script.rank_scores(np.array([0.2, 0.9, 0.5]), 2.0).tolist() == [0.0, 1.0, 0.5]
 
 
+def test_second_run_weighted_scales_the_second_runs_scores(load_script):
+    script = load_script("second_run")
+    first, second = np.array([[1.0, 2.0, 0.8]]), np.array([[3.0, 4.0, 0.5], [5.0, 6.0, 1.0]])
+    item = {"rows": first, "desc": np.zeros((1, 4)), "second_rows": second, "second_desc": np.ones((2, 4))}
+    ((rows, desc),) = script.combine([item], "weighted", 0.6, 300)
+    np.testing.assert_allclose(rows, [[1.0, 2.0, 0.8], [3.0, 4.0, 0.3], [5.0, 6.0, 0.6]])
+    assert desc.shape == (3, 4) and second[1, 2] == 1.0  # the run's own rows are left as they were
+    assert script.parse_variants("weighted:0.9") == [("weighted", 0.9)]
+
+
 @pytest.mark.slow
 def test_second_run_first_and_its_own_descriptors_are_kp2d_eval(load_script, tiny_root, capsys):
     """The first run alone, and its keypoints with a second identical run's descriptors, give the protocol's
