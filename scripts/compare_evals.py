@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from kp2d.errors import user_message
-from kp2d.eval.hpatches import METRIC_NAMES
+from kp2d.eval.hpatches import METRIC_NAMES, parse_metric_names, result_entries
 
 BINARY_METRICS = ("c1", "c3", "c5")
 MIN_SEQUENCES = 5
@@ -65,29 +65,22 @@ def load_entry(spec: str, size: str | None) -> tuple[str, dict[str, Any]]:
         path_text, _, method = spec.rpartition(":")
         path, method = Path(path_text), method or "model"
     try:
-        results = json.loads(path.read_text())
+        entries = result_entries(json.loads(path.read_text()))
     except json.JSONDecodeError:
         raise ValueError(f"{path}: not JSON (a kp2d eval --json file expected)") from None
-    if not isinstance(results, dict):
-        raise ValueError(f"{path}: not a kp2d eval --json result")
-    if method == "model":
-        sizes = {key: value for key, value in results.items() if key != "baselines"}
-    else:
-        baselines = results.get("baselines", {})
-        if method not in baselines:
-            known = ", ".join(["model", *baselines]) if isinstance(baselines, dict) else "model"
-            raise ValueError(f"{path}: no method {method!r} in it (it has {known})")
-        sizes = baselines[method]
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    sizes = {entry_size: entry for name, entry_size, entry in entries if (name or "model") == method}
+    if not sizes:
+        known = ", ".join(dict.fromkeys(name or "model" for name, _, _ in entries))
+        raise ValueError(f"{path}: no method {method!r} in it (it has {known})")
     if size is None:
         if len(sizes) != 1:
-            raise ValueError(f"{path}: results at {', '.join(sizes) or 'no size'}; choose one with --size")
+            raise ValueError(f"{path}: results at {', '.join(sizes)}; choose one with --size")
         size = next(iter(sizes))
     if size not in sizes:
-        raise ValueError(f"{path}: no {method} result at {size} (it has {', '.join(sizes) or 'none'})")
-    entry = sizes[size]
-    if not isinstance(entry, dict) or not isinstance(entry.get("per_pair"), list) or not entry["per_pair"]:
-        raise ValueError(f"{path}: the {method} result at {size} has no per-pair metrics")
-    return f"{entry.get('model', method)} ({path.name})", entry
+        raise ValueError(f"{path}: no {method} result at {size} (it has {', '.join(sizes)})")
+    return f"{sizes[size].get('model', method)} ({path.name})", sizes[size]
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], metrics: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -153,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, of {', '.join(METRIC_NAMES)} (default c1,c3,mscore)")
     args = parser.parse_args(argv)
     try:
-        metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-        unknown = [m for m in metrics if m not in METRIC_NAMES]
-        if unknown or not metrics:
-            raise ValueError(f"--metrics: choose from {', '.join(METRIC_NAMES)}")
+        metrics = parse_metric_names(args.metrics)
         label_a, entry_a = load_entry(args.a, args.size)
         label_b, entry_b = load_entry(args.b, args.size)
         rows = compare(entry_a, entry_b, metrics)

@@ -90,7 +90,7 @@ def test_main_compares_the_model_with_a_baseline(compare, tmp_path, capsys):
     ("{two}", [], "choose one with --size"),
     ("{two}", ["--size", "100x100"], "no model result at 100x100"),
     ("{text}", [], "not JSON"),
-    ("{run}", ["--metrics", "speed"], "--metrics: choose from"),
+    ("{run}", ["--metrics", "speed"], "unknown metric(s) speed; choose from repeatability, "),
 ])
 def test_main_one_error_line(compare, tmp_path, capsys, spec, extra, message):
     pairs = {"per_pair": [_pair("s:1-2", 1, 1)]}

@@ -39,6 +39,8 @@ from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_s
 
 __all__ = [
     "METRIC_NAMES",
+    "parse_metric_names",
+    "result_entries",
     "TABLE_HEADER",
     "Detector",
     "KeyPointNetDetector",
@@ -242,6 +244,64 @@ def summarize(per_pair: list[dict[str, Any]]) -> dict[str, float]:
             values = values[np.isfinite(values)]
         means[name] = float(values.mean()) if len(values) else math.nan
     return means
+
+
+def parse_metric_names(text: str) -> tuple[str, ...]:
+    """``"c3,mscore"`` → ``("c3", "mscore")``; ValueError unless they are known metrics, at least one."""
+    metrics = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
+    if not metrics:
+        raise ValueError(f"--metrics: give at least one of {', '.join(METRIC_NAMES)}")
+    return metrics
+
+
+def _check_result_entry(size: str, entry: Any) -> None:
+    """ValueError unless ``entry`` is one method's result at one size, with every pair's metrics."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{size}: not a kp2d eval result (an object with 'per_pair' expected)")
+    if "per_pair" not in entry:
+        raise ValueError(f"{size}: no per-pair metrics (a JSON written before kp2d eval kept them)")
+    per_pair = entry["per_pair"]
+    if not isinstance(per_pair, list):
+        raise ValueError(f"{size}: 'per_pair' is not a list of pairs")
+    if not per_pair:
+        raise ValueError(f"{size}: no pair in 'per_pair'")
+    for index, pair in enumerate(per_pair):
+        if not isinstance(pair, dict) or not isinstance(pair.get("pair"), str):
+            raise ValueError(f"{size}: per_pair[{index}] is not a pair's metrics with its name ('pair')")
+        bad = [m for m in METRIC_NAMES if not (pair.get(m) is None or isinstance(pair.get(m), (int, float)))]
+        missing = [m for m in METRIC_NAMES if m not in pair]
+        if missing or bad:
+            raise ValueError(f"{size}: pair {pair['pair']}: no number for {', '.join(missing or bad)}")
+
+
+def result_entries(results: Any) -> list[tuple[str | None, str, dict[str, Any]]]:
+    """``(method, size, entry)`` of each result in a ``kp2d eval --json`` file's content.
+
+    The model's come first (method ``None``), then each ``--baselines`` method's; every entry has every
+    pair's metrics.
+
+    Raises:
+        ValueError: ``results`` is not such a result (not an object of sizes, a pair without its metrics,
+            no result at all).
+    """
+    if not isinstance(results, dict):
+        raise ValueError("not a kp2d eval --json result (a JSON object of sizes expected)")
+    baselines = results.get("baselines", {})
+    if not isinstance(baselines, dict) or not all(isinstance(sizes, dict) for sizes in baselines.values()):
+        raise ValueError("'baselines' is not an object of methods, each an object of sizes")
+    entries: list[tuple[str | None, str, Any]] = [
+        (None, size, entry) for size, entry in results.items() if size != "baselines"
+    ]
+    for method, sizes in baselines.items():
+        entries += [(method, size, entry) for size, entry in sizes.items()]
+    if not entries:
+        raise ValueError("no results in it (not a kp2d eval --json result?)")
+    for _, size, entry in entries:
+        _check_result_entry(size, entry)
+    return entries
 
 
 def pair_groups(pair_names: list[str]) -> dict[str, list[int]]:
