@@ -27,7 +27,13 @@ from kp2d.checks import check_output_path, check_scale_factor_option
 from kp2d.deploy.shipping import make_pretrained, reference_error
 from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.io.checkpoint import load_checkpoint, training_steps
-from kp2d.io.inference import PRECISIONS, InferenceSettings, parse_extra_rotations, parse_extra_scales
+from kp2d.io.inference import (
+    PRECISIONS,
+    InferenceSettings,
+    parse_extra_rotations,
+    parse_extra_scales,
+    parse_extra_weight,
+)
 from kp2d.models.keypoint_net import load_keypoint_net
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "kp2d" / "weights"
@@ -97,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         "--scale-factor; default: none)",
     )
     parser.add_argument(
+        "--extra-weight",
+        default=None,
+        metavar="W",
+        help="record the factor on the extra scales' and rotations' scores before the pooling, e.g. 0.9 "
+        "(needs --scale-factor; default: 1)",
+    )
+    parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=None,
@@ -111,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--extra-scales", args.extra_scales),
             ("--extra-rotations", args.extra_rotations),
             ("--precision", args.precision),
+            ("--extra-weight", args.extra_weight),
         )
         for option, value in extras:
             if value is not None and args.scale_factor is None:
@@ -119,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             check_scale_factor_option(args.scale_factor)
             extra = () if args.extra_scales is None else parse_extra_scales(args.extra_scales)
             turns = () if args.extra_rotations is None else parse_extra_rotations(args.extra_rotations)
-            inference = InferenceSettings(args.scale_factor, extra, turns, args.precision or "fp32")
+            weight = 1.0 if args.extra_weight is None else parse_extra_weight(args.extra_weight)
+            inference = InferenceSettings(args.scale_factor, extra, turns, args.precision or "fp32", weight)
         target = WEIGHTS / f"{args.name}.pt"
         check_output_path(target, "NAME")
         provenance = provenance_of(args.checkpoint, args.note)
@@ -139,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
           f"inference: scale_factor {written.inference.scale_factor:g}"
           + "".join(f", extra scale {scale:g}" for scale in written.inference.extra_scales)
           + "".join(f", extra rotation {angle:g}" for angle in written.inference.extra_rotations)
+          + ("" if (weight := written.inference.extra_weight) == 1 else f", extra scores x{weight:g}")
           + f", precision {written.inference.precision}")
     return 0
 

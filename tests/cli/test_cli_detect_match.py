@@ -188,6 +188,30 @@ def test_detect_uses_the_scale_factor_the_model_records(tmp_path, checkpoint, ph
     np.testing.assert_array_equal(scores, np.asarray(Image.open(tmp_path / "option" / "a_scores.png")))
 
 
+def test_detect_weights_the_extra_runs_recorded_or_given(tmp_path, checkpoint, photos, capsys):
+    """A recorded extra_weight detects as --extra-weight does; --extra-weight 1 gives the plain pooling."""
+    entry = {"scale_factor": 2.0, "extra_scales": [1.0], "extra_weight": 0.25}
+    recording = _recording(checkpoint, tmp_path / "recording.ckpt", entry)
+    pooled = ["--scale-factor", "2", "--extra-scales", "1"]
+    runs = {
+        "recorded": ["--model", recording],
+        "option": ["--model", checkpoint, *pooled, "--extra-weight", "0.25"],
+        "override": ["--model", recording, "--extra-weight", "1"],
+        "plain": ["--model", checkpoint, *pooled],
+    }
+    arrays, records = _detect_each(runs, photos[0], tmp_path)
+    for got, want in (("recorded", "option"), ("override", "plain")):
+        for name in ("keypoints", "scores", "descriptors"):
+            np.testing.assert_array_equal(arrays[got][name], arrays[want][name])
+    assert records["recorded"]["extra_weight"] == 0.25 and records["override"]["extra_weight"] == 1.0
+    # the same keypoints, the coarse scale's scores a quarter: the weighted total is lower
+    assert len(arrays["recorded"]["scores"]) == len(arrays["plain"]["scores"])
+    assert arrays["recorded"]["scores"].sum() < arrays["plain"]["scores"].sum()
+    argv = ["detect", str(photos[0]), "--model", checkpoint, "--extra-weight", "-1"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "--extra-weight must be a number > 0" in single_error_line(capsys)
+
+
 @pytest.mark.parametrize(
     ("key", "entry", "main_scale", "value", "refused"),
     [
@@ -228,7 +252,8 @@ def test_detect_pools_the_extra_runs_recorded_or_given(
         ({"scale_factor": -1}, "inference.scale_factor must be a finite number > 0, got -1"),
         (
             {"scale_factor": 2.0, "top_k": 5},
-            "unknown inference setting top_k (known: scale_factor, extra_scales, extra_rotations, precision)",
+            "unknown inference setting top_k (known: scale_factor, extra_scales, extra_rotations, precision, "
+            "extra_weight)",
         ),
     ],
 )

@@ -157,6 +157,20 @@ def test_extra_runs_label_the_row(tiny_root, tmp_path, capsys, option, value, la
     assert f"{option} applies to KeyPointNet, not to --method" in _error_line(capsys)
 
 
+def test_extra_weight_labels_the_row(tiny_root, tmp_path, capsys):
+    out = tmp_path / "weighted.json"
+    args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
+    assert _eval(*args, "--scale-factor", "2", "--extra-scales", "1", "--extra-weight", "0.5", "--json",
+                 str(out)) == 0
+    assert "| random-init (v4) (input x2+x1, extra scores x0.5) |" in capsys.readouterr().out
+    entry = json.loads(out.read_text())["64x48"]
+    assert entry["inference"] == {"scale_factor": 2.0, "extra_scales": [1.0], "extra_weight": 0.5}
+    assert _eval(*args, "--extra-weight", "0") == 2
+    assert "--extra-weight must be a number > 0" in _error_line(capsys)
+    assert _eval("--method", "sift", "--hpatches", str(tiny_root), "--extra-weight", "0.5") == 2
+    assert "--extra-weight applies to KeyPointNet, not to --method" in _error_line(capsys)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -98,19 +98,35 @@ def test_ship_weights_records_the_scale_factor(ship, random_checkpoint, capsys):
     assert "inference" not in load_checkpoint(ship.WEIGHTS / "v8.pt").extra
 
 
-def test_ship_weights_records_extra_scales_and_rotations(ship, random_checkpoint, capsys):
+@pytest.mark.parametrize(
+    ("options", "printed", "settings", "lone"),
+    [
+        (["--scale-factor", "2", "--extra-scales", "1", "--extra-rotations", "45,-45"],
+         "scale_factor 2, extra scale 1, extra rotation 45, extra rotation -45",
+         (2.0, (1.0,), (45.0, -45.0)), ["--extra-rotations", "45"]),
+        (["--scale-factor", "2.8", "--extra-scales", "1.25", "--extra-weight", "0.9"],
+         "scale_factor 2.8, extra scale 1.25, extra scores x0.9, precision fp32",
+         (2.8, (1.25,), (), "fp32", 0.9), ["--extra-weight", "0.9"]),
+    ],
+)
+def test_ship_weights_records_the_extra_runs(
+    ship, random_checkpoint, capsys, options, printed, settings, lone
+):
+    """Extra scales, rotations and their weight recorded; each needs --scale-factor."""
     from kp2d.io.inference import InferenceSettings
     from kp2d.models.keypoint_net import load_keypoint_net
 
-    argv = [str(random_checkpoint), "v9", "--scale-factor", "2", "--extra-scales", "1"]
-    argv += ["--extra-rotations", "45,-45"]
-    assert ship.main(argv) == 0
-    assert "scale_factor 2, extra scale 1, extra rotation 45, extra rotation -45" in capsys.readouterr().out
-    settings = load_keypoint_net(ship.WEIGHTS / "v9.pt").inference_settings
-    assert settings == InferenceSettings(2.0, (1.0,), (45.0, -45.0))
-    assert ship.main([str(random_checkpoint), "v8", "--extra-rotations", "45"]) == 2
-    message = "--extra-rotations needs --scale-factor (the main scale)"
+    assert ship.main([str(random_checkpoint), "v9", *options]) == 0
+    assert printed in capsys.readouterr().out
+    assert load_keypoint_net(ship.WEIGHTS / "v9.pt").inference_settings == InferenceSettings(*settings)
+    assert ship.main([str(random_checkpoint), "v8", *lone]) == 2
+    message = f"{lone[0]} needs --scale-factor (the main scale)"
     assert single_error_line(capsys) == f"ship_weights: error: {message}"
+
+
+def test_ship_weights_refuses_a_bad_extra_weight(ship, random_checkpoint, capsys):
+    assert ship.main([str(random_checkpoint), "v8", "--scale-factor", "2", "--extra-weight", "x"]) == 2
+    assert "--extra-weight must be a number > 0" in single_error_line(capsys)
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "nan"])

@@ -52,7 +52,8 @@ def test_settings_parse_and_label():
         ({"scale_factor": True}, "inference.scale_factor must be a number > 0, got True"),
         (
             {"scale": 2.0},
-            "unknown inference setting scale (known: scale_factor, extra_scales, extra_rotations, precision)",
+            "unknown inference setting scale (known: scale_factor, extra_scales, extra_rotations, precision, "
+            "extra_weight)",
         ),
         ([2.0], "'inference' must be a mapping, got list"),
     ],

@@ -34,7 +34,8 @@ CLI_BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp
 def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True) -> None:
     """Add the options shared with ``match`` and ``track`` (model, selection, device).
 
-    ``extra_scales``: also ``--extra-scales`` and ``--extra-rotations`` (``track`` runs one scale, unturned).
+    ``extra_scales``: also ``--extra-scales``, ``--extra-rotations`` and ``--extra-weight`` (``track`` runs
+    one scale, unturned).
     """
     parser.add_argument(
         "--model",
@@ -80,6 +81,14 @@ def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True
             "pooled by score (e.g. 45,-45: finds keypoints again across a 40-60 degree turn, 3x the "
             "compute; 'none': unturned only; default: the model's setting)",
         )
+        parser.add_argument(
+            "--extra-weight",
+            default=None,
+            metavar="W",
+            help="multiply the scores of the extra scales' and rotations' keypoints by W before the pooling "
+            "(e.g. 0.9: they fill in where the main scale finds few; default: the model's setting, 1 unless "
+            "its weights file records one)",
+        )
     parser.add_argument(
         "--fit-memory",
         action="store_true",
@@ -122,8 +131,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def model_options(options: dict, model) -> dict:
-    """``options`` with the scale factor, extra scales and extra rotations resolved (option, else model)."""
-    from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_scale_factor
+    """``options`` with the scale factor and extra runs resolved (each option, else the model's setting)."""
+    from kp2d.io.inference import (
+        model_extra_rotations,
+        model_extra_scales,
+        model_extra_weight,
+        model_scale_factor,
+    )
 
     scale_factor = model_scale_factor(model, options["scale_factor"])
     resolved = {**options, "scale_factor": scale_factor}
@@ -131,6 +145,8 @@ def model_options(options: dict, model) -> dict:
         resolved["extra_scales"] = model_extra_scales(model, options["extra_scales"], scale_factor)
     if "extra_rotations" in options:
         resolved["extra_rotations"] = model_extra_rotations(model, options["extra_rotations"])
+    if "extra_weight" in options:
+        resolved["extra_weight"] = model_extra_weight(model, options["extra_weight"])
     return resolved
 
 
@@ -182,12 +198,13 @@ def selection_options(args: argparse.Namespace) -> dict:
         "fit_memory": args.fit_memory,
     }
     if hasattr(args, "extra_scales"):
-        from kp2d.io.inference import parse_extra_rotations, parse_extra_scales
+        from kp2d.io.inference import parse_extra_rotations, parse_extra_scales, parse_extra_weight
 
         extra = None if args.extra_scales is None else parse_extra_scales(args.extra_scales)
         options["extra_scales"] = extra
         turns = None if args.extra_rotations is None else parse_extra_rotations(args.extra_rotations)
         options["extra_rotations"] = turns
+        options["extra_weight"] = None if args.extra_weight is None else parse_extra_weight(args.extra_weight)
     return options
 
 
@@ -344,6 +361,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
             "scale_factor": options["scale_factor"],
             "extra_scales": list(options["extra_scales"]),
             "extra_rotations": list(options["extra_rotations"]),
+            "extra_weight": options["extra_weight"],
             "backend": "torch-fp32" if options["backend"] is None else options["backend"].name,
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),

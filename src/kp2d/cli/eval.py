@@ -97,6 +97,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "pooled before the top-k (e.g. 45,-45); 'none': unturned only; default: the model's setting",
     )
     parser.add_argument(
+        "--extra-weight",
+        default=None,
+        metavar="W",
+        help="multiply the scores of the extra scales' and rotations' keypoints by W before the pooling "
+        "(e.g. 0.9: they fill in where the main scale finds few); default: the model's setting (1 unless "
+        "its weights file records one)",
+    )
+    parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=None,
@@ -130,7 +138,12 @@ def _build_network(args: argparse.Namespace, device):
 
 def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[int, int, int]]):
     """The settings to evaluate with: each option when given, else the network's recorded setting."""
-    from kp2d.io.inference import InferenceSettings, parse_extra_rotations, parse_extra_scales
+    from kp2d.io.inference import (
+        InferenceSettings,
+        parse_extra_rotations,
+        parse_extra_scales,
+        parse_extra_weight,
+    )
 
     recorded = getattr(network, "inference_settings", InferenceSettings())
     scale_factor = args.scale_factor if args.scale_factor is not None else recorded.scale_factor
@@ -148,7 +161,8 @@ def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[
     else:
         extra_rotations = recorded.extra_rotations
     precision = args.precision if args.precision is not None else recorded.precision
-    return InferenceSettings(scale_factor, extra_scales, extra_rotations, precision)
+    weight = parse_extra_weight(args.extra_weight) if args.extra_weight is not None else recorded.extra_weight
+    return InferenceSettings(scale_factor, extra_scales, extra_rotations, precision, weight)
 
 
 def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int, inference):
@@ -159,7 +173,7 @@ def _make_detector(args: argparse.Namespace, network, label: str, device, top_k:
     return KeyPointNetDetector(
         network, device, name=label, scale_factor=inference.scale_factor,
         extra_scales=inference.extra_scales, extra_rotations=inference.extra_rotations,
-        precision=inference.precision,
+        precision=inference.precision, extra_weight=inference.extra_weight,
     )
 
 
@@ -221,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--extra-rotations applies to KeyPointNet, not to --method")
     elif args.precision is not None:
         raise ConfigError("--precision applies to KeyPointNet, not to --method")
+    elif args.extra_weight is not None:
+        raise ConfigError("--extra-weight applies to KeyPointNet, not to --method")
 
     baselines = parse_baselines(args.baselines, args.method)
 

@@ -35,7 +35,12 @@ from kp2d.data.hpatches import HPatchesDataset, SequenceSample
 from kp2d.errors import DataError
 from kp2d.eval.metrics import evaluate_pair
 from kp2d.features.extraction import backend_precision, check_scale_factor, dense_cells, resolve_backend
-from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_scale_factor
+from kp2d.io.inference import (
+    model_extra_rotations,
+    model_extra_scales,
+    model_extra_weight,
+    model_scale_factor,
+)
 
 __all__ = [
     "METRIC_NAMES",
@@ -95,6 +100,8 @@ class KeyPointNetDetector:
             ``None`` (default): the model's ``inference_settings``.
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` for a network (see :func:`kp2d.extract`); ``None``
             (default): the model's ``inference_settings``. :attr:`precision` holds what it resolved to.
+        extra_weight: the extra scales' and rotations' cell scores are multiplied by this before the
+            pooling (see :func:`kp2d.extract`). ``None`` (default): the model's ``inference_settings``.
     """
 
     norm = cv2.NORM_L2
@@ -109,8 +116,10 @@ class KeyPointNetDetector:
         extra_scales: tuple[float, ...] | list[float] | None = None,
         extra_rotations: tuple[float, ...] | list[float] | None = None,
         precision: str | None = None,
+        extra_weight: float | None = None,
     ) -> None:
         self.scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
+        self.extra_weight = model_extra_weight(model, extra_weight)
         self.extra_scales = model_extra_scales(model, extra_scales, self.scale_factor)
         self.extra_rotations = model_extra_rotations(model, extra_rotations)
         self.is_backend = not isinstance(model, torch.nn.Module)
@@ -137,6 +146,10 @@ class KeyPointNetDetector:
         per_run = [self._detect(batch, scale, angle) for scale, angle in runs]
         if len(per_run) == 1:
             return per_run[0]
+        if self.extra_weight != 1:
+            for found in per_run[1:]:
+                for rows, _ in found:
+                    rows[:, 2] *= self.extra_weight
         return [
             (np.concatenate([rows for rows, _ in found]), np.concatenate([descs for _, descs in found]))
             for found in zip(*per_run, strict=True)

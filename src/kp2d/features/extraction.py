@@ -35,6 +35,10 @@ centre by those angles, and pools their keypoints the same way, mapped back to t
 network's descriptors are not rotation invariant, so a view turned by 40-60 degrees finds its keypoints in
 the copy turned back towards it. Keypoints within :data:`TURNED_MARGIN` pixels of the turned copy's empty
 corners (where the network would fire on the edge of the picture) are dropped.
+
+``extra_weight`` multiplies the scores of the extra scales' and rotations' keypoints before the pooling
+(their keypoints keep the weighted scores): below 1 the main run keeps its best keypoints and the extra
+runs fill in where it finds few.
 """
 
 from __future__ import annotations
@@ -62,7 +66,13 @@ from kp2d.features.keypoints import Keypoints
 from kp2d.features.selection import _check_selection, select_keypoints
 from kp2d.geometry import normalize_points, rotation_about_center, warp_points
 from kp2d.io.images import ImageLike, _pil_to_numpy, image_to_tensor, load_image
-from kp2d.io.inference import model_extra_rotations, model_extra_scales, model_precision, model_scale_factor
+from kp2d.io.inference import (
+    model_extra_rotations,
+    model_extra_scales,
+    model_extra_weight,
+    model_precision,
+    model_scale_factor,
+)
 
 #: What ``extract`` runs instead of the plain network (a :class:`kp2d.deploy.backends.Backend`).
 Backend = Callable[[torch.Tensor], KeyPointNetOutput]
@@ -468,10 +478,12 @@ def _extract_batch(
     fit_memory: bool | None = False,
     extra_scales: tuple[float, ...] | list[float] | None = None,
     extra_rotations: tuple[float, ...] | list[float] | None = None,
+    extra_weight: float | None = None,
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
     """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched.
 
-    ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None``: the model's settings.
+    ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None`` / ``extra_weight=None``: the
+    model's settings.
     ``fit_memory=None`` skips the memory check (for an image already shrunk to fit). The cell scores are
     the main scale's.
     """
@@ -484,6 +496,7 @@ def _extract_batch(
     scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
     extra_scales = model_extra_scales(model, extra_scales, scale_factor)
     extra_rotations = model_extra_rotations(model, extra_rotations)
+    extra_weight = model_extra_weight(model, extra_weight)
     original_size = None
     if fit_memory is not None:
         fit_memory = check_flag("fit_memory", fit_memory)
@@ -503,7 +516,10 @@ def _extract_batch(
     if fitting or extra_rotations:
         runs = [(scale, 0.0) for scale in fitting] + [(scale_factor, angle) for angle in extra_rotations]
         per_run = [results] + [
-            _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale, angle)[0]
+            _weighted(
+                _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale, angle)[0],
+                extra_weight,
+            )
             for scale, angle in runs
         ]
         results = [_pooled(list(found), top_k) for found in zip(*per_run, strict=True)]
@@ -517,6 +533,14 @@ def _fits(height: int, width: int, scale_factor: float) -> bool:
     except DataError:
         return False
     return True
+
+
+def _weighted(found: list[Keypoints], weight: float) -> list[Keypoints]:
+    """The keypoints with their scores multiplied by ``weight`` (in place; 1 leaves them as they are)."""
+    if weight != 1:
+        for item in found:
+            item.scores = item.scores * weight
+    return found
 
 
 def _pooled(found: list[Keypoints], top_k: int | None) -> Keypoints:
@@ -686,6 +710,7 @@ def extract(
     extra_scales: tuple[float, ...] | list[float] | None = None,
     extra_rotations: tuple[float, ...] | list[float] | None = None,
     precision: str | None = None,
+    extra_weight: float | None = None,
 ) -> Keypoints | list[Keypoints]:
     """Detect and describe keypoints (see the module docstring for padding and selection).
 
@@ -735,6 +760,10 @@ def extract(
             it under bf16 autocast, score and location heads in fp32; built once and cached) or
             ``"auto"`` (bf16 where the CPU has AVX512-BF16 / AMX or the GPU bf16, else fp32). ``None``:
             the model's ``inference_settings.precision`` (fp32 unless its weights file records one).
+        extra_weight: the scores of ``extra_scales``' and ``extra_rotations``' keypoints are multiplied
+            by this (> 0) before the pooling, and kept so (below 1 they fill in where the main run finds
+            few keypoints). ``None``: the model's ``inference_settings.extra_weight`` (1 unless its
+            weights file records one).
 
     Returns:
         Keypoints sorted by decreasing score (float32 keypoints, scores and descriptors, also for a
@@ -745,8 +774,8 @@ def extract(
             resizing), or one that needs more memory than is available (without ``fit_memory``; the
             message names the largest size that fits).
         ConfigError: a bad ``top_k`` (not an integer >= 1), ``nms_radius`` (< 0), ``score_threshold``
-            (NaN) or ``scale_factor`` (<= 0), a ``backend`` given by name instead of built, or both a
-            ``backend`` and a ``precision``.
+            (NaN), ``scale_factor`` or ``extra_weight`` (<= 0), a ``backend`` given by name instead of
+            built, or both a ``backend`` and a ``precision``.
     """
     if isinstance(image, (list, tuple)):
         for index, item in enumerate(image):
@@ -758,14 +787,14 @@ def extract(
         return [
             extract(
                 model, item, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory,
-                extra_scales, extra_rotations, precision,
+                extra_scales, extra_rotations, precision, extra_weight,
             )
             for item in image
         ]
     backend = resolve_backend(model, backend, precision)
     results, _, batched = _extract_batch(
         model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales,
-        extra_rotations,
+        extra_rotations, extra_weight,
     )
     return results if batched else results[0]
 
@@ -782,6 +811,7 @@ def extract_with_score_map(
     extra_scales: tuple[float, ...] | list[float] | None = None,
     extra_rotations: tuple[float, ...] | list[float] | None = None,
     precision: str | None = None,
+    extra_weight: float | None = None,
 ) -> tuple[Keypoints, torch.Tensor]:
     """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run.
 
@@ -792,7 +822,7 @@ def extract_with_score_map(
     backend = resolve_backend(model, backend, precision)
     results, scores, _ = _extract_batch(
         model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales,
-        extra_rotations,
+        extra_rotations, extra_weight,
     )
     if len(results) != 1:
         raise DataError(f"extract_with_score_map takes one image, got a batch of {len(results)}")

@@ -3,6 +3,8 @@
 ``extra_scales`` (``"inference": {"scale_factor": 2.0, "extra_scales": [1.0]}``) are more input scales the
 network also runs at, their keypoints pooled with the main scale's by score (see :func:`kp2d.extract`).
 ``extra_rotations`` (``[45, -45]``, degrees) likewise runs it on copies of the image turned by those angles.
+``extra_weight`` (``0.9``) multiplies the scores of those extra runs' keypoints before the pooling, so that
+they fill in where the main run finds little rather than crowd out its keypoints (default 1: plain scores).
 ``precision`` (``"auto"``) runs it under bf16 autocast where the hardware does bf16 natively, elsewhere on a
 CPU in fp32 with BatchNorm folded (``"bf16"``: always bf16; ``"fp32"``, the default: the network as it is);
 see :meth:`kp2d.models.KeyPointNet.default_backend`.
@@ -15,6 +17,7 @@ HPatches detector and the CLIs use a loaded network's settings unless an explici
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,14 +31,17 @@ __all__ = [
     "InferenceSettings",
     "check_extra_rotations",
     "check_extra_scales",
+    "check_extra_weight",
     "check_precision",
     "inference_settings_from",
     "model_extra_rotations",
     "model_extra_scales",
+    "model_extra_weight",
     "model_precision",
     "model_scale_factor",
     "parse_extra_rotations",
     "parse_extra_scales",
+    "parse_extra_weight",
 ]
 
 #: The checkpoint entry that holds the settings.
@@ -57,12 +63,15 @@ class InferenceSettings:
         precision: ``"fp32"``, ``"bf16"`` (autocast, heads in fp32) or ``"auto"`` (bf16 on a CPU with
             AVX512-BF16 / AMX or a GPU with bf16, else fp32, BatchNorm folded on a CPU); used when no
             backend is given.
+        extra_weight: the scores of the extra scales' and rotations' keypoints are multiplied by this
+            (> 0) before they are pooled with the main run's (1: as they are).
     """
 
     scale_factor: float = 1.0
     extra_scales: tuple[float, ...] = ()
     extra_rotations: tuple[float, ...] = ()
     precision: str = "fp32"
+    extra_weight: float = 1.0
 
     def __post_init__(self) -> None:
         scale_factor = check_scale_factor(self.scale_factor)
@@ -70,6 +79,7 @@ class InferenceSettings:
         object.__setattr__(self, "extra_scales", check_extra_scales(self.extra_scales, scale_factor))
         object.__setattr__(self, "extra_rotations", check_extra_rotations(self.extra_rotations))
         object.__setattr__(self, "precision", check_precision(self.precision))
+        object.__setattr__(self, "extra_weight", check_extra_weight(self.extra_weight))
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -85,10 +95,12 @@ class InferenceSettings:
             entry["extra_rotations"] = list(self.extra_rotations)
         if self.precision != "fp32":
             entry["precision"] = self.precision
+        if self.extra_weight != 1:
+            entry["extra_weight"] = self.extra_weight
         return entry
 
     def label(self, precision: str | None = None) -> str:
-        """The non-default settings for a table row: ``" (input x2+x1)"``, ``" (input x3, bf16)"``.
+        """The non-default settings for a table row, e.g. ``" (input x2.8+x1.25, extra scores x0.9)"``.
 
         ``precision``: what the precision resolved to on this machine (``"bf16"`` / ``"fp32"``), named
         instead of the recorded ``"auto"``; ``""`` for the defaults.
@@ -98,6 +110,8 @@ class InferenceSettings:
             parts.append("input " + "+".join(f"x{scale:g}" for scale in self.scales))
         if self.extra_rotations:
             parts.append("turned " + "/".join(f"{angle:g}" for angle in (0.0, *self.extra_rotations)))
+        if self.extra_weight != 1 and (self.extra_scales or self.extra_rotations):
+            parts.append(f"extra scores x{self.extra_weight:g}")
         precision = precision or self.precision
         if precision != "fp32":
             parts.append(precision)
@@ -141,6 +155,24 @@ def check_extra_rotations(extra_rotations: Any) -> tuple[float, ...]:
         if angle != 0 and angle not in angles:
             angles.append(angle)
     return tuple(angles)
+
+
+def check_extra_weight(extra_weight: Any, option: str = "extra_weight") -> float:
+    """``extra_weight`` as a float > 0.
+
+    Raises:
+        ConfigError: naming ``option``, for anything else (NaN, infinity, a bool, text).
+    """
+    must = f"{option} must be a number > 0 (1: the extra runs' scores as they are), got {extra_weight!r}"
+    if isinstance(extra_weight, (bool, str, bytes)):
+        raise ConfigError(must)
+    try:
+        weight = float(extra_weight)
+    except (TypeError, ValueError):
+        raise ConfigError(must) from None
+    if not 0 < weight < math.inf:
+        raise ConfigError(must)
+    return weight
 
 
 def check_precision(precision: Any) -> str:
@@ -205,6 +237,23 @@ def parse_extra_rotations(text: str, option: str = "--extra-rotations") -> tuple
                        "(e.g. 45,-45) or none")
 
 
+def parse_extra_weight(text: str, option: str = "--extra-weight") -> float:
+    """``"0.9"`` → ``0.9``.
+
+    Raises:
+        ConfigError: naming ``option``, for text that is not a number > 0.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    try:
+        return check_extra_weight(value, option)
+    except ConfigError:
+        raise ConfigError(f"{option} must be a number > 0 (1: the extra runs' scores as they are), got "
+                          f"{text!r}") from None
+
+
 def _parse_list(text: str, check: Any, must: str) -> tuple[float, ...]:
     """Comma-separated numbers through ``check``; ``"none"`` → ``()``; else ConfigError ``must``."""
     if text.strip().lower() in ("none", ""):
@@ -234,6 +283,14 @@ def model_extra_scales(
         settings = getattr(model, "inference_settings", None)
         extra_scales = getattr(settings, "extra_scales", ())
     return check_extra_scales(extra_scales, scale_factor)
+
+
+def model_extra_weight(model: object, extra_weight: float | None = None) -> float:
+    """``extra_weight`` when given, else the model's recorded one (1 for a module without settings)."""
+    if extra_weight is None:
+        settings = getattr(model, "inference_settings", None)
+        extra_weight = getattr(settings, "extra_weight", 1.0)
+    return check_extra_weight(extra_weight)
 
 
 def model_scale_factor(model: object, scale_factor: float | None) -> float:

@@ -179,11 +179,13 @@ class KeyPointNet(nn.Module):
         extra_scales=None,
         extra_rotations=None,
         precision=None,
+        extra_weight=None,
     ):
         """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.extract`.
 
-        ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None`` / ``precision=None`` use
-        :attr:`inference_settings` (1, none and fp32 unless the weights file records them).
+        ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None`` / ``precision=None`` /
+        ``extra_weight=None`` use :attr:`inference_settings` (1, none, fp32 and 1 unless the weights file
+        records them).
         """
         return extract(
             self,
@@ -197,6 +199,7 @@ class KeyPointNet(nn.Module):
             extra_scales=extra_scales,
             extra_rotations=extra_rotations,
             precision=precision,
+            extra_weight=extra_weight,
         )
 
     def default_backend(self, precision: str | None = None) -> Backend | None:
