@@ -3,6 +3,7 @@ on the same pairs (or of the model and a baseline in one run).
 
     python scripts/compare_evals.py RUN.json:model RUN.json:sift [--metrics c1,c3,mscore]
     python scripts/compare_evals.py A.json B.json --size 640x480
+    python scripts/compare_evals.py zoom.json zoom.json:sift --views 2-5    # a warp sweep's first four levels
 
 Each side is ``FILE[:METHOD]``: ``model`` (the default) or a ``--baselines`` method of that file. For every
 metric it prints both means, their difference A - B with a 95 % interval from resampling whole sequences
@@ -10,6 +11,7 @@ metric it prints both means, their difference A - B with a 95 % interval from re
 themselves when the set has fewer than 5 sequences, as `v_graffiti`'s one), and for the
 per-pair yes / no metrics (C1, C3, C5) the pairs only A gets, the pairs only B gets and the two-sided exact
 sign-test p-value on those discordant pairs. A difference whose interval holds 0 is not a win.
+``--views`` keeps the pairs ``1-V`` of those views only (in a warp sweep view V is level V - 1).
 """
 
 from __future__ import annotations
@@ -83,11 +85,36 @@ def load_entry(spec: str, size: str | None) -> tuple[str, dict[str, Any]]:
     return f"{sizes[size].get('model', method)} ({path.name})", sizes[size]
 
 
-def compare(a: dict[str, Any], b: dict[str, Any], metrics: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One row per metric comparing two result entries pair by pair.
+def parse_views(text: str) -> set[int]:
+    """``"2-5"`` / ``"2,3,6"`` / ``"2-3,6"`` → the view numbers; ValueError on anything else."""
+    views: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, dash, last = part.strip().partition("-")
+            low, high = int(first), int(last if dash else first)
+            if not 2 <= low <= high:
+                raise ValueError
+            views.update(range(low, high + 1))
+    except ValueError:
+        raise ValueError(f"--views must be view numbers from 2 or ranges, e.g. 2-5 or 2,3,6, got {text!r}") \
+            from None
+    return views
+
+
+def pair_view(name: str) -> int | None:
+    """The second view of a pair named ``"sequence:1-V"`` (``None`` for another name)."""
+    _, _, views = name.rpartition(":")
+    _, _, second = views.partition("-")
+    return int(second) if second.isdigit() else None
+
+
+def compare(
+    a: dict[str, Any], b: dict[str, Any], metrics: tuple[str, ...], views: set[int] | None = None
+) -> list[dict[str, Any]]:
+    """One row per metric comparing two result entries pair by pair (``views``: pairs ``1-V`` of those only).
 
     Raises:
-        ValueError: the two hold different pairs (not the same set).
+        ValueError: the two hold different pairs (not the same set), or no pair of ``views``.
     """
     a_pairs = {pair["pair"]: pair for pair in a["per_pair"]}
     b_pairs = {pair["pair"]: pair for pair in b["per_pair"]}
@@ -95,6 +122,10 @@ def compare(a: dict[str, Any], b: dict[str, Any], metrics: tuple[str, ...]) -> l
         only = sorted(set(a_pairs) ^ set(b_pairs))
         raise ValueError(f"the two runs hold different pairs ({len(only)} in one only, e.g. {only[0]})")
     names = sorted(a_pairs)
+    if views is not None:
+        names = [name for name in names if pair_view(name) in views]
+        if not names:
+            raise ValueError(f"no pair of views {', '.join(map(str, sorted(views)))} in the runs")
     rows = []
     for metric in metrics:
         values = np.array([[_number(a_pairs[n][metric]), _number(b_pairs[n][metric])] for n in names])
@@ -142,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("a", metavar="A", help="FILE[:METHOD] (METHOD: model, the default, or a baseline)")
     parser.add_argument("b", metavar="B", help="FILE[:METHOD]")
     parser.add_argument("--size", help="e.g. 640x480, when a file holds several sizes")
+    parser.add_argument("--views", help="only the pairs 1-V of these views, e.g. 2-5 (a warp sweep's levels "
+                        "1-4)")
     parser.add_argument("--metrics", default="c1,c3,mscore",
                         help=f"comma-separated, of {', '.join(METRIC_NAMES)} (default c1,c3,mscore)")
     args = parser.parse_args(argv)
@@ -149,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics = parse_metric_names(args.metrics)
         label_a, entry_a = load_entry(args.a, args.size)
         label_b, entry_b = load_entry(args.b, args.size)
-        rows = compare(entry_a, entry_b, metrics)
+        views = None if args.views is None else parse_views(args.views)
+        rows = compare(entry_a, entry_b, metrics, views)
     except (OSError, ValueError) as error:
         print(f"compare_evals: error: {user_message(error)}", file=sys.stderr)
         return 2

@@ -120,3 +120,19 @@ def test_a_metric_no_pair_has_is_nan_not_an_error(compare):
     (row,) = compare.compare(a, b, ("localization_error",))
     assert row["pairs"] == 0 and np.isnan(row["difference"])
     assert "| localization_error | 0 | nan | nan |" in compare.format_table("a", "b", [row])
+
+
+def test_views_keep_the_levels_asked_for(compare):
+    # a warp sweep: view V is level V - 1; --views 2-3 leaves out the pairs 1-4 (here the only difference)
+    a = {"per_pair": [_pair(f"{s}:1-{k}", 1.0, 1.0) for s in "st" for k in (2, 3, 4)]}
+    b = {"per_pair": [_pair(f"{s}:1-{k}", float(k < 4), 1.0) for s in "st" for k in (2, 3, 4)]}
+    (every,) = compare.compare(a, b, ("c1",))
+    assert (every["a_only"], every["b_only"], every["pairs"]) == (2, 0, 6)
+    (first,) = compare.compare(a, b, ("c1",), compare.parse_views("2-3"))
+    assert (first["a_only"], first["b_only"], first["pairs"], first["difference"]) == (0, 0, 4, 0.0)
+    assert compare.parse_views("2-3,6") == {2, 3, 6} and compare.pair_view("v_x:1-12") == 12
+    for bad in ("1-3", "3-2", "x", "2-"):
+        with pytest.raises(ValueError, match="--views must be view numbers"):
+            compare.parse_views(bad)
+    with pytest.raises(ValueError, match="no pair of views 9"):
+        compare.compare(a, b, ("c1",), {9})
