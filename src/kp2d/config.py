@@ -25,6 +25,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
+    "check_something_to_learn",
     "config_from_dict",
     "list_presets",
     "list_recipes",
@@ -314,6 +315,24 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists for tuples): YAML- and ``torch.load(weights_only=True)``-safe."""
         return _plain(asdict(self))
+
+
+def check_something_to_learn(config: Config) -> None:
+    """Raise ConfigError when no loss term has a weight > 0: a run would train nothing.
+
+    Self-supervised terms count with a weight > 0 (the descriptor's only with ``loss.descriptor_loss``);
+    distillation counts with ``train.teacher`` and ``loss.distill_weight`` or ``distill_warped_weight`` > 0.
+    """
+    loss = config.loss
+    self_supervised = loss.keypoint_loss_weight > 0 or loss.score_loss_weight > 0
+    self_supervised |= loss.descriptor_loss and loss.descriptor_loss_weight > 0
+    distilled = bool(config.train.teacher) and (loss.distill_weight > 0 or loss.distill_warped_weight > 0)
+    if not (self_supervised or distilled):
+        teacher = f"train.teacher {config.train.teacher}: " if config.train.teacher else "no train.teacher; "
+        raise ConfigError(
+            f"{config.name}: nothing to learn ({teacher}loss.keypoint_loss_weight, descriptor_loss_weight, "
+            "score_loss_weight and the distillation weights are 0): give one of them a weight > 0"
+        )
 
 
 def _plain(value: Any) -> Any:

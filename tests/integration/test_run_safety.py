@@ -245,3 +245,16 @@ def test_a_second_ctrl_c_aborts_at_once_inside_a_long_step(tiny_images, tiny_con
     assert all(_gone(pid) for pid in children)
     assert main(["train", str(tiny_config), "--data", str(tiny_images), "--out", str(out), "--device", "cpu",
                  "--max-steps", "2", "--no-progress", "--resume"]) == 0  # the folder is free again
+
+
+def test_a_config_with_nothing_to_learn_stops_before_the_run(tiny_images, tmp_path, capsys):
+    """Every loss weight 0 and no teacher: one line, exit 2, no run folder (it would train nothing)."""
+    config = tmp_path / "idle.yaml"
+    loss = {"keypoint_loss_weight": 0.0, "descriptor_loss_weight": 0.0, "score_loss_weight": 0.0}
+    config.write_text(yaml.safe_dump({"extends": "v4", **TINY, "loss": {**TINY["loss"], **loss}}))
+    out = tmp_path / "run"
+    argv = ["train", str(config), "--data", str(tiny_images), "--out", str(out), "--device", "cpu"]
+    assert main([*argv, "--max-steps", "1", "--no-progress"]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("kp2d train: error: idle: nothing to learn (no train.teacher; ")
+    assert not out.exists()

@@ -278,3 +278,37 @@ def test_the_cli_refuses_a_config_with_a_huge_image_shape_in_one_line(tmp_path, 
     assert main(["train", str(config), "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
     expected = "kp2d train: error: augmentation.image_shape must be at most 16384 a side: [100000, 100000]"
     assert single_error_line(capsys) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "learns"),
+    [
+        ({}, True),
+        ({"loss": {"keypoint_loss_weight": 0.0, "descriptor_loss_weight": 0.0, "score_loss_weight": 0.0}},
+         False),
+        ({"loss": {"keypoint_loss_weight": 0.0, "score_loss_weight": 0.0, "descriptor_loss": False}}, False),
+        ({"loss": {"keypoint_loss_weight": 0.0, "score_loss_weight": 0.0}}, True),  # the triplet term alone
+    ],
+)
+def test_check_something_to_learn_self_supervised(overrides, learns):
+    from kp2d.config import check_something_to_learn
+
+    config = load_config("v4", overrides)
+    if learns:
+        check_something_to_learn(config)
+    else:
+        with pytest.raises(ConfigError, match="v4: nothing to learn"):
+            check_something_to_learn(config)
+
+
+def test_check_something_to_learn_with_a_teacher():
+    from kp2d.config import check_something_to_learn
+
+    lite = load_config("lite")  # every self-supervised weight 0: it learns by distillation alone
+    check_something_to_learn(lite)
+    with pytest.raises(ConfigError, match=r"nothing to learn \(train.teacher v4: "):
+        check_something_to_learn(load_config("lite", {"loss": {"distill_weight": 0.0}}))
+    warped_only = {"loss": {"distill_weight": 0.0, "distill_warped_weight": 1.0}}
+    check_something_to_learn(load_config("lite", warped_only))
+    with pytest.raises(ConfigError, match="no train.teacher"):
+        check_something_to_learn(load_config("lite", {"train": {"teacher": ""}}))

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import yaml
 
-from kp2d.config import Config, ModelConfig
+from kp2d.config import Config, ModelConfig, check_something_to_learn
 from kp2d.errors import CheckpointError
 from kp2d.io.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint, training_steps
 from kp2d.io.weights import resolve_model_path
@@ -577,7 +577,9 @@ def train(options: TrainOptions) -> TrainSummary:
 
     Raises:
         RunFolderInUse: another live run holds ``options.out`` (nothing is written).
+        ConfigError: no loss term has a weight (nothing would be learned).
     """
+    check_something_to_learn(options.config)  # before the run folder is touched
     run = _Run(options)
     try:
         with hold_run_folder(run.out, enabled=run.dist.is_main):
