@@ -27,6 +27,7 @@ import numpy as np
 
 from kp2d.errors import user_message
 from kp2d.eval.hpatches import METRIC_NAMES, parse_metric_names, result_entries
+from kp2d.eval.settings import pair_view, parse_views
 
 BINARY_METRICS = ("c1", "c3", "c5")
 MIN_SEQUENCES = 5
@@ -83,29 +84,6 @@ def load_entry(spec: str, size: str | None) -> tuple[str, dict[str, Any]]:
     if size not in sizes:
         raise ValueError(f"{path}: no {method} result at {size} (it has {', '.join(sizes)})")
     return f"{sizes[size].get('model', method)} ({path.name})", sizes[size]
-
-
-def parse_views(text: str) -> set[int]:
-    """``"2-5"`` / ``"2,3,6"`` / ``"2-3,6"`` → the view numbers; ValueError on anything else."""
-    views: set[int] = set()
-    try:
-        for part in text.split(","):
-            first, dash, last = part.strip().partition("-")
-            low, high = int(first), int(last if dash else first)
-            if not 2 <= low <= high:
-                raise ValueError
-            views.update(range(low, high + 1))
-    except ValueError:
-        raise ValueError(f"--views must be view numbers from 2 or ranges, e.g. 2-5 or 2,3,6, got {text!r}") \
-            from None
-    return views
-
-
-def pair_view(name: str) -> int | None:
-    """The second view of a pair named ``"sequence:1-V"`` (``None`` for another name)."""
-    _, _, views = name.rpartition(":")
-    _, _, second = views.partition("-")
-    return int(second) if second.isdigit() else None
 
 
 def compare(

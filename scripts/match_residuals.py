@@ -15,12 +15,14 @@ keypoints' precision), with the median corner errors.
 same), ``+`` between a main scale and extra ones pooled by score (``--extra-weight`` on their scores,
 default the model's), e.g.
 ``2.8/1.12`` runs the reference at x2.8 and the zoomed view at x1.12 only (the ideal pairing for a 2.5x
-zoom). ``--views``: the pairs ``1-V`` of those views (default all).
+zoom). ``--views``: the pairs ``1-V`` of those views (``3``, ``2-5``, ``2,3``; default all). The network runs
+on the CPU at ``--precision`` (default: the model's setting).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,14 +36,14 @@ from kp2d.errors import ConfigError, Kp2dError
 from kp2d.eval.hpatches import KeyPointNetDetector
 from kp2d.eval.metrics import (
     CORRECTNESS_THRESHOLDS,
-    _shared_keypoints,
     corner_error,
     match_descriptors,
     protocol_homography,
+    shared_keypoints,
 )
-from kp2d.eval.settings import opencv_detector, parse_baselines, parse_shapes
+from kp2d.eval.settings import opencv_detector, pair_view, parse_baselines, parse_shapes, parse_views
 from kp2d.geometry import warp_points_numpy
-from kp2d.io.inference import parse_extra_weight
+from kp2d.io.inference import PRECISIONS, parse_extra_weight
 from kp2d.io.weights import DEFAULT_MODEL
 from kp2d.models.keypoint_net import load_keypoint_net
 
@@ -58,8 +60,8 @@ def pair_residuals(
     (2,) (mean vector within 3 px), "corner_error" (the protocol's fit), "oracle_error" (the fit to the
     matches within 3 px; inf under 4)}``.
     """
-    kept1, kept_desc1 = _shared_keypoints(prob1, desc1, homography, size_wh, top_k)
-    kept2, kept_desc2 = _shared_keypoints(prob2, desc2, np.linalg.inv(homography), size_wh, top_k)
+    kept1, kept_desc1 = shared_keypoints(prob1, desc1, homography, size_wh, top_k)
+    kept2, kept_desc2 = shared_keypoints(prob2, desc2, np.linalg.inv(homography), size_wh, top_k)
     query, train = match_descriptors(kept_desc1, kept_desc2, norm, cross_check=True)
     points1, points2 = kept1[query, :2].astype(np.float64), kept2[train, :2].astype(np.float64)
     residuals = warp_points_numpy(points1, homography) - points2  # (M, 2)
@@ -81,7 +83,7 @@ def pair_residuals(
     }
 
 
-def summarize(pairs: list[dict[str, Any]]) -> dict[str, float]:
+def summarize(pairs: list[dict[str, Any]]) -> dict[str, float]:  # "pairs" is a count, the rest means
     """Means over pairs (C3 as the fraction of pairs within 3 px, medians of the corner errors)."""
     column = {
         key: np.array([pair[key] for pair in pairs], dtype=np.float64) for key in pairs[0] if key != "bias"
@@ -89,7 +91,7 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, float]:
     bias = np.array([pair["bias"] for pair in pairs], dtype=np.float64)
     threshold = CORRECTNESS_THRESHOLDS[1]
     return {
-        "pairs": len(pairs),
+        "pairs": float(len(pairs)),
         "matches": column["matches"].mean(),
         "within3": column["within3"].mean(),
         "within1": column["within1"].mean(),
@@ -110,7 +112,7 @@ def parse_run(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if len(sides) > 2:
             raise ValueError
         scales = [tuple(float(value) for value in side.split("+")) for side in sides]
-        if any(not scale > 0 for side in scales for scale in side):
+        if any(not (0 < scale < math.inf) for side in scales for scale in side):
             raise ValueError
     except ValueError:
         raise ConfigError(f"--runs: '{text}' must be scales > 0 joined by + with one optional /, e.g. "
@@ -118,20 +120,8 @@ def parse_run(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return scales[0], scales[-1]
 
 
-def parse_views(text: str | None) -> set[int] | None:
-    """``"3"`` / ``"2,3"`` → the view numbers (from 2); ``None``: every view."""
-    if text is None:
-        return None
-    try:
-        views = {int(item) for item in text.split(",")}
-    except ValueError:
-        views = {0}
-    if min(views) < 2:
-        raise ConfigError(f"--views must be view numbers from 2 separated by commas, got {text!r}")
-    return views
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Print one table row per run and baseline; 2 with a one-line error for a user's mistake."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"shipped name or checkpoint (default {DEFAULT_MODEL})")
@@ -142,12 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", default=None, help="only the pairs 1-V of these views, e.g. 3 or 2,3")
     parser.add_argument("--extra-weight", default=None, metavar="W",
                         help="on the extra scales' scores (default: the model's setting)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="fp32, bf16 or auto (default: the model's setting)")
     parser.add_argument("--shape", default="320x240", metavar="WxH", help="default 320x240")
     parser.add_argument("--top-k", default=None, metavar="K", help="default 300 at 320x240, else 1000")
     args = parser.parse_args(argv)
     try:
         ((width, height, top_k),) = parse_shapes([args.shape], [args.top_k] if args.top_k else None)
-        views = parse_views(args.views)
+        views = None if args.views is None else parse_views(args.views)
+        if width % 8 or height % 8:
+            raise ConfigError(f"--shape {width}x{height}: KeyPointNet needs width and height multiples of 8")
         weight = None if args.extra_weight is None else parse_extra_weight(args.extra_weight)
         dataset = HPatchesDataset(args.hpatches, (width, height))
         if not len(dataset):
@@ -159,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for text in runs:
             sides = [
                 KeyPointNetDetector(model, "cpu", scale_factor=scales[0], extra_scales=scales[1:],
-                                    extra_rotations=(), extra_weight=weight)
+                                    extra_rotations=(), extra_weight=weight, precision=args.precision)
                 for scales in parse_run(text)
             ]
             detectors[text] = sides
@@ -169,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             for index in range(len(dataset)):
                 sample = dataset[index]
-                chosen = [p for p, name in enumerate(sample.pair_names)
-                          if views is None or int(name.rpartition("-")[2]) in views]
+                chosen = [
+                    p for p, name in enumerate(sample.pair_names) if views is None or pair_view(name) in views
+                ]
                 if not chosen:
                     continue
                 for name, (first, second) in detectors.items():
@@ -190,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for name, pairs in found.items():
         s = summarize(pairs)
-        print(f"| {name} | {s['pairs']} | {s['matches']:.1f} | {s['within3']:.1f} / {s['within1']:.1f} | "
+        print(f"| {name} | {s['pairs']:.0f} | {s['matches']:.1f} | {s['within3']:.1f} / {s['within1']:.1f} | "
               f"{s['residual']:.2f} | ({s['bias_x']:+.2f}, {s['bias_y']:+.2f}) | {s['c3']:.3f} | "
               f"{s['oracle_c3']:.3f} | {s['median_corner']:.2f} / {s['median_oracle']:.2f} |")
     return 0

@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             extra = () if args.extra_scales is None else parse_extra_scales(args.extra_scales)
             turns = () if args.extra_rotations is None else parse_extra_rotations(args.extra_rotations)
             weight = 1.0 if args.extra_weight is None else parse_extra_weight(args.extra_weight)
+            if weight != 1 and not (extra or turns):
+                raise ConfigError(
+                    "--extra-weight weighs the extra runs: give --extra-scales or --extra-rotations too"
+                )
             inference = InferenceSettings(args.scale_factor, extra, turns, args.precision or "fp32", weight)
         target = WEIGHTS / f"{args.name}.pt"
         check_output_path(target, "NAME")

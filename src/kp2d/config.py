@@ -321,17 +321,22 @@ def check_something_to_learn(config: Config) -> None:
     """Raise ConfigError when no loss term has a weight > 0: a run would train nothing.
 
     Self-supervised terms count with a weight > 0 (the descriptor's only with ``loss.descriptor_loss``);
-    distillation counts with ``train.teacher`` and ``loss.distill_weight`` or ``distill_warped_weight`` > 0.
+    distillation counts with ``train.teacher`` and ``loss.distill_weight`` > 0 (with one of its term
+    weights > 0) or ``loss.distill_warped_weight`` > 0.
     """
     loss = config.loss
     self_supervised = loss.keypoint_loss_weight > 0 or loss.score_loss_weight > 0
     self_supervised |= loss.descriptor_loss and loss.descriptor_loss_weight > 0
-    distilled = bool(config.train.teacher) and (loss.distill_weight > 0 or loss.distill_warped_weight > 0)
+    terms = (loss.distill_score_weight, loss.distill_location_weight, loss.distill_descriptor_weight)
+    distilled = loss.distill_weight > 0 and any(weight > 0 for weight in terms)
+    distilled = bool(config.train.teacher) and (distilled or loss.distill_warped_weight > 0)
     if not (self_supervised or distilled):
-        teacher = f"train.teacher {config.train.teacher}: " if config.train.teacher else "no train.teacher; "
+        teacher = f"train.teacher {config.train.teacher}" if config.train.teacher else "no train.teacher"
+        descriptor = "" if loss.descriptor_loss else ", loss.descriptor_loss false"
         raise ConfigError(
-            f"{config.name}: nothing to learn ({teacher}loss.keypoint_loss_weight, descriptor_loss_weight, "
-            "score_loss_weight and the distillation weights are 0): give one of them a weight > 0"
+            f"{config.name}: nothing to learn ({teacher}{descriptor}; every self-supervised and distillation "
+            "loss weight that counts is 0): give loss.keypoint_loss_weight, descriptor_loss_weight, "
+            "score_loss_weight or, with a teacher, distill_weight a weight > 0"
         )
 
 

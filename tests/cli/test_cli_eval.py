@@ -166,7 +166,7 @@ def test_extra_weight_labels_the_row(tiny_root, tmp_path, capsys):
     entry = json.loads(out.read_text())["64x48"]
     assert entry["inference"] == {"scale_factor": 2.0, "extra_scales": [1.0], "extra_weight": 0.5}
     assert _eval(*args, "--extra-weight", "0") == 2
-    assert "--extra-weight must be a number > 0" in _error_line(capsys)
+    assert "--extra-weight must be a number in (0, 1]" in _error_line(capsys)
     assert _eval("--method", "sift", "--hpatches", str(tiny_root), "--extra-weight", "0.5") == 2
     assert "--extra-weight applies to KeyPointNet, not to --method" in _error_line(capsys)
 

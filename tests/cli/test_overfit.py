@@ -172,3 +172,11 @@ def test_overfit_rejects_a_tiny_image(tmp_path, capsys, monkeypatch):
     with pytest.raises(DataError, match="31x40 pixels"):
         overfit(np.zeros((40, 31, 3), np.uint8), config, out, steps=2, progress=False)
     assert not out.exists()
+
+
+def test_overfit_refuses_a_config_that_learns_by_distillation_alone(tmp_path, capsys):
+    """lite learns from its teacher only; overfit runs no teacher, so it would train nothing."""
+    out = tmp_path / "gifs"
+    assert main(["overfit", "--config", "lite", "--size", "96x64", "--out", str(out), "--device", "cpu"]) == 2
+    assert "lite: nothing to learn (no train.teacher;" in single_error_line(capsys)
+    assert not out.exists()

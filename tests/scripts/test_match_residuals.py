@@ -57,14 +57,11 @@ def test_a_known_offset_is_the_bias_and_the_fits_carry_it(residuals):
 def test_parse_runs_and_views(residuals):
     assert residuals.parse_run("2.8+1.25/1.12") == ((2.8, 1.25), (1.12,))
     assert residuals.parse_run("2") == ((2.0,), (2.0,))
-    assert residuals.parse_views("2,3") == {2, 3} and residuals.parse_views(None) is None
     from kp2d.errors import ConfigError
 
-    for bad in ("a", "2/1/1", "0", "2+-1"):
+    for bad in ("a", "2/1/1", "0", "2+-1", "2+inf"):
         with pytest.raises(ConfigError, match="--runs"):
             residuals.parse_run(bad)
-    with pytest.raises(ConfigError, match="--views"):
-        residuals.parse_views("1")
 
 
 def test_main_prints_a_row_per_run_and_one_error_line(residuals, tiny_root, random_checkpoint, capsys):
@@ -73,6 +70,13 @@ def test_main_prints_a_row_per_run_and_one_error_line(residuals, tiny_root, rand
     assert residuals.main([*argv, "--runs", "1", "1/2", "--baselines", "sift"]) == 0
     out = capsys.readouterr().out
     assert "| 1 | " in out and "| 1/2 | " in out and "| SIFT | " in out
+    # a pooled run, its extra scale weighted, in bf16: one more row of the same pairs
+    assert residuals.main([*argv, "--runs", "1+2", "--extra-weight", "0.5", "--precision", "bf16"]) == 0
+    assert "| 1+2 | 5 | " in capsys.readouterr().out
+    assert residuals.main([*argv, "--shape", "65x48"]) == 2
+    assert "multiples of 8" in single_error_line(capsys)
+    assert residuals.main([*argv, "--extra-weight", "3"]) == 2
+    assert "--extra-weight must be a number in (0, 1]" in single_error_line(capsys)
     assert residuals.main([*argv, "--runs", "x"]) == 2
     assert single_error_line(capsys).startswith("match_residuals: error: --runs: 'x'")
     assert residuals.main([*argv[:-1], "9"]) == 2

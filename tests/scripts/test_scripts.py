@@ -126,7 +126,10 @@ def test_ship_weights_records_the_extra_runs(
 
 def test_ship_weights_refuses_a_bad_extra_weight(ship, random_checkpoint, capsys):
     assert ship.main([str(random_checkpoint), "v8", "--scale-factor", "2", "--extra-weight", "x"]) == 2
-    assert "--extra-weight must be a number > 0" in single_error_line(capsys)
+    assert "--extra-weight must be a number in (0, 1]" in single_error_line(capsys)
+    assert ship.main([str(random_checkpoint), "v8", "--scale-factor", "2", "--extra-weight", "0.9"]) == 2
+    assert "--extra-weight weighs the extra runs: give --extra-scales" in single_error_line(capsys)
+    assert not any(ship.WEIGHTS.iterdir())
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "nan"])

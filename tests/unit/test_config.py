@@ -287,6 +287,7 @@ def test_the_cli_refuses_a_config_with_a_huge_image_shape_in_one_line(tmp_path, 
         ({"loss": {"keypoint_loss_weight": 0.0, "descriptor_loss_weight": 0.0, "score_loss_weight": 0.0}},
          False),
         ({"loss": {"keypoint_loss_weight": 0.0, "score_loss_weight": 0.0, "descriptor_loss": False}}, False),
+        ({"loss": {"keypoint_loss_weight": 0.0, "descriptor_loss_weight": 0.0}}, True),  # the score term
         ({"loss": {"keypoint_loss_weight": 0.0, "score_loss_weight": 0.0}}, True),  # the triplet term alone
     ],
 )
@@ -306,8 +307,11 @@ def test_check_something_to_learn_with_a_teacher():
 
     lite = load_config("lite")  # every self-supervised weight 0: it learns by distillation alone
     check_something_to_learn(lite)
-    with pytest.raises(ConfigError, match=r"nothing to learn \(train.teacher v4: "):
+    with pytest.raises(ConfigError, match=r"nothing to learn \(train.teacher v4; "):
         check_something_to_learn(load_config("lite", {"loss": {"distill_weight": 0.0}}))
+    no_terms = {"distill_score_weight": 0.0, "distill_location_weight": 0.0, "distill_descriptor_weight": 0.0}
+    with pytest.raises(ConfigError, match="nothing to learn"):
+        check_something_to_learn(load_config("lite", {"loss": no_terms}))
     warped_only = {"loss": {"distill_weight": 0.0, "distill_warped_weight": 1.0}}
     check_something_to_learn(load_config("lite", warped_only))
     with pytest.raises(ConfigError, match="no train.teacher"):

@@ -69,13 +69,13 @@ def test_settings_check_entry_label_and_parse():
     assert settings.label() == " (input x2.8+x1.25, extra scores x0.9, auto)"
     assert InferenceSettings(2.0, (), (), "fp32", 0.5).label() == " (input x2)"  # nothing to weigh
     assert "extra_weight" not in InferenceSettings(2.0, (1.0,)).to_entry()
-    assert check_extra_weight(np.float32(0.5)) == 0.5 and check_extra_weight(2) == 2.0
-    for bad in (0, -1, float("nan"), float("inf"), True, "0.9", None):
-        with pytest.raises(ConfigError, match="extra_weight must be a number > 0"):
+    assert check_extra_weight(np.float32(0.5)) == 0.5 and check_extra_weight(1) == 1.0
+    for bad in (0, -1, 1.5, float("nan"), float("inf"), True, "0.9", None):
+        with pytest.raises(ConfigError, match=r"extra_weight must be a number in \(0, 1\]"):
             check_extra_weight(bad)
     assert parse_extra_weight("0.9") == 0.9
-    for bad in ("0", "x", "nan", ""):
-        with pytest.raises(ConfigError, match="--extra-weight must be a number > 0"):
+    for bad in ("0", "x", "nan", "", "2"):
+        with pytest.raises(ConfigError, match=r"--extra-weight must be a number in \(0, 1\]"):
             parse_extra_weight(bad)
 
 
@@ -106,4 +106,4 @@ def test_a_bad_recorded_weight_names_the_file(random_net, tmp_path):
     save_checkpoint(path, load_config("v4"), random_net, inference={"scale_factor": 2.0, "extra_weight": 0})
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(path)
-    assert str(error.value).startswith(f"{path}: inference.extra_weight must be a number > 0")
+    assert str(error.value).startswith(f"{path}: inference.extra_weight must be a number in (0, 1]")

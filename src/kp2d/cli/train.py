@@ -105,7 +105,7 @@ def _check_hpatches(root: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kp2d.config import load_config
+    from kp2d.config import check_something_to_learn, load_config
     from kp2d.errors import ConfigError, DataError
     from kp2d.io.weights import resolve_model_path
     from kp2d.train.run_folder import hold_run_folder, is_rank_zero
@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.precision:
         overrides["train"]["precision"] = args.precision
     config = load_config(args.config, overrides)
+    check_something_to_learn(config)
     if args.data.is_file():
         raise DataError(f"--data {args.data} is a file; give the folder of training images")
     if not args.data.is_dir():

@@ -43,6 +43,7 @@ __all__ = [
     "protocol_homography",
     "repeatability",
     "select_k_best",
+    "shared_keypoints",
 ]
 
 DISTANCE_THRESHOLD = 3.0  # px: repeatability, matching score and the RANSAC reprojection threshold
@@ -190,7 +191,7 @@ def match_descriptors(
     return query, train
 
 
-def _shared_keypoints(
+def shared_keypoints(
     prob: np.ndarray, desc: np.ndarray, homography: np.ndarray, size_wh: tuple[int, int], top_k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints whose ``homography``-warp lands inside the other image, top_k of them, with descriptors."""
@@ -232,8 +233,8 @@ def protocol_homography(
     inside image 1, ``top_k`` of each; cross-checked brute-force matching; ``cv2.findHomography`` with
     RANSAC (3 px, 5000 iterations) on the matched ``(x, y)`` in OpenCV's match order.
     """
-    kept1, kept_desc1 = _shared_keypoints(prob1, desc1, homography, size_wh, top_k)
-    kept2, kept_desc2 = _shared_keypoints(prob2, desc2, np.linalg.inv(homography), size_wh, top_k)
+    kept1, kept_desc1 = shared_keypoints(prob1, desc1, homography, size_wh, top_k)
+    kept2, kept_desc2 = shared_keypoints(prob2, desc2, np.linalg.inv(homography), size_wh, top_k)
     query, train = match_descriptors(kept_desc1, kept_desc2, norm, cross_check=True)
     if len(query) < 4:
         return None

@@ -14,6 +14,8 @@ __all__ = [
     "opencv_detector",
     "parse_baselines",
     "parse_shapes",
+    "parse_views",
+    "pair_view",
 ]
 
 
@@ -72,6 +74,33 @@ def parse_shapes(shapes: list[str] | None, top_ks: list[str] | None) -> list[tup
             f"({len(parsed_shapes)} shapes, {len(parsed_top_k)} values)"
         )
     return [(w, h, k) for (w, h), k in zip(parsed_shapes, parsed_top_k, strict=True)]
+
+
+def parse_views(text: str) -> set[int]:
+    """``--views`` ``"2-5"`` / ``"2,3,6"`` / ``"2-3,6"`` → the view numbers (pairs ``1-V``; from 2).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    views: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, dash, last = part.strip().partition("-")
+            low, high = int(first), int(last if dash else first)
+            if not 2 <= low <= high:
+                raise ValueError
+            views.update(range(low, high + 1))
+    except ValueError:
+        raise ConfigError(f"--views must be view numbers from 2 or ranges, e.g. 2-5 or 2,3,6, got {text!r}") \
+            from None
+    return views
+
+
+def pair_view(name: str) -> int | None:
+    """The second view of a pair named ``"sequence:1-V"`` (``None`` for another name)."""
+    _, _, views = name.rpartition(":")
+    _, _, second = views.partition("-")
+    return int(second) if second.isdigit() else None
 
 
 def check_eval_scale_factor(

@@ -761,9 +761,10 @@ def extract(
             ``"auto"`` (bf16 where the CPU has AVX512-BF16 / AMX or the GPU bf16, else fp32). ``None``:
             the model's ``inference_settings.precision`` (fp32 unless its weights file records one).
         extra_weight: the scores of ``extra_scales``' and ``extra_rotations``' keypoints are multiplied
-            by this (> 0) before the pooling, and kept so (below 1 they fill in where the main run finds
-            few keypoints). ``None``: the model's ``inference_settings.extra_weight`` (1 unless its
-            weights file records one).
+            by this (in ``(0, 1]``) before the pooling, and kept so (below 1 they fill in where the main
+            run finds few keypoints); ``score_threshold`` applies to each run's own scores, before it.
+            ``None``: the model's ``inference_settings.extra_weight`` (1 unless its weights file records
+            one).
 
     Returns:
         Keypoints sorted by decreasing score (float32 keypoints, scores and descriptors, also for a
@@ -774,8 +775,8 @@ def extract(
             resizing), or one that needs more memory than is available (without ``fit_memory``; the
             message names the largest size that fits).
         ConfigError: a bad ``top_k`` (not an integer >= 1), ``nms_radius`` (< 0), ``score_threshold``
-            (NaN), ``scale_factor`` or ``extra_weight`` (<= 0), a ``backend`` given by name instead of
-            built, or both a ``backend`` and a ``precision``.
+            (NaN) or ``scale_factor`` (<= 0), a ``backend`` given by name instead of
+            built, or both a ``backend`` and a ``precision``; an ``extra_weight`` outside ``(0, 1]``.
     """
     if isinstance(image, (list, tuple)):
         for index, item in enumerate(image):

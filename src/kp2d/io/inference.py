@@ -64,7 +64,7 @@ class InferenceSettings:
             AVX512-BF16 / AMX or a GPU with bf16, else fp32, BatchNorm folded on a CPU); used when no
             backend is given.
         extra_weight: the scores of the extra scales' and rotations' keypoints are multiplied by this
-            (> 0) before they are pooled with the main run's (1: as they are).
+            (in ``(0, 1]``) before they are pooled with the main run's (1: as they are).
     """
 
     scale_factor: float = 1.0
@@ -158,19 +158,20 @@ def check_extra_rotations(extra_rotations: Any) -> tuple[float, ...]:
 
 
 def check_extra_weight(extra_weight: Any, option: str = "extra_weight") -> float:
-    """``extra_weight`` as a float > 0.
+    """``extra_weight`` as a float in ``(0, 1]`` (pooled scores stay in ``(0, 1]``, as every score).
 
     Raises:
-        ConfigError: naming ``option``, for anything else (NaN, infinity, a bool, text).
+        ConfigError: naming ``option``, for anything else (above 1, NaN, a bool, text).
     """
-    must = f"{option} must be a number > 0 (1: the extra runs' scores as they are), got {extra_weight!r}"
+    must = (f"{option} must be a number in (0, 1] (1: the extra runs' scores as they are), "
+            f"got {extra_weight!r}")
     if isinstance(extra_weight, (bool, str, bytes)):
         raise ConfigError(must)
     try:
         weight = float(extra_weight)
     except (TypeError, ValueError):
         raise ConfigError(must) from None
-    if not 0 < weight < math.inf:
+    if not 0 < weight <= 1:
         raise ConfigError(must)
     return weight
 
@@ -241,7 +242,7 @@ def parse_extra_weight(text: str, option: str = "--extra-weight") -> float:
     """``"0.9"`` → ``0.9``.
 
     Raises:
-        ConfigError: naming ``option``, for text that is not a number > 0.
+        ConfigError: naming ``option``, for text that is not a number in ``(0, 1]``.
     """
     try:
         value = float(text)
@@ -250,8 +251,8 @@ def parse_extra_weight(text: str, option: str = "--extra-weight") -> float:
     try:
         return check_extra_weight(value, option)
     except ConfigError:
-        raise ConfigError(f"{option} must be a number > 0 (1: the extra runs' scores as they are), got "
-                          f"{text!r}") from None
+        raise ConfigError(f"{option} must be a number in (0, 1] (1: the extra runs' scores as they are), "
+                          f"got {text!r}") from None
 
 
 def _parse_list(text: str, check: Any, must: str) -> tuple[float, ...]:

@@ -8,6 +8,7 @@ detector settles on salient, repeatable structure (edges and corners, after abou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from kp2d.augmentation import HomographicAugmentation
-from kp2d.config import Config
+from kp2d.config import Config, check_something_to_learn
 from kp2d.errors import DataError, make_folder
 from kp2d.features.extraction import check_image_size, extract_with_score_map
 from kp2d.models import IONet
@@ -87,8 +88,12 @@ def overfit(
     Raises:
         DataError: the image has under 32 pixels a side, or ``out`` cannot be made a folder (both checked
             before training).
+        ConfigError: no self-supervised loss term has a weight (``lite``'s presets learn by distillation
+            alone, which overfit does not run).
     """
     check_image_size(*image_rgb.shape[:2])  # a smaller image is blank once upscaled
+    # overfit trains without a teacher: a config that learns by distillation alone would train nothing
+    check_something_to_learn(dataclasses.replace(config, train=dataclasses.replace(config.train, teacher="")))
     out = Path(out)
     _prepare_output_folder(out)
     height, width = config.augmentation.image_shape

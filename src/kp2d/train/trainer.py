@@ -579,7 +579,7 @@ def train(options: TrainOptions) -> TrainSummary:
         RunFolderInUse: another live run holds ``options.out`` (nothing is written).
         ConfigError: no loss term has a weight (nothing would be learned).
     """
-    check_something_to_learn(options.config)  # before the run folder is touched
+    check_something_to_learn(options.config)  # before the run folder is held
     run = _Run(options)
     try:
         with hold_run_folder(run.out, enabled=run.dist.is_main):
