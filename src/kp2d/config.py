@@ -115,6 +115,9 @@ class LossConfig:
     # weight of losses.warped_distillation_loss: the network on the *target* image learns the teacher's
     # outputs on the source at the warped points, i.e. invariance beyond the teacher's own
     distill_warped_weight: float = 0.0
+    # weight of losses.warped_location_loss: the network's keypoints on the *target* must land where the
+    # teacher's keypoints of the source warp to, i.e. keypoints that keep their place across warps and scales
+    distill_warped_location_weight: float = 0.0
     # each term's weight inside losses.distillation_loss: e.g. 0 for the descriptor leaves the descriptors
     # to the self-supervised losses while the scores stay the teacher's
     distill_score_weight: float = 1.0
@@ -126,7 +129,8 @@ class LossConfig:
             raise ConfigError(f"loss.io_selection must be 'lowest' or 'highest', got {self.io_selection!r}")
         for name in ("keypoint_loss_weight", "descriptor_loss_weight", "score_loss_weight", "relax_field",
                      "triplet_margin", "min_valid_cells", "io_min_inliers", "distill_weight",
-                     "distill_warped_weight", "distill_score_weight", "distill_location_weight",
+                     "distill_warped_weight", "distill_warped_location_weight", "distill_score_weight",
+                     "distill_location_weight",
                      "distill_descriptor_weight"):
             _check_range(f"loss.{name}", getattr(self, name), low=0)
         _check_range("loss.location_threshold", self.location_threshold, low=0, low_open=True)
@@ -322,14 +326,15 @@ def check_something_to_learn(config: Config) -> None:
 
     Self-supervised terms count with a weight > 0 (the descriptor's only with ``loss.descriptor_loss``);
     distillation counts with ``train.teacher`` and ``loss.distill_weight`` > 0 (with one of its term
-    weights > 0) or ``loss.distill_warped_weight`` > 0.
+    weights > 0), ``loss.distill_warped_weight`` or ``distill_warped_location_weight`` > 0.
     """
     loss = config.loss
     self_supervised = loss.keypoint_loss_weight > 0 or loss.score_loss_weight > 0
     self_supervised |= loss.descriptor_loss and loss.descriptor_loss_weight > 0
     terms = (loss.distill_score_weight, loss.distill_location_weight, loss.distill_descriptor_weight)
     distilled = loss.distill_weight > 0 and any(weight > 0 for weight in terms)
-    distilled = bool(config.train.teacher) and (distilled or loss.distill_warped_weight > 0)
+    warped = loss.distill_warped_weight > 0 or loss.distill_warped_location_weight > 0
+    distilled = bool(config.train.teacher) and (distilled or warped)
     if not (self_supervised or distilled):
         teacher = f"train.teacher {config.train.teacher}" if config.train.teacher else "no train.teacher"
         descriptor = "" if loss.descriptor_loss else ", loss.descriptor_loss false"

@@ -30,6 +30,7 @@ __all__ = [
     "descriptor_loss",
     "distillation_loss",
     "warped_distillation_loss",
+    "warped_location_loss",
     "io_loss",
     "keypoint_net_losses",
     "location_loss",
@@ -411,3 +412,25 @@ def warped_distillation_loss(
     cosine = (student_desc * _flatten_cells(teacher_desc)).sum(dim=-1)  # (B, N)
     descriptor = (weight * (1.0 - cosine)).sum(dim=1).mean()
     return score + descriptor
+
+
+def warped_location_loss(
+    student_target: KeyPointNetOutput,
+    teacher_source: KeyPointNetOutput,
+    homography: torch.Tensor,
+    height: int,
+    width: int,
+    threshold: float,
+) -> torch.Tensor:
+    """How far the network's keypoints on the *target* are from the teacher's source keypoints warped there.
+
+    Each teacher keypoint that lands inside the target (``homography`` ``(B, 3, 3)``, source-normalised →
+    target-normalised) is paired with the network's nearest target keypoint; the pixel distance, where it
+    is under ``threshold``, is averaged with the teacher's score as weight (0 when no pair is close). The
+    teacher sees only the unwarped source, so this asks the network for keypoints that keep their place
+    under the sampled warps and zooms.
+    """
+    warped = warp_source_keypoints(teacher_source.coord.float(), homography.float(), height, width)
+    nearest = nearest_target(warped, student_target.coord.float(), threshold)
+    weight = teacher_source.score.float().flatten(1) * nearest.close  # (B, N)
+    return (weight * nearest.distance).sum() / weight.sum().clamp_min(1e-6)

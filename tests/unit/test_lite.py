@@ -9,7 +9,7 @@ from kp2d.config import ModelConfig, load_config
 from kp2d.errors import ConfigError
 from kp2d.features.dense import KeyPointNetOutput
 from kp2d.io.checkpoint import load_checkpoint, save_checkpoint
-from kp2d.losses import distillation_loss, warped_distillation_loss
+from kp2d.losses import distillation_loss, warped_distillation_loss, warped_location_loss
 from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net, keypoint_net_from
 from kp2d.train.step import SiameseLoss
 from network_helpers import randomised_batchnorm, script_module
@@ -187,3 +187,38 @@ def test_the_config_weights_each_distillation_term():
     terms = SiameseLoss(student, None, config, teacher=teacher)(source, source, torch.eye(3).expand(2, 3, 3))
     expected = 2.0 * distillation_loss(student(source), teacher(source), 64, 64, (3.0, 1.0, 0.0))
     assert terms.distill.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_warped_location_loss_by_hand():
+    # 40x40 image, 5x5 cells: the 3x3 interior cells count; identity homography
+    teacher = _constant_output(0.5, [1.0, 0.0], cells=5)
+    teacher = teacher._replace(score=torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(0)))
+    coord = (teacher.coord + torch.tensor([0.5, 0.0]).view(1, 2, 1, 1)).requires_grad_()
+    student = _constant_output(0.3, [0.0, 1.0], cells=5)._replace(coord=coord)
+    loss = warped_location_loss(student, teacher, torch.eye(3)[None], 40, 40, threshold=4.0)
+    assert loss.item() == pytest.approx(0.5, abs=1e-6)  # every pair 0.5 px apart, whatever the weights
+    loss.backward()
+    assert coord.grad[0, 0].abs().sum() > 0 and coord.grad[0, 1].abs().sum() == 0  # pulled along x only
+    # the centre's student keypoint 20 px away: its teacher keypoint's nearest is 8 px off, so dropped
+    moved = coord.detach().clone()
+    moved[0, :, 2, 2] += 20.0
+    far = warped_location_loss(student._replace(coord=moved), teacher, torch.eye(3)[None], 40, 40, 4.0)
+    assert far.item() == pytest.approx(0.5, abs=1e-6)
+    shift_out = torch.tensor([[[1.0, 0.0, 2.5], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # every keypoint outside
+    assert warped_location_loss(student, teacher, shift_out, 40, 40, 4.0).item() == 0.0
+
+
+def test_the_warped_location_term_runs_the_network_on_the_target_too():
+    torch.manual_seed(0)
+    config = load_config("lite")
+    config.loss.distill_warped_location_weight = 0.5
+    student = build_keypoint_net(config.model).eval()
+    teacher = KeyPointNet(width=0.5, do_upsample=False).eval()
+    loss = SiameseLoss(student, None, config, teacher=teacher)
+    source = torch.rand(2, 3, 64, 64)
+    identity = torch.eye(3).expand(2, 3, 3)
+    terms = loss(source, source.flip(-1), identity)
+    plain = distillation_loss(student(source), teacher(source), 64, 64)
+    located = warped_location_loss(student(source.flip(-1)), teacher(source), identity, 64, 64, 4.0)
+    assert located.item() > 0
+    assert terms.distill.item() == pytest.approx(plain.item() + 0.5 * located.item(), rel=1e-5)

@@ -10,7 +10,13 @@ from torch import nn
 from kp2d.config import Config, OptimConfig
 from kp2d.errors import Kp2dError
 from kp2d.io.images import to_network_channels
-from kp2d.losses import LossTerms, distillation_loss, keypoint_net_losses, warped_distillation_loss
+from kp2d.losses import (
+    LossTerms,
+    distillation_loss,
+    keypoint_net_losses,
+    warped_distillation_loss,
+    warped_location_loss,
+)
 from kp2d.models import IONet, KeyPointNet
 
 __all__ = ["NonFiniteLossError", "SiameseLoss", "TrainingStep", "build_optimizer", "learning_rate_at"]
@@ -81,15 +87,21 @@ class SiameseLoss(nn.Module):
         distill = config.distill_weight * distillation_loss(
             source_out, teacher_out, height, width, term_weights
         )
-        if self._warped_distillation():
-            distill = distill + self.loss_config.distill_warped_weight * warped_distillation_loss(
+        if self._teacher and config.distill_warped_weight > 0:
+            distill = distill + config.distill_warped_weight * warped_distillation_loss(
                 target_out, teacher_out, homography, height, width
+            )
+        if self._teacher and config.distill_warped_location_weight > 0:
+            distill = distill + config.distill_warped_location_weight * warped_location_loss(
+                target_out, teacher_out, homography, height, width, config.location_threshold
             )
         return terms._replace(total=terms.total + distill, distill=distill)
 
     def _warped_distillation(self) -> bool:
         """Whether the network also learns the teacher's outputs on the target image at warped points."""
-        return bool(self._teacher) and self.loss_config.distill_warped_weight > 0
+        config = self.loss_config
+        warped = config.distill_warped_weight > 0 or config.distill_warped_location_weight > 0
+        return bool(self._teacher) and warped
 
     def _self_supervised(self) -> bool:
         """Whether any self-supervised term counts (with a teacher, all weights 0 trains by distillation)."""
