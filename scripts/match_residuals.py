@@ -34,13 +34,7 @@ import torch
 from kp2d.data.hpatches import HPatchesDataset
 from kp2d.errors import ConfigError, Kp2dError
 from kp2d.eval.hpatches import KeyPointNetDetector
-from kp2d.eval.metrics import (
-    CORRECTNESS_THRESHOLDS,
-    corner_error,
-    match_descriptors,
-    protocol_homography,
-    shared_keypoints,
-)
+from kp2d.eval.metrics import CORRECTNESS_THRESHOLDS, corner_error, protocol_matches, ransac_homography
 from kp2d.eval.settings import opencv_detector, pair_view, parse_baselines, parse_shapes, parse_views
 from kp2d.geometry import warp_points_numpy
 from kp2d.io.inference import PRECISIONS, parse_extra_weight
@@ -60,10 +54,8 @@ def pair_residuals(
     (2,) (mean vector within 3 px), "corner_error" (the protocol's fit), "oracle_error" (the fit to the
     matches within 3 px; inf under 4)}``.
     """
-    kept1, kept_desc1 = shared_keypoints(prob1, desc1, homography, size_wh, top_k)
-    kept2, kept_desc2 = shared_keypoints(prob2, desc2, np.linalg.inv(homography), size_wh, top_k)
-    query, train = match_descriptors(kept_desc1, kept_desc2, norm, cross_check=True)
-    points1, points2 = kept1[query, :2].astype(np.float64), kept2[train, :2].astype(np.float64)
+    matched1, matched2 = protocol_matches(prob1, desc1, prob2, desc2, homography, size_wh, top_k, norm)
+    points1, points2 = matched1.astype(np.float64), matched2.astype(np.float64)
     residuals = warp_points_numpy(points1, homography) - points2  # (M, 2)
     lengths = np.linalg.norm(residuals, axis=1)
     good = lengths < WITHIN
@@ -71,9 +63,9 @@ def pair_residuals(
     if good.sum() >= 4:
         fit, _ = cv2.findHomography(points1[good], points2[good], 0)  # least squares, all of them
         oracle = corner_error(fit, homography, size_wh)
-    estimate = protocol_homography(prob1, desc1, prob2, desc2, homography, size_wh, top_k, norm)
+    estimate = ransac_homography(matched1, matched2)  # the protocol's fit, of the same matches
     return {
-        "matches": len(query),
+        "matches": len(points1),
         "within3": int(good.sum()),
         "within1": int((lengths < 1.0).sum()),
         "residual": float(lengths[good].mean()) if good.any() else np.nan,

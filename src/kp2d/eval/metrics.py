@@ -42,8 +42,9 @@ __all__ = [
     "nearest_distances",
     "protocol_homography",
     "repeatability",
+    "protocol_matches",
+    "ransac_homography",
     "select_k_best",
-    "shared_keypoints",
 ]
 
 DISTANCE_THRESHOLD = 3.0  # px: repeatability, matching score and the RANSAC reprojection threshold
@@ -191,7 +192,7 @@ def match_descriptors(
     return query, train
 
 
-def shared_keypoints(
+def _shared_keypoints(
     prob: np.ndarray, desc: np.ndarray, homography: np.ndarray, size_wh: tuple[int, int], top_k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints whose ``homography``-warp lands inside the other image, top_k of them, with descriptors."""
@@ -214,6 +215,27 @@ def corner_error(estimate: np.ndarray | None, homography: np.ndarray, size_wh: t
     return float(np.mean(distances))
 
 
+def protocol_matches(
+    prob1: np.ndarray,
+    desc1: np.ndarray,
+    prob2: np.ndarray,
+    desc2: np.ndarray,
+    homography: np.ndarray,
+    size_wh: tuple[int, int],
+    top_k: int,
+    norm: int = cv2.NORM_L2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The matches the protocol fits its homography to: ``(M, 2)`` points of image 1 and of image 2.
+
+    Image-1 keypoints whose ``H``-warp is inside image 2 and image-2 keypoints whose ``inv(H)``-warp is
+    inside image 1, ``top_k`` of each; cross-checked brute-force matching, in OpenCV's match order.
+    """
+    kept1, kept_desc1 = _shared_keypoints(prob1, desc1, homography, size_wh, top_k)
+    kept2, kept_desc2 = _shared_keypoints(prob2, desc2, np.linalg.inv(homography), size_wh, top_k)
+    query, train = match_descriptors(kept_desc1, kept_desc2, norm, cross_check=True)
+    return np.ascontiguousarray(kept1[query, :2]), np.ascontiguousarray(kept2[train, :2])
+
+
 def protocol_homography(
     prob1: np.ndarray,
     desc1: np.ndarray,
@@ -227,23 +249,20 @@ def protocol_homography(
     """The protocol's RANSAC homography from two detections; ``None`` if < 4 matches or failure.
 
     Not :func:`kp2d.estimate_homography`, which fits matched keypoints the user gives: this one chooses
-    the keypoints (those both images share under the true ``homography``) and matches them itself.
-
-    Image-1 keypoints whose ``H``-warp is inside image 2 and image-2 keypoints whose ``inv(H)``-warp is
-    inside image 1, ``top_k`` of each; cross-checked brute-force matching; ``cv2.findHomography`` with
-    RANSAC (3 px, 5000 iterations) on the matched ``(x, y)`` in OpenCV's match order.
+    the keypoints (those both images share under the true ``homography``) and matches them itself
+    (:func:`protocol_matches`), then fits them with ``cv2.findHomography`` and RANSAC (3 px, 5000
+    iterations).
     """
-    kept1, kept_desc1 = shared_keypoints(prob1, desc1, homography, size_wh, top_k)
-    kept2, kept_desc2 = shared_keypoints(prob2, desc2, np.linalg.inv(homography), size_wh, top_k)
-    query, train = match_descriptors(kept_desc1, kept_desc2, norm, cross_check=True)
-    if len(query) < 4:
+    points1, points2 = protocol_matches(prob1, desc1, prob2, desc2, homography, size_wh, top_k, norm)
+    return ransac_homography(points1, points2)
+
+
+def ransac_homography(points1: np.ndarray, points2: np.ndarray) -> np.ndarray | None:
+    """The protocol's fit of ``(M, 2)`` matched points: RANSAC, 3 px, 5000 iterations; ``None`` under 4."""
+    if len(points1) < 4:
         return None
     estimate, _ = cv2.findHomography(
-        np.ascontiguousarray(kept1[query, :2]),
-        np.ascontiguousarray(kept2[train, :2]),
-        cv2.RANSAC,
-        DISTANCE_THRESHOLD,
-        maxIters=RANSAC_MAX_ITERS,
+        points1, points2, cv2.RANSAC, DISTANCE_THRESHOLD, maxIters=RANSAC_MAX_ITERS
     )
     return estimate
 

@@ -775,8 +775,8 @@ def extract(
             resizing), or one that needs more memory than is available (without ``fit_memory``; the
             message names the largest size that fits).
         ConfigError: a bad ``top_k`` (not an integer >= 1), ``nms_radius`` (< 0), ``score_threshold``
-            (NaN) or ``scale_factor`` (<= 0), a ``backend`` given by name instead of
-            built, or both a ``backend`` and a ``precision``; an ``extra_weight`` outside ``(0, 1]``.
+            (NaN) or ``scale_factor`` (<= 0), a ``backend`` given by name instead of built, or both a
+            ``backend`` and a ``precision``; an ``extra_weight`` outside ``(0, 1]``.
     """
     if isinstance(image, (list, tuple)):
         for index, item in enumerate(image):
