@@ -134,10 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             extra = () if args.extra_scales is None else parse_extra_scales(args.extra_scales)
             turns = () if args.extra_rotations is None else parse_extra_rotations(args.extra_rotations)
             weight = 1.0 if args.extra_weight is None else parse_extra_weight(args.extra_weight)
-            if weight != 1 and not (extra or turns):
-                raise ConfigError(
-                    "--extra-weight weighs the extra runs: give --extra-scales or --extra-rotations too"
-                )
+            if weight != 1 and not extra:
+                raise ConfigError("--extra-weight weighs the extra scales' scores: give --extra-scales too")
             inference = InferenceSettings(args.scale_factor, extra, turns, args.precision or "fp32", weight)
         target = WEIGHTS / f"{args.name}.pt"
         check_output_path(target, "NAME")
@@ -158,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
           f"inference: scale_factor {written.inference.scale_factor:g}"
           + "".join(f", extra scale {scale:g}" for scale in written.inference.extra_scales)
           + "".join(f", extra rotation {angle:g}" for angle in written.inference.extra_rotations)
-          + ("" if (weight := written.inference.extra_weight) == 1 else f", extra scores x{weight:g}")
+          + ("" if (weight := written.inference.extra_weight) == 1 else f", extra scales' scores x{weight:g}")
           + f", precision {written.inference.precision}")
     return 0
 

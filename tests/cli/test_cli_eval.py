@@ -162,7 +162,7 @@ def test_extra_weight_labels_the_row(tiny_root, tmp_path, capsys):
     args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
     assert _eval(*args, "--scale-factor", "2", "--extra-scales", "1", "--extra-weight", "0.5", "--json",
                  str(out)) == 0
-    assert "| random-init (v4) (input x2+x1, extra scores x0.5) |" in capsys.readouterr().out
+    assert "| random-init (v4) (input x2+x1, extra scales' scores x0.5) |" in capsys.readouterr().out
     entry = json.loads(out.read_text())["64x48"]
     assert entry["inference"] == {"scale_factor": 2.0, "extra_scales": [1.0], "extra_weight": 0.5}
     assert _eval(*args, "--extra-weight", "0") == 2

@@ -105,7 +105,7 @@ def test_ship_weights_records_the_scale_factor(ship, random_checkpoint, capsys):
          "scale_factor 2, extra scale 1, extra rotation 45, extra rotation -45",
          (2.0, (1.0,), (45.0, -45.0)), ["--extra-rotations", "45"]),
         (["--scale-factor", "2.8", "--extra-scales", "1.25", "--extra-weight", "0.9"],
-         "scale_factor 2.8, extra scale 1.25, extra scores x0.9, precision fp32",
+         "scale_factor 2.8, extra scale 1.25, extra scales' scores x0.9, precision fp32",
          (2.8, (1.25,), (), "fp32", 0.9), ["--extra-weight", "0.9"]),
     ],
 )
@@ -128,7 +128,7 @@ def test_ship_weights_refuses_a_bad_extra_weight(ship, random_checkpoint, capsys
     assert ship.main([str(random_checkpoint), "v8", "--scale-factor", "2", "--extra-weight", "x"]) == 2
     assert "--extra-weight must be a number in (0, 1]" in single_error_line(capsys)
     assert ship.main([str(random_checkpoint), "v8", "--scale-factor", "2", "--extra-weight", "0.9"]) == 2
-    assert "--extra-weight weighs the extra runs: give --extra-scales" in single_error_line(capsys)
+    assert "--extra-weight weighs the extra scales' scores: give --extra-scales" in single_error_line(capsys)
     assert not any(ship.WEIGHTS.iterdir())
 
 
@@ -378,7 +378,8 @@ def test_second_run_weighted_scales_the_second_runs_scores(load_script):
 @pytest.mark.slow
 def test_second_run_first_and_its_own_descriptors_are_kp2d_eval(load_script, tiny_root, capsys):
     """The first run alone, and its keypoints with a second identical run's descriptors, give the protocol's
-    numbers of ``kp2d eval`` (fp32: the sparse descriptors equal the dense ones to rounding)."""
+    numbers of ``kp2d eval`` with the main scale alone (fp32: the sparse descriptors equal the dense ones to
+    rounding)."""
     from kp2d.eval.hpatches import METRIC_NAMES, KeyPointNetDetector, evaluate_hpatches
     from kp2d.io.weights import DEFAULT_MODEL
     from kp2d.models.keypoint_net import load_keypoint_net
@@ -387,10 +388,10 @@ def test_second_run_first_and_its_own_descriptors_are_kp2d_eval(load_script, tin
     argv = ["--hpatches", str(tiny_root), "--precision", "fp32", "--variants", "first,second-descriptors"]
     assert script.main(argv) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {tiny_root.name},")]
-    alone = evaluate_hpatches(
-        KeyPointNetDetector(load_keypoint_net(DEFAULT_MODEL), precision="fp32"), tiny_root, (320, 240), 300,
-        progress=False,
+    main_run = KeyPointNetDetector(
+        load_keypoint_net(DEFAULT_MODEL), precision="fp32", extra_scales=(), extra_rotations=()
     )
+    alone = evaluate_hpatches(main_run, tiny_root, (320, 240), 300, progress=False)
     want = " | ".join(f"{alone[key]:.3f}" for key in METRIC_NAMES)
     name = tiny_root.name
     assert rows == [f"| {name}, first | {want} |", f"| {name}, second-descriptors | {want} |"]

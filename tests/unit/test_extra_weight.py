@@ -1,4 +1,4 @@
-"""The extra runs' scores weighted before the pooling (``extra_weight``): extraction, settings, evaluation."""
+"""The extra scales' scores weighted before pooling (``extra_weight``): extraction, settings, evaluation."""
 
 from __future__ import annotations
 
@@ -49,25 +49,32 @@ def test_the_extra_scale_is_weighted_before_the_top_k(net, image):
     assert len(tiny) == len(main) + len(coarse)
 
 
-def test_the_weight_applies_to_turned_copies_and_not_to_one_run(net, image):
+def test_the_weight_skips_turned_copies_and_one_run(net, image):
     plain = extract(net, image, top_k=None, extra_scales=(), extra_rotations=())
     alone = extract(net, image, top_k=None, extra_scales=(), extra_weight=0.5)
     assert torch.equal(alone.scores, plain.scores)
     turned = extract(net, image, top_k=None, extra_rotations=(30,))
-    halved = extract(net, image, top_k=None, extra_rotations=(30,), extra_weight=0.5)
-    assert len(halved) == len(turned)
-    # the turned copy's keypoints are those not in the plain run; their scores are halved
-    extra_total = turned.scores.sum() - plain.scores.sum()
-    want = plain.scores.sum() + 0.5 * extra_total
-    torch.testing.assert_close(halved.scores.sum(), want)
+    weighted = extract(net, image, top_k=None, extra_rotations=(30,), extra_weight=0.5)
+    torch.testing.assert_close(weighted.scores, turned.scores, atol=0, rtol=0)
+    torch.testing.assert_close(weighted.keypoints, turned.keypoints, atol=0, rtol=0)
+    # with a scale and a turn, only the scale's scores are halved
+    main = extract(net, image, top_k=None, scale_factor=2.0, extra_scales=())
+    coarse = extract(net, image, top_k=None, scale_factor=1.0, extra_scales=())
+    turn = extract(net, image, top_k=None, scale_factor=2.0, extra_scales=(), extra_rotations=(30,))
+    both = extract(net, image, top_k=None, scale_factor=2.0, extra_scales=(1,), extra_rotations=(30,),
+                   extra_weight=0.5)
+    want = turn.scores.sum() + 0.5 * coarse.scores.sum()  # turn holds the main run and the turned copy
+    assert len(both) == len(turn) + len(coarse) and len(turn) > len(main)
+    torch.testing.assert_close(both.scores.sum(), want)
 
 
 def test_settings_check_entry_label_and_parse():
     settings = InferenceSettings(2.8, (1.25,), (), "auto", 0.9)
     assert settings.to_entry() == {"scale_factor": 2.8, "extra_scales": [1.25], "precision": "auto",
                                    "extra_weight": 0.9}
-    assert settings.label() == " (input x2.8+x1.25, extra scores x0.9, auto)"
+    assert settings.label() == " (input x2.8+x1.25, extra scales' scores x0.9, auto)"
     assert InferenceSettings(2.0, (), (), "fp32", 0.5).label() == " (input x2)"  # nothing to weigh
+    assert InferenceSettings(2.0, (), (45,), "fp32", 0.5).label() == " (input x2, turned 0/45)"
     assert "extra_weight" not in InferenceSettings(2.0, (1.0,)).to_entry()
     assert check_extra_weight(np.float32(0.5)) == 0.5 and check_extra_weight(1) == 1.0
     for bad in (0, -1, 1.5, float("nan"), float("inf"), True, "0.9", None):
@@ -100,6 +107,21 @@ def test_a_recorded_weight_is_the_default_everywhere(random_net, net, image, tmp
     np.testing.assert_allclose(rows[:main, 2], plain[:main, 2])
     np.testing.assert_allclose(rows[main:, 2], plain[main:, 2] * 0.25, rtol=1e-6)
 
+
+
+def test_the_hpatches_detector_leaves_turned_cells_unweighted(net, image):
+    """Cells come main, extra scales, turned copies; only the extra scales' scores are weighted."""
+    images = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)[None]
+    options = {"scale_factor": 2.0, "extra_scales": (1.0,), "extra_rotations": (30.0,)}
+    (rows, _), = KeyPointNetDetector(net, "cpu", extra_weight=0.5, **options)(images)
+    (plain, _), = KeyPointNetDetector(net, "cpu", extra_weight=1.0, **options)(images)
+    main = len(KeyPointNetDetector(net, "cpu", scale_factor=2.0, extra_scales=())(images)[0][0])
+    coarse = len(KeyPointNetDetector(net, "cpu", scale_factor=1.0, extra_scales=())(images)[0][0])
+    assert len(rows) > main + coarse  # the turned copy has cells too
+    np.testing.assert_allclose(rows[:, :2], plain[:, :2])
+    np.testing.assert_allclose(rows[main : main + coarse, 2], plain[main : main + coarse, 2] * 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(rows[:, 2], np.s_[main : main + coarse]),
+                                  np.delete(plain[:, 2], np.s_[main : main + coarse]))
 
 def test_a_bad_recorded_weight_names_the_file(random_net, tmp_path):
     path = tmp_path / "bad.ckpt"

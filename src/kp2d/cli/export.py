@@ -137,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {source} records extra rotations {angles}: run the graph on the image turned by each "
               "angle too, map the keypoints back and pool them by score, as kp2d.extract does")
     extra_weight = net.inference_settings.extra_weight
-    if extra_weight != 1 and (extra_scales or extra_rotations):
-        print(f"note: {source} records extra_weight {extra_weight:g}: multiply the extra runs' scores by "
-              f"{extra_weight:g} before pooling, as kp2d.extract does")
+    if extra_weight != 1 and extra_scales:
+        print(f"note: {source} records extra_weight {extra_weight:g}: multiply the extra scales' scores by "
+              f"{extra_weight:g} before pooling (not the turned copies'), as kp2d.extract does")
 
     if not args.no_verify:
         _verify(net, out, height, width)

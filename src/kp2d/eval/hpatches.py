@@ -100,8 +100,9 @@ class KeyPointNetDetector:
             ``None`` (default): the model's ``inference_settings``.
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` for a network (see :func:`kp2d.extract`); ``None``
             (default): the model's ``inference_settings``. :attr:`precision` holds what it resolved to.
-        extra_weight: the extra scales' and rotations' cell scores are multiplied by this before the
-            pooling (see :func:`kp2d.extract`). ``None`` (default): the model's ``inference_settings``.
+        extra_weight: the extra scales' cell scores are multiplied by this before the pooling, the
+            turned copies' are not (see :func:`kp2d.extract`). ``None`` (default): the model's
+            ``inference_settings``.
     """
 
     norm = cv2.NORM_L2
@@ -147,7 +148,7 @@ class KeyPointNetDetector:
         if len(per_run) == 1:
             return per_run[0]
         if self.extra_weight != 1:
-            for found in per_run[1:]:
+            for found in per_run[1 : 1 + len(self.extra_scales)]:
                 for rows, _ in found:
                     rows[:, 2] *= self.extra_weight
         return [

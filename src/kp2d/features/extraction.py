@@ -36,9 +36,10 @@ network's descriptors are not rotation invariant, so a view turned by 40-60 degr
 the copy turned back towards it. Keypoints within :data:`TURNED_MARGIN` pixels of the turned copy's empty
 corners (where the network would fire on the edge of the picture) are dropped.
 
-``extra_weight`` multiplies the scores of the extra scales' and rotations' keypoints before the pooling
-(their keypoints keep the weighted scores): below 1 the main run keeps its best keypoints and the extra
-runs fill in where it finds few.
+``extra_weight`` multiplies the scores of the extra scales' keypoints before the pooling (they keep the
+weighted scores): below 1 the main run keeps its best keypoints and the coarser runs fill in where it finds
+few. The turned copies keep their scores: a view turned by 50 degrees finds its keypoints only in the copy
+turned 45, and a lower score would cut them from the ``top_k``.
 """
 
 from __future__ import annotations
@@ -518,7 +519,7 @@ def _extract_batch(
         per_run = [results] + [
             _weighted(
                 _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale, angle)[0],
-                extra_weight,
+                1.0 if angle else extra_weight,
             )
             for scale, angle in runs
         ]
@@ -760,9 +761,10 @@ def extract(
             it under bf16 autocast, score and location heads in fp32; built once and cached) or
             ``"auto"`` (bf16 where the CPU has AVX512-BF16 / AMX or the GPU bf16, else fp32). ``None``:
             the model's ``inference_settings.precision`` (fp32 unless its weights file records one).
-        extra_weight: the scores of ``extra_scales``' and ``extra_rotations``' keypoints are multiplied
-            by this (in ``(0, 1]``) before the pooling, and kept so (below 1 they fill in where the main
-            run finds few keypoints); ``score_threshold`` applies to each run's own scores, before it.
+        extra_weight: the scores of ``extra_scales``' keypoints are multiplied by this (in ``(0, 1]``)
+            before the pooling, and kept so (below 1 they fill in where the main run finds few
+            keypoints); ``score_threshold`` applies to each run's own scores, before it. The turned
+            copies' scores are not weighted.
             ``None``: the model's ``inference_settings.extra_weight`` (1 unless its weights file records
             one).
 

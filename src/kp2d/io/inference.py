@@ -3,8 +3,9 @@
 ``extra_scales`` (``"inference": {"scale_factor": 2.0, "extra_scales": [1.0]}``) are more input scales the
 network also runs at, their keypoints pooled with the main scale's by score (see :func:`kp2d.extract`).
 ``extra_rotations`` (``[45, -45]``, degrees) likewise runs it on copies of the image turned by those angles.
-``extra_weight`` (``0.9``) multiplies the scores of those extra runs' keypoints before the pooling, so that
-they fill in where the main run finds little rather than crowd out its keypoints (default 1: plain scores).
+``extra_weight`` (``0.9``) multiplies the scores of the extra scales' keypoints before the pooling, so that
+they fill in where the main run finds little rather than crowd out its keypoints (default 1: plain scores);
+the turned copies keep their scores.
 ``precision`` (``"auto"``) runs it under bf16 autocast where the hardware does bf16 natively, elsewhere on a
 CPU in fp32 with BatchNorm folded (``"bf16"``: always bf16; ``"fp32"``, the default: the network as it is);
 see :meth:`kp2d.models.KeyPointNet.default_backend`.
@@ -63,8 +64,8 @@ class InferenceSettings:
         precision: ``"fp32"``, ``"bf16"`` (autocast, heads in fp32) or ``"auto"`` (bf16 on a CPU with
             AVX512-BF16 / AMX or a GPU with bf16, else fp32, BatchNorm folded on a CPU); used when no
             backend is given.
-        extra_weight: the scores of the extra scales' and rotations' keypoints are multiplied by this
-            (in ``(0, 1]``) before they are pooled with the main run's (1: as they are).
+        extra_weight: the scores of the extra scales' keypoints are multiplied by this (in ``(0, 1]``)
+            before they are pooled with the main run's (1: as they are); not those of the turned copies.
     """
 
     scale_factor: float = 1.0
@@ -100,7 +101,7 @@ class InferenceSettings:
         return entry
 
     def label(self, precision: str | None = None) -> str:
-        """The non-default settings for a table row, e.g. ``" (input x2.8+x1.25, extra scores x0.9)"``.
+        """The non-default settings for a table row, e.g. ``" (input x2.8+x1.25, turned 0/45, bf16)"``.
 
         ``precision``: what the precision resolved to on this machine (``"bf16"`` / ``"fp32"``), named
         instead of the recorded ``"auto"``; ``""`` for the defaults.
@@ -110,8 +111,8 @@ class InferenceSettings:
             parts.append("input " + "+".join(f"x{scale:g}" for scale in self.scales))
         if self.extra_rotations:
             parts.append("turned " + "/".join(f"{angle:g}" for angle in (0.0, *self.extra_rotations)))
-        if self.extra_weight != 1 and (self.extra_scales or self.extra_rotations):
-            parts.append(f"extra scores x{self.extra_weight:g}")
+        if self.extra_weight != 1 and self.extra_scales:
+            parts.append(f"extra scales' scores x{self.extra_weight:g}")
         precision = precision or self.precision
         if precision != "fp32":
             parts.append(precision)
