@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "--extra-weight",
         default=None,
         metavar="W",
-        help="record the factor on the extra scales' and rotations' scores before the pooling, e.g. 0.9 "
-        "(needs --scale-factor; default: 1)",
+        help="record the factor on the extra scales' scores before the pooling, e.g. 0.9 "
+        "(needs --scale-factor and --extra-scales; default: 1)",
     )
     parser.add_argument(
         "--precision",

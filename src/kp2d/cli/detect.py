@@ -85,7 +85,8 @@ def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True
             "--extra-weight",
             default=None,
             metavar="W",
-            help="multiply the scores of the extra scales' and rotations' keypoints by W before the pooling "
+            help="multiply the scores of the extra scales' keypoints by W before the pooling (not the turned "
+            "copies') "
             "(e.g. 0.9: they fill in where the main scale finds few; default: the model's setting, 1 unless "
             "its weights file records one)",
         )

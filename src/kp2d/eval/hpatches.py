@@ -147,8 +147,10 @@ class KeyPointNetDetector:
         per_run = [self._detect(batch, scale, angle) for scale, angle in runs]
         if len(per_run) == 1:
             return per_run[0]
-        if self.extra_weight != 1:
-            for found in per_run[1 : 1 + len(self.extra_scales)]:
+        if self.extra_weight != 1:  # the extra scales' scores; the turned copies keep theirs, as in extract
+            for (_, angle), found in zip(runs[1:], per_run[1:], strict=True):
+                if angle:
+                    continue
                 for rows, _ in found:
                     rows[:, 2] *= self.extra_weight
         return [

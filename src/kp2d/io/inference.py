@@ -164,8 +164,7 @@ def check_extra_weight(extra_weight: Any, option: str = "extra_weight") -> float
     Raises:
         ConfigError: naming ``option``, for anything else (above 1, NaN, a bool, text).
     """
-    must = (f"{option} must be a number in (0, 1] (1: the extra runs' scores as they are), "
-            f"got {extra_weight!r}")
+    must = _weight_must(option, extra_weight)
     if isinstance(extra_weight, (bool, str, bytes)):
         raise ConfigError(must)
     try:
@@ -175,6 +174,11 @@ def check_extra_weight(extra_weight: Any, option: str = "extra_weight") -> float
     if not 0 < weight <= 1:
         raise ConfigError(must)
     return weight
+
+
+def _weight_must(option: str, got: Any) -> str:
+    """The one error text of a bad ``extra_weight``, whether given as a value or as an option's text."""
+    return f"{option} must be a number in (0, 1] (1: the extra scales' scores as they are), got {got!r}"
 
 
 def check_precision(precision: Any) -> str:
@@ -252,8 +256,7 @@ def parse_extra_weight(text: str, option: str = "--extra-weight") -> float:
     try:
         return check_extra_weight(value, option)
     except ConfigError:
-        raise ConfigError(f"{option} must be a number in (0, 1] (1: the extra runs' scores as they are), "
-                          f"got {text!r}") from None
+        raise ConfigError(_weight_must(option, text)) from None
 
 
 def _parse_list(text: str, check: Any, must: str) -> tuple[float, ...]:
