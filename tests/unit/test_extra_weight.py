@@ -108,7 +108,6 @@ def test_a_recorded_weight_is_the_default_everywhere(random_net, net, image, tmp
     np.testing.assert_allclose(rows[main:, 2], plain[main:, 2] * 0.25, rtol=1e-6)
 
 
-
 def test_the_hpatches_detector_leaves_turned_cells_unweighted(net, image):
     """Cells come main, extra scales, turned copies; only the extra scales' scores are weighted."""
     images = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)[None]
@@ -122,6 +121,7 @@ def test_the_hpatches_detector_leaves_turned_cells_unweighted(net, image):
     np.testing.assert_allclose(rows[main : main + coarse, 2], plain[main : main + coarse, 2] * 0.5, rtol=1e-6)
     np.testing.assert_array_equal(np.delete(rows[:, 2], np.s_[main : main + coarse]),
                                   np.delete(plain[:, 2], np.s_[main : main + coarse]))
+
 
 def test_a_bad_recorded_weight_names_the_file(random_net, tmp_path):
     path = tmp_path / "bad.ckpt"

@@ -40,6 +40,7 @@ from kp2d.io.inference import (
     model_extra_scales,
     model_extra_weight,
     model_scale_factor,
+    run_score_weight,
 )
 
 __all__ = [
@@ -147,12 +148,11 @@ class KeyPointNetDetector:
         per_run = [self._detect(batch, scale, angle) for scale, angle in runs]
         if len(per_run) == 1:
             return per_run[0]
-        if self.extra_weight != 1:  # the extra scales' scores; the turned copies keep theirs, as in extract
-            for (_, angle), found in zip(runs[1:], per_run[1:], strict=True):
-                if angle:
-                    continue
+        for (_, angle), found in zip(runs[1:], per_run[1:], strict=True):
+            weight = run_score_weight(self.extra_weight, angle)
+            if weight != 1:
                 for rows, _ in found:
-                    rows[:, 2] *= self.extra_weight
+                    rows[:, 2] *= weight
         return [
             (np.concatenate([rows for rows, _ in found]), np.concatenate([descs for _, descs in found]))
             for found in zip(*per_run, strict=True)

@@ -73,6 +73,7 @@ from kp2d.io.inference import (
     model_extra_weight,
     model_precision,
     model_scale_factor,
+    run_score_weight,
 )
 
 #: What ``extract`` runs instead of the plain network (a :class:`kp2d.deploy.backends.Backend`).
@@ -519,7 +520,7 @@ def _extract_batch(
         per_run = [results] + [
             _weighted(
                 _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale, angle)[0],
-                1.0 if angle else extra_weight,
+                run_score_weight(extra_weight, angle),
             )
             for scale, angle in runs
         ]

@@ -43,6 +43,7 @@ __all__ = [
     "parse_extra_rotations",
     "parse_extra_scales",
     "parse_extra_weight",
+    "run_score_weight",
 ]
 
 #: The checkpoint entry that holds the settings.
@@ -174,6 +175,15 @@ def check_extra_weight(extra_weight: Any, option: str = "extra_weight") -> float
     if not 0 < weight <= 1:
         raise ConfigError(must)
     return weight
+
+
+def run_score_weight(extra_weight: float, rotation_deg: float) -> float:
+    """The factor on an extra run's scores: ``extra_weight`` for an extra scale, 1 for a turned copy.
+
+    A view turned by 50 degrees finds its keypoints only in the copy turned 45, and a lower score would cut
+    them from the ``top_k``.
+    """
+    return 1.0 if rotation_deg else extra_weight
 
 
 def _weight_must(option: str, got: Any) -> str:
