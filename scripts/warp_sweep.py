@@ -11,7 +11,9 @@ centre by one homography, each level stronger than the last:
 - ``zoom``: magnified by s (view k shows the central 1/s of the photo); default 1.25, 1.5, 2, 2.5, 3;
 - ``rotation``: turned by a degrees; default 10, 20, 30, 40, 50;
 - ``perspective``: tilted about the vertical axis, the left edge scaled by 1/(1 - t) and the right edge
-  by 1/(1 + t); default t = 0.1, 0.2, 0.3, 0.4, 0.5.
+  by 1/(1 + t); default t = 0.1, 0.2, 0.3, 0.4, 0.5;
+- ``zoomturn``: magnified by s and turned by a degrees, levels written ``s@a``; default 1.5@20, 2@30,
+  2@-30, 2.5@45, 2.5@-45 (a camera that zooms and rolls, in both directions).
 
 Views are lossless PNGs of the photo's size (pixels warped in from outside the photo are black); ``H_1_k``
 maps photo pixels to view-k pixels. The sequences are named ``v_*`` so that ``hpatches_breakdown.py`` gives
@@ -34,15 +36,28 @@ from kp2d.data.hpatches import find_sequences, read_image
 from kp2d.data.image_folder import list_images
 from kp2d.errors import ConfigError, DataError, Kp2dError, user_message
 
-DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
+Level = float | tuple[float, float]  # one number, or (zoom, degrees) for zoomturn
+
+DEFAULT_LEVELS: dict[str, tuple[Level, ...]] = {
     "zoom": (1.25, 1.5, 2.0, 2.5, 3.0),
     "rotation": (10.0, 20.0, 30.0, 40.0, 50.0),
     "perspective": (0.1, 0.2, 0.3, 0.4, 0.5),
+    "zoomturn": ((1.5, 20.0), (2.0, 30.0), (2.0, -30.0), (2.5, 45.0), (2.5, -45.0)),
 }
 
 
-def warp_about_center(kind: str, level: float, width: int, height: int) -> np.ndarray:
+def warp_about_center(kind: str, level: Level, width: int, height: int) -> np.ndarray:
     """``(3, 3)`` homography, photo pixels → view pixels, of one ``kind`` at ``level``, about the centre."""
+    if kind == "zoomturn":
+        if not isinstance(level, tuple) or len(level) != 2:
+            raise ValueError(f"zoomturn levels must be (zoom, degrees) pairs, got {level!r}")
+        zoom, angle = level
+        turned = warp_about_center("rotation", angle, width, height) @ warp_about_center(
+            "zoom", zoom, width, height
+        )
+        return turned / turned[2, 2]
+    if not isinstance(level, (int, float)):
+        raise ValueError(f"{kind} levels must be numbers, got {level!r}")
     if not math.isfinite(level):
         raise ValueError(f"{kind} levels must be finite numbers, got {level}")
     if kind == "zoom":
@@ -90,7 +105,7 @@ def source_photos(root: Path) -> list[tuple[str, Path]]:
     return named
 
 
-def check_levels(levels: dict[str, Sequence[float]]) -> None:
+def check_levels(levels: dict[str, Sequence[Level]]) -> None:
     """ConfigError naming the option (``--zoom``, ...) unless every level gives a finite homography."""
     for kind, kind_levels in levels.items():
         for level in kind_levels:
@@ -106,7 +121,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
         raise DataError(f"cannot write image {path}")
 
 
-def write_sweeps(root: Path, out: Path, levels: dict[str, Sequence[float]], limit: int | None = None) -> int:
+def write_sweeps(root: Path, out: Path, levels: dict[str, Sequence[Level]], limit: int | None = None) -> int:
     """Write ``out/<kind>/v_<photo>/`` for every kind in ``levels``; returns the number of photos used."""
     photos = source_photos(root)[:limit]
     for name, path in photos:
@@ -136,18 +151,34 @@ def _levels(text: str) -> tuple[float, ...]:
     return values
 
 
+def _zoom_turn_levels(text: str) -> tuple[tuple[float, float], ...]:
+    """``"2@30,2.5@-45"`` → ``((2.0, 30.0), (2.5, -45.0))``."""
+    try:
+        pairs = tuple(v.split("@") for v in text.split(",") if v.strip())
+        values = tuple((float(zoom), float(angle)) for zoom, angle in pairs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ZOOM@DEGREES, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one level")
+    return values
+
+
+def _level_text(level: Level) -> str:
+    return "@".join(f"{v:g}" for v in level) if isinstance(level, tuple) else f"{level:g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("images", type=Path, help="HPatches folder (its 1.* views) or image folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for <kind>/v_<photo>/ sequences")
-    parser.add_argument("--kinds", default=",".join(DEFAULT_LEVELS), help="default: all three")
+    parser.add_argument("--kinds", default=",".join(DEFAULT_LEVELS), help="default: all four")
     for kind, default in DEFAULT_LEVELS.items():
         parser.add_argument(
             f"--{kind}",
-            type=_levels,
+            type=_zoom_turn_levels if kind == "zoomturn" else _levels,
             default=default,
-            metavar="L1,L2,...",
-            help=f"levels (default {','.join(f'{v:g}' for v in default)})",
+            metavar="S@A,..." if kind == "zoomturn" else "L1,L2,...",
+            help=f"levels (default {','.join(_level_text(v) for v in default)})",
         )
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N photos")
     args = parser.parse_args(argv)

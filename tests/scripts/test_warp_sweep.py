@@ -45,6 +45,19 @@ def test_homographies_by_hand(sweep):
         sweep.warp_about_center("shear", 1.0, 200, 100)
 
 
+def test_zoom_and_turn_by_hand(sweep):
+    """zoomturn 2@90 in a 200x100 photo: (110, 50), 10 px right of the centre, is 20 px away after the zoom
+    and below the centre after the turn; the levels parse as (zoom, degrees) pairs."""
+    both = sweep.warp_about_center("zoomturn", (2.0, 90.0), 200, 100)
+    assert _apply(both, 110, 50) == pytest.approx((100, 70))
+    assert _apply(both, 100, 50) == pytest.approx((100, 50))
+    assert sweep._zoom_turn_levels("2@30, 2.5@-45") == ((2.0, 30.0), (2.5, -45.0))
+    with pytest.raises(ValueError, match="pairs"):
+        sweep.warp_about_center("zoomturn", 2.0, 200, 100)
+    with pytest.raises(ValueError, match="numbers"):
+        sweep.warp_about_center("zoom", (2.0, 30.0), 200, 100)
+
+
 def test_writes_readable_sequences_whose_views_are_the_warped_photo(sweep, tmp_path, capsys):
     root = make_tiny_hpatches(tmp_path / "tiny")
     out = tmp_path / "warps"
@@ -87,7 +100,13 @@ def test_folder_of_images_and_bad_input(sweep, tmp_path, capsys):
     assert written[:3] == ["1.png", "2.png", "3.png"]
     assert sweep.main([str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
-    for bad in (["--kinds", "shear"], ["--zoom", "2,x"], ["--limit", "0"]):
+    for bad in (
+        ["--kinds", "shear"],
+        ["--zoom", "2,x"],
+        ["--zoomturn", "2"],
+        ["--zoomturn", "2@x"],
+        ["--limit", "0"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             sweep.main([str(tmp_path / "photos"), "--out", str(out), *bad])
         assert exit_info.value.code == 2
@@ -100,6 +119,8 @@ def test_folder_of_images_and_bad_input(sweep, tmp_path, capsys):
         ("--zoom", "inf", "--zoom: zoom levels must be finite numbers, got inf"),
         ("--zoom", "2,0", "--zoom: zoom must be positive, got 0.0"),
         ("--perspective", "1.5", "--perspective: perspective t must be in [0, 1), got 1.5"),
+        ("--zoomturn", "2@30,0@10", "--zoomturn: zoom must be positive, got 0.0"),
+        ("--zoomturn", "2@nan", "--zoomturn: rotation levels must be finite numbers, got nan"),
     ],
 )
 def test_bad_levels_write_nothing(sweep, tiny_root, tmp_path, capsys, option, value, message):
