@@ -32,6 +32,7 @@ from kp2d.io.inference import (
     InferenceSettings,
     parse_extra_rotations,
     parse_extra_scales,
+    parse_extra_suppression,
     parse_extra_weight,
 )
 from kp2d.models.keypoint_net import load_keypoint_net
@@ -110,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         "(needs --scale-factor and --extra-scales; default: 1)",
     )
     parser.add_argument(
+        "--extra-suppression",
+        default=None,
+        metavar="PX",
+        help="record the distance in pixels within which a main-scale keypoint scoring at least as much "
+        "leaves out an extra scale's, e.g. 4 (needs --scale-factor and --extra-scales; default: 0, none)",
+    )
+    parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=None,
@@ -125,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--extra-rotations", args.extra_rotations),
             ("--precision", args.precision),
             ("--extra-weight", args.extra_weight),
+            ("--extra-suppression", args.extra_suppression),
         )
         for option, value in extras:
             if value is not None and args.scale_factor is None:
@@ -136,7 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             weight = 1.0 if args.extra_weight is None else parse_extra_weight(args.extra_weight)
             if weight != 1 and not extra:
                 raise ConfigError("--extra-weight weighs the extra scales' scores: give --extra-scales too")
-            inference = InferenceSettings(args.scale_factor, extra, turns, args.precision or "fp32", weight)
+            suppression = args.extra_suppression
+            radius = 0.0 if suppression is None else parse_extra_suppression(suppression)
+            if radius and not extra:
+                raise ConfigError("--extra-suppression thins the extra scales' keypoints: add --extra-scales")
+            inference = InferenceSettings(
+                args.scale_factor, extra, turns, args.precision or "fp32", weight, radius
+            )
         target = WEIGHTS / f"{args.name}.pt"
         check_output_path(target, "NAME")
         provenance = provenance_of(args.checkpoint, args.note)
@@ -157,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
           + "".join(f", extra scale {scale:g}" for scale in written.inference.extra_scales)
           + "".join(f", extra rotation {angle:g}" for angle in written.inference.extra_rotations)
           + ("" if (weight := written.inference.extra_weight) == 1 else f", extra scales' scores x{weight:g}")
+          + ("" if not (radius := written.inference.extra_suppression) else f", suppression {radius:g} px")
           + f", precision {written.inference.precision}")
     return 0
 

@@ -213,6 +213,31 @@ def test_detect_weights_the_extra_runs_recorded_or_given(tmp_path, checkpoint, p
     assert "--extra-weight must be a number in (0, 1]" in single_error_line(capsys)
 
 
+def test_detect_thins_the_extra_runs_recorded_or_given(tmp_path, checkpoint, photos, capsys):
+    """A recorded extra_suppression detects as --extra-suppression does; 'none' gives the plain pooling,
+    whose keypoints hold the thinned ones."""
+    entry = {"scale_factor": 2.0, "extra_scales": [1.0], "extra_suppression": 3.0}
+    recording = _recording(checkpoint, tmp_path / "recording.ckpt", entry)
+    pooled = ["--scale-factor", "2", "--extra-scales", "1"]
+    runs = {
+        "recorded": ["--model", recording],
+        "option": ["--model", checkpoint, *pooled, "--extra-suppression", "3"],
+        "override": ["--model", recording, "--extra-suppression", "none"],
+        "plain": ["--model", checkpoint, *pooled],
+    }
+    arrays, records = _detect_each(runs, photos[0], tmp_path)
+    for got, want in (("recorded", "option"), ("override", "plain")):
+        for name in ("keypoints", "scores", "descriptors"):
+            np.testing.assert_array_equal(arrays[got][name], arrays[want][name])
+    assert records["recorded"]["extra_suppression"] == 3.0 and records["override"]["extra_suppression"] == 0
+    thinned, plain = arrays["recorded"]["keypoints"], arrays["plain"]["keypoints"]
+    assert 0 < len(thinned) < len(plain)
+    assert {tuple(row) for row in thinned} <= {tuple(row) for row in plain}
+    argv = ["detect", str(photos[0]), "--model", checkpoint, "--extra-suppression", "x"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "--extra-suppression must be a distance in pixels >= 0" in single_error_line(capsys)
+
+
 @pytest.mark.parametrize(
     ("key", "entry", "main_scale", "value", "refused"),
     [
@@ -254,7 +279,7 @@ def test_detect_pools_the_extra_runs_recorded_or_given(
         (
             {"scale_factor": 2.0, "top_k": 5},
             "unknown inference setting top_k (known: scale_factor, extra_scales, extra_rotations, precision, "
-            "extra_weight)",
+            "extra_weight, extra_suppression)",
         ),
     ],
 )

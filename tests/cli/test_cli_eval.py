@@ -171,6 +171,21 @@ def test_extra_weight_labels_the_row(tiny_root, tmp_path, capsys):
     assert "--extra-weight applies to KeyPointNet, not to --method" in _error_line(capsys)
 
 
+def test_extra_suppression_labels_the_row(tiny_root, tmp_path, capsys):
+    out = tmp_path / "thinned.json"
+    args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
+    assert _eval(*args, "--scale-factor", "2", "--extra-scales", "1", "--extra-suppression", "3", "--json",
+                 str(out)) == 0
+    row = "| random-init (v4) (input x2+x1, extra scales suppressed within 3 px) |"
+    assert row in capsys.readouterr().out
+    entry = json.loads(out.read_text())["64x48"]
+    assert entry["inference"] == {"scale_factor": 2.0, "extra_scales": [1.0], "extra_suppression": 3.0}
+    assert _eval(*args, "--extra-suppression", "-1") == 2
+    assert "--extra-suppression must be a distance in pixels >= 0" in _error_line(capsys)
+    assert _eval("--method", "sift", "--hpatches", str(tiny_root), "--extra-suppression", "3") == 2
+    assert "--extra-suppression applies to KeyPointNet, not to --method" in _error_line(capsys)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -107,6 +107,9 @@ def test_ship_weights_records_the_scale_factor(ship, random_checkpoint, capsys):
         (["--scale-factor", "2.8", "--extra-scales", "1.25", "--extra-weight", "0.9"],
          "scale_factor 2.8, extra scale 1.25, extra scales' scores x0.9, precision fp32",
          (2.8, (1.25,), (), "fp32", 0.9), ["--extra-weight", "0.9"]),
+        (["--scale-factor", "2.8", "--extra-scales", "1.25", "--extra-suppression", "4"],
+         "scale_factor 2.8, extra scale 1.25, suppression 4 px, precision fp32",
+         (2.8, (1.25,), (), "fp32", 1.0, 4.0), ["--extra-suppression", "4"]),
     ],
 )
 def test_ship_weights_records_the_extra_runs(
@@ -129,6 +132,11 @@ def test_ship_weights_refuses_a_bad_extra_weight(ship, random_checkpoint, capsys
     assert "--extra-weight must be a number in (0, 1]" in single_error_line(capsys)
     assert ship.main([str(random_checkpoint), "v8", "--scale-factor", "2", "--extra-weight", "0.9"]) == 2
     assert "--extra-weight weighs the extra scales' scores: give --extra-scales" in single_error_line(capsys)
+    assert ship.main([str(random_checkpoint), "v8", "--scale-factor", "2", "--extra-suppression", "-1"]) == 2
+    assert "--extra-suppression must be a distance in pixels >= 0" in single_error_line(capsys)
+    assert ship.main([str(random_checkpoint), "v8", "--scale-factor", "2", "--extra-suppression", "4"]) == 2
+    message = "--extra-suppression thins the extra scales' keypoints: add --extra-scales"
+    assert message in single_error_line(capsys)
     assert not any(ship.WEIGHTS.iterdir())
 
 

@@ -34,8 +34,8 @@ CLI_BACKENDS = ("torch-fp32", "torch-fold", "torch-fused", "torch-bf16", "ort-fp
 def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True) -> None:
     """Add the options shared with ``match`` and ``track`` (model, selection, device).
 
-    ``extra_scales``: also ``--extra-scales``, ``--extra-rotations`` and ``--extra-weight`` (``track`` runs
-    one scale, unturned).
+    ``extra_scales``: also ``--extra-scales``, ``--extra-rotations``, ``--extra-weight`` and
+    ``--extra-suppression`` (``track`` runs one scale, unturned).
     """
     parser.add_argument(
         "--model",
@@ -90,6 +90,14 @@ def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True
             "(e.g. 0.9: they fill in where the main scale finds few; default: the model's setting, 1 unless "
             "its weights file records one)",
         )
+        parser.add_argument(
+            "--extra-suppression",
+            default=None,
+            metavar="PX",
+            help="leave out an extra scale's keypoint where the main scale has one within PX pixels scoring "
+            "at least as much ('none' or 0: none left out; default: the model's setting, 0 unless its "
+            "weights file records one)",
+        )
     parser.add_argument(
         "--fit-memory",
         action="store_true",
@@ -136,6 +144,7 @@ def model_options(options: dict, model) -> dict:
     from kp2d.io.inference import (
         model_extra_rotations,
         model_extra_scales,
+        model_extra_suppression,
         model_extra_weight,
         model_scale_factor,
     )
@@ -148,6 +157,8 @@ def model_options(options: dict, model) -> dict:
         resolved["extra_rotations"] = model_extra_rotations(model, options["extra_rotations"])
     if "extra_weight" in options:
         resolved["extra_weight"] = model_extra_weight(model, options["extra_weight"])
+    if "extra_suppression" in options:
+        resolved["extra_suppression"] = model_extra_suppression(model, options["extra_suppression"])
     return resolved
 
 
@@ -199,13 +210,20 @@ def selection_options(args: argparse.Namespace) -> dict:
         "fit_memory": args.fit_memory,
     }
     if hasattr(args, "extra_scales"):
-        from kp2d.io.inference import parse_extra_rotations, parse_extra_scales, parse_extra_weight
+        from kp2d.io.inference import (
+            parse_extra_rotations,
+            parse_extra_scales,
+            parse_extra_suppression,
+            parse_extra_weight,
+        )
 
         extra = None if args.extra_scales is None else parse_extra_scales(args.extra_scales)
         options["extra_scales"] = extra
         turns = None if args.extra_rotations is None else parse_extra_rotations(args.extra_rotations)
         options["extra_rotations"] = turns
         options["extra_weight"] = None if args.extra_weight is None else parse_extra_weight(args.extra_weight)
+        suppression = args.extra_suppression
+        options["extra_suppression"] = None if suppression is None else parse_extra_suppression(suppression)
     return options
 
 
@@ -363,6 +381,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
             "extra_scales": list(options["extra_scales"]),
             "extra_rotations": list(options["extra_rotations"]),
             "extra_weight": options["extra_weight"],
+            "extra_suppression": options["extra_suppression"],
             "backend": "torch-fp32" if options["backend"] is None else options["backend"].name,
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),

@@ -106,6 +106,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "its weights file records one)",
     )
     parser.add_argument(
+        "--extra-suppression",
+        default=None,
+        metavar="PX",
+        help="leave out an extra scale's keypoint where the main scale has one within PX pixels scoring at "
+        "least as much; 'none' or 0: none left out; default: the model's setting (0 unless its weights file "
+        "records one)",
+    )
+    parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=None,
@@ -143,6 +151,7 @@ def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[
         InferenceSettings,
         parse_extra_rotations,
         parse_extra_scales,
+        parse_extra_suppression,
         parse_extra_weight,
     )
 
@@ -163,7 +172,11 @@ def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[
         extra_rotations = recorded.extra_rotations
     precision = args.precision if args.precision is not None else recorded.precision
     weight = parse_extra_weight(args.extra_weight) if args.extra_weight is not None else recorded.extra_weight
-    return InferenceSettings(scale_factor, extra_scales, extra_rotations, precision, weight)
+    if args.extra_suppression is not None:
+        suppression = parse_extra_suppression(args.extra_suppression)
+    else:
+        suppression = recorded.extra_suppression
+    return InferenceSettings(scale_factor, extra_scales, extra_rotations, precision, weight, suppression)
 
 
 def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int, inference):
@@ -175,6 +188,7 @@ def _make_detector(args: argparse.Namespace, network, label: str, device, top_k:
         network, device, name=label, scale_factor=inference.scale_factor,
         extra_scales=inference.extra_scales, extra_rotations=inference.extra_rotations,
         precision=inference.precision, extra_weight=inference.extra_weight,
+        extra_suppression=inference.extra_suppression,
     )
 
 
@@ -238,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--precision applies to KeyPointNet, not to --method")
     elif args.extra_weight is not None:
         raise ConfigError("--extra-weight applies to KeyPointNet, not to --method")
+    elif args.extra_suppression is not None:
+        raise ConfigError("--extra-suppression applies to KeyPointNet, not to --method")
 
     baselines = parse_baselines(args.baselines, args.method)
 

@@ -140,6 +140,11 @@ def run(args: argparse.Namespace) -> int:
     if extra_weight != 1 and extra_scales:
         print(f"note: {source} records extra_weight {extra_weight:g}: multiply the extra scales' scores by "
               f"{extra_weight:g} before pooling (not the turned copies'), as kp2d.extract does")
+    extra_suppression = net.inference_settings.extra_suppression
+    if extra_suppression and extra_scales:
+        print(f"note: {source} records extra_suppression {extra_suppression:g}: leave out an extra scale's "
+              f"keypoint where the main scale has one within {extra_suppression:g} px scoring at least as "
+              "much, as kp2d.extract does")
 
     if not args.no_verify:
         _verify(net, out, height, width)

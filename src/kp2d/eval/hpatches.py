@@ -34,10 +34,19 @@ from tqdm import tqdm
 from kp2d.data.hpatches import HPatchesDataset, SequenceSample
 from kp2d.errors import DataError
 from kp2d.eval.metrics import evaluate_pair
-from kp2d.features.extraction import backend_precision, check_scale_factor, dense_cells, resolve_backend
+from kp2d.features.dense import CELL
+from kp2d.features.extraction import (
+    DenseCells,
+    backend_precision,
+    check_scale_factor,
+    dense_cells,
+    resolve_backend,
+)
+from kp2d.features.scale_suppression import suppressed_across_scales
 from kp2d.io.inference import (
     model_extra_rotations,
     model_extra_scales,
+    model_extra_suppression,
     model_extra_weight,
     model_scale_factor,
     run_score_weight,
@@ -104,6 +113,9 @@ class KeyPointNetDetector:
         extra_weight: the extra scales' cell scores are multiplied by this before the pooling, the
             turned copies' are not (see :func:`kp2d.extract`). ``None`` (default): the model's
             ``inference_settings``.
+        extra_suppression: the extra scales' cells with a main-run keypoint within this many pixels that
+            scores at least as much are left out (see :func:`kp2d.extract`). ``None`` (default): the
+            model's ``inference_settings``.
     """
 
     norm = cv2.NORM_L2
@@ -119,9 +131,11 @@ class KeyPointNetDetector:
         extra_rotations: tuple[float, ...] | list[float] | None = None,
         precision: str | None = None,
         extra_weight: float | None = None,
+        extra_suppression: float | None = None,
     ) -> None:
         self.scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
         self.extra_weight = model_extra_weight(model, extra_weight)
+        self.extra_suppression = model_extra_suppression(model, extra_suppression)
         self.extra_scales = model_extra_scales(model, extra_scales, self.scale_factor)
         self.extra_rotations = model_extra_rotations(model, extra_rotations)
         self.is_backend = not isinstance(model, torch.nn.Module)
@@ -145,29 +159,56 @@ class KeyPointNetDetector:
         batch = batch.permute(0, 3, 1, 2).float() / 255.0  # (B, C, H, W) view of NHWC data: channels-last
         runs = [(scale, 0.0) for scale in (self.scale_factor, *self.extra_scales)]
         runs += [(self.scale_factor, angle) for angle in self.extra_rotations]
-        per_run = [self._detect(batch, scale, angle) for scale, angle in runs]
-        if len(per_run) == 1:
-            return per_run[0]
-        for (_, angle), found in zip(runs[1:], per_run[1:], strict=True):
+        main = self._cells(batch, self.scale_factor)
+        per_run = [_detections(main)]
+        for scale, angle in runs[1:]:
+            cells = self._cells(batch, scale, angle)
+            if not angle and self.extra_suppression:
+                cells = _unsuppressed_cells(cells, main, batch.shape[-2:], self.extra_suppression)
+            found = _detections(cells)
             weight = run_score_weight(self.extra_weight, angle)
             if weight != 1:
                 for rows, _ in found:
                     rows[:, 2] *= weight
+            per_run.append(found)
+        if len(per_run) == 1:
+            return per_run[0]
         return [
             (np.concatenate([rows for rows, _ in found]), np.concatenate([descs for _, descs in found]))
             for found in zip(*per_run, strict=True)
         ]
 
-    def _detect(self, batch: torch.Tensor, scale_factor: float, rotation_deg: float = 0.0) -> list[Detection]:
-        """:meth:`__call__` of ``(B, C, H, W)`` images in [0, 1] at one scale, turned by ``rotation_deg``."""
+    def _cells(self, batch: torch.Tensor, scale_factor: float, rotation_deg: float = 0.0) -> DenseCells:
+        """Every cell of ``(B, C, H, W)`` images in [0, 1] at one scale, turned by ``rotation_deg``."""
         with torch.inference_mode():
             network = None if self.is_backend else self.model  # a backend, when there is one, runs instead
-            cells = dense_cells(network, batch, self._backend, scale_factor, rotation_deg)
-        scores = cells.scores[:, None]
-        rows = torch.cat([cells.coords, scores], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
-        descs = cells.descriptors.flatten(2).transpose(1, 2).float().cpu().numpy()  # (B, Hc*Wc, 256)
-        keep = cells.valid.flatten(1).cpu().numpy()
-        return [(rows[b][keep[b]], descs[b][keep[b]]) for b in range(len(rows))]
+            return dense_cells(network, batch, self._backend, scale_factor, rotation_deg)
+
+
+def _detections(cells: DenseCells) -> list[Detection]:
+    """Per image, ``(N, 3)`` rows ``(x, y, score)`` and ``(N, 256)`` descriptors of the valid cells."""
+    scores = cells.scores[:, None]
+    rows = torch.cat([cells.coords, scores], dim=1).flatten(2).transpose(1, 2).float().cpu().numpy()
+    descs = cells.descriptors.flatten(2).transpose(1, 2).float().cpu().numpy()  # (B, Hc*Wc, 256)
+    keep = cells.valid.flatten(1).cpu().numpy()
+    return [(rows[b][keep[b]], descs[b][keep[b]]) for b in range(len(rows))]
+
+
+def _unsuppressed_cells(
+    cells: DenseCells, main: DenseCells, image_hw: tuple[int, int], radius: float
+) -> DenseCells:
+    """An extra scale's cells, those that the main run's cells suppress made invalid."""
+    height, width = image_hw
+    net_width, net_height = main.network_size_wh
+    pitch = (CELL * width / net_width, CELL * height / net_height)
+    valid = cells.valid.clone()
+    for b in range(len(valid)):
+        drop = suppressed_across_scales(
+            cells.coords[b].flatten(1).t(), cells.scores[b].flatten(), main.scores[b], main.coords[b],
+            main.valid[b], pitch, radius,
+        )
+        valid[b] &= ~drop.view_as(valid[b])
+    return cells._replace(valid=valid)
 
 
 class OpenCVDetector:

@@ -40,6 +40,10 @@ corners (where the network would fire on the edge of the picture) are dropped.
 weighted scores): below 1 the main run keeps its best keypoints and the coarser runs fill in where it finds
 few. The turned copies keep their scores: a view turned by 50 degrees finds its keypoints only in the copy
 turned 45, and a lower score would cut them from the ``top_k``.
+
+``extra_suppression`` (pixels) leaves out an extra scale's keypoint where the main run has a keypoint that
+near scoring at least as much (:mod:`kp2d.features.scale_suppression`): on a view at the main scale the extra
+scale's keypoints repeat the main run's less precisely and crowd them out of the ``top_k``.
 """
 
 from __future__ import annotations
@@ -64,12 +68,14 @@ from kp2d.features.dense import (
     sample_descriptors,
 )
 from kp2d.features.keypoints import Keypoints
+from kp2d.features.scale_suppression import suppressed_across_scales
 from kp2d.features.selection import _check_selection, select_keypoints
 from kp2d.geometry import normalize_points, rotation_about_center, warp_points
 from kp2d.io.images import ImageLike, _pil_to_numpy, image_to_tensor, load_image
 from kp2d.io.inference import (
     model_extra_rotations,
     model_extra_scales,
+    model_extra_suppression,
     model_extra_weight,
     model_precision,
     model_scale_factor,
@@ -481,11 +487,12 @@ def _extract_batch(
     extra_scales: tuple[float, ...] | list[float] | None = None,
     extra_rotations: tuple[float, ...] | list[float] | None = None,
     extra_weight: float | None = None,
+    extra_suppression: float | None = None,
 ) -> tuple[list[Keypoints], torch.Tensor, bool]:
     """Keypoints per image, cell scores ``(B, Hc, Wc)`` of the padded (resized) images, whether batched.
 
-    ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None`` / ``extra_weight=None``: the
-    model's settings.
+    ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None`` / ``extra_weight=None`` /
+    ``extra_suppression=None``: the model's settings.
     ``fit_memory=None`` skips the memory check (for an image already shrunk to fit). The cell scores are
     the main scale's.
     """
@@ -499,6 +506,7 @@ def _extract_batch(
     extra_scales = model_extra_scales(model, extra_scales, scale_factor)
     extra_rotations = model_extra_rotations(model, extra_rotations)
     extra_weight = model_extra_weight(model, extra_weight)
+    extra_suppression = model_extra_suppression(model, extra_suppression)
     original_size = None
     if fit_memory is not None:
         fit_memory = check_flag("fit_memory", fit_memory)
@@ -513,19 +521,44 @@ def _extract_batch(
         net_height, net_width = _network_size(height, width, scale_factor)
         cells = (-(-net_height // CELL), -(-net_width // CELL))
         return [], torch.zeros(0, *cells, device=batch.device), batched
-    results, scores = _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale_factor)
+    results, main_cells = _keypoints_at(
+        model, batch, top_k, score_threshold, nms_radius, backend, scale_factor
+    )
     fitting = [scale for scale in extra_scales if _fits(height, width, scale)]
     if fitting or extra_rotations:
         runs = [(scale, 0.0) for scale in fitting] + [(scale_factor, angle) for angle in extra_rotations]
-        per_run = [results] + [
-            _weighted(
-                _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale, angle)[0],
-                run_score_weight(extra_weight, angle),
-            )
-            for scale, angle in runs
-        ]
+        net_height, net_width = _network_size(height, width, scale_factor)
+        pitch = (CELL * width / net_width, CELL * height / net_height)
+        per_run = [results]
+        for scale, angle in runs:
+            found = _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale, angle)[0]
+            if not angle:
+                found = _unsuppressed(found, main_cells, pitch, extra_suppression)
+            per_run.append(_weighted(found, run_score_weight(extra_weight, angle)))
         results = [_pooled(list(found), top_k) for found in zip(*per_run, strict=True)]
-    return results, scores, batched
+    return results, main_cells.scores.clone(), batched
+
+
+def _unsuppressed(
+    found: list[Keypoints], main_cells: _RunCells, pitch: tuple[float, float], radius: float
+) -> list[Keypoints]:
+    """An extra scale's keypoints without those the main run's cells suppress (:mod:`.scale_suppression`)."""
+    if not radius:
+        return found
+    kept = []
+    for b, item in enumerate(found):
+        drop = suppressed_across_scales(
+            item.keypoints, item.scores, main_cells.scores[b], main_cells.coords[b], main_cells.valid[b],
+            pitch, radius,
+        )
+        keep = ~drop
+        kept.append(
+            Keypoints(
+                keypoints=item.keypoints[keep], scores=item.scores[keep], descriptors=item.descriptors[keep],
+                image_size=item.image_size,
+            )
+        )
+    return kept
 
 
 def _fits(height: int, width: int, scale_factor: float) -> bool:
@@ -566,8 +599,8 @@ def _keypoints_at(
     backend: Backend | None,
     scale_factor: float,
     rotation_deg: float = 0.0,
-) -> tuple[list[Keypoints], torch.Tensor]:
-    """Keypoints per image of ``(B, C, H, W)`` at one scale and turn; the cell scores ``(B, Hc, Wc)``.
+) -> tuple[list[Keypoints], _RunCells]:
+    """Keypoints per image of ``(B, C, H, W)`` at one scale and turn; every cell's score and keypoint.
 
     A network that can run in two stages (``forward_cells`` / ``descriptors_at``, also through a torch
     backend) computes descriptors at the selected keypoints only; others give the dense map.
@@ -578,13 +611,13 @@ def _keypoints_at(
         cells, selected = dense_keypoints(
             model, batch, top_k, score_threshold, nms_radius, backend, scale_factor, rotation_deg
         )
-        scores, coords = cells.scores, cells.coords
+        scores, coords, valid = cells.scores, cells.coords, cells.valid
         descriptors = [
             desc.flatten(1)[:, index].t() for desc, index in zip(cells.descriptors, selected, strict=True)
         ]
     else:
         network = model if backend is None else None  # the plain network runs in eval mode, a backend as is
-        scores, coords, selected, descriptors = _selected_keypoints(
+        scores, coords, valid, selected, descriptors = _selected_keypoints(
             network, stages, batch, top_k, score_threshold, nms_radius, scale_factor, rotation_deg
         )
     results = []
@@ -598,7 +631,19 @@ def _keypoints_at(
                 image_size=(width, height),
             )
         )
-    return results, scores.clone()
+    return results, _RunCells(scores, coords, valid)
+
+
+class _RunCells(NamedTuple):
+    """One run's cells (inference tensors).
+
+    Scores ``(B, Hc, Wc)``, keypoints ``(B, 2, Hc, Wc)`` in pixels of the image, which cells can be
+    keypoints ``(B, Hc, Wc)``.
+    """
+
+    scores: torch.Tensor
+    coords: torch.Tensor
+    valid: torch.Tensor
 
 
 _Stages = tuple[Callable[[torch.Tensor], CellOutput], Callable[..., torch.Tensor]]
@@ -631,12 +676,12 @@ def _selected_keypoints(
     nms_radius: float,
     scale_factor: float,
     rotation_deg: float,
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """:func:`dense_keypoints` with descriptors at the selected cells only.
 
     ``model``: the plain network (put in eval mode meanwhile), ``None`` for a backend. Returns
-    ``scores (B, Hc, Wc)``, ``coords (B, 2, Hc, Wc)`` in pixels of ``batch``, per image the selected flat
-    cell indices and their ``(N, D)`` float32 descriptors.
+    ``scores (B, Hc, Wc)``, ``coords (B, 2, Hc, Wc)`` in pixels of ``batch``, ``valid (B, Hc, Wc)``, per
+    image the selected flat cell indices and their ``(N, D)`` float32 descriptors.
     """
     cells, describe = stages
     network_batch = _network_batch(batch, scale_factor, rotation_deg)
@@ -660,7 +705,7 @@ def _selected_keypoints(
         )
         descriptors = describe(features, batch_index, points, *padded.shape[-2:])
     # cloned outside inference mode: ordinary tensors (the caller may modify them in place)
-    return scores, image_coords, selected, [part.clone() for part in descriptors.split(counts)]
+    return scores, image_coords, valid, selected, [part.clone() for part in descriptors.split(counts)]
 
 
 @contextlib.contextmanager
@@ -713,6 +758,7 @@ def extract(
     extra_rotations: tuple[float, ...] | list[float] | None = None,
     precision: str | None = None,
     extra_weight: float | None = None,
+    extra_suppression: float | None = None,
 ) -> Keypoints | list[Keypoints]:
     """Detect and describe keypoints (see the module docstring for padding and selection).
 
@@ -768,6 +814,11 @@ def extract(
             copies' scores are not weighted.
             ``None``: the model's ``inference_settings.extra_weight`` (1 unless its weights file records
             one).
+        extra_suppression: an extra scale's keypoint is left out where the main run has a keypoint
+            within this many pixels of the image that scores at least as much (before ``extra_weight``),
+            so that a view at the main scale keeps the main run's more precise keypoints and a zoomed
+            one the extra scale's. 0: none left out. ``None``: the model's
+            ``inference_settings.extra_suppression`` (0 unless its weights file records one).
 
     Returns:
         Keypoints sorted by decreasing score (float32 keypoints, scores and descriptors, also for a
@@ -779,7 +830,8 @@ def extract(
             message names the largest size that fits).
         ConfigError: a bad ``top_k`` (not an integer >= 1), ``nms_radius`` (< 0), ``score_threshold``
             (NaN) or ``scale_factor`` (<= 0), a ``backend`` given by name instead of built, or both a
-            ``backend`` and a ``precision``; an ``extra_weight`` outside ``(0, 1]``.
+            ``backend`` and a ``precision``; an ``extra_weight`` outside ``(0, 1]``, an
+            ``extra_suppression`` below 0.
     """
     if isinstance(image, (list, tuple)):
         for index, item in enumerate(image):
@@ -791,14 +843,14 @@ def extract(
         return [
             extract(
                 model, item, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory,
-                extra_scales, extra_rotations, precision, extra_weight,
+                extra_scales, extra_rotations, precision, extra_weight, extra_suppression,
             )
             for item in image
         ]
     backend = resolve_backend(model, backend, precision)
     results, _, batched = _extract_batch(
         model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales,
-        extra_rotations, extra_weight,
+        extra_rotations, extra_weight, extra_suppression,
     )
     return results if batched else results[0]
 
@@ -816,6 +868,7 @@ def extract_with_score_map(
     extra_rotations: tuple[float, ...] | list[float] | None = None,
     precision: str | None = None,
     extra_weight: float | None = None,
+    extra_suppression: float | None = None,
 ) -> tuple[Keypoints, torch.Tensor]:
     """:func:`extract` for one image, plus its cell scores (see :func:`score_map`) from the same run.
 
@@ -826,7 +879,7 @@ def extract_with_score_map(
     backend = resolve_backend(model, backend, precision)
     results, scores, _ = _extract_batch(
         model, image, top_k, score_threshold, nms_radius, backend, scale_factor, fit_memory, extra_scales,
-        extra_rotations, extra_weight,
+        extra_rotations, extra_weight, extra_suppression,
     )
     if len(results) != 1:
         raise DataError(f"extract_with_score_map takes one image, got a batch of {len(results)}")

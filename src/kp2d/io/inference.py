@@ -6,6 +6,8 @@ network also runs at, their keypoints pooled with the main scale's by score (see
 ``extra_weight`` (``0.9``) multiplies the scores of the extra scales' keypoints before the pooling, so that
 they fill in where the main run finds little rather than crowd out its keypoints (default 1: plain scores);
 the turned copies keep their scores.
+``extra_suppression`` (``4``, pixels of the image) leaves out an extra scale's keypoint where the main run has
+one within that distance that scores at least as much (default 0: none left out).
 ``precision`` (``"auto"``) runs it under bf16 autocast where the hardware does bf16 natively, elsewhere on a
 CPU in fp32 with BatchNorm folded (``"bf16"``: always bf16; ``"fp32"``, the default: the network as it is);
 see :meth:`kp2d.models.KeyPointNet.default_backend`.
@@ -32,16 +34,19 @@ __all__ = [
     "InferenceSettings",
     "check_extra_rotations",
     "check_extra_scales",
+    "check_extra_suppression",
     "check_extra_weight",
     "check_precision",
     "inference_settings_from",
     "model_extra_rotations",
     "model_extra_scales",
+    "model_extra_suppression",
     "model_extra_weight",
     "model_precision",
     "model_scale_factor",
     "parse_extra_rotations",
     "parse_extra_scales",
+    "parse_extra_suppression",
     "parse_extra_weight",
     "run_score_weight",
 ]
@@ -67,6 +72,8 @@ class InferenceSettings:
             backend is given.
         extra_weight: the scores of the extra scales' keypoints are multiplied by this (in ``(0, 1]``)
             before they are pooled with the main run's (1: as they are); not those of the turned copies.
+        extra_suppression: an extra scale's keypoint is left out where a keypoint of the main run lies
+            within this many pixels of the image and scores at least as much (0: none left out).
     """
 
     scale_factor: float = 1.0
@@ -74,6 +81,7 @@ class InferenceSettings:
     extra_rotations: tuple[float, ...] = ()
     precision: str = "fp32"
     extra_weight: float = 1.0
+    extra_suppression: float = 0.0
 
     def __post_init__(self) -> None:
         scale_factor = check_scale_factor(self.scale_factor)
@@ -82,6 +90,7 @@ class InferenceSettings:
         object.__setattr__(self, "extra_rotations", check_extra_rotations(self.extra_rotations))
         object.__setattr__(self, "precision", check_precision(self.precision))
         object.__setattr__(self, "extra_weight", check_extra_weight(self.extra_weight))
+        object.__setattr__(self, "extra_suppression", check_extra_suppression(self.extra_suppression))
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -99,6 +108,8 @@ class InferenceSettings:
             entry["precision"] = self.precision
         if self.extra_weight != 1:
             entry["extra_weight"] = self.extra_weight
+        if self.extra_suppression:
+            entry["extra_suppression"] = self.extra_suppression
         return entry
 
     def label(self, precision: str | None = None) -> str:
@@ -114,6 +125,8 @@ class InferenceSettings:
             parts.append("turned " + "/".join(f"{angle:g}" for angle in (0.0, *self.extra_rotations)))
         if self.extra_weight != 1 and self.extra_scales:
             parts.append(f"extra scales' scores x{self.extra_weight:g}")
+        if self.extra_suppression and self.extra_scales:
+            parts.append(f"extra scales suppressed within {self.extra_suppression:g} px")
         precision = precision or self.precision
         if precision != "fp32":
             parts.append(precision)
@@ -175,6 +188,24 @@ def check_extra_weight(extra_weight: Any, option: str = "extra_weight") -> float
     if not 0 < weight <= 1:
         raise ConfigError(must)
     return weight
+
+
+def check_extra_suppression(extra_suppression: Any, option: str = "extra_suppression") -> float:
+    """``extra_suppression`` as a finite float >= 0 (pixels of the image; 0: no suppression).
+
+    Raises:
+        ConfigError: naming ``option``, for anything else (negative, NaN, a bool, text).
+    """
+    must = f"{option} must be a distance in pixels >= 0 (0: none), got {extra_suppression!r}"
+    if isinstance(extra_suppression, (bool, str, bytes)):
+        raise ConfigError(must)
+    try:
+        radius = float(extra_suppression)
+    except (TypeError, ValueError):
+        raise ConfigError(must) from None
+    if not (math.isfinite(radius) and radius >= 0):
+        raise ConfigError(must)
+    return radius
 
 
 def run_score_weight(extra_weight: float, rotation_deg: float) -> float:
@@ -269,6 +300,25 @@ def parse_extra_weight(text: str, option: str = "--extra-weight") -> float:
         raise ConfigError(_weight_must(option, text)) from None
 
 
+def parse_extra_suppression(text: str, option: str = "--extra-suppression") -> float:
+    """``"4"`` → ``4.0``; ``"none"`` → ``0.0``.
+
+    Raises:
+        ConfigError: naming ``option``, for text that is not a distance >= 0.
+    """
+    if text.strip().lower() == "none":
+        return 0.0
+    try:
+        value: Any = float(text)
+    except ValueError:
+        value = text
+    try:
+        return check_extra_suppression(value, option)
+    except ConfigError:
+        must = f"{option} must be a distance in pixels >= 0 (0 or none: none), got {text!r}"
+        raise ConfigError(must) from None
+
+
 def _parse_list(text: str, check: Any, must: str) -> tuple[float, ...]:
     """Comma-separated numbers through ``check``; ``"none"`` → ``()``; else ConfigError ``must``."""
     if text.strip().lower() in ("none", ""):
@@ -306,6 +356,14 @@ def model_extra_weight(model: object, extra_weight: float | None = None) -> floa
         settings = getattr(model, "inference_settings", None)
         extra_weight = getattr(settings, "extra_weight", 1.0)
     return check_extra_weight(extra_weight)
+
+
+def model_extra_suppression(model: object, extra_suppression: float | None = None) -> float:
+    """``extra_suppression`` when given, else the model's recorded one (0 for a module without settings)."""
+    if extra_suppression is None:
+        settings = getattr(model, "inference_settings", None)
+        extra_suppression = getattr(settings, "extra_suppression", 0.0)
+    return check_extra_suppression(extra_suppression)
 
 
 def model_scale_factor(model: object, scale_factor: float | None) -> float:

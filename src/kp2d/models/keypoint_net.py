@@ -180,12 +180,13 @@ class KeyPointNet(nn.Module):
         extra_rotations=None,
         precision=None,
         extra_weight=None,
+        extra_suppression=None,
     ):
         """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.extract`.
 
         ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None`` / ``precision=None`` /
-        ``extra_weight=None`` use :attr:`inference_settings` (1, none, fp32 and 1 unless the weights file
-        records them).
+        ``extra_weight=None`` / ``extra_suppression=None`` use :attr:`inference_settings` (1, none, fp32,
+        1 and 0 unless the weights file records them).
         """
         return extract(
             self,
@@ -200,6 +201,7 @@ class KeyPointNet(nn.Module):
             extra_rotations=extra_rotations,
             precision=precision,
             extra_weight=extra_weight,
+            extra_suppression=extra_suppression,
         )
 
     def default_backend(self, precision: str | None = None) -> Backend | None:
