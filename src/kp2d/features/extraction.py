@@ -41,9 +41,10 @@ weighted scores): below 1 the main run keeps its best keypoints and the coarser 
 few. The turned copies keep their scores: a view turned by 50 degrees finds its keypoints only in the copy
 turned 45, and a lower score would cut them from the ``top_k``.
 
-``extra_suppression`` (pixels) leaves out an extra scale's keypoint where the main run has a keypoint that
-near scoring at least as much (:mod:`kp2d.features.scale_suppression`): on a view at the main scale the extra
-scale's keypoints repeat the main run's less precisely and crowd them out of the ``top_k``.
+``extra_suppression`` (pixels) leaves out an extra scale's keypoint where a keypoint of the main run lies
+within that distance and scores at least as much (:mod:`kp2d.features.scale_suppression`): on a view at the
+main scale the extra scale's keypoints repeat the main run's less precisely and crowd them out of the
+``top_k``; on a zoomed view the main run has nothing there to suppress them with.
 """
 
 from __future__ import annotations

@@ -49,9 +49,10 @@ def suppressed_across_scales(
     near_rows = (row[:, None, None] + offsets[None, :, None]).expand(count, len(offsets), len(offsets))
     near_cols = (col[:, None, None] + offsets[None, None, :]).expand(count, len(offsets), len(offsets))
     inside = (near_rows >= 0) & (near_rows < rows) & (near_cols >= 0) & (near_cols < cols)
-    near_rows, near_cols = near_rows.clamp(0, rows - 1), near_cols.clamp(0, cols - 1)
-    near_xy = cell_coords[:, near_rows, near_cols]  # (2, N, k, k)
-    distance = (near_xy - points.t()[:, :, None, None]).norm(dim=0)
-    stronger = cell_scores[near_rows, near_cols] >= point_scores[:, None, None]
-    hit = inside & cell_valid[near_rows, near_cols] & stronger & (distance <= radius)
-    return hit.flatten(1).any(dim=1)
+    near = (near_rows.clamp(0, rows - 1) * cols + near_cols.clamp(0, cols - 1)).flatten(1)  # (N, k*k)
+    near_x = cell_coords[0].flatten()[near] - points[:, :1]
+    near_y = cell_coords[1].flatten()[near] - points[:, 1:]
+    stronger = cell_scores.flatten()[near] >= point_scores[:, None]
+    close = near_x * near_x + near_y * near_y <= radius * radius
+    hit = inside.flatten(1) & cell_valid.flatten()[near] & stronger & close
+    return hit.any(dim=1)
