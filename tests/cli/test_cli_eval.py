@@ -142,12 +142,22 @@ def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):
          "--extra-scales 0.1 resizes 64x48 to 6x5; KeyPointNet takes 32 to 16384 px a side"),
         ("--extra-rotations", "45,-45", "input x2, turned 0/45/-45", {"extra_rotations": [45.0, -45.0]},
          "north", "--extra-rotations must be angles in degrees separated by commas"),
+        ("--extra-weight", "0.5", "input x2+x1, extra scales' scores x0.5",
+         {"extra_scales": [1.0], "extra_weight": 0.5}, "0", "--extra-weight must be a number in (0, 1]"),
+        ("--extra-suppression", "3", "input x2+x1, extra scales suppressed within 3 px",
+         {"extra_scales": [1.0], "extra_suppression": 3.0}, "-1",
+         "--extra-suppression must be a distance in pixels >= 0"),
     ],
 )
 def test_extra_runs_label_the_row(tiny_root, tmp_path, capsys, option, value, label, recorded, bad, refused):
+    """Each option names itself in the row and the JSON; a bad value and --method are refused.
+
+    The weight and the suppression act on extra scales, so those runs add ``--extra-scales 1``.
+    """
     out = tmp_path / "extra.json"
     args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
-    assert _eval(*args, "--scale-factor", "2", option, value, "--json", str(out)) == 0
+    scales = ["--extra-scales", "1"] if option in ("--extra-weight", "--extra-suppression") else []
+    assert _eval(*args, "--scale-factor", "2", *scales, option, value, "--json", str(out)) == 0
     assert f"| random-init (v4) ({label}) |" in capsys.readouterr().out
     entry = json.loads(out.read_text())["64x48"]
     assert entry["inference"] == {"scale_factor": 2.0, **recorded}
@@ -155,35 +165,6 @@ def test_extra_runs_label_the_row(tiny_root, tmp_path, capsys, option, value, la
     assert refused in _error_line(capsys)
     assert _eval("--method", "sift", "--hpatches", str(tiny_root), option, value) == 2
     assert f"{option} applies to KeyPointNet, not to --method" in _error_line(capsys)
-
-
-def test_extra_weight_labels_the_row(tiny_root, tmp_path, capsys):
-    out = tmp_path / "weighted.json"
-    args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
-    assert _eval(*args, "--scale-factor", "2", "--extra-scales", "1", "--extra-weight", "0.5", "--json",
-                 str(out)) == 0
-    assert "| random-init (v4) (input x2+x1, extra scales' scores x0.5) |" in capsys.readouterr().out
-    entry = json.loads(out.read_text())["64x48"]
-    assert entry["inference"] == {"scale_factor": 2.0, "extra_scales": [1.0], "extra_weight": 0.5}
-    assert _eval(*args, "--extra-weight", "0") == 2
-    assert "--extra-weight must be a number in (0, 1]" in _error_line(capsys)
-    assert _eval("--method", "sift", "--hpatches", str(tiny_root), "--extra-weight", "0.5") == 2
-    assert "--extra-weight applies to KeyPointNet, not to --method" in _error_line(capsys)
-
-
-def test_extra_suppression_labels_the_row(tiny_root, tmp_path, capsys):
-    out = tmp_path / "thinned.json"
-    args = ("--random-init", "--hpatches", str(tiny_root), "--shape", "64x48", "--subset", "i")
-    assert _eval(*args, "--scale-factor", "2", "--extra-scales", "1", "--extra-suppression", "3", "--json",
-                 str(out)) == 0
-    row = "| random-init (v4) (input x2+x1, extra scales suppressed within 3 px) |"
-    assert row in capsys.readouterr().out
-    entry = json.loads(out.read_text())["64x48"]
-    assert entry["inference"] == {"scale_factor": 2.0, "extra_scales": [1.0], "extra_suppression": 3.0}
-    assert _eval(*args, "--extra-suppression", "-1") == 2
-    assert "--extra-suppression must be a distance in pixels >= 0" in _error_line(capsys)
-    assert _eval("--method", "sift", "--hpatches", str(tiny_root), "--extra-suppression", "3") == 2
-    assert "--extra-suppression applies to KeyPointNet, not to --method" in _error_line(capsys)
 
 
 @pytest.mark.parametrize(

@@ -20,3 +20,9 @@ def image() -> torch.Tensor:
     """A textured 64x96 RGB image in [0, 1] (seeded)."""
     generator = torch.Generator().manual_seed(1)
     return torch.rand(3, 64, 96, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def channels_last_net(random_net) -> KeyPointNet:
+    """:func:`random_net` in channels-last layout, as the CPU paths run it."""
+    return random_net.to(memory_format=torch.channels_last)

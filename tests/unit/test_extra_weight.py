@@ -22,8 +22,8 @@ def image() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def net(random_net):
-    return random_net.to(memory_format=torch.channels_last)
+def net(channels_last_net):
+    return channels_last_net
 
 
 def _union(found, weight: float):

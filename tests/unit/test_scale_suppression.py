@@ -65,14 +65,8 @@ def test_the_grid_search_finds_what_every_pair_finds(radius):
 
 
 @pytest.fixture(scope="module")
-def image() -> torch.Tensor:
-    """A textured 64x96 RGB image in [0, 1]."""
-    return torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(3))
-
-
-@pytest.fixture(scope="module")
-def net(random_net):
-    return random_net.to(memory_format=torch.channels_last)
+def net(channels_last_net):
+    return channels_last_net
 
 
 def test_extract_leaves_out_the_suppressed_extra_keypoints(net, image):
