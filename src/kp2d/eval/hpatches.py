@@ -161,6 +161,7 @@ class KeyPointNetDetector:
         runs += [(self.scale_factor, angle) for angle in self.extra_rotations]
         main = self._cells(batch, self.scale_factor)
         per_run = [_detections(main)]
+        main = main._replace(descriptors=torch.empty(0))  # the suppression needs the rest only: free them
         for scale, angle in runs[1:]:
             cells = self._cells(batch, scale, angle)
             if not angle and self.extra_suppression:
