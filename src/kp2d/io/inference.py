@@ -309,12 +309,8 @@ def parse_extra_suppression(text: str, option: str = "--extra-suppression") -> f
     if text.strip().lower() == "none":
         return 0.0
     try:
-        value: Any = float(text)
-    except ValueError:
-        value = text
-    try:
-        return check_extra_suppression(value, option)
-    except ConfigError:
+        return check_extra_suppression(float(text), option)
+    except (ValueError, ConfigError):
         must = f"{option} must be a distance in pixels >= 0 (0 or none: none), got {text!r}"
         raise ConfigError(must) from None
 
