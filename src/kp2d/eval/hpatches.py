@@ -34,7 +34,6 @@ from tqdm import tqdm
 from kp2d.data.hpatches import HPatchesDataset, SequenceSample
 from kp2d.errors import DataError
 from kp2d.eval.metrics import evaluate_pair
-from kp2d.features.dense import CELL
 from kp2d.features.extraction import (
     DenseCells,
     backend_precision,
@@ -42,7 +41,7 @@ from kp2d.features.extraction import (
     dense_cells,
     resolve_backend,
 )
-from kp2d.features.scale_suppression import suppressed_across_scales
+from kp2d.features.scale_suppression import cell_pitch_xy, suppressed_across_scales
 from kp2d.io.inference import (
     model_extra_rotations,
     model_extra_scales,
@@ -200,16 +199,13 @@ def _unsuppressed_cells(
 ) -> DenseCells:
     """An extra scale's cells, those that the main run's cells suppress made invalid."""
     height, width = image_hw
-    net_width, net_height = main.network_size_wh
-    pitch = (CELL * width / net_width, CELL * height / net_height)
-    valid = cells.valid.clone()
-    for b in range(len(valid)):
-        drop = suppressed_across_scales(
-            cells.coords[b].flatten(1).t(), cells.scores[b].flatten(), main.scores[b], main.coords[b],
-            main.valid[b], pitch, radius,
-        )
-        valid[b] &= ~drop.view_as(valid[b])
-    return cells._replace(valid=valid)
+    batch, _, rows, cols = cells.coords.shape
+    image_index = torch.arange(batch, device=cells.coords.device).repeat_interleave(rows * cols)
+    drop = suppressed_across_scales(
+        cells.coords.permute(0, 2, 3, 1).reshape(-1, 2), cells.scores.flatten(), image_index, main.scores,
+        main.coords, main.valid, cell_pitch_xy((width, height), main.network_size_wh), radius,
+    )
+    return cells._replace(valid=cells.valid & ~drop.view_as(cells.valid))
 
 
 class OpenCVDetector:

@@ -69,7 +69,7 @@ from kp2d.features.dense import (
     sample_descriptors,
 )
 from kp2d.features.keypoints import Keypoints
-from kp2d.features.scale_suppression import suppressed_across_scales
+from kp2d.features.scale_suppression import cell_pitch_xy, suppressed_across_scales
 from kp2d.features.selection import _check_selection, select_keypoints
 from kp2d.geometry import normalize_points, rotation_about_center, warp_points
 from kp2d.io.images import ImageLike, _pil_to_numpy, image_to_tensor, load_image
@@ -528,8 +528,7 @@ def _extract_batch(
     fitting = [scale for scale in extra_scales if _fits(height, width, scale)]
     if fitting or extra_rotations:
         runs = [(scale, 0.0) for scale in fitting] + [(scale_factor, angle) for angle in extra_rotations]
-        net_height, net_width = _network_size(height, width, scale_factor)
-        pitch = (CELL * width / net_width, CELL * height / net_height)
+        pitch = cell_pitch_xy((width, height), _network_size(height, width, scale_factor)[::-1])
         per_run = [results]
         for scale, angle in runs:
             found = _keypoints_at(model, batch, top_k, score_threshold, nms_radius, backend, scale, angle)[0]
@@ -544,22 +543,22 @@ def _unsuppressed(
     found: list[Keypoints], main_cells: _RunCells, pitch: tuple[float, float], radius: float
 ) -> list[Keypoints]:
     """An extra scale's keypoints without those the main run's cells suppress (:mod:`.scale_suppression`)."""
-    if not radius:
+    if not radius or not found:
         return found
-    kept = []
-    for b, item in enumerate(found):
-        drop = suppressed_across_scales(
-            item.keypoints, item.scores, main_cells.scores[b], main_cells.coords[b], main_cells.valid[b],
-            pitch, radius,
+    counts = [len(item.scores) for item in found]
+    image_index = torch.repeat_interleave(torch.arange(len(found)), torch.tensor(counts))
+    drop = suppressed_across_scales(
+        torch.cat([item.keypoints for item in found]), torch.cat([item.scores for item in found]),
+        image_index.to(main_cells.scores.device), main_cells.scores, main_cells.coords, main_cells.valid,
+        pitch, radius,
+    )
+    return [
+        Keypoints(
+            keypoints=item.keypoints[~dropped], scores=item.scores[~dropped],
+            descriptors=item.descriptors[~dropped], image_size=item.image_size,
         )
-        keep = ~drop
-        kept.append(
-            Keypoints(
-                keypoints=item.keypoints[keep], scores=item.scores[keep], descriptors=item.descriptors[keep],
-                image_size=item.image_size,
-            )
-        )
-    return kept
+        for item, dropped in zip(found, drop.split(counts), strict=True)
+    ]
 
 
 def _fits(height: int, width: int, scale_factor: float) -> bool:

@@ -12,35 +12,46 @@ import math
 
 import torch
 
-__all__ = ["suppressed_across_scales"]
+from kp2d.features.dense import CELL
+
+__all__ = ["cell_pitch_xy", "suppressed_across_scales"]
+
+
+def cell_pitch_xy(image_wh: tuple[int, int], network_wh: tuple[int, int]) -> tuple[float, float]:
+    """``(width, height)`` in pixels of a ``W x H`` image of one cell of the main run at ``W' x H'``."""
+    return (CELL * image_wh[0] / network_wh[0], CELL * image_wh[1] / network_wh[1])
 
 
 def suppressed_across_scales(
     points: torch.Tensor,
     point_scores: torch.Tensor,
+    image_index: torch.Tensor,
     cell_scores: torch.Tensor,
     cell_coords: torch.Tensor,
     cell_valid: torch.Tensor,
-    cell_pitch_xy: tuple[float, float],
+    cell_pitch: tuple[float, float],
     radius: float,
 ) -> torch.Tensor:
-    """``(N,)`` bool: the points with a main-run cell keypoint within ``radius`` px scoring at least theirs.
+    """``(N,)`` bool: the points a main-run keypoint of their image within ``radius`` px outscores or ties.
+
+    The points of all the batch's images come in one set, ``image_index`` says whose each is.
 
     Args:
-        points: ``(N, 2)`` extra-scale keypoints ``(x, y)`` in pixels of the image.
+        points: ``(N, 2)`` extra-scale keypoints ``(x, y)`` in pixels of the image, of all images at once.
         point_scores: ``(N,)`` their scores (before any ``extra_weight``).
-        cell_scores: ``(Hc, Wc)`` the main run's cell scores.
-        cell_coords: ``(2, Hc, Wc)`` each main-run cell's keypoint ``(x, y)`` in pixels of the image; a
+        image_index: ``(N,)`` int, which image of the batch each point belongs to.
+        cell_scores: ``(B, Hc, Wc)`` the main run's cell scores.
+        cell_coords: ``(B, 2, Hc, Wc)`` each main-run cell's keypoint ``(x, y)`` in pixels of the image; a
             cell's keypoint lies within its cell, so only the cells around a point are searched.
-        cell_valid: ``(Hc, Wc)`` bool, the cells that can be keypoints.
-        cell_pitch_xy: ``(width, height)`` of a main-run cell in pixels of the image (8 network pixels).
+        cell_valid: ``(B, Hc, Wc)`` bool, the cells that can be keypoints.
+        cell_pitch: ``(width, height)`` of a main-run cell in pixels of the image (:func:`cell_pitch_xy`).
         radius: pixels of the image; 0 suppresses nothing.
     """
     count = points.shape[0]
     if radius <= 0 or count == 0:
         return torch.zeros(count, dtype=torch.bool, device=points.device)
-    rows, cols = cell_scores.shape
-    pitch_x, pitch_y = cell_pitch_xy
+    _, rows, cols = cell_scores.shape
+    pitch_x, pitch_y = cell_pitch
     # one cell more than the radius spans: a keypoint sits up to half a pixel outside its cell's pixels
     reach = math.ceil(radius / min(pitch_x, pitch_y)) + 1
     col = (points[:, 0] / pitch_x).floor().long()
@@ -49,9 +60,10 @@ def suppressed_across_scales(
     near_rows = (row[:, None, None] + offsets[None, :, None]).expand(count, len(offsets), len(offsets))
     near_cols = (col[:, None, None] + offsets[None, None, :]).expand(count, len(offsets), len(offsets))
     inside = (near_rows >= 0) & (near_rows < rows) & (near_cols >= 0) & (near_cols < cols)
-    near = (near_rows.clamp(0, rows - 1) * cols + near_cols.clamp(0, cols - 1)).flatten(1)  # (N, k*k)
-    near_x = cell_coords[0].flatten()[near] - points[:, :1]
-    near_y = cell_coords[1].flatten()[near] - points[:, 1:]
+    in_image = near_rows.clamp(0, rows - 1) * cols + near_cols.clamp(0, cols - 1)
+    near = (image_index.long()[:, None, None] * (rows * cols) + in_image).flatten(1)  # (N, k*k)
+    near_x = cell_coords[:, 0].flatten()[near] - points[:, :1]
+    near_y = cell_coords[:, 1].flatten()[near] - points[:, 1:]
     stronger = cell_scores.flatten()[near] >= point_scores[:, None]
     close = near_x * near_x + near_y * near_y <= radius * radius
     hit = inside.flatten(1) & cell_valid.flatten()[near] & stronger & close
