@@ -28,8 +28,10 @@ from kp2d.deploy.shipping import make_pretrained, reference_error
 from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.io.checkpoint import load_checkpoint, training_steps
 from kp2d.io.inference import (
+    DESCRIPTOR_SAMPLINGS,
     PRECISIONS,
     InferenceSettings,
+    check_descriptor_sampling,
     parse_extra_rotations,
     parse_extra_scales,
     parse_extra_suppression,
@@ -118,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         "leaves out an extra scale's, e.g. 4 (needs --scale-factor and --extra-scales; default: 0, none)",
     )
     parser.add_argument(
+        "--descriptor-sampling",
+        default=None,
+        metavar="{" + ",".join(DESCRIPTOR_SAMPLINGS) + "}",
+        help="record how descriptors are read from the dense map: centred (at the pixels each cell covers) "
+        "or original (the original code's; needs --scale-factor; default: original)",
+    )
+    parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=None,
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--precision", args.precision),
             ("--extra-weight", args.extra_weight),
             ("--extra-suppression", args.extra_suppression),
+            ("--descriptor-sampling", args.descriptor_sampling),
         )
         for option, value in extras:
             if value is not None and args.scale_factor is None:
@@ -150,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             if radius and not extra:
                 raise ConfigError("--extra-suppression thins the extra scales' keypoints: add --extra-scales")
             inference = InferenceSettings(
-                args.scale_factor, extra, turns, args.precision or "fp32", weight, radius
+                args.scale_factor, extra, turns, args.precision or "fp32", weight, radius,
+                check_descriptor_sampling(args.descriptor_sampling or "original", "--descriptor-sampling"),
             )
         target = WEIGHTS / f"{args.name}.pt"
         check_output_path(target, "NAME")
@@ -173,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
           + "".join(f", extra rotation {angle:g}" for angle in written.inference.extra_rotations)
           + ("" if (weight := written.inference.extra_weight) == 1 else f", extra scales' scores x{weight:g}")
           + ("" if not (radius := written.inference.extra_suppression) else f", suppression {radius:g} px")
+          + ("" if (way := written.inference.descriptor_sampling) == "original" else f", descriptors {way}")
           + f", precision {written.inference.precision}")
     return 0
 

@@ -238,6 +238,31 @@ def test_detect_thins_the_extra_runs_recorded_or_given(tmp_path, checkpoint, pho
     assert "--extra-suppression must be a distance in pixels >= 0" in single_error_line(capsys)
 
 
+def test_detect_reads_descriptors_the_recorded_or_given_way(tmp_path, checkpoint, photos, capsys):
+    """A recorded descriptor_sampling detects as --descriptor-sampling does; 'original' overrides it. The
+    keypoints stay, the descriptors change."""
+    recording = _recording(checkpoint, tmp_path / "recording.ckpt",
+                           {"scale_factor": 1.0, "descriptor_sampling": "centred"})
+    runs = {
+        "recorded": ["--model", recording],
+        "option": ["--model", checkpoint, "--descriptor-sampling", "centred"],
+        "override": ["--model", recording, "--descriptor-sampling", "original"],
+        "plain": ["--model", checkpoint],
+    }
+    arrays, records = _detect_each(runs, photos[0], tmp_path)
+    for got, want in (("recorded", "option"), ("override", "plain")):
+        for name in ("keypoints", "scores", "descriptors"):
+            np.testing.assert_array_equal(arrays[got][name], arrays[want][name])
+    np.testing.assert_array_equal(arrays["recorded"]["keypoints"], arrays["plain"]["keypoints"])
+    assert np.abs(arrays["recorded"]["descriptors"] - arrays["plain"]["descriptors"]).max() > 1e-2
+    assert records["recorded"]["descriptor_sampling"] == "centred"
+    assert records["override"]["descriptor_sampling"] == "original"
+    argv = ["detect", str(photos[0]), "--model", checkpoint, "--descriptor-sampling", "corners"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    refused = "--descriptor-sampling must be one of original, centred, got 'corners'"
+    assert refused in single_error_line(capsys)
+
+
 @pytest.mark.parametrize(
     ("key", "entry", "main_scale", "value", "refused"),
     [
@@ -279,7 +304,7 @@ def test_detect_pools_the_extra_runs_recorded_or_given(
         (
             {"scale_factor": 2.0, "top_k": 5},
             "unknown inference setting top_k (known: scale_factor, extra_scales, extra_rotations, precision, "
-            "extra_weight, extra_suppression)",
+            "extra_weight, extra_suppression, descriptor_sampling)",
         ),
     ],
 )

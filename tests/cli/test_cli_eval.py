@@ -147,6 +147,9 @@ def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):
         ("--extra-suppression", "3", "input x2+x1, extra scales suppressed within 3 px",
          {"extra_scales": [1.0], "extra_suppression": 3.0}, "-1",
          "--extra-suppression must be a distance in pixels >= 0"),
+        ("--descriptor-sampling", "centred", "input x2, descriptors centred",
+         {"descriptor_sampling": "centred"}, "corners",
+         "--descriptor-sampling must be one of original, centred, got 'corners'"),
     ],
 )
 def test_extra_runs_label_the_row(tiny_root, tmp_path, capsys, option, value, label, recorded, bad, refused):

@@ -110,6 +110,9 @@ def test_ship_weights_records_the_scale_factor(ship, random_checkpoint, capsys):
         (["--scale-factor", "2.8", "--extra-scales", "1.25", "--extra-suppression", "4"],
          "scale_factor 2.8, extra scale 1.25, suppression 4 px, precision fp32",
          (2.8, (1.25,), (), "fp32", 1.0, 4.0), ["--extra-suppression", "4"]),
+        (["--scale-factor", "2.8", "--descriptor-sampling", "centred"],
+         "scale_factor 2.8, descriptors centred, precision fp32",
+         (2.8, (), (), "fp32", 1.0, 0.0, "centred"), ["--descriptor-sampling", "centred"]),
     ],
 )
 def test_ship_weights_records_the_extra_runs(

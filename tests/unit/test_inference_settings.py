@@ -53,7 +53,7 @@ def test_settings_parse_and_label():
         (
             {"scale": 2.0},
             "unknown inference setting scale (known: scale_factor, extra_scales, extra_rotations, precision, "
-            "extra_weight, extra_suppression)",
+            "extra_weight, extra_suppression, descriptor_sampling)",
         ),
         ([2.0], "'inference' must be a mapping, got list"),
     ],

@@ -21,11 +21,14 @@ def _astronaut(size: tuple[int, int] = (160, 128)) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
 
 
-def _dense_at(net: KeyPointNet, features, batch_index, points, height, width) -> torch.Tensor:
+def _dense_at(
+    net: KeyPointNet, features, batch_index, points, height, width, sampling: str = "original"
+) -> torch.Tensor:
     """The reference: the dense map sampled by ``sample_descriptors``, ``(N, 256)``."""
     dense = net.descriptor_map(features)
     out = [
-        sample_descriptors(dense[b : b + 1], point.t()[None, :, None, :], height, width)[0, :, :, 0].t()
+        sample_descriptors(dense[b : b + 1], point.t()[None, :, None, :], height, width, sampling)[0, :, :, 0]
+        .t()
         for b, point in zip(batch_index.tolist(), points.split(1), strict=True)
     ]
     return torch.cat(out)
@@ -43,8 +46,9 @@ def test_map_points_and_windows_by_hand():
     assert window[0, 0].tolist() == [[0, 0, 0], [3, 4, 0], [8, 9, 0]]
 
 
-@pytest.mark.parametrize("name", ["lite", "v4", "v0"])
-def test_descriptors_at_equal_the_dense_map_sampled(name):
+@pytest.mark.parametrize(("name", "sampling"), [("lite", "original"), ("v4", "original"), ("v0", "original"),
+                                               ("lite", "centred"), ("v4", "centred")])
+def test_descriptors_at_equal_the_dense_map_sampled(name, sampling):
     net = KeyPointNet.from_pretrained(name).eval()
     images = torch.cat([_astronaut(), _astronaut().flip(-1)])
     height, width = images.shape[-2:]
@@ -56,15 +60,15 @@ def test_descriptors_at_equal_the_dense_map_sampled(name):
         corners = torch.tensor([[0.0, 0.0], [width - 1, height - 1], [width - 1, 0.0], [0.0, 37.2]])
         points = torch.cat([corners, points[torch.randperm(len(points), generator=torch.Generator())[:60]]])
         batch_index = torch.arange(len(points)) % 2
-        expected = _dense_at(net, features, batch_index, points, height, width)
-        few = net.descriptors_at(features, batch_index, points, height, width)  # windows
+        expected = _dense_at(net, features, batch_index, points, height, width, sampling)
+        few = net.descriptors_at(features, batch_index, points, height, width, sampling)  # windows
         every = torch.cat([coord.flatten(2).transpose(1, 2).reshape(-1, 2)])
         every_index = torch.arange(2).repeat_interleave(rows * cols)
-        all_cells = net.descriptors_at(features, every_index, every, height, width)  # the dense map
-        none = net.descriptors_at(features, every_index[:0], every[:0], height, width)
+        all_cells = net.descriptors_at(features, every_index, every, height, width, sampling)  # dense map
+        none = net.descriptors_at(features, every_index[:0], every[:0], height, width, sampling)
     torch.testing.assert_close(few, expected, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(all_cells, _dense_at(net, features, every_index, every, height, width),
-                               atol=1e-5, rtol=1e-4)
+    dense = _dense_at(net, features, every_index, every, height, width, sampling)
+    torch.testing.assert_close(all_cells, dense, atol=1e-5, rtol=1e-4)
     assert none.shape == (0, 256)
 
 

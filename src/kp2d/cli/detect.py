@@ -15,10 +15,12 @@ import argparse
 from pathlib import Path
 
 from kp2d.checks import check_finite, check_output_path, check_scale_factor_option
+from kp2d.io.inference import DESCRIPTOR_SAMPLINGS
 from kp2d.io.weights import DEFAULT_MODEL
 
 __all__ = [
     "add_model_options",
+    "apply_descriptor_sampling",
     "add_parser",
     "backend_options",
     "model_backend",
@@ -99,6 +101,14 @@ def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True
             "weights file records one)",
         )
     parser.add_argument(
+        "--descriptor-sampling",
+        default=None,
+        metavar="{" + ",".join(DESCRIPTOR_SAMPLINGS) + "}",
+        help="how descriptors are read from the network's dense map: 'centred' at the pixels each cell "
+        "covers, 'original' as the original code (default: the model's setting, 'original' unless its "
+        "weights file records one)",
+    )
+    parser.add_argument(
         "--fit-memory",
         action="store_true",
         help="run an image too large for the available memory shrunk to the largest size that fits "
@@ -162,6 +172,17 @@ def model_options(options: dict, model) -> dict:
     return resolved
 
 
+def apply_descriptor_sampling(args: argparse.Namespace, model) -> None:
+    """``--descriptor-sampling`` into the loaded model's settings, where it and its backends read it."""
+    if getattr(args, "descriptor_sampling", None) is not None:
+        from dataclasses import replace
+
+        from kp2d.io.inference import check_descriptor_sampling
+
+        sampling = check_descriptor_sampling(args.descriptor_sampling, "--descriptor-sampling")
+        model.inference_settings = replace(model.inference_settings, descriptor_sampling=sampling)
+
+
 def model_backend(args: argparse.Namespace, model):
     """The :class:`~kp2d.deploy.backends.Backend` chosen with ``--backend``; ``None``: the plain network.
 
@@ -202,6 +223,10 @@ def selection_options(args: argparse.Namespace) -> dict:
         largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
         if args.scale_factor > largest:  # (eval names the shape it would make instead)
             raise ConfigError(f"--scale-factor must be at most {largest}, got {args.scale_factor:g}")
+    if getattr(args, "descriptor_sampling", None) is not None:  # refused before the model loads
+        from kp2d.io.inference import check_descriptor_sampling
+
+        check_descriptor_sampling(args.descriptor_sampling, "--descriptor-sampling")
     options = {
         "top_k": args.top_k or None,
         "score_threshold": args.score_threshold,
@@ -319,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
     paths = _image_paths([Path(p) for p in args.images], out_dir)
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
+    apply_descriptor_sampling(args, model)
     options = model_options(options, model)
     options.update(backend_options(args, model))
     created = not out_dir.exists()
@@ -382,6 +408,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
             "extra_rotations": list(options["extra_rotations"]),
             "extra_weight": options["extra_weight"],
             "extra_suppression": options["extra_suppression"],
+            "descriptor_sampling": model.inference_settings.descriptor_sampling,
             "backend": "torch-fp32" if options["backend"] is None else options["backend"].name,
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),

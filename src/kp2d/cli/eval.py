@@ -7,6 +7,7 @@ Prints one markdown table per evaluation shape in the original README's layout a
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from kp2d.eval.settings import (
     parse_baselines,
     parse_shapes,
 )
-from kp2d.io.inference import PRECISIONS
+from kp2d.io.inference import DESCRIPTOR_SAMPLINGS, PRECISIONS
 from kp2d.io.weights import DEFAULT_MODEL
 
 __all__ = ["add_parser", "format_table", "run"]
@@ -106,6 +107,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "its weights file records one)",
     )
     parser.add_argument(
+        "--descriptor-sampling",
+        default=None,
+        metavar="{" + ",".join(DESCRIPTOR_SAMPLINGS) + "}",
+        help="how descriptors are read from the network's dense map: 'centred' at the pixels each cell "
+        "covers, 'original' as the original code; default: the model's setting",
+    )
+    parser.add_argument(
         "--extra-suppression",
         default=None,
         metavar="PX",
@@ -149,6 +157,7 @@ def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[
     """The settings to evaluate with: each option when given, else the network's recorded setting."""
     from kp2d.io.inference import (
         InferenceSettings,
+        check_descriptor_sampling,
         parse_extra_rotations,
         parse_extra_scales,
         parse_extra_suppression,
@@ -176,7 +185,13 @@ def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[
         suppression = parse_extra_suppression(args.extra_suppression)
     else:
         suppression = recorded.extra_suppression
-    return InferenceSettings(scale_factor, extra_scales, extra_rotations, precision, weight, suppression)
+    if args.descriptor_sampling is not None:
+        sampling = check_descriptor_sampling(args.descriptor_sampling, "--descriptor-sampling")
+    else:
+        sampling = recorded.descriptor_sampling
+    return InferenceSettings(
+        scale_factor, extra_scales, extra_rotations, precision, weight, suppression, sampling
+    )
 
 
 def _make_detector(args: argparse.Namespace, network, label: str, device, top_k: int, inference):
@@ -239,6 +254,10 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise ConfigError(f"--shape {', '.join(bad)}: KeyPointNet needs width and height multiples of 8")
         inference = _inference_settings(args, network, settings)
+        # the detector and its backend read the descriptor sampling from the network's own settings
+        network.inference_settings = replace(
+            network.inference_settings, descriptor_sampling=inference.descriptor_sampling
+        )
         # the row names the settings, from the weights file or the options, and the precision that runs here
         label += inference.label(resolved_precision(network, inference.precision))
         check_eval_memory(settings, max(inference.scales), device)
@@ -254,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--extra-weight applies to KeyPointNet, not to --method")
     elif args.extra_suppression is not None:
         raise ConfigError("--extra-suppression applies to KeyPointNet, not to --method")
+    elif args.descriptor_sampling is not None:
+        raise ConfigError("--descriptor-sampling applies to KeyPointNet, not to --method")
 
     baselines = parse_baselines(args.baselines, args.method)
 

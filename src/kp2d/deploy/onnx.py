@@ -25,12 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kp2d.deploy.fold import fold_batchnorm
 from kp2d.errors import ConfigError, Kp2dError, make_folder
-from kp2d.geometry import normalize_points
+from kp2d.features.dense import descriptor_grid, read_map
 from kp2d.io.files import atomic_path
 from kp2d.models import KeyPointNet
 
@@ -54,9 +53,10 @@ def onnx_output_names() -> tuple[str, ...]:
 class DescribeGraph(nn.Module):
     """:meth:`KeyPointNet.describe` as a traceable module returning ``(score, coord, desc)``.
 
-    The descriptor sampling is :func:`kp2d.features.dense.sample_descriptors`' arithmetic: the grid from
-    :func:`kp2d.geometry.normalize_points` (sizes stay symbolic in the graph), bilinear ``grid_sample``
-    with ``align_corners=True``, then L2 normalisation over channels written as a sum (any opset).
+    The descriptor sampling is :func:`kp2d.features.dense.sample_descriptors`' arithmetic, read the way the
+    network's ``inference_settings.descriptor_sampling`` says: the grid from
+    :func:`kp2d.features.dense.descriptor_grid` (sizes stay symbolic in the graph), bilinear ``grid_sample``,
+    then L2 normalisation over channels written as a sum (any opset).
     """
 
     def __init__(self, net: KeyPointNet) -> None:
@@ -67,8 +67,9 @@ class DescribeGraph(nn.Module):
         """Image ``(B, C, H, W)`` → ``(score, coord, desc)`` as in :class:`~kp2d.models.KeyPointNetOutput`."""
         score, coord, dense = self.net(image)
         height, width = image.shape[-2:]
-        grid = normalize_points(coord.permute(0, 2, 3, 1), height, width)
-        sampled = F.grid_sample(dense, grid.to(dense.dtype), mode="bilinear", align_corners=True)
+        sampling = self.net.inference_settings.descriptor_sampling
+        grid = descriptor_grid(coord.permute(0, 2, 3, 1), height, width, sampling)
+        sampled = read_map(dense, grid.to(dense.dtype), sampling)
         desc = sampled / (sampled * sampled).sum(dim=1, keepdim=True).sqrt()  # ReduceSum: any opset ≥ 13
         return score, coord, desc
 

@@ -41,9 +41,13 @@ def reference_image() -> torch.Tensor:
 
 
 def _describe(net: KeyPointNet, image_uint8: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The network's outputs on the reference photo, descriptors read the original code's way.
+
+    Whatever sampling the file records, so that the reference can be checked in the original code.
+    """
     device = next(net.parameters()).device
     with torch.inference_mode():
-        out = net.eval().describe(image_uint8.to(device).float() / 255.0)
+        out = net.eval().describe(image_uint8.to(device).float() / 255.0, sampling="original")
     return {name: value.float().cpu() for name, value in out._asdict().items()}
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kp2d.geometry import normalize_points
+from kp2d.io.inference import DESCRIPTOR_SAMPLINGS
 
 __all__ = [
     "CELL",
@@ -21,8 +22,10 @@ __all__ = [
     "KeyPointNetOutput",
     "MapPoints",
     "gather_patches",
+    "descriptor_grid",
     "interior_mask",
     "map_points",
+    "read_map",
     "sample_descriptors",
     "unpadded_conv",
     "window_inside",
@@ -32,6 +35,7 @@ __all__ = [
 CELL = 8  # pixels per output cell (three 2x poolings)
 
 DESCRIPTOR_DIM = 256
+
 
 
 #: ``extract``'s default: cells scoring at most this are no keypoints, so that a blank or featureless image
@@ -69,7 +73,7 @@ class CellOutput(NamedTuple):
 
 
 class MapPoints(NamedTuple):
-    """Pixel positions on a descriptor map's grid, as ``grid_sample(..., align_corners=True)`` reads them.
+    """Pixel positions on a descriptor map's grid, as :func:`sample_descriptors`' ``grid_sample`` reads them.
 
     Attributes:
         left, top: ``(N,)`` int64 column / row of each point's upper-left map cell.
@@ -81,15 +85,21 @@ class MapPoints(NamedTuple):
     weights: torch.Tensor
 
 
-def map_points(points: torch.Tensor, height: int, width: int, rows: int, cols: int) -> MapPoints:
+def map_points(
+    points: torch.Tensor, height: int, width: int, rows: int, cols: int, sampling: str = "original"
+) -> MapPoints:
     """Pixel ``points (N, 2)`` ``(x, y)`` of an ``height x width`` image on a ``rows x cols`` map's cells.
 
-    The same positions as :func:`sample_descriptors` (normalised, then scaled to the map's corners); a
-    point on the last row or column gets weight 0 on the cell beyond it.
+    The same positions as :func:`sample_descriptors` with the same ``sampling``; a point on the last row or
+    column gets weight 0 on the cell beyond it.
     """
-    grid = normalize_points(points.float(), height, width)
-    x = (grid[:, 0] + 1.0) / 2.0 * (cols - 1)
-    y = (grid[:, 1] + 1.0) / 2.0 * (rows - 1)
+    if sampling == "centred":  # grid_sample(align_corners=False, padding_mode="border"): clamped to the map
+        x = ((points[:, 0].float() + 0.5) * (cols / width) - 0.5).clamp(0, cols - 1)
+        y = ((points[:, 1].float() + 0.5) * (rows / height) - 0.5).clamp(0, rows - 1)
+    else:
+        grid = normalize_points(points.float(), height, width)
+        x = (grid[:, 0] + 1.0) / 2.0 * (cols - 1)
+        y = (grid[:, 1] + 1.0) / 2.0 * (rows - 1)
     left, top = x.floor(), y.floor()
     fx, fy = x - left, y - top
     weights = torch.stack([1.0 - fy, fy], dim=1)[:, :, None] * torch.stack([1.0 - fx, fx], dim=1)[:, None, :]
@@ -138,13 +148,41 @@ def unpadded_conv(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"not a convolution layer: {type(layer).__name__}")
 
 
-def sample_descriptors(desc: torch.Tensor, coord: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def descriptor_grid(
+    points: torch.Tensor, height: int, width: int, sampling: str = "original"
+) -> torch.Tensor:
+    """Pixel ``(..., 2)`` ``(x, y)`` → the ``grid_sample`` grid that reads the map as ``sampling`` says.
+
+    ``"original"``: :func:`~kp2d.geometry.normalize_points`, for ``align_corners=True``; ``"centred"``:
+    ``(x + 0.5) / (W / 2) - 1``, for ``align_corners=False`` (see
+    :data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS`). Sizes stay plain numbers, so an ONNX export keeps them
+    symbolic.
+    """
+    if sampling == "original":
+        return normalize_points(points, height, width)
+    if sampling != "centred":
+        raise ValueError(f"sampling must be one of {', '.join(DESCRIPTOR_SAMPLINGS)}, got {sampling!r}")
+    x, y = points.unbind(-1)
+    return torch.stack([(x + 0.5) / (width / 2.0) - 1.0, (y + 0.5) / (height / 2.0) - 1.0], dim=-1)
+
+
+def read_map(desc: torch.Tensor, grid: torch.Tensor, sampling: str = "original") -> torch.Tensor:
+    """``grid_sample`` of ``desc (B, C, Hd, Wd)`` at a :func:`descriptor_grid` ``(B, h, w, 2)``, bilinear."""
+    if sampling == "centred":
+        return F.grid_sample(desc, grid, mode="bilinear", align_corners=False, padding_mode="border")
+    return F.grid_sample(desc, grid, mode="bilinear", align_corners=True)
+
+
+def sample_descriptors(
+    desc: torch.Tensor, coord: torch.Tensor, height: int, width: int, sampling: str = "original"
+) -> torch.Tensor:
     """Bilinearly sample a dense descriptor map at pixel positions and L2-normalise.
 
     Args:
         desc: ``(B, C, Hd, Wd)`` dense descriptors covering an ``height x width`` image.
         coord: ``(B, 2, h, w)`` pixel positions ``(x, y)`` (e.g. :attr:`KeyPointNetOutput.coord`).
         height, width: input image size in pixels.
+        sampling: one of :data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS` (the original code's by default).
 
     Returns:
         ``(B, C, h, w)`` unit-norm descriptors; float32 for fp16 / bf16 ``desc``, which is sampled in float32
@@ -152,8 +190,8 @@ def sample_descriptors(desc: torch.Tensor, coord: torch.Tensor, height: int, wid
     """
     if desc.dtype in (torch.float16, torch.bfloat16):
         desc = desc.float()
-    grid = normalize_points(coord.permute(0, 2, 3, 1), height, width)
-    sampled = F.grid_sample(desc, grid.to(desc.dtype), mode="bilinear", align_corners=True)
+    grid = descriptor_grid(coord.permute(0, 2, 3, 1), height, width, sampling)
+    sampled = read_map(desc, grid.to(desc.dtype), sampling)
     return sampled / sampled.norm(p=2, dim=1, keepdim=True)
 
 

@@ -74,6 +74,7 @@ from kp2d.features.selection import _check_selection, select_keypoints
 from kp2d.geometry import normalize_points, rotation_about_center, warp_points
 from kp2d.io.images import ImageLike, _pil_to_numpy, image_to_tensor, load_image
 from kp2d.io.inference import (
+    model_descriptor_sampling,
     model_extra_rotations,
     model_extra_scales,
     model_extra_suppression,
@@ -358,7 +359,8 @@ def _run(
             if _channels_last(model):
                 padded = padded.contiguous(memory_format=torch.channels_last)
             out = model(padded)
-            desc = sample_descriptors(out.desc, out.coord, padded.shape[-2], padded.shape[-1])
+            sampling = model_descriptor_sampling(model)
+            desc = sample_descriptors(out.desc, out.coord, padded.shape[-2], padded.shape[-1], sampling)
             return out.score[:, 0], out.coord, desc.float()  # float32 also from a float64 model
     finally:
         model.train(was_training)

@@ -8,6 +8,9 @@ they fill in where the main run finds little rather than crowd out its keypoints
 the turned copies keep their scores.
 ``extra_suppression`` (``4``, pixels of the image) leaves out an extra scale's keypoint where the main run has
 one within that distance that scores at least as much (default 0: none left out).
+``descriptor_sampling`` (``"centred"``) reads each descriptor from the dense map at the centre of the pixels
+its cells cover, not the original code's way (``"original"``, the default; see
+:data:`DESCRIPTOR_SAMPLINGS`).
 ``precision`` (``"auto"``) runs it under bf16 autocast where the hardware does bf16 natively, elsewhere on a
 CPU in fp32 with BatchNorm folded (``"bf16"``: always bf16; ``"fp32"``, the default: the network as it is);
 see :meth:`kp2d.models.KeyPointNet.default_backend`.
@@ -29,15 +32,18 @@ from kp2d.checks import check_finite, check_scale_factor
 from kp2d.errors import CheckpointError, ConfigError
 
 __all__ = [
+    "DESCRIPTOR_SAMPLINGS",
     "INFERENCE_KEY",
     "PRECISIONS",
     "InferenceSettings",
+    "check_descriptor_sampling",
     "check_extra_rotations",
     "check_extra_scales",
     "check_extra_suppression",
     "check_extra_weight",
     "check_precision",
     "inference_settings_from",
+    "model_descriptor_sampling",
     "model_extra_rotations",
     "model_extra_scales",
     "model_extra_suppression",
@@ -57,6 +63,13 @@ INFERENCE_KEY = "inference"
 #: ``precision`` values: plain float32, bf16 autocast, bf16 where the device does it natively.
 PRECISIONS = ("fp32", "bf16", "auto")
 
+#: How a keypoint's descriptor is read from the dense map. ``"original"``: the original code's
+#: ``grid_sample(align_corners=True)`` over the input's pixel range, which reads the map's first and last
+#: cells at the image's first and last pixels, so a keypoint's descriptor comes from up to half a cell
+#: inwards of it near the borders, a shrink about the centre that depends on the input size (training
+#: uses it). ``"centred"``: each map cell is read at the centre of the pixels it covers, at any size.
+DESCRIPTOR_SAMPLINGS = ("original", "centred")
+
 
 @dataclass(frozen=True)
 class InferenceSettings:
@@ -74,6 +87,8 @@ class InferenceSettings:
             before they are pooled with the main run's (1: as they are); not those of the turned copies.
         extra_suppression: an extra scale's keypoint is left out where a keypoint of the main run lies
             within this many pixels of the image and scores at least as much (0: none left out).
+        descriptor_sampling: how descriptors are read from the dense map, one of
+            :data:`DESCRIPTOR_SAMPLINGS` (``"original"``: the original code's way).
     """
 
     scale_factor: float = 1.0
@@ -82,6 +97,7 @@ class InferenceSettings:
     precision: str = "fp32"
     extra_weight: float = 1.0
     extra_suppression: float = 0.0
+    descriptor_sampling: str = "original"
 
     def __post_init__(self) -> None:
         scale_factor = check_scale_factor(self.scale_factor)
@@ -91,6 +107,7 @@ class InferenceSettings:
         object.__setattr__(self, "precision", check_precision(self.precision))
         object.__setattr__(self, "extra_weight", check_extra_weight(self.extra_weight))
         object.__setattr__(self, "extra_suppression", check_extra_suppression(self.extra_suppression))
+        object.__setattr__(self, "descriptor_sampling", check_descriptor_sampling(self.descriptor_sampling))
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -110,6 +127,8 @@ class InferenceSettings:
             entry["extra_weight"] = self.extra_weight
         if self.extra_suppression:
             entry["extra_suppression"] = self.extra_suppression
+        if self.descriptor_sampling != "original":
+            entry["descriptor_sampling"] = self.descriptor_sampling
         return entry
 
     def label(self, precision: str | None = None) -> str:
@@ -127,6 +146,8 @@ class InferenceSettings:
             parts.append(f"extra scales' scores x{self.extra_weight:g}")
         if self.extra_suppression and self.extra_scales:
             parts.append(f"extra scales suppressed within {self.extra_suppression:g} px")
+        if self.descriptor_sampling != "original":
+            parts.append(f"descriptors {self.descriptor_sampling}")
         precision = precision or self.precision
         if precision != "fp32":
             parts.append(precision)
@@ -206,6 +227,26 @@ def check_extra_suppression(extra_suppression: Any, option: str = "extra_suppres
     if not (math.isfinite(radius) and radius >= 0):
         raise ConfigError(must)
     return radius
+
+
+def check_descriptor_sampling(sampling: Any, option: str = "descriptor_sampling") -> str:
+    """``sampling`` as one of :data:`DESCRIPTOR_SAMPLINGS` (case-insensitive).
+
+    Raises:
+        ConfigError: naming ``option``, for anything else.
+    """
+    value = sampling.strip().lower() if isinstance(sampling, str) else sampling
+    if value not in DESCRIPTOR_SAMPLINGS:
+        raise ConfigError(f"{option} must be one of {', '.join(DESCRIPTOR_SAMPLINGS)}, got {sampling!r}")
+    return value
+
+
+def model_descriptor_sampling(model: object, sampling: str | None = None) -> str:
+    """``sampling`` when given, else the model's recorded one (``"original"`` for a module without it)."""
+    if sampling is None:
+        settings = getattr(model, "inference_settings", None)
+        sampling = getattr(settings, "descriptor_sampling", "original")
+    return check_descriptor_sampling(sampling)
 
 
 def run_score_weight(extra_weight: float, rotation_deg: float) -> float:

@@ -211,7 +211,8 @@ class KeyPointNet(nn.Module):
         a CPU with AVX512-BF16 / AMX or a GPU with bf16, gives a ``torch-bf16`` backend (BatchNorm folded,
         channels-last, score and location heads in fp32). ``"auto"`` on any other CPU gives ``torch-fused``
         (the fp32 network with BatchNorm folded, channels-last: the same function to float rounding, and
-        faster). Either is built on first use and rebuilt when the weights, buffers or device change.
+        faster). Either is built on first use and rebuilt when the weights, buffers, device or
+        ``inference_settings.descriptor_sampling`` change.
         ``"fp32"``, and a network in another dtype than float32, run this network as it is.
         """
         precision = model_precision(self, precision)
@@ -221,7 +222,7 @@ class KeyPointNet(nn.Module):
         dtype = autocast_dtype(precision, parameter.device)
         if dtype is None and parameter.device.type != "cpu":
             return None
-        key = (_weights_key(self), dtype)
+        key = (_weights_key(self), dtype, self.inference_settings.descriptor_sampling)
         cached = _FAST_COPIES.get(self)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -291,18 +292,27 @@ class KeyPointNet(nn.Module):
         return self.convFbb(self.relu(self.convFaa(features)))
 
     def descriptors_at(
-        self, features: torch.Tensor, batch_index: torch.Tensor, points: torch.Tensor, height: int, width: int
+        self,
+        features: torch.Tensor,
+        batch_index: torch.Tensor,
+        points: torch.Tensor,
+        height: int,
+        width: int,
+        sampling: str | None = None,
     ) -> torch.Tensor:
         """``(N, 256)`` float32 unit descriptors at ``points (N, 2)`` (pixels, x y) of images ``batch_index``.
 
         Equal, to float rounding, to :func:`sample_descriptors` on :meth:`descriptor_map` at those points of
         the ``height x width`` input, but the head runs only on the 6×6 windows of ``features`` that the
         points' four map cells need: a few hundred keypoints cost a small share of the dense map.
+        ``sampling``: how the map is read (:data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS`); ``None``: the
+        network's ``inference_settings.descriptor_sampling``.
         """
         rows, cols = features.shape[-2:]
         if points.shape[0] == 0:
             return torch.zeros(0, self.convFbb.out_channels, device=features.device)
-        at = map_points(points, height, width, rows, cols)
+        sampling = sampling or self.inference_settings.descriptor_sampling
+        at = map_points(points, height, width, rows, cols, sampling)
         if points.shape[0] * 8 >= features.shape[0] * rows * cols:
             # about 8 map cells' worth of convolutions per point: past that the dense map is cheaper
             corners = gather_patches(self.descriptor_map(features), batch_index, at.top, at.left, 2)
@@ -315,14 +325,17 @@ class KeyPointNet(nn.Module):
         desc = (corners.float() * at.weights).sum(dim=(2, 3))
         return desc / desc.norm(p=2, dim=1, keepdim=True)
 
-    def describe(self, image: torch.Tensor) -> KeyPointNetOutput:
+    def describe(self, image: torch.Tensor, sampling: str | None = None) -> KeyPointNetOutput:
         """Like :meth:`forward`, with ``desc`` sampled at ``coord`` and L2-normalised: ``(B, 256, Hc, Wc)``.
 
-        This is the original's eval-mode output, whatever the module's mode.
+        This is the original's eval-mode output, whatever the module's mode, when the map is read the
+        original way. ``sampling``: how the map is read (:data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS`);
+        ``None``: the network's ``inference_settings.descriptor_sampling``.
         """
         out = self(image)
         height, width = image.shape[-2:]
-        return out._replace(desc=sample_descriptors(out.desc, out.coord, height, width))
+        sampling = sampling or self.inference_settings.descriptor_sampling
+        return out._replace(desc=sample_descriptors(out.desc, out.coord, height, width, sampling))
 
 
 #: Each network's faster copy (bf16, or fused fp32), the :func:`_weights_key` and autocast dtype it was
