@@ -7,9 +7,11 @@ For each pair the keypoints and cross-checked matches are those of ``kp2d eval``
 ``top_k`` keypoints of each image that the other one sees). Each match's residual is ``H p1 - p2`` in pixels
 of the second image, ``H`` the true homography. Per run, over the pairs: matches, those within 3 px and 1 px,
 the mean length of the residuals within 3 px and their mean vector (a bias: a systematic offset between the
-two images' keypoints), C3 of the protocol's RANSAC fit and of an *oracle* fit (a least-squares homography
-to the matches within 3 px only: what perfect outlier rejection would give, so the loss that is left is the
-keypoints' precision), with the median corner errors.
+two images' keypoints), their scale about the image's centre in per cent (per axis, the slope of a straight
+line fitted to the residual against the position in the second image: a magnification between the two
+images' keypoints, which a homography fit takes for a zoom), C3 of the protocol's RANSAC fit and of an
+*oracle* fit (a least-squares homography to the matches within 3 px only: what perfect outlier rejection
+would give, so the loss that is left is the keypoints' precision), with the median corner errors.
 
 ``--runs``: each ``SCALES[/SCALES]``, the first image's input scales then the second image's (default: the
 same), ``+`` between a main scale and extra ones pooled by score (``--extra-weight`` on their scores,
@@ -22,6 +24,7 @@ on the CPU at ``--precision`` (default: the model's setting).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -37,7 +40,7 @@ from kp2d.eval.hpatches import KeyPointNetDetector
 from kp2d.eval.metrics import CORRECTNESS_THRESHOLDS, corner_error, protocol_matches, ransac_homography
 from kp2d.eval.settings import opencv_detector, pair_view, parse_baselines, parse_shapes, parse_views
 from kp2d.geometry import warp_points_numpy
-from kp2d.io.inference import PRECISIONS, parse_extra_weight
+from kp2d.io.inference import PRECISIONS, check_descriptor_sampling, parse_extra_weight
 from kp2d.io.weights import DEFAULT_MODEL
 from kp2d.models.keypoint_net import load_keypoint_net
 
@@ -51,8 +54,9 @@ def pair_residuals(
     """One pair's matches and fits; ``prob`` ``(N, 3)`` rows ``(x, y, score)``, ``desc`` ``(N, D)``.
 
     Returns ``{"matches", "within3", "within1", "residual" (mean length within 3 px, NaN if none), "bias"
-    (2,) (mean vector within 3 px), "corner_error" (the protocol's fit), "oracle_error" (the fit to the
-    matches within 3 px; inf under 4)}``.
+    (2,) (mean vector within 3 px), "scale" (2,) (per axis, the slope of the residuals within 3 px against
+    their position in image 2, in per cent; NaN under 8), "corner_error" (the protocol's fit),
+    "oracle_error" (the fit to the matches within 3 px; inf under 4)}``.
     """
     matched1, matched2 = protocol_matches(prob1, desc1, prob2, desc2, homography, size_wh, top_k, norm)
     points1, points2 = matched1.astype(np.float64), matched2.astype(np.float64)
@@ -63,6 +67,11 @@ def pair_residuals(
     if good.sum() >= 4:
         fit, _ = cv2.findHomography(points1[good], points2[good], 0)  # least squares, all of them
         oracle = corner_error(fit, homography, size_wh)
+    scale = np.full(2, np.nan)
+    if good.sum() >= 8:
+        centred = points2[good] - np.asarray(size_wh, dtype=np.float64) / 2.0
+        for axis in (0, 1):
+            scale[axis] = 100.0 * np.polyfit(centred[:, axis], residuals[good, axis], 1)[0]
     estimate = ransac_homography(matched1, matched2)  # the protocol's fit, of the same matches
     return {
         "matches": len(points1),
@@ -70,6 +79,7 @@ def pair_residuals(
         "within1": int((lengths < 1.0).sum()),
         "residual": float(lengths[good].mean()) if good.any() else np.nan,
         "bias": residuals[good].mean(axis=0) if good.any() else np.full(2, np.nan),
+        "scale": scale,
         "corner_error": corner_error(estimate, homography, size_wh),
         "oracle_error": oracle,
     }
@@ -78,9 +88,12 @@ def pair_residuals(
 def summarize(pairs: list[dict[str, Any]]) -> dict[str, float]:  # "pairs" is a count, the rest means
     """Means over pairs (C3 as the fraction of pairs within 3 px, medians of the corner errors)."""
     column = {
-        key: np.array([pair[key] for pair in pairs], dtype=np.float64) for key in pairs[0] if key != "bias"
+        key: np.array([pair[key] for pair in pairs], dtype=np.float64)
+        for key in pairs[0]
+        if key not in ("bias", "scale")
     }
     bias = np.array([pair["bias"] for pair in pairs], dtype=np.float64)
+    scale = np.array([pair.get("scale", np.full(2, np.nan)) for pair in pairs], dtype=np.float64)
     threshold = CORRECTNESS_THRESHOLDS[1]
     return {
         "pairs": float(len(pairs)),
@@ -90,6 +103,8 @@ def summarize(pairs: list[dict[str, Any]]) -> dict[str, float]:  # "pairs" is a 
         "residual": np.nanmean(column["residual"]) if np.isfinite(column["residual"]).any() else np.nan,
         "bias_x": np.nanmean(bias[:, 0]) if np.isfinite(bias).any() else np.nan,
         "bias_y": np.nanmean(bias[:, 1]) if np.isfinite(bias).any() else np.nan,
+        "scale_x": np.nanmean(scale[:, 0]) if np.isfinite(scale).any() else np.nan,
+        "scale_y": np.nanmean(scale[:, 1]) if np.isfinite(scale).any() else np.nan,
         "c3": float((column["corner_error"] <= threshold).mean()),
         "oracle_c3": float((column["oracle_error"] <= threshold).mean()),
         "median_corner": float(np.median(column["corner_error"])),
@@ -126,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="on the extra scales' scores (default: the model's setting)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="fp32, bf16 or auto (default: the model's setting)")
+    parser.add_argument("--descriptor-sampling", default=None, metavar="{original,centred}",
+                        help="how descriptors are read from the dense map (default: the model's setting)")
     parser.add_argument("--shape", default="320x240", metavar="WxH", help="default 320x240")
     parser.add_argument("--top-k", default=None, metavar="K", help="default 300 at 320x240, else 1000")
     args = parser.parse_args(argv)
@@ -139,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         if not len(dataset):
             raise ConfigError(f"no sequences in {args.hpatches}")
         model = load_keypoint_net(args.model)
+        if args.descriptor_sampling is not None:
+            sampling = check_descriptor_sampling(args.descriptor_sampling, "--descriptor-sampling")
+            settings = dataclasses.replace(model.inference_settings, descriptor_sampling=sampling)
+            model.inference_settings = settings
         settings = model.inference_settings
         runs = args.runs or ["+".join(f"{scale:g}" for scale in settings.scales)]
         detectors: dict[str, Any] = {}
@@ -172,13 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"match_residuals: error: {error}", file=sys.stderr)
         return 2
     print(f"{args.hpatches.name}, {width}x{height}, top {top_k}; residuals in pixels of the second image\n")
-    print("| run | pairs | matches | within 3 / 1 px | residual | bias (x, y) | C3 | oracle C3 | "
-          "median corner error: fit / oracle |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| run | pairs | matches | within 3 / 1 px | residual | bias (x, y) | scale (x, y), % | C3 | "
+          "oracle C3 | median corner error: fit / oracle |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, pairs in found.items():
         s = summarize(pairs)
         print(f"| {name} | {s['pairs']:.0f} | {s['matches']:.1f} | {s['within3']:.1f} / {s['within1']:.1f} | "
-              f"{s['residual']:.2f} | ({s['bias_x']:+.2f}, {s['bias_y']:+.2f}) | {s['c3']:.3f} | "
+              f"{s['residual']:.2f} | ({s['bias_x']:+.2f}, {s['bias_y']:+.2f}) | "
+              f"({s['scale_x']:+.2f}, {s['scale_y']:+.2f}) | {s['c3']:.3f} | "
               f"{s['oracle_c3']:.3f} | {s['median_corner']:.2f} / {s['median_oracle']:.2f} |")
     return 0
 

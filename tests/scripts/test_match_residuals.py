@@ -48,10 +48,27 @@ def test_a_known_offset_is_the_bias_and_the_fits_carry_it(residuals):
     # both fits find a translation of 10.5 px: every corner 0.5 px off the true one
     assert found["oracle_error"] == pytest.approx(0.5, abs=1e-3)
     assert found["corner_error"] == pytest.approx(0.5, abs=1e-3)
+    assert np.isnan(found["scale"]).all()  # 6 matches within 3 px: too few for the line fit
     summary = residuals.summarize([found, {**found, "corner_error": 4.0, "oracle_error": float("inf")}])
     assert summary["pairs"] == 2 and summary["c3"] == 0.5 and summary["oracle_c3"] == 0.5
     assert summary["bias_x"] == pytest.approx(-0.5, abs=1e-5)
     assert summary["median_corner"] == pytest.approx(2.25)
+
+
+def test_a_magnified_second_image_is_the_scale(residuals):
+    """Image 2's keypoints 1 % farther from its centre (160, 120) than the true ones: the residuals
+    ``H p1 - p2`` are ``(1 / 1.01 - 1)`` of the position about the centre, -0.99 % on both axes."""
+    points1 = np.array([[40, 40], [200, 50], [100, 120], [260, 200], [60, 190], [150, 180], [120, 60],
+                        [230, 110], [30, 100]], float)
+    homography = np.array([[1.0, 0, 10], [0, 1, 0], [0, 0, 1]])
+    points2 = (points1 + [10.0, 0.0] - [160.0, 120.0]) * 1.01 + [160.0, 120.0]
+    scores = np.linspace(1.0, 0.4, len(points1))[:, None]
+    descriptors = np.eye(len(points1), 10, dtype=np.float32)
+    prob1 = np.hstack([points1, scores]).astype(np.float32)
+    prob2 = np.hstack([points2, scores]).astype(np.float32)
+    found = residuals.pair_residuals(prob1, descriptors, prob2, descriptors, homography, (320, 240), 300)
+    assert found["within3"] == 9
+    np.testing.assert_allclose(found["scale"], [100 * (1 / 1.01 - 1)] * 2, atol=1e-4)  # float32 points
 
 
 def test_parse_runs_and_views(residuals):
@@ -73,6 +90,10 @@ def test_main_prints_a_row_per_run_and_one_error_line(residuals, tiny_root, rand
     # a pooled run, its extra scale weighted, in bf16: one more row of the same pairs
     assert residuals.main([*argv, "--runs", "1+2", "--extra-weight", "0.5", "--precision", "bf16"]) == 0
     assert "| 1+2 | 5 | " in capsys.readouterr().out
+    assert residuals.main([*argv, "--runs", "1/2", "--descriptor-sampling", "centred"]) == 0
+    assert "scale (x, y), %" in capsys.readouterr().out
+    assert residuals.main([*argv, "--descriptor-sampling", "corners"]) == 2
+    assert "--descriptor-sampling must be one of original, centred" in single_error_line(capsys)
     assert residuals.main([*argv, "--shape", "65x48"]) == 2
     assert "multiples of 8" in single_error_line(capsys)
     assert residuals.main([*argv, "--extra-weight", "3"]) == 2
