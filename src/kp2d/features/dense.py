@@ -21,8 +21,8 @@ __all__ = [
     "CellOutput",
     "KeyPointNetOutput",
     "MapPoints",
-    "gather_patches",
     "descriptor_grid",
+    "gather_patches",
     "interior_mask",
     "map_points",
     "read_map",
@@ -35,7 +35,6 @@ __all__ = [
 CELL = 8  # pixels per output cell (three 2x poolings)
 
 DESCRIPTOR_DIM = 256
-
 
 
 #: ``extract``'s default: cells scoring at most this are no keypoints, so that a blank or featureless image
@@ -93,6 +92,7 @@ def map_points(
     The same positions as :func:`sample_descriptors` with the same ``sampling``; a point on the last row or
     column gets weight 0 on the cell beyond it.
     """
+    _check_sampling(sampling)
     if sampling == "centred":  # grid_sample(align_corners=False, padding_mode="border"): clamped to the map
         x = ((points[:, 0].float() + 0.5) * (cols / width) - 0.5).clamp(0, cols - 1)
         y = ((points[:, 1].float() + 0.5) * (rows / height) - 0.5).clamp(0, rows - 1)
@@ -148,6 +148,12 @@ def unpadded_conv(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"not a convolution layer: {type(layer).__name__}")
 
 
+def _check_sampling(sampling: str) -> None:
+    """ValueError unless ``sampling`` is one of :data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS`."""
+    if sampling not in DESCRIPTOR_SAMPLINGS:
+        raise ValueError(f"sampling must be one of {', '.join(DESCRIPTOR_SAMPLINGS)}, got {sampling!r}")
+
+
 def descriptor_grid(
     points: torch.Tensor, height: int, width: int, sampling: str = "original"
 ) -> torch.Tensor:
@@ -158,16 +164,16 @@ def descriptor_grid(
     :data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS`). Sizes stay plain numbers, so an ONNX export keeps them
     symbolic.
     """
+    _check_sampling(sampling)
     if sampling == "original":
         return normalize_points(points, height, width)
-    if sampling != "centred":
-        raise ValueError(f"sampling must be one of {', '.join(DESCRIPTOR_SAMPLINGS)}, got {sampling!r}")
     x, y = points.unbind(-1)
     return torch.stack([(x + 0.5) / (width / 2.0) - 1.0, (y + 0.5) / (height / 2.0) - 1.0], dim=-1)
 
 
 def read_map(desc: torch.Tensor, grid: torch.Tensor, sampling: str = "original") -> torch.Tensor:
     """``grid_sample`` of ``desc (B, C, Hd, Wd)`` at a :func:`descriptor_grid` ``(B, h, w, 2)``, bilinear."""
+    _check_sampling(sampling)
     if sampling == "centred":
         return F.grid_sample(desc, grid, mode="bilinear", align_corners=False, padding_mode="border")
     return F.grid_sample(desc, grid, mode="bilinear", align_corners=True)
