@@ -20,8 +20,8 @@ from kp2d.io.weights import DEFAULT_MODEL
 
 __all__ = [
     "add_model_options",
-    "apply_descriptor_sampling",
     "add_parser",
+    "apply_descriptor_sampling",
     "backend_options",
     "model_backend",
     "model_options",
