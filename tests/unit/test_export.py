@@ -227,13 +227,14 @@ def test_int8_export_failure_removes_the_intermediate_graph(
 
 
 def test_export_notes_a_recorded_scale_factor(tmp_path, capsys):
-    """The graph is the bare network: a file's recorded scale factor is the caller's to apply, and said so."""
+    """The graph is the bare network: a file's recorded scale factor is the caller's to apply, and said so;
+    its descriptor sampling is in the graph, and said so too."""
     from kp2d.config import load_config
     from kp2d.io.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     net = KeyPointNet()
-    for name, entry in (("x2", {"scale_factor": 2.0}), ("plain", None)):
+    for name, entry in (("x2", {"scale_factor": 2.0, "descriptor_sampling": "centred"}), ("plain", None)):
         extra = {} if entry is None else {"inference": entry}
         save_checkpoint(tmp_path / f"{name}.ckpt", load_config("v4"), net, **extra)
         argv = ["export", "--checkpoint", str(tmp_path / f"{name}.ckpt"), "--static", "--size", "64x48",
@@ -242,6 +243,8 @@ def test_export_notes_a_recorded_scale_factor(tmp_path, capsys):
         out = capsys.readouterr().out
         note = f"note: {tmp_path / 'x2.ckpt'} records scale_factor 2: resize images by 2 before the graph"
         assert (note in out) == (name == "x2"), out
+        inside = f"note: {tmp_path / 'x2.ckpt'} records descriptor_sampling centred: the graph reads the"
+        assert (inside in out) == (name == "x2"), out
 
 
 def test_the_cheaper_layout_exports_from_a_channels_last_network(tmp_path):

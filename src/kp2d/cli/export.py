@@ -145,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {source} records extra_suppression {extra_suppression:g}: leave out an extra scale's "
               f"keypoint where the main scale has one within {extra_suppression:g} px scoring at least as "
               "much, as kp2d.extract does")
+    sampling = net.inference_settings.descriptor_sampling
+    if sampling != "original":  # unlike the settings above, this one is inside the graph
+        print(f"note: {source} records descriptor_sampling {sampling}: the graph reads the descriptors so")
 
     if not args.no_verify:
         _verify(net, out, height, width)
