@@ -168,20 +168,45 @@ def _detect_each(runs: dict[str, list[str]], photo, tmp_path) -> tuple[dict, dic
     return arrays, records
 
 
+#: A x2 run pooled with a x1 one: what the extra runs' options act on.
+POOLED = ["--scale-factor", "2", "--extra-scales", "1"]
+
+
+def _recorded_and_given(
+    tmp_path, checkpoint: str, photo, entry: dict, given: list[str], override: list[str], common=()
+) -> tuple[dict, dict]:
+    """``kp2d detect`` four ways: a file recording ``entry``; ``checkpoint`` with the options ``given`` (and
+    ``common``) that say the same; the file with ``override``; plain ``checkpoint`` (with ``common``). The
+    first two and the last two give the same keypoints, scores and descriptors; returns arrays, records."""
+    recording = _recording(checkpoint, tmp_path / "recording.ckpt", entry)
+    runs = {
+        "recorded": ["--model", recording],
+        "option": ["--model", checkpoint, *common, *given],
+        "override": ["--model", recording, *override],
+        "plain": ["--model", checkpoint, *common],
+    }
+    arrays, records = _detect_each(runs, photo, tmp_path)
+    for got, want in (("recorded", "option"), ("override", "plain")):
+        for name in ("keypoints", "scores", "descriptors"):
+            np.testing.assert_array_equal(arrays[got][name], arrays[want][name])
+    return arrays, records
+
+
+def _refusal(capsys, tmp_path, checkpoint: str, photo, *options: str) -> str:
+    """The one error line of ``kp2d detect PHOTO --model CHECKPOINT OPTIONS``, which exits with 2."""
+    argv = ["detect", str(photo), "--model", checkpoint, *options, "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    return single_error_line(capsys)
+
+
 def test_detect_uses_the_scale_factor_the_model_records(tmp_path, checkpoint, photos):
     """A file recording scale_factor 2 detects as --scale-factor 2 does; --scale-factor 1 overrides it."""
-    x2 = _recording(checkpoint, tmp_path / "x2.ckpt", {"scale_factor": 2.0})
-    runs = {
-        "recorded": ["--model", x2],
-        "option": ["--model", checkpoint, "--scale-factor", "2"],
-        "override": ["--model", x2, "--scale-factor", "1"],
-        "plain": ["--model", checkpoint],
-    }
-    arrays, records = _detect_each(runs, photos[0], tmp_path)
+    arrays, records = _recorded_and_given(
+        tmp_path, checkpoint, photos[0], {"scale_factor": 2.0}, ["--scale-factor", "2"],
+        ["--scale-factor", "1"],
+    )
     assert len(arrays["recorded"]["keypoints"]) > 3 * len(arrays["plain"]["keypoints"])  # 4 px cells
     for got, want in (("recorded", "option"), ("override", "plain")):
-        for key in ("keypoints", "scores", "descriptors"):
-            np.testing.assert_array_equal(arrays[got][key], arrays[want][key])
         assert records[got]["scale_factor"] == records[want]["scale_factor"]
     assert records["recorded"]["scale_factor"] == 2.0 and records["override"]["scale_factor"] == 1.0
     scores = np.asarray(Image.open(tmp_path / "recorded" / "a_scores.png"))  # heat map of the 4 px grid
@@ -191,76 +216,47 @@ def test_detect_uses_the_scale_factor_the_model_records(tmp_path, checkpoint, ph
 def test_detect_weights_the_extra_runs_recorded_or_given(tmp_path, checkpoint, photos, capsys):
     """A recorded extra_weight detects as --extra-weight does; --extra-weight 1 gives the plain pooling."""
     entry = {"scale_factor": 2.0, "extra_scales": [1.0], "extra_weight": 0.25}
-    recording = _recording(checkpoint, tmp_path / "recording.ckpt", entry)
-    pooled = ["--scale-factor", "2", "--extra-scales", "1"]
-    runs = {
-        "recorded": ["--model", recording],
-        "option": ["--model", checkpoint, *pooled, "--extra-weight", "0.25"],
-        "override": ["--model", recording, "--extra-weight", "1"],
-        "plain": ["--model", checkpoint, *pooled],
-    }
-    arrays, records = _detect_each(runs, photos[0], tmp_path)
-    for got, want in (("recorded", "option"), ("override", "plain")):
-        for name in ("keypoints", "scores", "descriptors"):
-            np.testing.assert_array_equal(arrays[got][name], arrays[want][name])
+    arrays, records = _recorded_and_given(
+        tmp_path, checkpoint, photos[0], entry, ["--extra-weight", "0.25"], ["--extra-weight", "1"], POOLED
+    )
     assert records["recorded"]["extra_weight"] == 0.25 and records["override"]["extra_weight"] == 1.0
     # the same keypoints (--top-k 0 keeps all) in another order, the coarse scale's scores a quarter
     weighted, plain = arrays["recorded"]["keypoints"], arrays["plain"]["keypoints"]
     np.testing.assert_array_equal(weighted[np.lexsort(weighted.T)], plain[np.lexsort(plain.T)])
     assert arrays["recorded"]["scores"].sum() < arrays["plain"]["scores"].sum()
-    argv = ["detect", str(photos[0]), "--model", checkpoint, "--extra-weight", "-1"]
-    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
-    assert "--extra-weight must be a number in (0, 1]" in single_error_line(capsys)
+    refused = _refusal(capsys, tmp_path, checkpoint, photos[0], "--extra-weight", "-1")
+    assert "--extra-weight must be a number in (0, 1]" in refused
 
 
 def test_detect_thins_the_extra_runs_recorded_or_given(tmp_path, checkpoint, photos, capsys):
     """A recorded extra_suppression detects as --extra-suppression does; 'none' gives the plain pooling,
     whose keypoints hold the thinned ones."""
     entry = {"scale_factor": 2.0, "extra_scales": [1.0], "extra_suppression": 3.0}
-    recording = _recording(checkpoint, tmp_path / "recording.ckpt", entry)
-    pooled = ["--scale-factor", "2", "--extra-scales", "1"]
-    runs = {
-        "recorded": ["--model", recording],
-        "option": ["--model", checkpoint, *pooled, "--extra-suppression", "3"],
-        "override": ["--model", recording, "--extra-suppression", "none"],
-        "plain": ["--model", checkpoint, *pooled],
-    }
-    arrays, records = _detect_each(runs, photos[0], tmp_path)
-    for got, want in (("recorded", "option"), ("override", "plain")):
-        for name in ("keypoints", "scores", "descriptors"):
-            np.testing.assert_array_equal(arrays[got][name], arrays[want][name])
+    arrays, records = _recorded_and_given(
+        tmp_path, checkpoint, photos[0], entry, ["--extra-suppression", "3"], ["--extra-suppression", "none"],
+        POOLED,
+    )
     assert records["recorded"]["extra_suppression"] == 3.0 and records["override"]["extra_suppression"] == 0
     thinned, plain = arrays["recorded"]["keypoints"], arrays["plain"]["keypoints"]
     assert 0 < len(thinned) < len(plain)
     assert {tuple(row) for row in thinned} <= {tuple(row) for row in plain}
-    argv = ["detect", str(photos[0]), "--model", checkpoint, "--extra-suppression", "x"]
-    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
-    assert "--extra-suppression must be a distance in pixels >= 0" in single_error_line(capsys)
+    refused = _refusal(capsys, tmp_path, checkpoint, photos[0], "--extra-suppression", "x")
+    assert "--extra-suppression must be a distance in pixels >= 0" in refused
 
 
 def test_detect_reads_descriptors_the_recorded_or_given_way(tmp_path, checkpoint, photos, capsys):
     """A recorded descriptor_sampling detects as --descriptor-sampling does; 'original' overrides it. The
     keypoints stay, the descriptors change."""
-    recording = _recording(checkpoint, tmp_path / "recording.ckpt",
-                           {"scale_factor": 1.0, "descriptor_sampling": "centred"})
-    runs = {
-        "recorded": ["--model", recording],
-        "option": ["--model", checkpoint, "--descriptor-sampling", "centred"],
-        "override": ["--model", recording, "--descriptor-sampling", "original"],
-        "plain": ["--model", checkpoint],
-    }
-    arrays, records = _detect_each(runs, photos[0], tmp_path)
-    for got, want in (("recorded", "option"), ("override", "plain")):
-        for name in ("keypoints", "scores", "descriptors"):
-            np.testing.assert_array_equal(arrays[got][name], arrays[want][name])
+    arrays, records = _recorded_and_given(
+        tmp_path, checkpoint, photos[0], {"scale_factor": 1.0, "descriptor_sampling": "centred"},
+        ["--descriptor-sampling", "centred"], ["--descriptor-sampling", "original"],
+    )
     np.testing.assert_array_equal(arrays["recorded"]["keypoints"], arrays["plain"]["keypoints"])
     assert np.abs(arrays["recorded"]["descriptors"] - arrays["plain"]["descriptors"]).max() > 1e-2
     assert records["recorded"]["descriptor_sampling"] == "centred"
     assert records["override"]["descriptor_sampling"] == "original"
-    argv = ["detect", str(photos[0]), "--model", checkpoint, "--descriptor-sampling", "corners"]
-    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
-    refused = "--descriptor-sampling must be one of original, centred, got 'corners'"
-    assert refused in single_error_line(capsys)
+    refused = _refusal(capsys, tmp_path, checkpoint, photos[0], "--descriptor-sampling", "corners")
+    assert "--descriptor-sampling must be one of original, centred, got 'corners'" in refused
 
 
 @pytest.mark.parametrize(

@@ -173,13 +173,15 @@ def model_options(options: dict, model) -> dict:
 
 
 def apply_descriptor_sampling(args: argparse.Namespace, model) -> None:
-    """``--descriptor-sampling`` into the loaded model's settings, where it and its backends read it."""
+    """``--descriptor-sampling`` into the loaded model's settings, where it and its backends read it.
+
+    :func:`selection_options` has refused a bad value by the option's name before the model loaded; the
+    settings check and normalise it again as they are built.
+    """
     if getattr(args, "descriptor_sampling", None) is not None:
         from dataclasses import replace
 
-        from kp2d.io.inference import check_descriptor_sampling
-
-        sampling = check_descriptor_sampling(args.descriptor_sampling, "--descriptor-sampling")
+        sampling = args.descriptor_sampling
         model.inference_settings = replace(model.inference_settings, descriptor_sampling=sampling)
 
 

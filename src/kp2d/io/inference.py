@@ -241,12 +241,10 @@ def check_descriptor_sampling(sampling: Any, option: str = "descriptor_sampling"
     return value
 
 
-def model_descriptor_sampling(model: object, sampling: str | None = None) -> str:
-    """``sampling`` when given, else the model's recorded one (``"original"`` for a module without it)."""
-    if sampling is None:
-        settings = getattr(model, "inference_settings", None)
-        sampling = getattr(settings, "descriptor_sampling", "original")
-    return check_descriptor_sampling(sampling)
+def model_descriptor_sampling(model: object) -> str:
+    """The model's recorded descriptor sampling (``"original"`` for a module without settings)."""
+    settings = getattr(model, "inference_settings", None)
+    return check_descriptor_sampling(getattr(settings, "descriptor_sampling", "original"))
 
 
 def run_score_weight(extra_weight: float, rotation_deg: float) -> float:
