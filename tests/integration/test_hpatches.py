@@ -119,10 +119,47 @@ def test_reference_image_read_once(tiny_root, monkeypatch):
 # --- bad input ------------------------------------------------------------------------------------
 
 
+def _oxford_copy(source, target):
+    """The HPatches-layout sequence ``source`` rewritten in the Oxford layout (imgk.*, H1tokp)."""
+    target.mkdir()
+    for path in source.iterdir():
+        name = f"H1to{path.name[4:]}p" if path.name.startswith("H_1_") else f"img{path.name}"
+        shutil.copy(path, target / name)
+    return target
+
+
+def test_the_oxford_layout_reads_as_the_hpatches_one(tiny_root, tmp_path):
+    oxford = _oxford_copy(tiny_root / "v_astronaut", tmp_path / "boat")
+    (sequence,) = find_sequences(oxford)
+    assert [p.name for p in sequence.pairs] == ["boat:1-2", "boat:1-3", "boat:1-4"]
+    assert sequence.pairs[0].image1.name == "img1.ppm" and sequence.pairs[1].image2.name == "img3.ppm"
+    assert [p.homography_path.name for p in sequence.pairs] == ["H1to2p", "H1to3p", "H1to4p"]
+    expected = HPatchesDataset(tiny_root / "v_astronaut", size_wh=(160, 120))[0]
+    got = HPatchesDataset(tmp_path, size_wh=(160, 120))[0]
+    assert np.array_equal(got.images, expected.images)
+    assert np.array_equal(got.homographies, expected.homographies)
+    assert got.problems == []
+
+
+def test_both_layouts_in_one_folder_read_each_view_once(tiny_root, tmp_path, caplog):
+    folder = shutil.copytree(tiny_root / "v_astronaut", tmp_path / "mixed")
+    shutil.copy(folder / "H_1_2", folder / "H1to2p")  # the same view in both layouts: H_1_2 is read
+    shutil.copy(folder / "4.ppm", folder / "img5.ppm")  # an Oxford view with no homography: reported
+    np.savetxt(folder / "H1to6p", np.eye(3))  # an Oxford homography whose image is missing
+    (sequence,) = find_sequences(folder)
+    assert [(p.index, p.homography_path.name) for p in sequence.pairs] == [
+        (2, "H_1_2"), (3, "H_1_3"), (4, "H_1_4"), (6, "H1to6p"),
+    ]
+    assert "img5.ppm" in caplog.text
+    sample = HPatchesDataset(folder, size_wh=(80, 60))[0]
+    assert [name for name, _ in sample.problems] == ["mixed:1-6"]
+    assert "img6.*" in sample.problems[0][1] and "H1to6p" in sample.problems[0][1]
+
+
 def test_missing_and_empty_roots(tmp_path):
     with pytest.raises(DataError, match="not found"):
         find_sequences(tmp_path / "nope")
-    with pytest.raises(DataError, match="no HPatches sequences"):
+    with pytest.raises(DataError, match="no HPatches sequences.*H_1_k, or img1.ppm and H1to2p"):
         find_sequences(tmp_path)
     with pytest.raises(ConfigError, match="subset"):
         find_sequences(tmp_path, "x")

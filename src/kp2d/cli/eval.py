@@ -45,7 +45,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--random-init", action="store_true", help="untrained network built from --config (seed 0)"
     )
     parser.add_argument("--config", default=None, help="preset or YAML for --random-init (default v4)")
-    parser.add_argument("--hpatches", required=True, metavar="DIR", help="folder of HPatches sequences")
+    parser.add_argument(
+        "--hpatches", required=True, metavar="DIR",
+        help="folder of HPatches sequences (1.ppm …, H_1_2 …; or Oxford's img1.ppm …, H1to2p …)",
+    )
     parser.add_argument(
         "--shape",
         action="append",

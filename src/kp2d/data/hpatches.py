@@ -7,6 +7,10 @@ folders with fewer views (e.g. the two-view ``homogr`` set) read the same way. I
 ``.png``, ``.jpg``/``.jpeg`` or ``.pgm`` (grayscale is read as 3 channels). A root that itself holds
 ``H_1_k`` files is read as a single sequence.
 
+The Oxford affine sequences' layout (``graf``, ``boat``, ``bark``, ...: images ``img1.ppm`` … ``img6.ppm``
+and homographies ``H1to2p`` … ``H1to6p``, the same convention) reads the same way, pair names ``1-k`` as
+above. A folder may hold either layout; where both name the same view, ``H_1_k`` and ``k.*`` are read.
+
 Images are read with :func:`kp2d.io.imageio.read_image_rgb` and turned to BGR (as the original feeds the
 network; a truncated JPEG or PNG is a bad file, not a partial image),
 resized with ``cv2.resize`` (bilinear) to the evaluation shape ``(W, H)``, and each homography rescaled
@@ -50,7 +54,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".ppm", ".png", ".jpg", ".jpeg", ".pgm")
 SUBSETS = ("all", "i", "v")
-_HOMOGRAPHY_NAME = re.compile(r"^H_1_(\d+)$")
+_HOMOGRAPHY_NAME = re.compile(r"^(?:H_1_(\d+)|H1to(\d+)p)$")  # HPatches, Oxford
 _MAX_CONDITION = 1e15  # a homography this ill-conditioned is treated as singular
 
 
@@ -106,34 +110,43 @@ class SequenceSample:
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _find_image(folder: Path, stem: str) -> Path | None:
-    """``folder/<stem>.<suffix>`` for the first known image suffix present (case-insensitive)."""
-    for suffix in IMAGE_SUFFIXES:
-        for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
-            if candidate.is_file():
-                return candidate
+def _find_image(folder: Path, view: int) -> Path | None:
+    """View ``k``'s image: ``folder/k.<suffix>``, else ``folder/imgk.<suffix>`` (Oxford), first suffix found.
+
+    Suffixes are those of :data:`IMAGE_SUFFIXES`, in lower or upper case.
+    """
+    for stem in (str(view), f"img{view}"):
+        for suffix in IMAGE_SUFFIXES:
+            for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+                if candidate.is_file():
+                    return candidate
     return None
 
 
 def _homography_files(folder: Path) -> list[tuple[int, Path]]:
-    """``(k, path)`` of every ``H_1_k`` file in ``folder``, sorted by ``k``."""
-    found = []
-    for path in folder.iterdir():
+    """``(k, path)`` of every ``H_1_k`` (or Oxford ``H1tokp``) file in ``folder``, sorted by ``k``.
+
+    Where both name view ``k``, ``H_1_k`` is kept.
+    """
+    found: dict[int, Path] = {}
+    for path in sorted(folder.iterdir(), key=lambda p: (not p.name.startswith("H_1_"), p.name)):
         match = _HOMOGRAPHY_NAME.match(path.name)
-        if match and path.is_file() and int(match.group(1)) != 1:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+        if match and path.is_file():
+            view = int(match.group(1) or match.group(2))
+            if view != 1:
+                found.setdefault(view, path)
+    return sorted(found.items())
 
 
-_VIEW_NAME = re.compile(r"^(\d+)$")
+_VIEW_NAME = re.compile(r"^(?:img)?(\d+)$")
 
 
 def _read_sequence_folder(folder: Path) -> HPatchesSequence:
     """The sequence's pairs, one per ``H_1_k`` file; views ``k.*`` without one are logged as left out."""
-    reference = _find_image(folder, "1")
+    reference = _find_image(folder, 1)
     homographies = _homography_files(folder)
     pairs = tuple(
-        HPatchesPair(folder.name, k, reference, _find_image(folder, str(k)), path) for k, path in homographies
+        HPatchesPair(folder.name, k, reference, _find_image(folder, k), path) for k, path in homographies
     )
     listed = {k for k, _ in homographies}
     unlisted = sorted(
@@ -141,10 +154,14 @@ def _read_sequence_folder(folder: Path) -> HPatchesSequence:
         for path in folder.iterdir()
         if path.suffix.lower() in IMAGE_SUFFIXES
         and _VIEW_NAME.match(path.stem)
-        and int(path.stem) not in listed | {1}
+        and int(_VIEW_NAME.match(path.stem).group(1)) not in listed | {1}
     )
     if unlisted:
-        log.warning("%s: no H_1_k file for %s; left out of the evaluation", folder.name, ", ".join(unlisted))
+        log.warning(
+            "%s: no H_1_k (or H1tokp) file for %s; left out of the evaluation",
+            folder.name,
+            ", ".join(unlisted),
+        )
     return HPatchesSequence(folder.name, folder, pairs)
 
 
@@ -176,9 +193,12 @@ def find_sequences(root: str | Path, subset: str = "all") -> list[HPatchesSequen
             if _homography_files(folder):
                 folders.append(folder)
             else:
-                log.warning("%s: no H_1_k homography files, not a sequence; ignored", folder)
+                log.warning("%s: no H_1_k (or H1tokp) homography files, not a sequence; ignored", folder)
     if not folders:
-        raise DataError(f"no HPatches sequences in {root} (expected folders with 1.ppm/.png/.jpg and H_1_k)")
+        raise DataError(
+            f"no HPatches sequences in {root} (expected folders with 1.ppm/.png/.jpg and H_1_k, "
+            "or img1.ppm and H1to2p)"
+        )
     sequences = [_read_sequence_folder(folder) for folder in folders if _in_subset(folder.name, subset)]
     if not sequences:
         raise DataError(
@@ -259,7 +279,10 @@ class HPatchesDataset(torch.utils.data.Dataset):
         problems: list[tuple[str, str]] = []
         reference = None
         if sequence.pairs and sequence.pairs[0].image1 is None:
-            message = f"{sequence.folder / '1'}.*: reference image not found (no 1.ppm/.png/.jpg/.jpeg/.pgm)"
+            message = (
+                f"{sequence.folder / '1'}.*: reference image not found "
+                "(no 1.ppm/.png/.jpg/.jpeg/.pgm, nor img1.*)"
+            )
             problems = [(pair.name, message) for pair in sequence.pairs]
         else:
             try:
@@ -274,7 +297,7 @@ class HPatchesDataset(torch.utils.data.Dataset):
                 try:
                     if pair.image2 is None:
                         raise DataError(
-                            f"{sequence.folder / str(pair.index)}.*: image not found "
+                            f"{sequence.folder / str(pair.index)}.* (or img{pair.index}.*): image not found "
                             f"(listed by {pair.homography_path.name})"
                         )
                     homography = read_homography(pair.homography_path)
