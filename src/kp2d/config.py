@@ -21,6 +21,7 @@ from kp2d.errors import ConfigError
 __all__ = [
     "AugmentationConfig",
     "Config",
+    "DESCRIPTOR_SAMPLINGS",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
@@ -95,6 +96,15 @@ class ModelConfig:
         _check_range("model.head_rank", self.head_rank, low=0, high=512)
 
 
+#: How a keypoint's descriptor is read from the dense map (inference's ``descriptor_sampling``, training's
+#: ``loss.descriptor_sampling``). ``"original"``: the original code's ``grid_sample(align_corners=True)``
+#: over the input's pixel range, which reads the map's first and last cells at the image's first and last
+#: pixels, so a keypoint's descriptor comes from up to half a cell inwards of it near the borders, a shrink
+#: about the centre that depends on the input size. ``"centred"``: each map cell is read at the centre of
+#: the pixels it covers, at any size.
+DESCRIPTOR_SAMPLINGS = ("original", "centred")
+
+
 @dataclass
 class LossConfig:
     """Loss weights and thresholds (SPEC §3)."""
@@ -123,10 +133,19 @@ class LossConfig:
     distill_score_weight: float = 1.0
     distill_location_weight: float = 1.0
     distill_descriptor_weight: float = 1.0
+    # how the descriptor and IO terms read the dense descriptor map at a keypoint: "original" (the original
+    # code's align_corners=True reading) or "centred" (each cell at its own pixels), as inference's
+    # descriptor_sampling; a model meant to read centred can learn its descriptors that way
+    descriptor_sampling: str = "original"
 
     def __post_init__(self) -> None:
         if self.io_selection not in ("lowest", "highest"):
             raise ConfigError(f"loss.io_selection must be 'lowest' or 'highest', got {self.io_selection!r}")
+        if self.descriptor_sampling not in DESCRIPTOR_SAMPLINGS:
+            raise ConfigError(
+                f"loss.descriptor_sampling must be one of {', '.join(DESCRIPTOR_SAMPLINGS)}, "
+                f"got {self.descriptor_sampling!r}"
+            )
         for name in ("keypoint_loss_weight", "descriptor_loss_weight", "score_loss_weight", "relax_field",
                      "triplet_margin", "min_valid_cells", "io_min_inliers", "distill_weight",
                      "distill_warped_weight", "distill_warped_location_weight", "distill_score_weight",

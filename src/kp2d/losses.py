@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from kp2d.config import LossConfig
-from kp2d.features.dense import CELL, KeyPointNetOutput, interior_mask, sample_descriptors
+from kp2d.features.dense import (
+    CELL,
+    KeyPointNetOutput,
+    descriptor_grid,
+    interior_mask,
+    read_map,
+    sample_descriptors,
+)
 from kp2d.geometry import denormalize_points, normalize_points, warp_points
 from kp2d.models.io_net import IONet
 
@@ -180,9 +187,25 @@ def score_loss(
     return usp, mse
 
 
-def _sample_unit_descriptors(desc: torch.Tensor, points_norm: torch.Tensor) -> torch.Tensor:
-    """Sample ``(B, C, h, w)`` descriptors at ``(B, N, 2)`` normalised points; returns unit ``(B, N, C)``."""
-    sampled = F.grid_sample(desc, points_norm.unsqueeze(1), mode="bilinear", align_corners=True)
+def _sample_unit_descriptors(
+    desc: torch.Tensor,
+    points_norm: torch.Tensor,
+    sampling: str = "original",
+    shape_hw: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Sample ``(B, C, h, w)`` descriptors at ``(B, N, 2)`` normalised points; returns unit ``(B, N, C)``.
+
+    ``points_norm`` as :func:`~kp2d.geometry.normalize_points` gives them; ``sampling`` (``loss.
+    descriptor_sampling``) says how the map is read there, ``"centred"`` needing the input's ``(H, W)``.
+    """
+    if sampling == "original":
+        sampled = F.grid_sample(desc, points_norm.unsqueeze(1), mode="bilinear", align_corners=True)
+    else:
+        if shape_hw is None:
+            raise ValueError("reading descriptors centred needs the input's (H, W)")
+        height, width = shape_hw
+        pixels = denormalize_points(points_norm, height, width)
+        sampled = read_map(desc, descriptor_grid(pixels, height, width, sampling).unsqueeze(1), sampling)
     sampled = sampled.squeeze(2).transpose(1, 2)
     # A point well outside the map samples zeros; the clamp keeps it at 0 rather than 0 / 0 = NaN, which
     # would reach the loss (and the gradients) through the validity mask's multiplication.
@@ -210,6 +233,7 @@ def descriptor_loss(
     warped: WarpedKeypoints,
     config: LossConfig,
     with_loss: bool = True,
+    shape_hw: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hardest-negative triplet loss on descriptors, and the descriptor recall.
 
@@ -220,15 +244,18 @@ def descriptor_loss(
     (a skipped image counts as 0).
 
     Args:
-        source_desc, target_desc: dense ``(B, C, h, w)`` descriptor maps.
+        source_desc, target_desc: dense ``(B, C, h, w)`` descriptor maps, read at the points as
+            ``config.descriptor_sampling`` says.
+        shape_hw: ``(H, W)`` of the network input; needed when the maps are read centred.
 
     Returns:
         ``(loss, recall)``; ``recall`` is the fraction of anchors whose nearest target descriptor is the
         positive.
     """
     batch = source_desc.shape[0]
-    anchors = _sample_unit_descriptors(source_desc, warped.source_norm.detach())  # (B, N, C)
-    positives = _sample_unit_descriptors(target_desc, warped.warped_norm.detach())
+    reading = (config.descriptor_sampling, shape_hw)
+    anchors = _sample_unit_descriptors(source_desc, warped.source_norm.detach(), *reading)  # (B, N, C)
+    positives = _sample_unit_descriptors(target_desc, warped.warped_norm.detach(), *reading)
     valid = warped.valid
     used = valid.sum(dim=1) >= config.min_valid_cells  # (B,)
 
@@ -293,9 +320,10 @@ def io_loss(
     target_points = gather_points(target_norm, target_index)
     source_warped = gather_points(warped.warped_norm, source_index)
 
+    reading = (config.descriptor_sampling, (height, width))
     distance = _descriptor_distance(
-        _sample_unit_descriptors(source.desc, source_points),
-        _sample_unit_descriptors(target.desc, target_points),
+        _sample_unit_descriptors(source.desc, source_points, *reading),
+        _sample_unit_descriptors(target.desc, target_points, *reading),
     )
     match_distance, match_index = distance.min(dim=2)  # (B, K)
     matched_points = gather_points(target_points, match_index)
@@ -336,7 +364,7 @@ def keypoint_net_losses(
 
     location = location_loss(nearest)
     triplet, recall = descriptor_loss(
-        source.desc, target.desc, warped, config, with_loss=config.descriptor_loss
+        source.desc, target.desc, warped, config, with_loss=config.descriptor_loss, shape_hw=(height, width)
     )
     usp, mse = score_loss(source.score, target.score, warped, nearest)
     zero = location.new_zeros(())

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from kp2d.config import LossConfig
-from kp2d.features.dense import KeyPointNetOutput
+from kp2d.errors import ConfigError
+from kp2d.features.dense import KeyPointNetOutput, sample_descriptors
 from kp2d.losses import (
     SCORE_MSE_FACTOR,
     TRIPLET_FACTOR,
+    _sample_unit_descriptors,
     descriptor_loss,
     keypoint_net_losses,
     location_loss,
@@ -68,6 +70,63 @@ def test_descriptor_loss_perfect_descriptors():
     loss, recall = descriptor_loss(one_hot, one_hot, warped, LossConfig(min_valid_cells=1))
     assert recall.item() == pytest.approx(1.0)
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _one_cell_right(rows, cols):
+    """Cell centres, one-hot descriptors per cell, and the normalised homography moving 8 px to the right."""
+    coord = _cell_centers(rows, cols)
+    one_hot = torch.eye(rows * cols).T.reshape(1, rows * cols, rows, cols)
+    shift = torch.eye(3)
+    shift[0, 2] = 2 * 8 / (cols * 8 - 1)  # normalised as normalize_points: 8 px over (W - 1) / 2
+    return coord, one_hot, shift.unsqueeze(0)
+
+
+def test_centred_reading_reads_each_cell_at_its_centre():
+    """At a cell's centre pixel the centred reading is that cell's descriptor, as inference reads it."""
+    rows, cols = 6, 8
+    coord, one_hot, _ = _one_cell_right(rows, cols)
+    warped = warp_source_keypoints(coord, torch.eye(3).unsqueeze(0), rows * 8, cols * 8)
+    centred = _sample_unit_descriptors(one_hot, warped.source_norm, "centred", (rows * 8, cols * 8))
+    torch.testing.assert_close(centred[0], torch.eye(rows * cols))
+    inference = sample_descriptors(one_hot, coord, rows * 8, cols * 8, "centred").flatten(2).transpose(1, 2)
+    torch.testing.assert_close(centred, inference)
+    original = _sample_unit_descriptors(one_hot, warped.source_norm)  # the map shrunk about the centre
+    assert (original[0].diagonal() < 0.99).sum() > rows * cols // 2
+    with pytest.raises(ValueError, match="needs the input"):
+        _sample_unit_descriptors(one_hot, warped.source_norm, "centred")
+
+
+def test_a_whole_cell_shift_matches_exactly_only_read_centred():
+    """The target is the source moved one cell right: read centred, each anchor equals its positive.
+
+    With one-hot descriptors the hardest negative is at sqrt(2), so a margin of 1.5 costs each anchor
+    ``d_pos - sqrt(2) + 1.5``: exactly ``1.5 - sqrt(2)`` read centred, more read the original way, whose
+    shrink about the centre blends different cells at the two positions.
+    """
+    rows, cols = 8, 10
+    coord, one_hot, shift = _one_cell_right(rows, cols)
+    moved = torch.roll(one_hot, shifts=1, dims=3)  # target cell (i, j + 1) holds source cell (i, j)
+    warped = warp_source_keypoints(coord, shift, rows * 8, cols * 8)
+    losses = {}
+    for sampling in ("original", "centred"):
+        reading = (sampling, (rows * 8, cols * 8))
+        anchors = _sample_unit_descriptors(one_hot, warped.source_norm, *reading)
+        positives = _sample_unit_descriptors(moved, warped.warped_norm, *reading)
+        cosine = (anchors * positives).sum(-1)[warped.valid]
+        config = LossConfig(min_valid_cells=1, triplet_margin=1.5, descriptor_sampling=sampling)
+        losses[sampling], recall = descriptor_loss(one_hot, moved, warped, config, shape_hw=reading[1])
+        assert recall.item() == pytest.approx(1.0)
+        if sampling == "centred":
+            torch.testing.assert_close(cosine, torch.ones_like(cosine))
+        else:  # about 0.7 px apart at this size: a tenth of a cell
+            assert (cosine < 0.999).all()
+    assert losses["centred"].item() == pytest.approx(1.5 - math.sqrt(2), abs=1e-5)
+    assert losses["original"].item() > losses["centred"].item() + 0.1
+
+
+def test_loss_descriptor_sampling_is_checked():
+    with pytest.raises(ConfigError, match="loss.descriptor_sampling must be one of original, centred"):
+        LossConfig(descriptor_sampling="center")
 
 
 def test_descriptor_loss_skips_images_with_few_valid_cells():

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kp2d.checks import check_finite, check_scale_factor
+from kp2d.config import DESCRIPTOR_SAMPLINGS  # re-exported: the readings of a descriptor map
 from kp2d.errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -63,12 +64,6 @@ INFERENCE_KEY = "inference"
 #: ``precision`` values: plain float32, bf16 autocast, bf16 where the device does it natively.
 PRECISIONS = ("fp32", "bf16", "auto")
 
-#: How a keypoint's descriptor is read from the dense map. ``"original"``: the original code's
-#: ``grid_sample(align_corners=True)`` over the input's pixel range, which reads the map's first and last
-#: cells at the image's first and last pixels, so a keypoint's descriptor comes from up to half a cell
-#: inwards of it near the borders, a shrink about the centre that depends on the input size (training
-#: uses it). ``"centred"``: each map cell is read at the centre of the pixels it covers, at any size.
-DESCRIPTOR_SAMPLINGS = ("original", "centred")
 
 
 @dataclass(frozen=True)
