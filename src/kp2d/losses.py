@@ -207,8 +207,9 @@ def _sample_unit_descriptors(
         pixels = denormalize_points(points_norm, height, width)
         sampled = read_map(desc, descriptor_grid(pixels, height, width, sampling).unsqueeze(1), sampling)
     sampled = sampled.squeeze(2).transpose(1, 2)
-    # A point well outside the map samples zeros; the clamp keeps it at 0 rather than 0 / 0 = NaN, which
-    # would reach the loss (and the gradients) through the validity mask's multiplication.
+    # A point well outside the map samples zeros (read the original way; centred, it repeats the edge cell);
+    # the clamp keeps it at 0 rather than 0 / 0 = NaN, which would reach the loss (and the gradients)
+    # through the validity mask's multiplication. Such points are invalid either way.
     return sampled / sampled.norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
 
 

@@ -141,19 +141,36 @@ def test_the_oxford_layout_reads_as_the_hpatches_one(tiny_root, tmp_path):
     assert got.problems == []
 
 
-def test_both_layouts_in_one_folder_read_each_view_once(tiny_root, tmp_path, caplog):
+def test_a_folder_with_both_layouts_is_read_in_the_hpatches_one(tiny_root, tmp_path, caplog):
+    """No pair mixes layouts: with any H_1_k file the folder is HPatches, the Oxford files are named."""
     folder = shutil.copytree(tiny_root / "v_astronaut", tmp_path / "mixed")
-    shutil.copy(folder / "H_1_2", folder / "H1to2p")  # the same view in both layouts: H_1_2 is read
-    shutil.copy(folder / "4.ppm", folder / "img5.ppm")  # an Oxford view with no homography: reported
-    np.savetxt(folder / "H1to6p", np.eye(3))  # an Oxford homography whose image is missing
+    shutil.copy(folder / "1.ppm", folder / "img1.ppm")
+    shutil.copy(folder / "3.ppm", folder / "img5.ppm")
+    np.savetxt(folder / "H1to5p", np.eye(3))
     (sequence,) = find_sequences(folder)
-    assert [(p.index, p.homography_path.name) for p in sequence.pairs] == [
-        (2, "H_1_2"), (3, "H_1_3"), (4, "H_1_4"), (6, "H1to6p"),
+    assert [(p.index, p.homography_path.name, p.image2.name) for p in sequence.pairs] == [
+        (2, "H_1_2", "2.ppm"), (3, "H_1_3", "3.ppm"), (4, "H_1_4", "4.ppm"),
     ]
-    assert "img5.ppm" in caplog.text
+    assert sequence.pairs[0].image1.name == "1.ppm"
+    left_out = "H1to5p, img1.ppm, img5.ppm of the Oxford layout left out"
+    assert f"mixed: read in the HPatches layout (1.*, H_1_k); {left_out}" in caplog.text
+
+
+def test_oxford_names_in_any_case_with_zeros_and_a_missing_view(tiny_root, tmp_path, caplog):
+    folder = _oxford_copy(tiny_root / "v_astronaut", tmp_path / "bark")
+    (folder / "img1.ppm").rename(folder / "IMG01.PPM")
+    (folder / "img3.ppm").unlink()
+    shutil.copy(folder / "img2.ppm", folder / "img7.ppm")  # a view without a homography
+    (sequence,) = find_sequences(folder)
+    assert sequence.pairs[0].image1.name == "IMG01.PPM"
+    assert [p.image2.name if p.image2 else None for p in sequence.pairs] == ["img2.ppm", None, "img4.ppm"]
+    assert "bark: no H1tokp file for img7.ppm; left out of the evaluation" in caplog.text
     sample = HPatchesDataset(folder, size_wh=(80, 60))[0]
-    assert [name for name, _ in sample.problems] == ["mixed:1-6"]
-    assert "img6.*" in sample.problems[0][1] and "H1to6p" in sample.problems[0][1]
+    assert sample.pair_names == ["bark:1-2", "bark:1-4"]
+    assert sample.problems == [("bark:1-3", f"{folder / 'img3'}.*: image not found (listed by H1to3p)")]
+    (folder / "IMG01.PPM").unlink()
+    message = HPatchesDataset(folder, size_wh=(80, 60))[0].problems[0][1]
+    assert message == f"{folder / 'img1'}.*: reference image not found (no img1.ppm/.png/.jpg/.jpeg/.pgm)"
 
 
 def test_missing_and_empty_roots(tmp_path):

@@ -599,6 +599,21 @@ def test_crop_from_trains_on_windows_of_larger_photos(tiny_images, tmp_path):
     assert summary.steps == 2 and np.isfinite(summary.last_loss)
 
 
+def test_a_run_reading_descriptors_centred_records_it_in_its_checkpoints(tiny_images, tmp_path):
+    """``loss.descriptor_sampling: centred``: validation and the saved weights read the map that way too."""
+    from kp2d.models.keypoint_net import load_keypoint_net
+
+    centred = load_config("v4", {**TINY, "loss": {"io_top_k": 40, "descriptor_sampling": "centred"}})
+    summary = train(TrainOptions(config=centred, data=tiny_images, out=tmp_path / "c", device="cpu",
+                                 progress=False, max_steps=1))
+    assert load_checkpoint(summary.last_checkpoint).extra["inference"]["descriptor_sampling"] == "centred"
+    net = load_keypoint_net(str(summary.last_checkpoint), "cpu")
+    assert net.inference_settings.descriptor_sampling == "centred"
+    assert net.inference_settings.scale_factor == 1  # the rest as the defaults
+    plain = train(_options(tmp_path / "o", tiny_images, max_steps=1))
+    assert "inference" not in load_checkpoint(plain.last_checkpoint).extra
+
+
 def test_freeze_keeps_the_named_parts_as_they_started(tiny_images, tmp_path):
     """train.freeze [encoder, score, location]: those weights and BatchNorm statistics stay bit for bit (also
     through a validation-free resume), the descriptor head trains."""

@@ -5,11 +5,13 @@ and ``v_*`` (viewpoint), each with images ``1.ppm`` … ``6.ppm`` and homographi
 (3×3 text, image-1 pixels → image-k pixels). A pair ``(1, k)`` exists for every ``H_1_k`` file, so
 folders with fewer views (e.g. the two-view ``homogr`` set) read the same way. Images may be ``.ppm``,
 ``.png``, ``.jpg``/``.jpeg`` or ``.pgm`` (grayscale is read as 3 channels). A root that itself holds
-``H_1_k`` files is read as a single sequence.
+homography files is read as a single sequence.
 
 The Oxford affine sequences' layout (``graf``, ``boat``, ``bark``, ...: images ``img1.ppm`` … ``img6.ppm``
 and homographies ``H1to2p`` … ``H1to6p``, the same convention) reads the same way, pair names ``1-k`` as
-above. A folder may hold either layout; where both name the same view, ``H_1_k`` and ``k.*`` are read.
+above. Each folder is read in one layout: HPatches where it has an ``H_1_k`` file, else Oxford; files of
+the other layout are named in a warning and left out. View names may have any case and leading zeros
+(``IMG01.PPM``).
 
 Images are read with :func:`kp2d.io.imageio.read_image_rgb` and turned to BGR (as the original feeds the
 network; a truncated JPEG or PNG is a bad file, not a partial image),
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".ppm", ".png", ".jpg", ".jpeg", ".pgm")
 SUBSETS = ("all", "i", "v")
-_HOMOGRAPHY_NAME = re.compile(r"^(?:H_1_(\d+)|H1to(\d+)p)$")  # HPatches, Oxford
+_HOMOGRAPHY_NAME = re.compile(r"^(?:H_1_(\d+)|H1to(\d+)p)$")  # HPatches (group 1) or Oxford (group 2)
 _MAX_CONDITION = 1e15  # a homography this ill-conditioned is treated as singular
 
 
@@ -66,7 +68,7 @@ class HPatchesPair:
         sequence: sequence (folder) name.
         index: ``k``, the view compared with view 1.
         image1, image2: image paths; ``None`` when the folder has no such image.
-        homography_path: the ``H_1_k`` file.
+        homography_path: the ``H_1_k`` (or Oxford ``H1tokp``) file.
     """
 
     sequence: str
@@ -79,6 +81,10 @@ class HPatchesPair:
     def name(self) -> str:
         """``"<sequence>:1-<k>"``."""
         return f"{self.sequence}:1-{self.index}"
+
+    def stem(self, view: int) -> str:
+        """How view ``view``'s image is named in this pair's layout, without suffix: ``k`` or ``imgk``."""
+        return f"img{view}" if self.homography_path.name.startswith("H1to") else str(view)
 
 
 @dataclass(frozen=True)
@@ -110,57 +116,76 @@ class SequenceSample:
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _find_image(folder: Path, view: int) -> Path | None:
-    """View ``k``'s image: ``folder/k.<suffix>``, else ``folder/imgk.<suffix>`` (Oxford), first suffix found.
+#: A view's image name without suffix: ``k`` (HPatches) or ``imgk`` (Oxford), any case, leading zeros allowed.
+_VIEW_NAME = re.compile(r"^(img)?0*(\d+)$", re.IGNORECASE)
 
-    Suffixes are those of :data:`IMAGE_SUFFIXES`, in lower or upper case.
-    """
-    for stem in (str(view), f"img{view}"):
-        for suffix in IMAGE_SUFFIXES:
-            for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
-                if candidate.is_file():
-                    return candidate
-    return None
+
+def _homographies_by_layout(folder: Path) -> dict[bool, dict[int, Path]]:
+    """``{oxford: {k: path}}``: the folder's ``H_1_k`` (under ``False``) and ``H1tokp`` files, k > 1."""
+    found: dict[bool, dict[int, Path]] = {False: {}, True: {}}
+    for path in sorted(folder.iterdir()):
+        match = _HOMOGRAPHY_NAME.match(path.name)
+        if match and path.is_file():
+            oxford = match.group(1) is None
+            view = int(match.group(2) if oxford else match.group(1))
+            if view != 1:
+                found[oxford][view] = path
+    return found
 
 
 def _homography_files(folder: Path) -> list[tuple[int, Path]]:
-    """``(k, path)`` of every ``H_1_k`` (or Oxford ``H1tokp``) file in ``folder``, sorted by ``k``.
+    """``(k, path)`` of the folder's homographies by ``k``: its ``H_1_k``, or ``H1tokp`` if it has none."""
+    by_layout = _homographies_by_layout(folder)
+    return sorted((by_layout[False] or by_layout[True]).items())
 
-    Where both name view ``k``, ``H_1_k`` is kept.
+
+def _view_images(folder: Path, oxford: bool) -> dict[int, Path]:
+    """``{k: path}`` of the folder's view images in one layout (``k.*``, or ``imgk.*`` for Oxford).
+
+    Suffixes are those of :data:`IMAGE_SUFFIXES` in any case, the first of that list where a view has several.
     """
     found: dict[int, Path] = {}
-    for path in sorted(folder.iterdir(), key=lambda p: (not p.name.startswith("H_1_"), p.name)):
-        match = _HOMOGRAPHY_NAME.match(path.name)
-        if match and path.is_file():
-            view = int(match.group(1) or match.group(2))
-            if view != 1:
-                found.setdefault(view, path)
-    return sorted(found.items())
+    for path in sorted(folder.iterdir(), key=lambda p: (_suffix_rank(p), p.name)):
+        match = _VIEW_NAME.match(path.stem)
+        is_image = _suffix_rank(path) < len(IMAGE_SUFFIXES) and path.is_file()
+        if match and is_image and bool(match.group(1)) == oxford:
+            found.setdefault(int(match.group(2)), path)
+    return found
 
 
-_VIEW_NAME = re.compile(r"^(?:img)?(\d+)$")
+def _suffix_rank(path: Path) -> int:
+    suffix = path.suffix.lower()
+    return IMAGE_SUFFIXES.index(suffix) if suffix in IMAGE_SUFFIXES else len(IMAGE_SUFFIXES)
 
 
 def _read_sequence_folder(folder: Path) -> HPatchesSequence:
-    """The sequence's pairs, one per ``H_1_k`` file; views ``k.*`` without one are logged as left out."""
-    reference = _find_image(folder, 1)
-    homographies = _homography_files(folder)
-    pairs = tuple(
-        HPatchesPair(folder.name, k, reference, _find_image(folder, k), path) for k, path in homographies
-    )
-    listed = {k for k, _ in homographies}
-    unlisted = sorted(
-        path.name
-        for path in folder.iterdir()
-        if path.suffix.lower() in IMAGE_SUFFIXES
-        and _VIEW_NAME.match(path.stem)
-        and int(_VIEW_NAME.match(path.stem).group(1)) not in listed | {1}
-    )
+    """The sequence's pairs, one per homography file of the folder's layout; other views are logged.
+
+    A folder with ``H_1_k`` files is read in the HPatches layout (``k.*`` images), one with only ``H1tokp``
+    files in the Oxford layout (``imgk.*``); view images and homographies of the other layout, and views
+    without a homography, are named in a warning and left out.
+    """
+    by_layout = _homographies_by_layout(folder)
+    oxford = not by_layout[False]
+    homographies = sorted(by_layout[oxford].items())
+    images = _view_images(folder, oxford)
+    reference = images.get(1)
+    pairs = tuple(HPatchesPair(folder.name, k, reference, images.get(k), path) for k, path in homographies)
+    used = {1, *(k for k, _ in homographies)}
+    unlisted = [path.name for k, path in sorted(images.items()) if k not in used]
     if unlisted:
         log.warning(
-            "%s: no H_1_k (or H1tokp) file for %s; left out of the evaluation",
-            folder.name,
-            ", ".join(unlisted),
+            "%s: no %s file for %s; left out of the evaluation",
+            folder.name, "H1tokp" if oxford else "H_1_k", ", ".join(unlisted),
+        )
+    other = sorted(
+        [path.name for path in by_layout[not oxford].values()]
+        + [path.name for path in _view_images(folder, not oxford).values()]
+    )
+    if other and not oxford:
+        log.warning(
+            "%s: read in the HPatches layout (1.*, H_1_k); %s of the Oxford layout left out",
+            folder.name, ", ".join(other),
         )
     return HPatchesSequence(folder.name, folder, pairs)
 
@@ -177,7 +202,8 @@ def find_sequences(root: str | Path, subset: str = "all") -> list[HPatchesSequen
         subset: ``"all"``, ``"i"`` (folders named ``i_*``) or ``"v"`` (``v_*``).
 
     Raises:
-        DataError: ``root`` is missing or holds no sequence (no folder with an ``H_1_k`` file).
+        DataError: ``root`` is missing or holds no sequence (no folder with an ``H_1_k`` or ``H1tokp``
+            file).
         ConfigError: unknown ``subset``.
     """
     if subset not in SUBSETS:
@@ -270,7 +296,7 @@ class HPatchesDataset(torch.utils.data.Dataset):
 
     @property
     def num_pairs(self) -> int:
-        """Pairs listed by the ``H_1_k`` files (readable or not)."""
+        """Pairs listed by the homography files (readable or not)."""
         return sum(len(sequence.pairs) for sequence in self.sequences)
 
     def __getitem__(self, index: int) -> SequenceSample:
@@ -279,9 +305,9 @@ class HPatchesDataset(torch.utils.data.Dataset):
         problems: list[tuple[str, str]] = []
         reference = None
         if sequence.pairs and sequence.pairs[0].image1 is None:
+            stem = sequence.pairs[0].stem(1)
             message = (
-                f"{sequence.folder / '1'}.*: reference image not found "
-                "(no 1.ppm/.png/.jpg/.jpeg/.pgm, nor img1.*)"
+                f"{sequence.folder / stem}.*: reference image not found (no {stem}.ppm/.png/.jpg/.jpeg/.pgm)"
             )
             problems = [(pair.name, message) for pair in sequence.pairs]
         else:
@@ -297,7 +323,7 @@ class HPatchesDataset(torch.utils.data.Dataset):
                 try:
                     if pair.image2 is None:
                         raise DataError(
-                            f"{sequence.folder / str(pair.index)}.* (or img{pair.index}.*): image not found "
+                            f"{sequence.folder / pair.stem(pair.index)}.*: image not found "
                             f"(listed by {pair.homography_path.name})"
                         )
                     homography = read_homography(pair.homography_path)

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kp2d.config import DESCRIPTOR_SAMPLINGS
 from kp2d.geometry import normalize_points
-from kp2d.io.inference import DESCRIPTOR_SAMPLINGS
 
 __all__ = [
     "CELL",
@@ -149,7 +149,7 @@ def unpadded_conv(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_sampling(sampling: str) -> None:
-    """ValueError unless ``sampling`` is one of :data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS`."""
+    """ValueError unless ``sampling`` is one of :data:`~kp2d.config.DESCRIPTOR_SAMPLINGS`."""
     if sampling not in DESCRIPTOR_SAMPLINGS:
         raise ValueError(f"sampling must be one of {', '.join(DESCRIPTOR_SAMPLINGS)}, got {sampling!r}")
 
@@ -161,7 +161,7 @@ def descriptor_grid(
 
     ``"original"``: :func:`~kp2d.geometry.normalize_points`, for ``align_corners=True``; ``"centred"``:
     ``(x + 0.5) / (W / 2) - 1``, for ``align_corners=False`` (see
-    :data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS`). Sizes stay plain numbers, so an ONNX export keeps them
+    :data:`~kp2d.config.DESCRIPTOR_SAMPLINGS`). Sizes stay plain numbers, so an ONNX export keeps them
     symbolic.
     """
     _check_sampling(sampling)
@@ -188,7 +188,7 @@ def sample_descriptors(
         desc: ``(B, C, Hd, Wd)`` dense descriptors covering an ``height x width`` image.
         coord: ``(B, 2, h, w)`` pixel positions ``(x, y)`` (e.g. :attr:`KeyPointNetOutput.coord`).
         height, width: input image size in pixels.
-        sampling: one of :data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS` (the original code's by default).
+        sampling: one of :data:`~kp2d.config.DESCRIPTOR_SAMPLINGS` (the original code's by default).
 
     Returns:
         ``(B, C, h, w)`` unit-norm descriptors; float32 for fp16 / bf16 ``desc``, which is sampled in float32

@@ -65,7 +65,6 @@ INFERENCE_KEY = "inference"
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
-
 @dataclass(frozen=True)
 class InferenceSettings:
     """How a network is meant to run.

@@ -305,7 +305,7 @@ class KeyPointNet(nn.Module):
         Equal, to float rounding, to :func:`sample_descriptors` on :meth:`descriptor_map` at those points of
         the ``height x width`` input, but the head runs only on the 6×6 windows of ``features`` that the
         points' four map cells need: a few hundred keypoints cost a small share of the dense map.
-        ``sampling``: how the map is read (:data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS`); ``None``: the
+        ``sampling``: how the map is read (:data:`~kp2d.config.DESCRIPTOR_SAMPLINGS`); ``None``: the
         network's ``inference_settings.descriptor_sampling``.
         """
         rows, cols = features.shape[-2:]
@@ -329,7 +329,7 @@ class KeyPointNet(nn.Module):
         """Like :meth:`forward`, with ``desc`` sampled at ``coord`` and L2-normalised: ``(B, 256, Hc, Wc)``.
 
         This is the original's eval-mode output, whatever the module's mode, when the map is read the
-        original way. ``sampling``: how the map is read (:data:`~kp2d.io.inference.DESCRIPTOR_SAMPLINGS`);
+        original way. ``sampling``: how the map is read (:data:`~kp2d.config.DESCRIPTOR_SAMPLINGS`);
         ``None``: the network's ``inference_settings.descriptor_sampling``.
         """
         out = self(image)

@@ -32,6 +32,7 @@ import yaml
 from kp2d.config import Config, ModelConfig, check_something_to_learn
 from kp2d.errors import CheckpointError
 from kp2d.io.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint, training_steps
+from kp2d.io.inference import INFERENCE_KEY, InferenceSettings
 from kp2d.io.weights import resolve_model_path
 from kp2d.models import IONet
 from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net, load_keypoint_net
@@ -200,6 +201,10 @@ class _Run:
             worker_init_fn=_leave_signals_to_the_run,
         )
         self.keypoint_net = build_keypoint_net(self.config.model).to(self.device)
+        # validated, and recorded in its checkpoints, as the losses read its descriptors
+        self.keypoint_net.inference_settings = InferenceSettings(
+            descriptor_sampling=self.config.loss.descriptor_sampling
+        )
         # layers that stay in eval mode while the rest trains (train_mode)
         self.eval_layers = freeze_parts(self.keypoint_net, train_cfg.freeze)
         if train_cfg.freeze:
@@ -340,15 +345,22 @@ class _Run:
             best_score=self.best_score,
             rng=rng,
             **self._init_record(),
+            **self._inference_record(),
         )
 
     def save_model_only(self, path: Path) -> None:
         if self.dist.is_main:
             save_checkpoint(path, self.config, self.keypoint_net, self.io_net, step=self.progress.step,
-                            **self._init_record())
+                            **self._init_record(), **self._inference_record())
 
     def _init_record(self) -> dict[str, Any]:
         return {"init_from": self.init_from} if self.init_from is not None else {}
+
+    def _inference_record(self) -> dict[str, Any]:
+        """The ``inference`` entry of a run whose losses read descriptors centred; none for the default."""
+        if self.config.loss.descriptor_sampling == "original":
+            return {}
+        return {INFERENCE_KEY: self.keypoint_net.inference_settings}
 
     # -- validation -----------------------------------------------------------------------------------------
     def validate(self, logger: RunLogger) -> dict[str, Any]:
