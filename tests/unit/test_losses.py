@@ -161,6 +161,31 @@ def test_losses_are_finite_for_random_network():
     assert all(torch.isfinite(t).all() for t in terms)
 
 
+def test_the_centred_reading_reaches_the_descriptor_and_io_terms_with_gradients():
+    """Read centred, the triplet and IO terms change (the other terms do not) and train the keypoints too."""
+    torch.manual_seed(0)
+    net, io_net = KeyPointNet(with_dropout=False).train(), IONet()
+    images = torch.rand(2, 3, 64, 96)
+    theta = math.radians(5)
+    rotation = torch.tensor(
+        [[math.cos(theta), -math.sin(theta), 0.0], [math.sin(theta), math.cos(theta), 0.0], [0.0, 0.0, 1.0]]
+    ).expand(2, 3, 3)
+    source, target = net(images), net(images)
+    terms = {
+        sampling: keypoint_net_losses(
+            source, target, rotation, (64, 96),
+            LossConfig(io_top_k=20, io_min_inliers=0, descriptor_sampling=sampling), io_net,
+        )
+        for sampling in ("original", "centred")
+    }
+    original, centred = terms["original"], terms["centred"]
+    assert centred.descriptor != original.descriptor and centred.io != original.io
+    for name in ("location", "score_usp", "score_mse"):
+        assert getattr(centred, name) == getattr(original, name)
+    coord_gradient = torch.autograd.grad(centred.io, source.coord, retain_graph=True)[0]
+    assert torch.isfinite(coord_gradient).all() and coord_gradient.abs().sum() > 0
+
+
 def test_total_is_the_weighted_sum_with_the_named_factors():
     """The original's ×2 on the triplet and score-MSE terms are the named factors, nothing hidden beside."""
     assert (TRIPLET_FACTOR, SCORE_MSE_FACTOR) == (2.0, 2.0)
