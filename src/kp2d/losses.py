@@ -198,15 +198,13 @@ def _sample_unit_descriptors(
     ``points_norm`` as :func:`~kp2d.geometry.normalize_points` gives them; ``sampling`` (``loss.
     descriptor_sampling``) says how the map is read there, ``"centred"`` needing the input's ``(H, W)``.
     """
-    if sampling == "original":
-        sampled = F.grid_sample(desc, points_norm.unsqueeze(1), mode="bilinear", align_corners=True)
-    else:
+    grid = points_norm  # the original reading's grid is the normalised points themselves
+    if sampling != "original":
         if shape_hw is None:
             raise ValueError("reading descriptors centred needs the input's (H, W)")
         height, width = shape_hw
-        pixels = denormalize_points(points_norm, height, width)
-        sampled = read_map(desc, descriptor_grid(pixels, height, width, sampling).unsqueeze(1), sampling)
-    sampled = sampled.squeeze(2).transpose(1, 2)
+        grid = descriptor_grid(denormalize_points(points_norm, height, width), height, width, sampling)
+    sampled = read_map(desc, grid.unsqueeze(1), sampling).squeeze(2).transpose(1, 2)
     # A point well outside the map samples zeros (read the original way; centred, it repeats the edge cell);
     # the clamp keeps it at 0 rather than 0 / 0 = NaN, which would reach the loss (and the gradients)
     # through the validity mask's multiplication. Such points are invalid either way.

@@ -178,15 +178,14 @@ def _read_sequence_folder(folder: Path) -> HPatchesSequence:
             "%s: no %s file for %s; left out of the evaluation",
             folder.name, "H1tokp" if oxford else "H_1_k", ", ".join(unlisted),
         )
-    other = sorted(
-        [path.name for path in by_layout[not oxford].values()]
-        + [path.name for path in _view_images(folder, not oxford).values()]
-    )
-    if other and not oxford:
-        log.warning(
-            "%s: read in the HPatches layout (1.*, H_1_k); %s of the Oxford layout left out",
-            folder.name, ", ".join(other),
-        )
+    if not oxford:  # an Oxford-layout folder has no H_1_k file by definition
+        other = sorted([path.name for path in by_layout[True].values()]
+                       + [path.name for path in _view_images(folder, True).values()])
+        if other:
+            log.warning(
+                "%s: read in the HPatches layout (1.*, H_1_k); %s of the Oxford layout left out",
+                folder.name, ", ".join(other),
+            )
     return HPatchesSequence(folder.name, folder, pairs)
 
 
