@@ -44,6 +44,52 @@ def test_rotate_images_a_quarter_turn_is_rot90(square):
     assert torch.equal(corner, torch.zeros(3))
 
 
+def _blob(height: int, width: int, x: float, y: float, sigma: float = 2.0) -> torch.Tensor:
+    rows, cols = torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64)
+    ys, xs = torch.meshgrid(rows, cols, indexing="ij")
+    return torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))[None, None]
+
+
+def _centroid(image: torch.Tensor) -> tuple[float, float]:
+    weights = image[0, 0].double()
+    ys, xs = torch.meshgrid(torch.arange(weights.shape[0], dtype=torch.float64),
+                            torch.arange(weights.shape[1], dtype=torch.float64), indexing="ij")
+    return float((weights * xs).sum() / weights.sum()), float((weights * ys).sum() / weights.sum())
+
+
+def test_rotate_images_onto_a_larger_grid_by_hand():
+    """Turned and enlarged in one step: a blob at p lands at (R p + 0.5) * W'/W - 0.5 (likewise y)."""
+    height, width, size = 48, 64, (120, 160)  # x2.5
+    image = _blob(height, width, 40.0, 18.0).float()
+    turned = rotate_images(image, 30.0, size)
+    assert turned.shape == (1, 1, *size)
+    x, y = warp_points(torch.tensor([[40.0, 18.0]], dtype=torch.float64),
+                       rotation_about_center(30.0, height, width, dtype=torch.float64))[0].tolist()
+    want = ((x + 0.5) * 2.5 - 0.5, (y + 0.5) * 2.5 - 0.5)
+    assert _centroid(turned) == pytest.approx(want, abs=0.05)
+    # a turn of 0 onto the same grid is the image itself
+    torch.testing.assert_close(rotate_images(image, 0.0), image, atol=1e-6, rtol=0)
+
+
+def test_an_enlarged_turned_copy_is_sampled_once(square):
+    """The network's input of a turned copy: the same picture as turning then resizing, but sharper."""
+    from kp2d.features.extraction import _network_batch, rescale_images
+
+    smooth = torch.nn.functional.interpolate(square[None], scale_factor=0.25, mode="bilinear")
+    smooth = torch.nn.functional.interpolate(smooth, size=(64, 64), mode="bilinear")
+    once = _network_batch(smooth, 2.8, 45.0)
+    twice = rescale_images(rotate_images(smooth, 45.0), 2.8)
+    assert once.shape == twice.shape == (1, 3, 179, 179)
+    assert (once - twice).abs().mean() < 0.01
+    # on fine texture two interpolations blur, one does not as much
+    middle = (slice(None), slice(None), slice(60, 120), slice(60, 120))
+    assert _network_batch(square[None], 2.8, 45.0)[middle].std() > 1.05 * rescale_images(
+        rotate_images(square[None], 45.0), 2.8)[middle].std()
+    # shrunk: turned, then resized with antialiasing
+    torch.testing.assert_close(_network_batch(square[None], 0.5, 45.0),
+                               rescale_images(rotate_images(square[None], 45.0), 0.5))
+
+
 def test_unturn_coords_maps_back_and_drops_the_margin():
     height, width = 48, 64
     points = torch.tensor([[31.5, 23.5], [40.0, 30.0], [63.0, 23.5]]).t().reshape(1, 2, 3, 1)
