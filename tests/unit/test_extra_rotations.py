@@ -67,6 +67,7 @@ def test_rotate_images_onto_a_larger_grid_by_hand():
                        rotation_about_center(30.0, height, width, dtype=torch.float64))[0].tolist()
     want = ((x + 0.5) * 2.5 - 0.5, (y + 0.5) * 2.5 - 0.5)
     assert _centroid(turned) == pytest.approx(want, abs=0.05)
+    assert rotate_images(image.double(), 30.0, size).dtype == torch.float64  # the grid follows the image
     # a turn of 0 onto the same grid is the image itself
     torch.testing.assert_close(rotate_images(image, 0.0), image, atol=1e-6, rtol=0)
 

@@ -174,7 +174,8 @@ def rotate_images(
     Pixel ``p`` of the result shows pixel ``R^-1 p`` of the input, ``R`` being
     :func:`~kp2d.geometry.rotation_about_center` (counter-clockwise as displayed for positive angles).
     ``size_hw=(H', W')`` samples the turned picture onto that grid instead of ``H x W`` (pixel centres as in
-    :func:`rescale_images`): turning and enlarging in one interpolation, not two.
+    :func:`rescale_images`): turning and enlarging in one interpolation, not two (no antialiasing, so not for
+    shrinking).
     """
     height, width = images.shape[-2:]
     out_height, out_width = (height, width) if size_hw is None else size_hw
@@ -183,15 +184,15 @@ def rotate_images(
     half = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
     (xx, xy), (yx, yy) = (linear * half[None, :] / half[:, None]).tolist()
     # built from its rows and columns: a tenth of affine_grid's time at the network's input size
-    xs = torch.arange(out_width, device=images.device, dtype=torch.float32) * (2 / out_width)
-    xs += 1 / out_width - 1
-    ys = torch.arange(out_height, device=images.device, dtype=torch.float32) * (2 / out_height)
-    ys += 1 / out_height - 1
-    grid = torch.empty(1, out_height, out_width, 2, device=images.device)
-    torch.add(ys[:, None] * xy, xs[None, :] * xx, out=grid[0, ..., 0])
-    torch.add(ys[:, None] * yy, xs[None, :] * yx, out=grid[0, ..., 1])
     reduced = images.dtype in (torch.float16, torch.bfloat16)
     source = images.float() if reduced else images
+    xs = torch.arange(out_width, device=images.device, dtype=source.dtype) * (2 / out_width)
+    xs += 1 / out_width - 1
+    ys = torch.arange(out_height, device=images.device, dtype=source.dtype) * (2 / out_height)
+    ys += 1 / out_height - 1
+    grid = torch.empty(1, out_height, out_width, 2, device=images.device, dtype=source.dtype)
+    torch.add(ys[:, None] * xy, xs[None, :] * xx, out=grid[0, ..., 0])
+    torch.add(ys[:, None] * yy, xs[None, :] * yx, out=grid[0, ..., 1])
     turned = F.grid_sample(
         source, grid.expand(images.shape[0], -1, -1, -1), mode="bilinear", padding_mode="zeros",
         align_corners=False,
