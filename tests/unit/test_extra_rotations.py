@@ -44,16 +44,20 @@ def test_rotate_images_a_quarter_turn_is_rot90(square):
     assert torch.equal(corner, torch.zeros(3))
 
 
-def _blob(height: int, width: int, x: float, y: float, sigma: float = 2.0) -> torch.Tensor:
+def _pixels(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ys, xs)``, each ``(H, W)`` float64: every pixel's row and column."""
     rows, cols = torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64)
-    ys, xs = torch.meshgrid(rows, cols, indexing="ij")
+    return torch.meshgrid(rows, cols, indexing="ij")
+
+
+def _blob(height: int, width: int, x: float, y: float, sigma: float = 2.0) -> torch.Tensor:
+    ys, xs = _pixels(height, width)
     return torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))[None, None]
 
 
 def _centroid(image: torch.Tensor) -> tuple[float, float]:
     weights = image[0, 0].double()
-    ys, xs = torch.meshgrid(torch.arange(weights.shape[0], dtype=torch.float64),
-                            torch.arange(weights.shape[1], dtype=torch.float64), indexing="ij")
+    ys, xs = _pixels(*weights.shape)
     return float((weights * xs).sum() / weights.sum()), float((weights * ys).sum() / weights.sum())
 
 

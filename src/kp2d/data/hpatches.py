@@ -139,17 +139,16 @@ def _homography_files(folder: Path) -> list[tuple[int, Path]]:
     return sorted((by_layout[False] or by_layout[True]).items())
 
 
-def _view_images(folder: Path, oxford: bool) -> dict[int, Path]:
-    """``{k: path}`` of the folder's view images in one layout (``k.*``, or ``imgk.*`` for Oxford).
+def _view_images_by_layout(folder: Path) -> dict[bool, dict[int, Path]]:
+    """``{oxford: {k: path}}``: the folder's view images ``k.*`` (under ``False``) and ``imgk.*``.
 
     Suffixes are those of :data:`IMAGE_SUFFIXES` in any case, the first of that list where a view has several.
     """
-    found: dict[int, Path] = {}
+    found: dict[bool, dict[int, Path]] = {False: {}, True: {}}
     for path in sorted(folder.iterdir(), key=lambda p: (_suffix_rank(p), p.name)):
         match = _VIEW_NAME.match(path.stem)
-        is_image = _suffix_rank(path) < len(IMAGE_SUFFIXES) and path.is_file()
-        if match and is_image and bool(match.group(1)) == oxford:
-            found.setdefault(int(match.group(2)), path)
+        if match and _suffix_rank(path) < len(IMAGE_SUFFIXES) and path.is_file():
+            found[bool(match.group(1))].setdefault(int(match.group(2)), path)
     return found
 
 
@@ -168,7 +167,8 @@ def _read_sequence_folder(folder: Path) -> HPatchesSequence:
     by_layout = _homographies_by_layout(folder)
     oxford = not by_layout[False]
     homographies = sorted(by_layout[oxford].items())
-    images = _view_images(folder, oxford)
+    images_by_layout = _view_images_by_layout(folder)
+    images = images_by_layout[oxford]
     reference = images.get(1)
     pairs = tuple(HPatchesPair(folder.name, k, reference, images.get(k), path) for k, path in homographies)
     used = {1, *(k for k, _ in homographies)}
@@ -179,8 +179,7 @@ def _read_sequence_folder(folder: Path) -> HPatchesSequence:
             folder.name, "H1tokp" if oxford else "H_1_k", ", ".join(unlisted),
         )
     if not oxford:  # an Oxford-layout folder has no H_1_k file by definition
-        other = sorted([path.name for path in by_layout[True].values()]
-                       + [path.name for path in _view_images(folder, True).values()])
+        other = sorted(path.name for path in [*by_layout[True].values(), *images_by_layout[True].values()])
         if other:
             log.warning(
                 "%s: read in the HPatches layout (1.*, H_1_k); %s of the Oxford layout left out",
