@@ -205,7 +205,7 @@ def time_versus_original(
         runs[f"{label} extract{item.label()}, --settings {text}"] = lambda image, top_k, item=item: extract(
             default, image, top_k=top_k, scale_factor=item.scale_factor, extra_scales=item.extra_scales,
             extra_rotations=item.extra_rotations, precision=item.precision, extra_weight=item.extra_weight,
-            extra_suppression=item.extra_suppression,
+            extra_suppression=item.extra_suppression, interpolation=item.interpolation,
         )
     results: dict[str, dict[str, float]] = {name: {} for name in runs}
     generator = torch.Generator().manual_seed(0)

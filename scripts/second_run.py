@@ -48,7 +48,7 @@ from kp2d.features.extraction import (
     to_image_pixels,
 )
 from kp2d.geometry import rotation_about_center, warp_points
-from kp2d.io.inference import model_scale_factor
+from kp2d.io.inference import model_interpolation, model_scale_factor
 from kp2d.io.weights import DEFAULT_MODEL
 from kp2d.models.keypoint_net import load_keypoint_net
 
@@ -92,6 +92,7 @@ class TwoRuns:
                  crop: float, keypoints: bool, descriptors: bool) -> None:
         self.model, self.first_scale, self.second_scale = model, first_scale, second_scale
         self.turn, self.crop = turn, crop
+        self.interpolation = model_interpolation(model)  # as the model's extract enlarges its input
         self.backend = resolve_backend(model, None, precision)
         self.network = None if self.backend is not None else model
         self.keypoints, self.descriptors = keypoints, descriptors
@@ -120,7 +121,7 @@ class TwoRuns:
 
     def _cells(self, batch: torch.Tensor, scale: float, turn: float) -> list[Detection]:
         with torch.inference_mode():
-            cells = dense_cells(self.network, batch, self.backend, scale, turn)
+            cells = dense_cells(self.network, batch, self.backend, scale, turn, self.interpolation)
         rows = torch.cat([cells.coords, cells.scores[:, None]], 1).flatten(2).transpose(1, 2).float().numpy()
         descs = cells.descriptors.flatten(2).transpose(1, 2).float().numpy()
         keep = cells.valid.flatten(1).numpy()
@@ -144,7 +145,7 @@ class TwoRuns:
         margin = TURNED_MARGIN if self.turn else 0.0  # a turned copy's empty corners, as extract drops them
         seen = (at_image[:, 0] >= margin) & (at_image[:, 0] <= width - 1 - margin)
         seen &= (at_image[:, 1] >= margin) & (at_image[:, 1] <= height - 1 - margin)
-        resized = rescale_images(image, self.second_scale)
+        resized = rescale_images(image, self.second_scale, self.interpolation)
         network_size_wh = (resized.shape[-1], resized.shape[-2])
         padded = pad_to_multiple(resized, CELL)
         # image -> network pixels: the inverse of to_image_pixels is the same map with the sizes swapped

@@ -29,9 +29,11 @@ from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.io.checkpoint import load_checkpoint, training_steps
 from kp2d.io.inference import (
     DESCRIPTOR_SAMPLINGS,
+    INTERPOLATIONS,
     PRECISIONS,
     InferenceSettings,
     check_descriptor_sampling,
+    check_interpolation,
     parse_extra_rotations,
     parse_extra_scales,
     parse_extra_suppression,
@@ -127,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         "or original (the original code's; needs --scale-factor; default: original)",
     )
     parser.add_argument(
+        "--interpolation",
+        default=None,
+        metavar="{" + ",".join(INTERPOLATIONS) + "}",
+        help="record how images are enlarged to the network's input: bilinear or bicubic (sharper; needs "
+        "--scale-factor; default: bilinear)",
+    )
+    parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=None,
@@ -144,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--extra-weight", args.extra_weight),
             ("--extra-suppression", args.extra_suppression),
             ("--descriptor-sampling", args.descriptor_sampling),
+            ("--interpolation", args.interpolation),
         )
         for option, value in extras:
             if value is not None and args.scale_factor is None:
@@ -162,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             inference = InferenceSettings(
                 args.scale_factor, extra, turns, args.precision or "fp32", weight, radius,
                 check_descriptor_sampling(args.descriptor_sampling or "original", "--descriptor-sampling"),
+                check_interpolation(args.interpolation or "bilinear", "--interpolation"),
             )
         target = WEIGHTS / f"{args.name}.pt"
         check_output_path(target, "NAME")
@@ -185,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
           + ("" if (weight := written.inference.extra_weight) == 1 else f", extra scales' scores x{weight:g}")
           + ("" if not (radius := written.inference.extra_suppression) else f", suppression {radius:g} px")
           + ("" if (way := written.inference.descriptor_sampling) == "original" else f", descriptors {way}")
+          + ("" if (mode := written.inference.interpolation) == "bilinear" else f", {mode} input")
           + f", precision {written.inference.precision}")
     return 0
 

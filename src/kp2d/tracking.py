@@ -45,7 +45,7 @@ import torch
 from kp2d.checks import check_finite, check_integer
 from kp2d.errors import ConfigError, DataError
 from kp2d.geometry import warp_points_numpy
-from kp2d.io.inference import model_scale_factor
+from kp2d.io.inference import model_interpolation, model_scale_factor
 
 if TYPE_CHECKING:
     from kp2d.features.extraction import Backend
@@ -320,6 +320,7 @@ def dense_frame(
     top_k: int | None,
     score_threshold: float,
     nms_radius: float,
+    interpolation: str = "bilinear",
 ) -> DenseFrame:
     """One network run on ``frame``: all cells' keypoints plus the top-k selection of :func:`kp2d.extract`."""
     from kp2d.features.dense import CELL
@@ -329,7 +330,7 @@ def dense_frame(
     height, width = batch.shape[-2:]
     check_image_size(height, width, check_scale_factor(scale_factor))
     cells, selected = dense_keypoints(
-        model, batch[:1], top_k, score_threshold, nms_radius, backend, scale_factor
+        model, batch[:1], top_k, score_threshold, nms_radius, backend, scale_factor, 0.0, interpolation
     )
     net_width, net_height = cells.network_size_wh
     scores = cells.scores
@@ -520,6 +521,7 @@ def track(
     guided: bool = True,
     max_distance: float = 1.0,
     search_radius: float = 2.0,
+    interpolation: str | None = None,
 ) -> Iterator[TrackedFrame]:
     """Track keypoints through ``frames``, yielding one :class:`TrackedFrame` per processed frame.
 
@@ -544,6 +546,8 @@ def track(
             near their predicted position (:class:`GuidedTracker`), not only through the top-k keypoints.
         max_distance: guided: the largest descriptor distance (unit descriptors, 0..2) that continues a track.
         search_radius: guided: pixels around a track's predicted position searched for its keypoint.
+        interpolation: how frames are enlarged to the network's input, ``"bilinear"`` or ``"bicubic"``
+            (see :func:`kp2d.extract`). ``None``: the model's ``inference_settings``.
 
     Raises:
         DataError: a frame of another size than the first (tracks live in one image plane) or not an image.
@@ -563,6 +567,7 @@ def track(
 
         model = KeyPointNet.from_pretrained().eval()
     scale_factor = model_scale_factor(model, scale_factor)
+    interpolation = model_interpolation(model, interpolation)
     if backend is None:
         backend = resolve_backend(model)  # the model's recorded precision
     elif isinstance(backend, str):
@@ -576,6 +581,7 @@ def track(
         "nms_radius": nms_radius,
         "backend": backend,
         "scale_factor": scale_factor,
+        "interpolation": interpolation,
     }
     size = None
     for index, frame in enumerate(frames):
@@ -594,7 +600,8 @@ def track(
         start = time.perf_counter()
         if guided_tracker is not None:
             dense = dense_frame(
-                model, frame, backend, scale_factor, top_k, options["score_threshold"], nms_radius
+                model, frame, backend, scale_factor, top_k, options["score_threshold"], nms_radius,
+                interpolation,
             )
             result = guided_tracker.step(index, dense, size)
         else:

@@ -259,6 +259,21 @@ def test_detect_reads_descriptors_the_recorded_or_given_way(tmp_path, checkpoint
     assert "--descriptor-sampling must be one of original, centred, got 'corners'" in refused
 
 
+def test_detect_enlarges_the_recorded_or_given_way(tmp_path, checkpoint, photos, capsys):
+    """A recorded interpolation detects as --interpolation does; 'bilinear' overrides it. Bicubic input
+    moves the keypoints."""
+    arrays, records = _recorded_and_given(
+        tmp_path, checkpoint, photos[0], {"scale_factor": 2.0, "interpolation": "bicubic"},
+        ["--interpolation", "bicubic"], ["--interpolation", "bilinear"], ["--scale-factor", "2"],
+    )
+    assert records["recorded"]["interpolation"] == "bicubic"
+    assert records["override"]["interpolation"] == "bilinear"
+    recorded, plain = arrays["recorded"]["keypoints"], arrays["plain"]["keypoints"]
+    assert recorded.shape != plain.shape or np.abs(recorded - plain).max() > 1e-2
+    refused = _refusal(capsys, tmp_path, checkpoint, photos[0], "--interpolation", "nearest")
+    assert "--interpolation must be one of bilinear, bicubic, got 'nearest'" in refused
+
+
 @pytest.mark.parametrize(
     ("key", "entry", "main_scale", "value", "refused"),
     [
@@ -300,7 +315,7 @@ def test_detect_pools_the_extra_runs_recorded_or_given(
         (
             {"scale_factor": 2.0, "top_k": 5},
             "unknown inference setting top_k (known: scale_factor, extra_scales, extra_rotations, precision, "
-            "extra_weight, extra_suppression, descriptor_sampling)",
+            "extra_weight, extra_suppression, descriptor_sampling, interpolation)",
         ),
     ],
 )

@@ -150,6 +150,8 @@ def test_scale_factor_labels_the_row(tiny_root, tmp_path, capsys):
         ("--descriptor-sampling", "centred", "input x2, descriptors centred",
          {"descriptor_sampling": "centred"}, "corners",
          "--descriptor-sampling must be one of original, centred, got 'corners'"),
+        ("--interpolation", "bicubic", "input x2 bicubic", {"interpolation": "bicubic"}, "nearest",
+         "--interpolation must be one of bilinear, bicubic, got 'nearest'"),
     ],
 )
 def test_extra_runs_label_the_row(tiny_root, tmp_path, capsys, option, value, label, recorded, bad, refused):

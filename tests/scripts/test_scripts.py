@@ -113,6 +113,9 @@ def test_ship_weights_records_the_scale_factor(ship, random_checkpoint, capsys):
         (["--scale-factor", "2.8", "--descriptor-sampling", "centred"],
          "scale_factor 2.8, descriptors centred, precision fp32",
          (2.8, (), (), "fp32", 1.0, 0.0, "centred"), ["--descriptor-sampling", "centred"]),
+        (["--scale-factor", "2.8", "--interpolation", "bicubic"],
+         "scale_factor 2.8, bicubic input, precision fp32",
+         (2.8, (), (), "fp32", 1.0, 0.0, "original", "bicubic"), ["--interpolation", "bicubic"]),
     ],
 )
 def test_ship_weights_records_the_extra_runs(

@@ -53,7 +53,11 @@ def test_settings_parse_and_label():
         (
             {"scale": 2.0},
             "unknown inference setting scale (known: scale_factor, extra_scales, extra_rotations, precision, "
-            "extra_weight, extra_suppression, descriptor_sampling)",
+            "extra_weight, extra_suppression, descriptor_sampling, interpolation)",
+        ),
+        (
+            {"scale_factor": 2.0, "interpolation": "nearest"},
+            "inference.interpolation must be one of bilinear, bicubic, got 'nearest'",
         ),
         ([2.0], "'inference' must be a mapping, got list"),
     ],

@@ -15,13 +15,13 @@ import argparse
 from pathlib import Path
 
 from kp2d.checks import check_finite, check_output_path, check_scale_factor_option
-from kp2d.io.inference import DESCRIPTOR_SAMPLINGS
+from kp2d.io.inference import DESCRIPTOR_SAMPLINGS, INTERPOLATIONS
 from kp2d.io.weights import DEFAULT_MODEL
 
 __all__ = [
     "add_model_options",
     "add_parser",
-    "apply_descriptor_sampling",
+    "apply_model_settings",
     "backend_options",
     "model_backend",
     "model_options",
@@ -109,6 +109,13 @@ def add_model_options(parser: argparse.ArgumentParser, extra_scales: bool = True
         "weights file records one)",
     )
     parser.add_argument(
+        "--interpolation",
+        default=None,
+        metavar="{" + ",".join(INTERPOLATIONS) + "}",
+        help="how the image is enlarged to the network's input: 'bicubic' is sharper than 'bilinear' "
+        "(default: the model's setting, 'bilinear' unless its weights file records one)",
+    )
+    parser.add_argument(
         "--fit-memory",
         action="store_true",
         help="run an image too large for the available memory shrunk to the largest size that fits "
@@ -172,17 +179,17 @@ def model_options(options: dict, model) -> dict:
     return resolved
 
 
-def apply_descriptor_sampling(args: argparse.Namespace, model) -> None:
-    """``--descriptor-sampling`` into the loaded model's settings, where it and its backends read it.
+def apply_model_settings(args: argparse.Namespace, model) -> None:
+    """``--descriptor-sampling`` and ``--interpolation`` into the loaded model's settings (read there).
 
     :func:`selection_options` has refused a bad value by the option's name before the model loaded; the
     settings check and normalise it again as they are built.
     """
-    if getattr(args, "descriptor_sampling", None) is not None:
-        from dataclasses import replace
+    from dataclasses import replace
 
-        sampling = args.descriptor_sampling
-        model.inference_settings = replace(model.inference_settings, descriptor_sampling=sampling)
+    for name in ("descriptor_sampling", "interpolation"):
+        if getattr(args, name, None) is not None:
+            model.inference_settings = replace(model.inference_settings, **{name: getattr(args, name)})
 
 
 def model_backend(args: argparse.Namespace, model):
@@ -229,6 +236,10 @@ def selection_options(args: argparse.Namespace) -> dict:
         from kp2d.io.inference import check_descriptor_sampling
 
         check_descriptor_sampling(args.descriptor_sampling, "--descriptor-sampling")
+    if getattr(args, "interpolation", None) is not None:
+        from kp2d.io.inference import check_interpolation
+
+        check_interpolation(args.interpolation, "--interpolation")
     options = {
         "top_k": args.top_k or None,
         "score_threshold": args.score_threshold,
@@ -346,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
     paths = _image_paths([Path(p) for p in args.images], out_dir)
     device = resolve_device(args.device)
     model = load_keypoint_net(args.model, device)
-    apply_descriptor_sampling(args, model)
+    apply_model_settings(args, model)
     options = model_options(options, model)
     options.update(backend_options(args, model))
     created = not out_dir.exists()
@@ -411,6 +422,7 @@ def _detect_all(args: argparse.Namespace, paths: list, model, options: dict, out
             "extra_weight": options["extra_weight"],
             "extra_suppression": options["extra_suppression"],
             "descriptor_sampling": model.inference_settings.descriptor_sampling,
+            "interpolation": model.inference_settings.interpolation,
             "backend": "torch-fp32" if options["backend"] is None else options["backend"].name,
             "keypoints": np.round(arrays["keypoints"].astype(np.float64), 3).tolist(),
             "scores": np.round(arrays["scores"].astype(np.float64), 5).tolist(),

@@ -19,7 +19,7 @@ from kp2d.eval.settings import (
     parse_baselines,
     parse_shapes,
 )
-from kp2d.io.inference import DESCRIPTOR_SAMPLINGS, PRECISIONS
+from kp2d.io.inference import DESCRIPTOR_SAMPLINGS, INTERPOLATIONS, PRECISIONS
 from kp2d.io.weights import DEFAULT_MODEL
 
 __all__ = ["add_parser", "format_table", "run"]
@@ -117,6 +117,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "covers, 'original' as the original code; default: the model's setting",
     )
     parser.add_argument(
+        "--interpolation",
+        default=None,
+        metavar="{" + ",".join(INTERPOLATIONS) + "}",
+        help="how the images are enlarged to the network's input: 'bicubic' is sharper than 'bilinear'; "
+        "default: the model's setting",
+    )
+    parser.add_argument(
         "--extra-suppression",
         default=None,
         metavar="PX",
@@ -161,6 +168,7 @@ def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[
     from kp2d.io.inference import (
         InferenceSettings,
         check_descriptor_sampling,
+        check_interpolation,
         parse_extra_rotations,
         parse_extra_scales,
         parse_extra_suppression,
@@ -192,8 +200,12 @@ def _inference_settings(args: argparse.Namespace, network, settings: list[tuple[
         sampling = check_descriptor_sampling(args.descriptor_sampling, "--descriptor-sampling")
     else:
         sampling = recorded.descriptor_sampling
+    if args.interpolation is not None:
+        interpolation = check_interpolation(args.interpolation, "--interpolation")
+    else:
+        interpolation = recorded.interpolation
     return InferenceSettings(
-        scale_factor, extra_scales, extra_rotations, precision, weight, suppression, sampling
+        scale_factor, extra_scales, extra_rotations, precision, weight, suppression, sampling, interpolation
     )
 
 
@@ -206,7 +218,7 @@ def _make_detector(args: argparse.Namespace, network, label: str, device, top_k:
         network, device, name=label, scale_factor=inference.scale_factor,
         extra_scales=inference.extra_scales, extra_rotations=inference.extra_rotations,
         precision=inference.precision, extra_weight=inference.extra_weight,
-        extra_suppression=inference.extra_suppression,
+        extra_suppression=inference.extra_suppression, interpolation=inference.interpolation,
     )
 
 
@@ -278,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--extra-suppression applies to KeyPointNet, not to --method")
     elif args.descriptor_sampling is not None:
         raise ConfigError("--descriptor-sampling applies to KeyPointNet, not to --method")
+    elif args.interpolation is not None:
+        raise ConfigError("--interpolation applies to KeyPointNet, not to --method")
 
     baselines = parse_baselines(args.baselines, args.method)
 

@@ -124,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
     scale_factor = net.inference_settings.scale_factor
     source = args.checkpoint or args.model
     if scale_factor != 1:  # the graph is the bare network: the resize kp2d.extract does is the caller's
+        way = net.inference_settings.interpolation
         print(f"note: {source} records scale_factor {scale_factor:g}: resize images by {scale_factor:g} "
-              "before the graph (and keypoints back), as kp2d.extract does")
+              "before the graph (and keypoints back), as kp2d.extract does"
+              + (f" ({way} when enlarging)" if way != "bilinear" else ""))
     extra_scales = net.inference_settings.extra_scales
     if extra_scales:
         scales = ", ".join(f"{scale:g}" for scale in extra_scales)

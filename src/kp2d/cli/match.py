@@ -128,7 +128,7 @@ def _format_homography(homography) -> str:
 def run(args: argparse.Namespace) -> int:
     """Match, estimate, print and draw; returns the exit status."""
     from kp2d.checks import check_finite, check_unit_interval
-    from kp2d.cli.detect import apply_descriptor_sampling, backend_options, model_options, selection_options
+    from kp2d.cli.detect import apply_model_settings, backend_options, model_options, selection_options
     from kp2d.errors import ConfigError, DataError
     from kp2d.eval.metrics import corner_error
     from kp2d.features.extraction import extract
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_output_path(Path(args.json), "--json")
     model = load_keypoint_net(args.model, resolve_device(args.device))
-    apply_descriptor_sampling(args, model)
+    apply_model_settings(args, model)
     options = model_options(options, model)
     options.update(backend_options(args, model))
     if args.demo:

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from kp2d.cli.detect import apply_descriptor_sampling, model_backend, selection_options
+    from kp2d.cli.detect import apply_model_settings, model_backend, selection_options
     from kp2d.models.keypoint_net import load_keypoint_net
     from kp2d.runtime import resolve_device
     from kp2d.tracking import track
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     _check_options(args)
     source = open_frames(args.video)
     model = load_keypoint_net(args.model, resolve_device(args.device))
-    apply_descriptor_sampling(args, model)
+    apply_model_settings(args, model)
     backend = model_backend(args, model)
     total = -(-source.count // args.every)
     if args.max_frames is not None:

@@ -47,6 +47,7 @@ from kp2d.io.inference import (
     model_extra_scales,
     model_extra_suppression,
     model_extra_weight,
+    model_interpolation,
     model_scale_factor,
     run_score_weight,
 )
@@ -115,6 +116,9 @@ class KeyPointNetDetector:
         extra_suppression: the extra scales' cells with a main-run keypoint within this many pixels that
             scores at least as much are left out (see :func:`kp2d.extract`). ``None`` (default): the
             model's ``inference_settings``.
+        interpolation: how the images are enlarged to the network's input, ``"bilinear"`` or
+            ``"bicubic"`` (see :func:`kp2d.extract`). ``None`` (default): the model's
+            ``inference_settings``.
     """
 
     norm = cv2.NORM_L2
@@ -131,8 +135,10 @@ class KeyPointNetDetector:
         precision: str | None = None,
         extra_weight: float | None = None,
         extra_suppression: float | None = None,
+        interpolation: str | None = None,
     ) -> None:
         self.scale_factor = check_scale_factor(model_scale_factor(model, scale_factor))
+        self.interpolation = model_interpolation(model, interpolation)
         self.extra_weight = model_extra_weight(model, extra_weight)
         self.extra_suppression = model_extra_suppression(model, extra_suppression)
         self.extra_scales = model_extra_scales(model, extra_scales, self.scale_factor)
@@ -182,7 +188,9 @@ class KeyPointNetDetector:
         """Every cell of ``(B, C, H, W)`` images in [0, 1] at one scale, turned by ``rotation_deg``."""
         with torch.inference_mode():
             network = None if self.is_backend else self.model  # a backend, when there is one, runs instead
-            return dense_cells(network, batch, self._backend, scale_factor, rotation_deg)
+            return dense_cells(
+                network, batch, self._backend, scale_factor, rotation_deg, self.interpolation
+            )
 
 
 def _detections(cells: DenseCells) -> list[Detection]:

@@ -11,6 +11,8 @@ one within that distance that scores at least as much (default 0: none left out)
 ``descriptor_sampling`` (``"centred"``) reads each descriptor from the dense map at the centre of the pixels
 its cells cover, not the original code's way (``"original"``, the default; see
 :data:`DESCRIPTOR_SAMPLINGS`).
+``interpolation`` (``"bicubic"``) enlarges the image to the network's input with bicubic interpolation, not
+bilinear (the default): a sharper input for the finer keypoints of a scale factor above 1.
 ``precision`` (``"auto"``) runs it under bf16 autocast where the hardware does bf16 natively, elsewhere on a
 CPU in fp32 with BatchNorm folded (``"bf16"``: always bf16; ``"fp32"``, the default: the network as it is);
 see :meth:`kp2d.models.KeyPointNet.default_backend`.
@@ -35,6 +37,7 @@ from kp2d.errors import CheckpointError, ConfigError
 __all__ = [
     "DESCRIPTOR_SAMPLINGS",
     "INFERENCE_KEY",
+    "INTERPOLATIONS",
     "PRECISIONS",
     "InferenceSettings",
     "check_descriptor_sampling",
@@ -42,6 +45,7 @@ __all__ = [
     "check_extra_scales",
     "check_extra_suppression",
     "check_extra_weight",
+    "check_interpolation",
     "check_precision",
     "inference_settings_from",
     "model_descriptor_sampling",
@@ -49,6 +53,7 @@ __all__ = [
     "model_extra_scales",
     "model_extra_suppression",
     "model_extra_weight",
+    "model_interpolation",
     "model_precision",
     "model_scale_factor",
     "parse_extra_rotations",
@@ -63,6 +68,10 @@ INFERENCE_KEY = "inference"
 
 #: ``precision`` values: plain float32, bf16 autocast, bf16 where the device does it natively.
 PRECISIONS = ("fp32", "bf16", "auto")
+
+#: ``interpolation`` values: how an image is enlarged to the network's input (shrinking is always bilinear,
+#: antialiased).
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,8 @@ class InferenceSettings:
             within this many pixels of the image and scores at least as much (0: none left out).
         descriptor_sampling: how descriptors are read from the dense map, one of
             :data:`DESCRIPTOR_SAMPLINGS` (``"original"``: the original code's way).
+        interpolation: how the image is enlarged to the network's input (and its turned copies sampled),
+            one of :data:`INTERPOLATIONS`; bicubic values are clamped to ``[0, 1]``.
     """
 
     scale_factor: float = 1.0
@@ -92,6 +103,7 @@ class InferenceSettings:
     extra_weight: float = 1.0
     extra_suppression: float = 0.0
     descriptor_sampling: str = "original"
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         scale_factor = check_scale_factor(self.scale_factor)
@@ -102,6 +114,7 @@ class InferenceSettings:
         object.__setattr__(self, "extra_weight", check_extra_weight(self.extra_weight))
         object.__setattr__(self, "extra_suppression", check_extra_suppression(self.extra_suppression))
         object.__setattr__(self, "descriptor_sampling", check_descriptor_sampling(self.descriptor_sampling))
+        object.__setattr__(self, "interpolation", check_interpolation(self.interpolation))
 
     @property
     def scales(self) -> tuple[float, ...]:
@@ -123,17 +136,20 @@ class InferenceSettings:
             entry["extra_suppression"] = self.extra_suppression
         if self.descriptor_sampling != "original":
             entry["descriptor_sampling"] = self.descriptor_sampling
+        if self.interpolation != "bilinear":
+            entry["interpolation"] = self.interpolation
         return entry
 
     def label(self, precision: str | None = None) -> str:
-        """The non-default settings for a table row, e.g. ``" (input x2.8+x1.25, turned 0/45, bf16)"``.
+        """The non-default settings for a table row, as ``" (input x2.8+x1.25 bicubic, turned 0/45, bf16)"``.
 
         ``precision``: what the precision resolved to on this machine (``"bf16"`` / ``"fp32"``), named
         instead of the recorded ``"auto"``; ``""`` for the defaults.
         """
         parts = []
         if self.scale_factor != 1 or self.extra_scales:
-            parts.append("input " + "+".join(f"x{scale:g}" for scale in self.scales))
+            bicubic = " bicubic" if self.interpolation != "bilinear" else ""
+            parts.append("input " + "+".join(f"x{scale:g}" for scale in self.scales) + bicubic)
         if self.extra_rotations:
             parts.append("turned " + "/".join(f"{angle:g}" for angle in (0.0, *self.extra_rotations)))
         if self.extra_weight != 1 and self.extra_scales:
@@ -233,6 +249,26 @@ def check_descriptor_sampling(sampling: Any, option: str = "descriptor_sampling"
     if value not in DESCRIPTOR_SAMPLINGS:
         raise ConfigError(f"{option} must be one of {', '.join(DESCRIPTOR_SAMPLINGS)}, got {sampling!r}")
     return value
+
+
+def check_interpolation(interpolation: Any, option: str = "interpolation") -> str:
+    """``interpolation`` as one of :data:`INTERPOLATIONS` (case-insensitive).
+
+    Raises:
+        ConfigError: naming ``option``, for anything else.
+    """
+    value = interpolation.strip().lower() if isinstance(interpolation, str) else interpolation
+    if value not in INTERPOLATIONS:
+        raise ConfigError(f"{option} must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    return value
+
+
+def model_interpolation(model: object, interpolation: str | None = None) -> str:
+    """``interpolation`` when given, else the model's recorded one (``"bilinear"`` without settings)."""
+    if interpolation is None:
+        settings = getattr(model, "inference_settings", None)
+        interpolation = getattr(settings, "interpolation", "bilinear")
+    return check_interpolation(interpolation)
 
 
 def model_descriptor_sampling(model: object) -> str:

@@ -181,12 +181,13 @@ class KeyPointNet(nn.Module):
         precision=None,
         extra_weight=None,
         extra_suppression=None,
+        interpolation=None,
     ):
         """Keypoints, scores and descriptors of one image or a batch; see :func:`kp2d.extract`.
 
         ``scale_factor=None`` / ``extra_scales=None`` / ``extra_rotations=None`` / ``precision=None`` /
-        ``extra_weight=None`` / ``extra_suppression=None`` use :attr:`inference_settings` (1, none, fp32,
-        1 and 0 unless the weights file records them).
+        ``extra_weight=None`` / ``extra_suppression=None`` / ``interpolation=None`` use
+        :attr:`inference_settings` (1, none, fp32, 1, 0 and bilinear unless the weights file records them).
         """
         return extract(
             self,
@@ -202,6 +203,7 @@ class KeyPointNet(nn.Module):
             precision=precision,
             extra_weight=extra_weight,
             extra_suppression=extra_suppression,
+            interpolation=interpolation,
         )
 
     def default_backend(self, precision: str | None = None) -> Backend | None:
