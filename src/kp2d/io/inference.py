@@ -245,10 +245,7 @@ def check_descriptor_sampling(sampling: Any, option: str = "descriptor_sampling"
     Raises:
         ConfigError: naming ``option``, for anything else.
     """
-    value = sampling.strip().lower() if isinstance(sampling, str) else sampling
-    if value not in DESCRIPTOR_SAMPLINGS:
-        raise ConfigError(f"{option} must be one of {', '.join(DESCRIPTOR_SAMPLINGS)}, got {sampling!r}")
-    return value
+    return _one_of(sampling, DESCRIPTOR_SAMPLINGS, option)
 
 
 def check_interpolation(interpolation: Any, option: str = "interpolation") -> str:
@@ -257,10 +254,7 @@ def check_interpolation(interpolation: Any, option: str = "interpolation") -> st
     Raises:
         ConfigError: naming ``option``, for anything else.
     """
-    value = interpolation.strip().lower() if isinstance(interpolation, str) else interpolation
-    if value not in INTERPOLATIONS:
-        raise ConfigError(f"{option} must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-    return value
+    return _one_of(interpolation, INTERPOLATIONS, option)
 
 
 def model_interpolation(model: object, interpolation: str | None = None) -> str:
@@ -286,6 +280,18 @@ def run_score_weight(extra_weight: float, rotation_deg: float) -> float:
     return 1.0 if rotation_deg else extra_weight
 
 
+def _one_of(value: Any, choices: tuple[str, ...], option: str) -> str:
+    """``value`` as one of ``choices`` (case and surrounding spaces ignored).
+
+    Raises:
+        ConfigError: naming ``option`` and the choices, for anything else.
+    """
+    name = value.strip().lower() if isinstance(value, str) else value
+    if name not in choices:
+        raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+    return name
+
+
 def _weight_must(option: str, got: Any) -> str:
     """The one error text of a bad ``extra_weight``, whether given as a value or as an option's text."""
     return f"{option} must be a number in (0, 1] (1: the extra scales' scores as they are), got {got!r}"
@@ -297,10 +303,7 @@ def check_precision(precision: Any) -> str:
     Raises:
         ConfigError: anything else.
     """
-    value = precision.lower() if isinstance(precision, str) else precision
-    if value not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return value
+    return _one_of(precision, PRECISIONS, "precision")
 
 
 def model_precision(model: object, precision: str | None = None) -> str:
