@@ -106,6 +106,7 @@ def test_the_setting_is_checked_recorded_and_labelled():
     settings = InferenceSettings(2.8, (1.25,), interpolation="bicubic")
     assert settings.to_entry() == {"scale_factor": 2.8, "extra_scales": [1.25], "interpolation": "bicubic"}
     assert settings.label() == " (input x2.8+x1.25 bicubic)"
+    assert InferenceSettings(1.0, (), (45,), interpolation="bicubic").label() == " (bicubic, turned 0/45)"
     assert "interpolation" not in InferenceSettings(2.0).to_entry()
     assert model_interpolation(object()) == "bilinear"
     assert model_interpolation(object(), "bicubic") == "bicubic"

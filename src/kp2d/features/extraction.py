@@ -186,7 +186,7 @@ def rotate_images(
     size_hw: tuple[int, int] | None = None,
     interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """``(B, C, H, W)`` turned by ``angle_deg`` about the centre (bilinear), zeros outside.
+    """``(B, C, H, W)`` turned by ``angle_deg`` about the centre (bilinear unless told), zeros outside.
 
     Pixel ``p`` of the result shows pixel ``R^-1 p`` of the input, ``R`` being
     :func:`~kp2d.geometry.rotation_about_center` (counter-clockwise as displayed for positive angles).
@@ -201,7 +201,6 @@ def rotate_images(
     linear = rotation_about_center(-angle_deg, height, width, dtype=torch.float64)[:2, :2]
     half = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
     (xx, xy), (yx, yy) = (linear * half[None, :] / half[:, None]).tolist()
-    # built from its rows and columns: a tenth of affine_grid's time at the network's input size
     reduced = images.dtype in (torch.float16, torch.bfloat16)
     source = images.float() if reduced else images
     if interpolation == "bicubic" and _opencv_samples(source):
@@ -213,6 +212,7 @@ def rotate_images(
         )
         turned = _opencv_bicubic(source, (out_height, out_width), (to_input @ turn @ from_output)[:2])
         return turned.to(images.dtype) if reduced else turned
+    # built from its rows and columns: a tenth of affine_grid's time at the network's input size
     xs = torch.arange(out_width, device=images.device, dtype=source.dtype) * (2 / out_width)
     xs += 1 / out_width - 1
     ys = torch.arange(out_height, device=images.device, dtype=source.dtype) * (2 / out_height)

@@ -150,6 +150,8 @@ class InferenceSettings:
         if self.scale_factor != 1 or self.extra_scales:
             bicubic = " bicubic" if self.interpolation != "bilinear" else ""
             parts.append("input " + "+".join(f"x{scale:g}" for scale in self.scales) + bicubic)
+        elif self.interpolation != "bilinear":  # turned copies at x1 are sampled so too
+            parts.append(self.interpolation)
         if self.extra_rotations:
             parts.append("turned " + "/".join(f"{angle:g}" for angle in (0.0, *self.extra_rotations)))
         if self.extra_weight != 1 and self.extra_scales:
