@@ -222,6 +222,7 @@ def selection_options(args: argparse.Namespace) -> dict:
     """
     from kp2d.config import MAX_NETWORK_SIZE, MIN_IMAGE_SIZE
     from kp2d.errors import ConfigError
+    from kp2d.io.inference import check_descriptor_sampling, check_interpolation
 
     if args.top_k < 0:
         raise ConfigError(f"--top-k must be >= 0 (0 keeps all), got {args.top_k}")
@@ -232,14 +233,11 @@ def selection_options(args: argparse.Namespace) -> dict:
         largest = MAX_NETWORK_SIZE // MIN_IMAGE_SIZE  # beyond it even the smallest image is too large
         if args.scale_factor > largest:  # (eval names the shape it would make instead)
             raise ConfigError(f"--scale-factor must be at most {largest}, got {args.scale_factor:g}")
-    if getattr(args, "descriptor_sampling", None) is not None:  # refused before the model loads
-        from kp2d.io.inference import check_descriptor_sampling
-
-        check_descriptor_sampling(args.descriptor_sampling, "--descriptor-sampling")
-    if getattr(args, "interpolation", None) is not None:
-        from kp2d.io.inference import check_interpolation
-
-        check_interpolation(args.interpolation, "--interpolation")
+    # the settings apply_model_settings writes into the model, refused before the model loads
+    checks = {"descriptor_sampling": check_descriptor_sampling, "interpolation": check_interpolation}
+    for name, check in checks.items():
+        if getattr(args, name, None) is not None:
+            check(getattr(args, name), "--" + name.replace("_", "-"))
     options = {
         "top_k": args.top_k or None,
         "score_threshold": args.score_threshold,

@@ -256,7 +256,7 @@ def _opencv_bicubic(
     out_height, out_width = size_hw
     out = torch.empty(images.shape[0], out_height, out_width, images.shape[1], dtype=images.dtype)
     # one call per image: OpenCV's bicubic warp takes at most 4 channels
-    for index, image in enumerate(images.detach().permute(0, 2, 3, 1).numpy()):
+    for index, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
         image = np.ascontiguousarray(image)
         if output_to_input is None:
             sampled = cv2.resize(image, (out_width, out_height), interpolation=cv2.INTER_CUBIC)
