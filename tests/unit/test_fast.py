@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kp2d.deploy.backends import BACKENDS, load_backend
@@ -17,8 +18,16 @@ from kp2d.deploy.fold import fold_batchnorm, fold_conv_bn
 from kp2d.deploy.int8 import _iter_images, load_calibration_images, quantize_int8
 from kp2d.errors import ConfigError, DataError
 from kp2d.eval.hpatches import KeyPointNetDetector
+from kp2d.features.dense import unpadded_conv
 from kp2d.features.extraction import extract
-from kp2d.models import KeyPointNet
+from kp2d.models import KeyPointNet, fast
+from kp2d.models.fast import (
+    ConvLeakyReLU,
+    Float32Conv,
+    PairMaxPool,
+    _fused_activation_works,
+    conv3x3_by_matmul,
+)
 
 
 def _golden_net(golden_forward: dict, **switches) -> KeyPointNet:
@@ -124,6 +133,93 @@ def test_bf16_backend_is_close_and_keeps_fp32_outputs(golden_forward):
     assert (out.coord - ref.coord).abs().max() < 0.05  # pixels: coordinates are computed in fp32
     cosine = (out.desc * ref.desc).sum(1)
     assert cosine.mean() > 0.999 and cosine.min() > 0.99
+
+
+# --- the CPU's faster layers ------------------------------------------------------------------------
+
+
+def test_conv3x3_by_matmul_by_hand():
+    """A kernel with one tap (row 0, column 2) reads the pixel up and to the right, zero past the edge."""
+    x = torch.arange(12.0).view(1, 1, 3, 4)
+    weight = torch.zeros(1, 1, 3, 3)
+    weight[0, 0, 0, 2] = 2.0
+    out = conv3x3_by_matmul(x, weight, torch.tensor([1.0]))
+    want = torch.tensor([[1.0, 1.0, 1.0, 1.0], [3.0, 5.0, 7.0, 1.0], [11.0, 13.0, 15.0, 1.0]])
+    torch.testing.assert_close(out[0, 0], want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("outputs", "with_bias"), [(1, True), (2, True), (3, False)])
+def test_conv3x3_by_matmul_equals_the_conv(channels_last, outputs, with_bias):
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 16, 7, 9, generator=generator)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(outputs, 16, 3, 3, generator=generator)
+    bias = torch.randn(outputs, generator=generator) if with_bias else None
+    want = F.conv2d(x, weight, bias, padding=1)
+    torch.testing.assert_close(conv3x3_by_matmul(x, weight, bias), want, atol=1e-4, rtol=1e-5)
+
+
+def test_float32_conv_takes_the_matmul_only_for_a_narrow_3x3():
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 8, 6, 5, generator=generator).bfloat16()
+    for conv in (nn.Conv2d(8, 2, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(8, 2, 1)):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = Float32Conv(conv)(x)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, conv(x.float()), atol=1e-5, rtol=1e-5)
+
+
+def test_pair_max_pool_is_max_pool_2x2():
+    generator = torch.Generator().manual_seed(6)
+    for shape in ((2, 3, 8, 10), (1, 4, 7, 9)):  # odd sides drop the last row / column, as MaxPool2d does
+        x = torch.randn(*shape, generator=generator).contiguous(memory_format=torch.channels_last)
+        out = PairMaxPool()(x)
+        assert torch.equal(out, nn.MaxPool2d(2, 2)(x))
+
+
+@pytest.mark.skipif(not _fused_activation_works(torch.float32), reason="no fused oneDNN convolution here")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_leaky_relu_equals_the_two_steps(dtype):
+    generator = torch.Generator().manual_seed(7)
+    conv = nn.Conv2d(6, 5, 4, stride=2, padding=1)
+    x = torch.randn(2, 6, 12, 14, generator=generator).contiguous(memory_format=torch.channels_last)
+    fused = ConvLeakyReLU(conv, 0.01, dtype)
+    with torch.inference_mode():
+        want = F.leaky_relu(conv(x), 0.01)
+        out = fused(x)
+        assert out.dtype == dtype and out.shape == want.shape
+        tolerance = 1e-5 if dtype == torch.float32 else 0.05
+        torch.testing.assert_close(out.float(), want, atol=tolerance, rtol=tolerance)
+        # the layer's parts, as unpadded_conv reads them, give the same activated values
+        inner = unpadded_conv(fused, x)
+        torch.testing.assert_close(inner, F.leaky_relu(F.conv2d(x, conv.weight, conv.bias, 2), 0.01))
+
+
+def test_fast_layers_fall_back_without_the_fused_convolution(golden_forward, monkeypatch):
+    monkeypatch.setattr(fast, "_CONV_POINTWISE", None)
+    fast._fused_activation_works.cache_clear()
+    try:
+        net = fast._fast_layers(fold_batchnorm(_golden_net(golden_forward)), torch.float32)
+    finally:
+        fast._fused_activation_works.cache_clear()
+    assert isinstance(net.relu, nn.LeakyReLU) and net.relu.inplace
+    assert not any(isinstance(module, ConvLeakyReLU) for module in net.modules())
+    assert isinstance(net.pool, PairMaxPool) and isinstance(net.convDb, Float32Conv)
+    with torch.inference_mode():
+        out = net.describe(golden_forward["image"])
+    torch.testing.assert_close(out.score, golden_forward["v4"]["score"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not _fused_activation_works(torch.float32), reason="no fused oneDNN convolution here")
+def test_fused_backend_fuses_every_activation(golden_forward):
+    """Twelve layers activate their own outputs; the network's own LeakyReLU is then left out."""
+    out = load_backend("torch-fused", _golden_net(golden_forward))(golden_forward["image"])
+    torch.testing.assert_close(out.desc, golden_forward["v4"]["desc"], atol=1e-4, rtol=0)
+    copy = fast._fast_layers(fold_batchnorm(_golden_net(golden_forward)), torch.float32)
+    assert sum(isinstance(module, ConvLeakyReLU) for module in copy.modules()) == 12
+    assert isinstance(copy.relu, nn.Identity)
 
 
 # --- ONNX Runtime backends -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ __all__ = [
     "gather_patches",
     "interior_mask",
     "map_points",
+    "normalize_image",
     "read_map",
     "sample_descriptors",
     "unpadded_conv",
@@ -35,6 +36,14 @@ __all__ = [
 CELL = 8  # pixels per output cell (three 2x poolings)
 
 DESCRIPTOR_DIM = 256
+
+IMAGE_MEAN = 0.5
+IMAGE_SCALE = 0.225  # the published weights expect (img - 0.5) * 0.225 (multiplied, not divided)
+
+
+def normalize_image(image: torch.Tensor) -> torch.Tensor:
+    """Map an image in [0, 1] to the network's input range: ``(image - 0.5) * 0.225``."""
+    return (image - IMAGE_MEAN) * IMAGE_SCALE
 
 
 #: ``extract``'s default: cells scoring at most this are no keypoints, so that a blank or featureless image

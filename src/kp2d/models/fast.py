@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kp2d.errors import DataError
-from kp2d.features.dense import CellOutput, KeyPointNetOutput
+from kp2d.features.dense import IMAGE_MEAN, IMAGE_SCALE, CellOutput, KeyPointNetOutput, normalize_image
 from kp2d.io.images import to_network_channels
 
 __all__ = [
@@ -128,7 +130,11 @@ class Backend:
 
 
 class Float32Conv(nn.Module):
-    """A conv run in float32 even under autocast (score and location heads of the bf16 backend)."""
+    """A conv run in float32 even under autocast (score and location heads of the bf16 backend).
+
+    On a CPU a 3x3 conv with a few outputs runs as :func:`conv3x3_by_matmul`: oneDNN's float32 kernel
+    for so few output channels is several times slower than one matrix product.
+    """
 
     def __init__(self, conv: nn.Module) -> None:
         super().__init__()
@@ -136,7 +142,170 @@ class Float32Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.conv(x.float())
+            x = x.float()
+            if x.device.type == "cpu" and _narrow_3x3(self.conv):
+                return conv3x3_by_matmul(x, self.conv.weight.float(), self.conv.bias)
+            return self.conv(x)
+
+
+#: Output channels up to which :class:`Float32Conv` multiplies matrices instead of calling the conv.
+_NARROW_OUTPUTS = 8
+
+
+def _narrow_3x3(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a plain 3x3, stride-1, zero-padded-by-1 conv with a few output channels."""
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and conv.out_channels <= _NARROW_OUTPUTS
+    )
+
+
+def conv3x3_by_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` for a 3x3 kernel as one matrix product and nine shifted sums.
+
+    ``x (N, C, H, W)`` (any memory format), ``weight (O, C, 3, 3)``, ``bias (O,)``; returns ``(N, O, H, W)``.
+    Each output pixel adds the nine taps' products of the input pixels around it, so the product of every
+    pixel with every tap is computed once, ``(N, 9·O, H·W)``, then summed shifted.
+    """
+    batch, _, height, width = x.shape
+    outputs = weight.shape[0]
+    taps = weight.permute(2, 3, 0, 1).reshape(9 * outputs, weight.shape[1])  # rows (ky, kx, o)
+    products = torch.matmul(taps, x.flatten(2))  # a view of a channels-last x: no copy
+    padded = F.pad(products.view(batch, 9 * outputs, height, width), (1, 1, 1, 1))
+    padded = padded.view(batch, 3, 3, outputs, height + 2, width + 2)
+    out = padded[:, 0, 0, :, :height, :width].clone()
+    if bias is not None:
+        out += bias.to(out.dtype).view(1, outputs, 1, 1)
+    for ky in range(3):
+        for kx in range(3):
+            if ky or kx:
+                out += padded[:, ky, kx, :, ky:ky + height, kx:kx + width]
+    return out
+
+
+class ConvLeakyReLU(nn.Sequential):
+    """``LeakyReLU(conv(x))`` with the activation done inside oneDNN's convolution on a CPU.
+
+    A ``Sequential(conv, LeakyReLU)``, so code that reads a layer's parts (``unpadded_conv``) and any
+    other device run the two steps; on a CPU one call writes the activated output, saving a pass over a
+    full-size map. ``dtype``: the weights' type for that call (bf16 for the bf16 backend).
+    """
+
+    def __init__(self, conv: nn.Conv2d, negative_slope: float, dtype: torch.dtype) -> None:
+        super().__init__(conv, nn.LeakyReLU(negative_slope, inplace=True))
+        self.negative_slope = negative_slope
+        self.register_buffer("fused_weight", conv.weight.detach().to(dtype), persistent=False)
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.register_buffer("fused_bias", bias.detach().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        conv = self[0]
+        return _CONV_POINTWISE(
+            x.to(self.fused_weight.dtype), self.fused_weight, self.fused_bias, list(conv.padding),
+            list(conv.stride), list(conv.dilation), conv.groups, "leaky_relu", [self.negative_slope], "",
+        )
+
+
+class ImageConvLeakyReLU(ConvLeakyReLU):
+    """The first layer of a fast copy on images in [0, 1]: :func:`normalize_image`, the conv and LeakyReLU.
+
+    On a CPU the normalisation's scale moves into the weights, and the image less its mean is written once,
+    in ``dtype`` and channels-last, straight into the conv's input (the normalised image's zero border is
+    the conv's own padding). The network then skips its own normalisation. Elsewhere it normalises, then
+    runs the two steps.
+    """
+
+    def __init__(self, conv: nn.Conv2d, negative_slope: float, dtype: torch.dtype) -> None:
+        super().__init__(conv, negative_slope, dtype)
+        self.fused_weight = (conv.weight.detach().double() * IMAGE_SCALE).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super(ConvLeakyReLU, self).forward(normalize_image(x))
+        centred = torch.empty(
+            x.shape, dtype=self.fused_weight.dtype, device=x.device, memory_format=torch.channels_last
+        )
+        return super().forward(torch.sub(x, IMAGE_MEAN, out=centred))
+
+
+# oneDNN's convolution with a fused activation (PyTorch's compiler uses it); absent from some builds
+_CONV_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+
+#: The layers each followed by the network's LeakyReLU and nothing else (``convFb`` is not).
+_ACTIVATED_LAYERS = (
+    "conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", "conv4b",
+    "convDa", "convPa", "convFa", "convFaa",
+)
+
+
+@functools.cache
+def _fused_activation_works(dtype: torch.dtype) -> bool:
+    """Whether this build's fused CPU convolution runs in ``dtype`` and gives conv-then-LeakyReLU."""
+    if _CONV_POINTWISE is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 6, 6, generator=generator).to(dtype)
+    weight = torch.randn(3, 4, 3, 3, generator=generator).to(dtype)
+    bias = torch.randn(3, generator=generator)
+    try:
+        with torch.inference_mode():
+            got = _CONV_POINTWISE(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "leaky_relu", [0.01], "")
+            want = F.leaky_relu(F.conv2d(x.float(), weight.float(), bias, padding=1), 0.01)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return got.shape == want.shape and bool(torch.allclose(got.float(), want, atol=0.1, rtol=0.02))
+
+
+def _fused_activations(net: _Net, dtype: torch.dtype) -> _Net:
+    """``net`` (an inference copy on the CPU) with each LeakyReLU done inside the conv before it.
+
+    Where the build lacks the fused convolution, or ``net`` is not a KeyPointNet, the activations only
+    overwrite their inputs (:func:`_inplace_activation`).
+    """
+    relu = getattr(net, "relu", None)
+    layers = [getattr(net, name, None) for name in _ACTIVATED_LAYERS]
+    if (
+        not isinstance(relu, nn.LeakyReLU)
+        or any(layer is None for layer in layers)
+        or next(net.parameters()).device.type != "cpu"
+        or not _fused_activation_works(dtype)
+    ):
+        return _inplace_activation(net)
+    for name, layer in zip(_ACTIVATED_LAYERS, layers, strict=True):
+        setattr(net, name, _with_activation(layer, relu.negative_slope, dtype))
+    net.relu = nn.Identity()  # every use of it now follows a layer that activates its own output
+    if getattr(net, "normalizes_input", False) and isinstance(net.conv1a, ConvLeakyReLU):
+        net.conv1a = ImageConvLeakyReLU(layers[0], relu.negative_slope, dtype)
+        net.normalizes_input = False
+    return net
+
+
+def _with_activation(layer: nn.Module, negative_slope: float, dtype: torch.dtype) -> nn.Module:
+    """``layer`` (a conv, or a Sequential ending in one) followed by LeakyReLU, fused where it ends."""
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros":  # oneDNN pads with zeros: such a conv keeps its two steps
+            return nn.Sequential(layer, nn.LeakyReLU(negative_slope, inplace=True))
+        return ConvLeakyReLU(layer, negative_slope, dtype)
+    if isinstance(layer, nn.Sequential) and len(layer) and isinstance(layer[-1], nn.Conv2d):
+        return nn.Sequential(*layer[:-1], ConvLeakyReLU(layer[-1], negative_slope, dtype))
+    raise TypeError(f"cannot fuse an activation after {type(layer).__name__}")
+
+
+class PairMaxPool(nn.Module):
+    """``MaxPool2d(2, 2)`` as the largest of four strided views: twice as fast on a CPU, the same values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # floor mode, as MaxPool2d(2, 2)
+        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
 def torch_backend(
@@ -192,12 +361,28 @@ def bf16_network(model: _Net) -> _Net:
     """A folded fp32 copy of a KeyPointNet for bf16 autocast, its score and location heads kept in fp32.
 
     Under autocast the heads would round the scores (which decide the top-k) and the sub-cell offsets to
-    bf16's 8 bits; keeping them fp32 costs two small convolutions.
+    bf16's 8 bits; keeping them fp32 costs two small convolutions. On a CPU the copy's activations are
+    fused into its convolutions, in bf16 (:func:`_fast_layers`).
     """
     net = fold_batchnorm(model).float()  # autocast wants fp32 weights (a .half() model's are not)
-    net.convDb = Float32Conv(net.convDb)
-    net.convPb = Float32Conv(net.convPb)
-    return _inplace_activation(net)
+    return _fast_layers(net, torch.bfloat16)
+
+
+def _fast_layers(net: _Net, dtype: torch.dtype) -> _Net:
+    """An inference copy ``net`` with the layers that are faster on a CPU and give the same values.
+
+    The score and location output convs in :class:`Float32Conv`, a :class:`PairMaxPool`, and each
+    LeakyReLU fused into the conv before it, the conv run in ``dtype`` (:func:`_fused_activations`).
+    """
+    if next(net.parameters()).dtype == torch.float32:  # a half-precision network keeps its own heads
+        for name in ("convDb", "convPb"):
+            if isinstance(getattr(net, name, None), nn.Conv2d):
+                setattr(net, name, Float32Conv(getattr(net, name)))
+    pool = getattr(net, "pool", None)
+    if isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) \
+            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.ceil_mode:
+        net.pool = PairMaxPool()
+    return _fused_activations(net, dtype)
 
 
 def _inplace_activation(net: _Net) -> _Net:
@@ -214,15 +399,17 @@ def _inplace_activation(net: _Net) -> _Net:
 def build_torch_backend(name: str, model: _Net) -> Backend:
     """The backend of :data:`TORCH_BACKENDS` called ``name``, built from a copy of ``model`` (unchanged).
 
-    ``torch-fp32`` the network as it is, ``torch-fold`` BatchNorm folded, ``torch-fused`` folded and
-    channels-last, ``torch-bf16`` fused under bf16 autocast (:func:`bf16_network`).
+    ``torch-fp32`` the network as it is, ``torch-fold`` BatchNorm folded, ``torch-fused`` folded,
+    channels-last and with the CPU's faster layers (:func:`_fast_layers`), ``torch-bf16`` the same under
+    bf16 autocast, its score and location heads in fp32 (:func:`bf16_network`).
     """
     if name == "torch-fp32":
         return torch_backend(name, copy.deepcopy(model).eval().requires_grad_(False), False, None)
     if name == "torch-fold":
         return torch_backend(name, _inplace_activation(fold_batchnorm(model)), False, None)
     if name == "torch-fused":
-        return torch_backend(name, _inplace_activation(fold_batchnorm(model)), True, None)
+        folded = fold_batchnorm(model)
+        return torch_backend(name, _fast_layers(folded, next(folded.parameters()).dtype), True, None)
     if name == "torch-bf16":
         return torch_backend(name, bf16_network(model), True, torch.bfloat16)
     raise ValueError(f"not a torch backend: {name!r} (choose from {', '.join(TORCH_BACKENDS)})")

@@ -26,6 +26,7 @@ from kp2d.features.dense import (
     gather_patches,
     interior_mask,
     map_points,
+    normalize_image,
     sample_descriptors,
     unpadded_conv,
     window_inside,
@@ -54,15 +55,6 @@ _PART_LAYERS = dict(zip(NETWORK_PARTS, (
     ("convPa", "convPb"),
     ("convFa", "convFb", "convFaa", "convFbb"),
 ), strict=True))
-
-_IMAGE_MEAN = 0.5
-_IMAGE_SCALE = 0.225  # the published weights expect (img - 0.5) * 0.225 (multiplied, not divided)
-
-
-def normalize_image(image: torch.Tensor) -> torch.Tensor:
-    """Map an image in [0, 1] to the network's input range: ``(image - 0.5) * 0.225``."""
-    return (image - _IMAGE_MEAN) * _IMAGE_SCALE
-
 
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Sequential:
     """Conv without bias followed by BatchNorm (keys ``.0.weight`` / ``.1.*`` as the original)."""
@@ -152,6 +144,8 @@ class KeyPointNet(nn.Module):
         self.convFbb = nn.Conv2d(c5, DESCRIPTOR_DIM, kernel_size=3, padding=1)
 
         self.relu = nn.LeakyReLU(0.01)
+        # an inference copy whose first layer normalises the image on the way sets this False (models.fast)
+        self.normalizes_input = True
         self.dropout = nn.Dropout2d(0.2) if with_dropout else nn.Identity()
         self.pool = nn.MaxPool2d(2, 2)
         self.upsample = nn.PixelShuffle(upscale_factor=2)
@@ -262,7 +256,7 @@ class KeyPointNet(nn.Module):
         if height % CELL or width % CELL:
             raise ValueError(f"image height and width must be multiples of {CELL}, got {height}x{width}")
 
-        x = normalize_image(image)
+        x = normalize_image(image) if self.normalizes_input else image
         x = self._block(x, self.conv1a, self.conv1b)
         if self.stem == "full":
             x = self.pool(x)
