@@ -64,6 +64,23 @@ def test_pooled_keypoints_are_the_best_of_every_scale(random_net, image):
     assert len(everything) == len(twice) + len(once)
 
 
+def test_only_the_pooled_keypoints_are_described(random_net, image, monkeypatch):
+    """Each run selects its top 40, the pooling keeps 40 of the 80: only those reach the descriptor head."""
+    net = random_net.to(memory_format=torch.channels_last)
+    want = extract(net, image, top_k=40, scale_factor=2, extra_scales=(1,))
+    described = []
+    original = net.descriptors_at
+
+    def counting(features, batch_index, points, *args, **kwargs):
+        described.append(len(points))
+        return original(features, batch_index, points, *args, **kwargs)
+
+    monkeypatch.setattr(net, "descriptors_at", counting)
+    got = extract(net, image, top_k=40, scale_factor=2, extra_scales=(1,))
+    assert len(described) == 2 and sum(described) == len(got) == 40
+    torch.testing.assert_close(got.descriptors, want.descriptors, atol=0, rtol=0)
+
+
 def test_the_recorded_extra_scales_are_the_default(random_net, x2_x1_file, image):
     net = load_keypoint_net(x2_x1_file)
     assert net.inference_settings == InferenceSettings(2.0, (1.0,))

@@ -618,45 +618,82 @@ def _extract_batch(
         net_height, net_width = _network_size(height, width, scale_factor)
         cells = (-(-net_height // CELL), -(-net_width // CELL))
         return [], torch.zeros(0, *cells, device=batch.device), batched
-    results, main_cells = _keypoints_at(
+    main = _run_keypoints(
         model, batch, top_k, score_threshold, nms_radius, backend, scale_factor, 0.0, interpolation
     )
     fitting = [scale for scale in extra_scales if _fits(height, width, scale)]
-    if fitting or extra_rotations:
-        runs = [(scale, 0.0) for scale in fitting] + [(scale_factor, angle) for angle in extra_rotations]
-        pitch = cell_pitch_xy((width, height), _network_size(height, width, scale_factor)[::-1])
-        per_run = [results]
-        for scale, angle in runs:
-            found = _keypoints_at(
-                model, batch, top_k, score_threshold, nms_radius, backend, scale, angle, interpolation
-            )[0]
-            if not angle:
-                found = _unsuppressed(found, main_cells, pitch, extra_suppression)
-            per_run.append(_weighted(found, run_score_weight(extra_weight, angle)))
-        results = [_pooled(list(found), top_k) for found in zip(*per_run, strict=True)]
-    return results, main_cells.scores.clone(), batched
+    if not (fitting or extra_rotations):
+        return _described(main, (width, height)), main.cells.scores.clone(), batched
+    runs = [(scale, 0.0) for scale in fitting] + [(scale_factor, angle) for angle in extra_rotations]
+    pitch = cell_pitch_xy((width, height), _network_size(height, width, scale_factor)[::-1])
+    found = [main]
+    for scale, angle in runs:
+        run = _run_keypoints(
+            model, batch, top_k, score_threshold, nms_radius, backend, scale, angle, interpolation
+        )
+        if not angle:
+            run = _unsuppressed(run, main.cells, pitch, extra_suppression)
+        found.append(_weighted(run, run_score_weight(extra_weight, angle)))
+    return _pooled(found, top_k, (width, height)), main.cells.scores.clone(), batched
 
 
 def _unsuppressed(
-    found: list[Keypoints], main_cells: _RunCells, pitch: tuple[float, float], radius: float
-) -> list[Keypoints]:
+    run: _RunKeypoints, main_cells: _RunCells, pitch: tuple[float, float], radius: float
+) -> _RunKeypoints:
     """An extra scale's keypoints without those the main run's cells suppress (:mod:`.scale_suppression`)."""
-    if not radius or not found:
-        return found
-    counts = [len(item.scores) for item in found]
-    image_index = torch.repeat_interleave(torch.arange(len(found)), torch.tensor(counts))
+    if not radius or not run.scores:
+        return run
+    counts = [len(scores) for scores in run.scores]
+    image_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     drop = suppressed_across_scales(
-        torch.cat([item.keypoints for item in found]), torch.cat([item.scores for item in found]),
-        image_index.to(main_cells.scores.device), main_cells.scores, main_cells.coords, main_cells.valid,
-        pitch, radius,
+        torch.cat(run.keypoints), torch.cat(run.scores), image_index.to(main_cells.scores.device),
+        main_cells.scores, main_cells.coords, main_cells.valid, pitch, radius,
     )
-    return [
-        Keypoints(
-            keypoints=item.keypoints[~dropped], scores=item.scores[~dropped],
-            descriptors=item.descriptors[~dropped], image_size=item.image_size,
-        )
-        for item, dropped in zip(found, drop.split(counts), strict=True)
+    kept = [(~dropped).nonzero()[:, 0] for dropped in drop.split(counts)]
+    return run._replace(
+        keypoints=[points[index] for points, index in zip(run.keypoints, kept, strict=True)],
+        scores=[scores[index] for scores, index in zip(run.scores, kept, strict=True)],
+        ranks=[ranks[index] for ranks, index in zip(run.ranks, kept, strict=True)],
+    )
+
+
+def _weighted(run: _RunKeypoints, weight: float) -> _RunKeypoints:
+    """The run with its keypoints' scores multiplied by ``weight`` (1 leaves them as they are)."""
+    return run if weight == 1 else run._replace(scores=[scores * weight for scores in run.scores])
+
+
+def _pooled(runs: list[_RunKeypoints], top_k: int | None, image_size: tuple[int, int]) -> list[Keypoints]:
+    """Each image's keypoints of several runs in one set: the ``top_k`` best scores, best first.
+
+    Only the keypoints kept are described, each by its own run (one call per run for the whole batch).
+    """
+    kept = []  # per image: the pooled order, and each kept keypoint's run and place in that run's list
+    for image in range(len(runs[0].scores)):
+        scores = torch.cat([run.scores[image] for run in runs])
+        counts = torch.tensor([len(run.scores[image]) for run in runs], device=scores.device)
+        order = scores.argsort(descending=True, stable=True)[:top_k]
+        run_of = torch.repeat_interleave(torch.arange(len(runs), device=scores.device), counts)[order]
+        kept.append((order, run_of, order - (counts.cumsum(0) - counts)[run_of]))
+    described = [
+        run.describe([
+            ranks[place[run_of == number]] for ranks, (_, run_of, place) in zip(run.ranks, kept, strict=True)
+        ])
+        for number, run in enumerate(runs)
     ]
+    results = []
+    for image, (order, run_of, _) in enumerate(kept):
+        descriptors = described[0][image].new_empty((len(order), described[0][image].shape[1]))
+        for number in range(len(runs)):
+            descriptors[run_of == number] = described[number][image]
+        results.append(
+            Keypoints(
+                keypoints=torch.cat([run.keypoints[image] for run in runs])[order],
+                scores=torch.cat([run.scores[image] for run in runs])[order],
+                descriptors=descriptors,
+                image_size=image_size,
+            )
+        )
+    return results
 
 
 def _fits(height: int, width: int, scale_factor: float) -> bool:
@@ -666,73 +703,6 @@ def _fits(height: int, width: int, scale_factor: float) -> bool:
     except DataError:
         return False
     return True
-
-
-def _weighted(found: list[Keypoints], weight: float) -> list[Keypoints]:
-    """The keypoints with their scores multiplied by ``weight`` (in place; 1 leaves them as they are)."""
-    if weight != 1:
-        for item in found:
-            item.scores = item.scores * weight
-    return found
-
-
-def _pooled(found: list[Keypoints], top_k: int | None) -> Keypoints:
-    """One image's keypoints of several scales in one set: the ``top_k`` best scores, best first."""
-    scores = torch.cat([item.scores for item in found])
-    order = scores.argsort(descending=True, stable=True)[:top_k]
-    return Keypoints(
-        keypoints=torch.cat([item.keypoints for item in found])[order],
-        scores=scores[order],
-        descriptors=torch.cat([item.descriptors for item in found])[order],
-        image_size=found[0].image_size,
-    )
-
-
-def _keypoints_at(
-    model: torch.nn.Module,
-    batch: torch.Tensor,
-    top_k: int | None,
-    score_threshold: float,
-    nms_radius: float,
-    backend: Backend | None,
-    scale_factor: float,
-    rotation_deg: float = 0.0,
-    interpolation: str = "bilinear",
-) -> tuple[list[Keypoints], _RunCells]:
-    """Keypoints per image of ``(B, C, H, W)`` at one scale and turn; every cell's score and keypoint.
-
-    A network that can run in two stages (``forward_cells`` / ``descriptors_at``, also through a torch
-    backend) computes descriptors at the selected keypoints only; others give the dense map.
-    """
-    height, width = batch.shape[-2:]
-    stages = _two_stages(model, backend)
-    if stages is None:
-        cells, selected = dense_keypoints(
-            model, batch, top_k, score_threshold, nms_radius, backend, scale_factor, rotation_deg,
-            interpolation,
-        )
-        scores, coords, valid = cells.scores, cells.coords, cells.valid
-        descriptors = [
-            desc.flatten(1)[:, index].t() for desc, index in zip(cells.descriptors, selected, strict=True)
-        ]
-    else:
-        network = model if backend is None else None  # the plain network runs in eval mode, a backend as is
-        scores, coords, valid, selected, descriptors = _selected_keypoints(
-            network, stages, batch, top_k, score_threshold, nms_radius, scale_factor, rotation_deg,
-            interpolation,
-        )
-    results = []
-    for score, coord, desc, index in zip(scores, coords, descriptors, selected, strict=True):
-        # indexing outside inference mode gives ordinary tensors (the caller may modify them in place)
-        results.append(
-            Keypoints(
-                keypoints=coord.flatten(1)[:, index].t(),
-                scores=score.flatten()[index],
-                descriptors=desc,
-                image_size=(width, height),
-            )
-        )
-    return results, _RunCells(scores, coords, valid)
 
 
 class _RunCells(NamedTuple):
@@ -745,6 +715,74 @@ class _RunCells(NamedTuple):
     scores: torch.Tensor
     coords: torch.Tensor
     valid: torch.Tensor
+
+
+class _RunKeypoints(NamedTuple):
+    """One run's keypoints of a batch, best first, described on demand (:func:`_run_keypoints`).
+
+    Per image: ``keypoints (N, 2)`` in pixels of the image, ``scores (N,)``, and ``ranks (N,)`` each one's
+    place in the run's selection, which ``describe`` takes (a list of rank tensors, one per image) to give
+    their ``(n, D)`` float32 descriptors, so that keypoints pooled away are never described.
+    """
+
+    keypoints: list[torch.Tensor]
+    scores: list[torch.Tensor]
+    ranks: list[torch.Tensor]
+    describe: Callable[[list[torch.Tensor]], list[torch.Tensor]]
+    cells: _RunCells
+
+
+def _run_keypoints(
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    top_k: int | None,
+    score_threshold: float,
+    nms_radius: float,
+    backend: Backend | None,
+    scale_factor: float,
+    rotation_deg: float = 0.0,
+    interpolation: str = "bilinear",
+) -> _RunKeypoints:
+    """Keypoints per image of ``(B, C, H, W)`` at one scale and turn; every cell's score and keypoint.
+
+    A network that can run in two stages (``forward_cells`` / ``descriptors_at``, also through a torch
+    backend) computes descriptors at the described keypoints only; others give the dense map.
+    """
+    stages = _two_stages(model, backend)
+    if stages is None:
+        cells, selected = dense_keypoints(
+            model, batch, top_k, score_threshold, nms_radius, backend, scale_factor, rotation_deg,
+            interpolation,
+        )
+        run_cells = _RunCells(cells.scores, cells.coords, cells.valid)
+
+        def describe(ranks: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [
+                desc.flatten(1)[:, index[rank]].t()
+                for desc, index, rank in zip(cells.descriptors, selected, ranks, strict=True)
+            ]
+    else:
+        network = model if backend is None else None  # the plain network runs in eval mode, a backend as is
+        run_cells, selected, describe = _selected_keypoints(
+            network, stages, batch, top_k, score_threshold, nms_radius, scale_factor, rotation_deg,
+            interpolation,
+        )
+    # indexing outside inference mode gives ordinary tensors (the caller may modify them in place)
+    keypoints = [
+        coord.flatten(1)[:, index].t() for coord, index in zip(run_cells.coords, selected, strict=True)
+    ]
+    scores = [score.flatten()[index] for score, index in zip(run_cells.scores, selected, strict=True)]
+    ranks = [torch.arange(len(index), device=index.device) for index in selected]
+    return _RunKeypoints(keypoints, scores, ranks, describe, run_cells)
+
+
+def _described(run: _RunKeypoints, image_size: tuple[int, int]) -> list[Keypoints]:
+    """Every keypoint of one run, described: :class:`Keypoints` per image."""
+    descriptors = run.describe(run.ranks)
+    return [
+        Keypoints(keypoints=points, scores=scores, descriptors=desc, image_size=image_size)
+        for points, scores, desc in zip(run.keypoints, run.scores, descriptors, strict=True)
+    ]
 
 
 _Stages = tuple[Callable[[torch.Tensor], CellOutput], Callable[..., torch.Tensor]]
@@ -778,14 +816,14 @@ def _selected_keypoints(
     scale_factor: float,
     rotation_deg: float,
     interpolation: str = "bilinear",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """:func:`dense_keypoints` with descriptors at the selected cells only.
+) -> tuple[_RunCells, list[torch.Tensor], Callable[[list[torch.Tensor]], list[torch.Tensor]]]:
+    """:func:`dense_keypoints` with descriptors computed later, at the keypoints asked for only.
 
-    ``model``: the plain network (put in eval mode meanwhile), ``None`` for a backend. Returns
-    ``scores (B, Hc, Wc)``, ``coords (B, 2, Hc, Wc)`` in pixels of ``batch``, ``valid (B, Hc, Wc)``, per
-    image the selected flat cell indices and their ``(N, D)`` float32 descriptors.
+    ``model``: the plain network (put in eval mode meanwhile), ``None`` for a backend. Returns the run's
+    cells (keypoints in pixels of ``batch``), per image the selected flat cell indices, and ``describe``:
+    per image ranks into that selection → their ``(n, D)`` float32 descriptors.
     """
-    cells, describe = stages
+    cells, describe_at = stages
     network_batch = _network_batch(batch, scale_factor, rotation_deg, interpolation)
     net_height, net_width = network_batch.shape[-2:]
     with _inference(model):
@@ -798,16 +836,23 @@ def _selected_keypoints(
         # the selection works in pixels of the network's input
         radius = nms_radius * net_width / batch.shape[-1]
         selected = select_keypoints(scores, coords, top_k, score_threshold, radius, valid=valid)
-        counts = [len(index) for index in selected]
-        batch_index = torch.arange(len(selected), device=scores.device).repeat_interleave(
-            torch.tensor(counts, device=scores.device)
-        )
-        points = torch.cat(
-            [coord.flatten(1)[:, index].t() for coord, index in zip(coords, selected, strict=True)]
-        )
-        descriptors = describe(features, batch_index, points, *padded.shape[-2:])
-    # cloned outside inference mode: ordinary tensors (the caller may modify them in place)
-    return scores, image_coords, valid, selected, [part.clone() for part in descriptors.split(counts)]
+    padded_size = padded.shape[-2:]
+
+    def describe(ranks: list[torch.Tensor]) -> list[torch.Tensor]:
+        counts = [len(rank) for rank in ranks]
+        with _inference(model):
+            batch_index = torch.arange(len(ranks), device=scores.device).repeat_interleave(
+                torch.tensor(counts, device=scores.device)
+            )
+            points = torch.cat([
+                coord.flatten(1)[:, index[rank]].t()
+                for coord, index, rank in zip(coords, selected, ranks, strict=True)
+            ])
+            descriptors = describe_at(features, batch_index, points, *padded_size)
+        # cloned outside inference mode: ordinary tensors (the caller may modify them in place)
+        return [part.clone() for part in descriptors.split(counts)]
+
+    return _RunCells(scores, image_coords, valid), selected, describe
 
 
 @contextlib.contextmanager
