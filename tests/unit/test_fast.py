@@ -24,6 +24,7 @@ from kp2d.models import KeyPointNet, fast
 from kp2d.models.fast import (
     ConvLeakyReLU,
     Float32Conv,
+    ImageConvLeakyReLU,
     PairMaxPool,
     _fused_activation_works,
     conv3x3_by_matmul,
@@ -204,7 +205,7 @@ def test_fast_layers_fall_back_without_the_fused_convolution(golden_forward, mon
         net = fast._fast_layers(fold_batchnorm(_golden_net(golden_forward)), torch.float32)
     finally:
         fast._fused_activation_works.cache_clear()
-    assert isinstance(net.relu, nn.LeakyReLU) and net.relu.inplace
+    assert isinstance(net.relu, nn.LeakyReLU) and net.relu.inplace and net.normalizes_input
     assert not any(isinstance(module, ConvLeakyReLU) for module in net.modules())
     assert isinstance(net.pool, PairMaxPool) and isinstance(net.convDb, Float32Conv)
     with torch.inference_mode():
@@ -214,12 +215,14 @@ def test_fast_layers_fall_back_without_the_fused_convolution(golden_forward, mon
 
 @pytest.mark.skipif(not _fused_activation_works(torch.float32), reason="no fused oneDNN convolution here")
 def test_fused_backend_fuses_every_activation(golden_forward):
-    """Twelve layers activate their own outputs; the network's own LeakyReLU is then left out."""
+    """Twelve layers activate their own outputs; the network's own LeakyReLU and normalisation go."""
     out = load_backend("torch-fused", _golden_net(golden_forward))(golden_forward["image"])
     torch.testing.assert_close(out.desc, golden_forward["v4"]["desc"], atol=1e-4, rtol=0)
     copy = fast._fast_layers(fold_batchnorm(_golden_net(golden_forward)), torch.float32)
     assert sum(isinstance(module, ConvLeakyReLU) for module in copy.modules()) == 12
     assert isinstance(copy.relu, nn.Identity)
+    # the first layer takes the image as it is, the normalisation in its weights
+    assert isinstance(copy.conv1a, ImageConvLeakyReLU) and not copy.normalizes_input
 
 
 # --- ONNX Runtime backends -------------------------------------------------------------------------

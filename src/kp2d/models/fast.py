@@ -369,7 +369,7 @@ def bf16_network(model: _Net) -> _Net:
 
 
 def _fast_layers(net: _Net, dtype: torch.dtype) -> _Net:
-    """An inference copy ``net`` with the layers that are faster on a CPU and give the same values.
+    """An inference copy ``net`` with the layers that are faster on a CPU and compute the same function.
 
     The score and location output convs in :class:`Float32Conv`, a :class:`PairMaxPool`, and each
     LeakyReLU fused into the conv before it, the conv run in ``dtype`` (:func:`_fused_activations`).
@@ -378,11 +378,21 @@ def _fast_layers(net: _Net, dtype: torch.dtype) -> _Net:
         for name in ("convDb", "convPb"):
             if isinstance(getattr(net, name, None), nn.Conv2d):
                 setattr(net, name, Float32Conv(getattr(net, name)))
-    pool = getattr(net, "pool", None)
-    if isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) \
-            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.ceil_mode:
+    if _is_pair_max_pool(getattr(net, "pool", None)):
         net.pool = PairMaxPool()
     return _fused_activations(net, dtype)
+
+
+def _is_pair_max_pool(pool: nn.Module | None) -> bool:
+    """Whether ``pool`` is ``MaxPool2d(2, 2)`` (what :class:`PairMaxPool` computes)."""
+    return (
+        isinstance(pool, nn.MaxPool2d)
+        and pool.kernel_size in (2, (2, 2))
+        and pool.stride in (2, (2, 2))
+        and pool.padding in (0, (0, 0))
+        and pool.dilation in (1, (1, 1))
+        and not pool.ceil_mode
+    )
 
 
 def _inplace_activation(net: _Net) -> _Net:

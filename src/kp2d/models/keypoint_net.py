@@ -93,6 +93,10 @@ class KeyPointNet(nn.Module):
     Output: :class:`KeyPointNetOutput` (dense maps, the same in training and eval mode).
     """
 
+    #: Whether :meth:`forward_cells` maps its input with :func:`normalize_image`; an inference copy whose
+    #: first layer normalises the image on the way (:class:`kp2d.models.fast.ImageConvLeakyReLU`) sets False.
+    normalizes_input: bool = True
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -144,8 +148,6 @@ class KeyPointNet(nn.Module):
         self.convFbb = nn.Conv2d(c5, DESCRIPTOR_DIM, kernel_size=3, padding=1)
 
         self.relu = nn.LeakyReLU(0.01)
-        # an inference copy whose first layer normalises the image on the way sets this False (models.fast)
-        self.normalizes_input = True
         self.dropout = nn.Dropout2d(0.2) if with_dropout else nn.Identity()
         self.pool = nn.MaxPool2d(2, 2)
         self.upsample = nn.PixelShuffle(upscale_factor=2)
