@@ -667,32 +667,26 @@ def _pooled(runs: list[_RunKeypoints], top_k: int | None, image_size: tuple[int,
 
     Only the keypoints kept are described, each by its own run (one call per run for the whole batch).
     """
-    kept = []  # per image: the pooled order, and each kept keypoint's run and place in that run's list
+    kept = []  # per image: the pooled order and scores, each kept keypoint's run and place in that run's list
     for image in range(len(runs[0].scores)):
         scores = torch.cat([run.scores[image] for run in runs])
         counts = torch.tensor([len(run.scores[image]) for run in runs], device=scores.device)
         order = scores.argsort(descending=True, stable=True)[:top_k]
         run_of = torch.repeat_interleave(torch.arange(len(runs), device=scores.device), counts)[order]
-        kept.append((order, run_of, order - (counts.cumsum(0) - counts)[run_of]))
+        kept.append((order, scores[order], run_of, order - (counts.cumsum(0) - counts)[run_of]))
     described = [
         run.describe([
-            ranks[place[run_of == number]] for ranks, (_, run_of, place) in zip(run.ranks, kept, strict=True)
+            ranks[place[run_of == number]] for ranks, (*_, run_of, place) in zip(run.ranks, kept, strict=True)
         ])
         for number, run in enumerate(runs)
     ]
     results = []
-    for image, (order, run_of, _) in enumerate(kept):
+    for image, (order, scores, run_of, _) in enumerate(kept):
         descriptors = described[0][image].new_empty((len(order), described[0][image].shape[1]))
         for number in range(len(runs)):
             descriptors[run_of == number] = described[number][image]
-        results.append(
-            Keypoints(
-                keypoints=torch.cat([run.keypoints[image] for run in runs])[order],
-                scores=torch.cat([run.scores[image] for run in runs])[order],
-                descriptors=descriptors,
-                image_size=image_size,
-            )
-        )
+        keypoints = torch.cat([run.keypoints[image] for run in runs])[order]
+        results.append(Keypoints(keypoints, scores, descriptors, image_size))
     return results
 
 
