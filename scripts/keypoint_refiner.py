@@ -284,9 +284,13 @@ class RefinedDetector(KeyPointNetDetector):
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    saved = torch.load(args.refiner, weights_only=True)
-    refiner = Refiner(saved["channels"])
-    refiner.load_state_dict(saved["state_dict"])
+    try:
+        saved = torch.load(args.refiner, weights_only=True)
+        refiner = Refiner(saved["channels"])
+        refiner.load_state_dict(saved["state_dict"])
+    except Exception as error:  # any unreadable file is the user's to fix, not a traceback
+        message = f"{args.refiner}: not a refiner saved by keypoint_refiner.py train ({type(error).__name__})"
+        raise Kp2dError(message) from None
     refiner.eval()
     model = load_keypoint_net(args.model)
     width, height = (int(v) for v in args.shape.split("x"))

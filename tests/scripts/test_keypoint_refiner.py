@@ -99,3 +99,11 @@ def test_eval_refuses_a_bad_shape(refiner_script, capsys, tmp_path):
     assert refiner_script.main(["eval", str(saved), "--hpatches", str(tmp_path), "--shape", "320"]) == 2
     assert "--shape must be WxH" in single_error_line(capsys)
     assert [path.name for path in tmp_path.iterdir()] == ["r.pt"]
+
+
+def test_eval_refuses_a_file_that_is_not_a_refiner(refiner_script, capsys, tmp_path):
+    saved = tmp_path / "r.pt"
+    saved.write_text("not a checkpoint")
+    assert refiner_script.main(["eval", str(saved), "--hpatches", str(tmp_path), "--json", "x.json"]) == 2
+    assert "not a refiner saved by" in single_error_line(capsys)
+    assert [path.name for path in tmp_path.iterdir()] == ["r.pt"]
