@@ -45,7 +45,7 @@ from kp2d.io.weights import DEFAULT_MODEL
 from kp2d.models.keypoint_net import load_keypoint_net
 
 PATCH = 24  # px of the run's input seen by the refiner
-STORED = 32  # px stored per keypoint, so that training can crop with an offset
+STORED = 32  # px stored per keypoint; training reads the centre PATCH px (crop offsets did not help)
 EVAL_SIZE_WH = (320, 240)
 SOURCE_SIZE_WH = (640, 480)
 
