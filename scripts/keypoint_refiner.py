@@ -40,7 +40,10 @@ from torch import nn
 
 from kp2d.errors import Kp2dError
 from kp2d.eval.hpatches import KeyPointNetDetector, evaluate_hpatches
+from kp2d.eval.settings import parse_shapes
 from kp2d.features.extraction import DenseCells, extract
+from kp2d.features.matching import match
+from kp2d.geometry import warp_points, warp_points_numpy
 from kp2d.io.weights import DEFAULT_MODEL
 from kp2d.models.keypoint_net import load_keypoint_net
 
@@ -170,25 +173,23 @@ def make_pairs(args: argparse.Namespace) -> None:
         kb = extract(model, second, scale_factor=scale_b, **runs).keypoints.float()
         if len(ka) < 5 or len(kb) < 5:
             continue
-        warped = cv2.perspectiveTransform(ka.numpy()[None].astype(np.float64), a_to_b)[0]
-        warped = torch.from_numpy(warped).float()
-        distance = torch.cdist(warped, kb)
-        nearest_b, nearest_a = distance.argmin(1), distance.argmin(0)
-        rows = torch.arange(len(ka))
-        keep = (nearest_a[nearest_b] == rows) & (distance[rows, nearest_b] * scale_b < 4.0)
-        keep &= (warped[:, 0] > 6) & (warped[:, 0] < 313) & (warped[:, 1] > 6) & (warped[:, 1] < 233)
-        keep = keep.nonzero()[:, 0]
-        if len(keep) < 3:
+        warped = torch.from_numpy(warp_points_numpy(ka.numpy().astype(np.float64), a_to_b)).float()
+        pairs, distance = match(warped, kb)  # mutual nearest keypoints by place
+        x, y = warped[pairs[:, 0]].unbind(1)
+        inside = (x > 6) & (x < 313) & (y > 6) & (y < 233)
+        pairs = pairs[(distance * scale_b < 4.0) & inside]
+        if len(pairs) < 3:
             continue
+        in_a, in_b = ka[pairs[:, 0]], kb[pairs[:, 1]]
         gray_a = torch.from_numpy(first.astype(np.float32).mean(2) / 255)
         gray_b = torch.from_numpy(second.astype(np.float32).mean(2) / 255)
-        records["pa"].append(sample_patches(gray_a, ka[keep], scale_a, STORED)[:, 0].half())
-        records["pb"].append(sample_patches(gray_b, kb[nearest_b[keep]], scale_b, STORED)[:, 0].half())
-        records["sa"].append(torch.full((len(keep),), scale_a))
-        records["sb"].append(torch.full((len(keep),), scale_b))
-        records["ka"].append(ka[keep])
-        records["kb"].append(kb[nearest_b[keep]])
-        records["T"].append(torch.from_numpy(a_to_b).float()[None].expand(len(keep), 3, 3))
+        records["pa"].append(sample_patches(gray_a, in_a, scale_a, STORED)[:, 0].half())
+        records["pb"].append(sample_patches(gray_b, in_b, scale_b, STORED)[:, 0].half())
+        records["sa"].append(torch.full((len(pairs),), scale_a))
+        records["sb"].append(torch.full((len(pairs),), scale_b))
+        records["ka"].append(in_a)
+        records["kb"].append(in_b)
+        records["T"].append(torch.from_numpy(a_to_b).float()[None].expand(len(pairs), 3, 3))
         made += 1
         if made % 100 == 0:
             found = sum(map(len, records["sa"]))
@@ -218,9 +219,8 @@ def _disagreement(
         moves_b = refiner(data["pb"][index][:, None, crop, crop].float())
     moved_a = data["ka"][index] + moves_a / scale_a
     moved_b = data["kb"][index] + moves_b / scale_b
-    homogeneous = torch.cat([moved_a, torch.ones(len(index), 1)], 1)
-    warped = (data["T"][index] @ homogeneous[:, :, None])[:, :, 0]
-    return (warped[:, :2] / warped[:, 2:] - moved_b) * scale_b, torch.cat([moves_a, moves_b])
+    warped = warp_points(moved_a[:, None], data["T"][index])[:, 0]  # each pair's own warp
+    return (warped - moved_b) * scale_b, torch.cat([moves_a, moves_b])
 
 
 def _report(refiner: Refiner, data: dict[str, torch.Tensor], step: int) -> None:
@@ -293,11 +293,9 @@ def evaluate(args: argparse.Namespace) -> None:
         raise Kp2dError(message) from None
     refiner.eval()
     model = load_keypoint_net(args.model)
-    width, height = (int(v) for v in args.shape.split("x"))
+    ((width, height, top_k),) = parse_shapes([args.shape], [args.top_k] if args.top_k else None)
     detector = RefinedDetector(refiner, args.top_cells, model, "cpu")
-    result = evaluate_hpatches(
-        detector, args.hpatches, size_wh=(width, height), top_k=args.top_k, progress=False
-    )
+    result = evaluate_hpatches(detector, args.hpatches, size_wh=(width, height), top_k=top_k, progress=False)
     names = ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")
     print(" ".join(f"{name} {result[name]:.3f}" for name in names))
     if args.json:
@@ -328,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("refiner")
     run.add_argument("--hpatches", required=True)
     run.add_argument("--shape", default="320x240")
-    run.add_argument("--top-k", type=int, default=300)
+    run.add_argument("--top-k", default=None, help="default 300 at 320x240, else 1000")
     run.add_argument("--top-cells", type=int, default=800, help="cells refined per run (default 800)")
     run.add_argument("--model", default=DEFAULT_MODEL)
     run.add_argument("--json")
@@ -360,8 +358,7 @@ def _check(args: argparse.Namespace) -> None:
             raise Kp2dError(f"{args.refiner}: no such file (make it with `keypoint_refiner.py train`)")
         if not Path(args.hpatches).is_dir():
             raise Kp2dError(f"--hpatches {args.hpatches}: no such folder")
-        if len(args.shape.split("x")) != 2 or not all(v.isdigit() for v in args.shape.split("x")):
-            raise Kp2dError(f"--shape must be WxH, e.g. 320x240, got {args.shape!r}")
+        parse_shapes([args.shape], [args.top_k] if args.top_k else None)
 
 
 if __name__ == "__main__":

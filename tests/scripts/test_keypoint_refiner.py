@@ -97,7 +97,7 @@ def test_eval_refuses_a_bad_shape(refiner_script, capsys, tmp_path):
     saved = tmp_path / "r.pt"
     torch.save({"channels": 8, "state_dict": refiner_script.Refiner().state_dict()}, saved)
     assert refiner_script.main(["eval", str(saved), "--hpatches", str(tmp_path), "--shape", "320"]) == 2
-    assert "--shape must be WxH" in single_error_line(capsys)
+    assert "--shape must be WIDTHxHEIGHT (e.g. 320x240), got '320'" in single_error_line(capsys)
     assert [path.name for path in tmp_path.iterdir()] == ["r.pt"]
 
 
