@@ -89,6 +89,29 @@ def test_augmentation_errors(argv, expected, capsys):
     ("argv", "expected"),
     [
         (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+        (["--threads", "-1"], "--threads must be at least 0, got -1"),
+        (["--shape", "32x"], "--shape must be WIDTHxHEIGHT (e.g. 320x240), got '32x'"),
+        (["--counts", "x"], "--counts 'x': give whole numbers, e.g. 300,1000"),
+        (["--counts", "300,0"], "--counts '300,0': give at least one count, each at least 1"),
+        (["--model", "nosuch"], "unknown model 'nosuch'"),
+    ],
+)
+def test_descriptor_head_errors(argv, expected, capsys):
+    assert _benchmark("descriptor_head").main(argv) == 2
+    assert single_error_line(capsys).startswith(f"descriptor_head benchmark: error: {expected}")
+
+
+def test_descriptor_head_prints_a_row_per_count(capsys):
+    assert _benchmark("descriptor_head").main(["--counts", "5,40", "--repeats", "1", "--shape", "64x48"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("torch-") and "astronaut 64x48 at x2.8 (176x128, 352 cells)" in lines[0]
+    assert [line.split(" | ")[0] for line in lines[3:]] == ["| 5", "| 40"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--repeats", "0"], "--repeats must be at least 1, got 0"),
         (["--threads", "0"], "--threads must be at least 1, got 0"),
         (["--max-sequences", "0"], "--max-sequences must be at least 1, got 0"),
         (["--max-sequences", "-1"], "--max-sequences must be at least 1, got -1"),

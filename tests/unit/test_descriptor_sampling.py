@@ -132,7 +132,8 @@ def test_a_shipped_files_reference_is_the_originals(net, tmp_path):
     loaded = load_keypoint_net(out)
     assert loaded.inference_settings.descriptor_sampling == "centred"
     reference = torch.load(out, map_location="cpu", weights_only=True)["reference"]
-    assert max(reference_error(loaded, reference).values()) < 1e-5
+    # float32 rounding only: coordinates of ~100 px differ by ~1e-5 between CPUs' kernels (AVX2, AVX-512)
+    assert max(reference_error(loaded, reference).values()) < 1e-4
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import skimage.data
 import torch
 
 from kp2d.deploy.backends import load_backend
-from kp2d.features.dense import gather_patches, map_points, sample_descriptors
+from kp2d.features.dense import conv3x3_at, gather_patches, map_points, padded_cells, sample_descriptors
 from kp2d.features.extraction import extract
 from kp2d.models import KeyPointNet
 
@@ -99,3 +99,49 @@ def test_extract_with_the_plain_network_keeps_its_mode_and_gives_the_dense_descr
     cells = (first.keypoints[:, None, :] - out.coord[0].flatten(1).t()[None]).abs().sum(-1).argmin(1)
     torch.testing.assert_close(first.descriptors, out.desc[0].flatten(1).t()[cells], atol=1e-5, rtol=0)
     assert len(got[1]) == 0 and got[1].descriptors.shape == (0, 256)
+
+
+def test_conv3x3_at_equals_the_padded_layer_at_those_cells():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 4, 3, padding=1, bias=False)
+    norm = torch.nn.BatchNorm2d(4).eval()
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    layer = torch.nn.Sequential(conv, norm, torch.nn.LeakyReLU(0.1))
+    maps = torch.randn(2, 5, 6, 7)
+    # corners and edges (whose neighbourhoods reach the zero padding) and inner cells of both images
+    batch_index = torch.tensor([0, 0, 1, 1, 1, 0])
+    rows, cols = torch.tensor([0, 5, 0, 5, 3, 2]), torch.tensor([0, 6, 6, 0, 4, 3])
+    with torch.no_grad():
+        got = conv3x3_at(layer, padded_cells(maps), batch_index, rows, cols)
+        want = layer(maps)[batch_index, :, rows, cols]
+    assert got.shape == (6, 4)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(TypeError, match="3x3"):
+        conv3x3_at(torch.nn.Conv2d(5, 4, 1), padded_cells(maps), batch_index, rows, cols)
+
+
+def test_descriptors_at_run_the_head_once_per_cell(monkeypatch):
+    """One point reads 2x2 map cells, which read the first layer at 4x4 cells; a second point reading the
+    same cells adds none, and both get the dense map's descriptor."""
+    import kp2d.models.keypoint_net as keypoint_net
+
+    cells_asked: list[int] = []
+
+    def counting(layer, padded, batch_index, rows, cols):
+        cells_asked.append(len(rows))
+        return conv3x3_at(layer, padded, batch_index, rows, cols)
+
+    monkeypatch.setattr(keypoint_net, "conv3x3_at", counting)
+    net = KeyPointNet.from_pretrained("lite").eval()
+    image = _astronaut((320, 256))  # a 32x40 map
+    height, width = image.shape[-2:]
+    # centred reading: x = 84 px lands at (84 + 0.5) / 8 - 0.5 = 10.06, between map columns 10 and 11
+    points = torch.tensor([[84.0, 100.0], [86.0, 101.0]])
+    batch_index = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        features = net.forward_cells(image).features
+        got = net.descriptors_at(features, batch_index, points, height, width, "centred")
+        expected = _dense_at(net, features, batch_index, points, height, width, "centred")
+    assert cells_asked == [16, 4]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

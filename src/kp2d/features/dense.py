@@ -21,11 +21,13 @@ __all__ = [
     "CellOutput",
     "KeyPointNetOutput",
     "MapPoints",
+    "conv3x3_at",
     "descriptor_grid",
     "gather_patches",
     "interior_mask",
     "map_points",
     "normalize_image",
+    "padded_cells",
     "read_map",
     "sample_descriptors",
     "unpadded_conv",
@@ -155,6 +157,43 @@ def unpadded_conv(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros":
         return F.conv2d(x, layer.weight, layer.bias, layer.stride, 0, layer.dilation, layer.groups)
     raise TypeError(f"not a convolution layer: {type(layer).__name__}")
+
+
+def padded_cells(maps: torch.Tensor) -> torch.Tensor:
+    """``(B, H + 2, W + 2, C)``: ``maps (B, C, H, W)`` as a channel vector per cell, in a border of zeros."""
+    batch, channels, height, width = maps.shape
+    padded = maps.new_zeros(batch, height + 2, width + 2, channels)
+    padded[:, 1:-1, 1:-1] = maps.permute(0, 2, 3, 1)
+    return padded
+
+
+def conv3x3_at(
+    layer: nn.Module, padded: torch.Tensor, batch_index: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """``(M, C')``: a 3×3 zero-padded convolution layer's output at cells ``(rows, cols)`` of a map only.
+
+    ``layer``: a ``Conv2d`` (3×3, stride 1, padding 1) or a ``Sequential`` starting with one, whose other
+    modules act per cell (BatchNorm in eval mode, an activation). ``padded``: the map as
+    :func:`padded_cells` holds it; ``batch_index``, ``rows``, ``cols``: ``(M,)`` int64 cells of the
+    unpadded map. Each cell's 3×3 neighbourhood times the weights is one row of a matrix product, so the
+    cost follows the cells asked for, not the map.
+    """
+    conv, rest = (layer[0], list(layer)[1:]) if isinstance(layer, nn.Sequential) else (layer, [])
+    if not (
+        isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+        and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    ):
+        raise TypeError(f"not a 3x3 zero-padded convolution layer: {conv}")
+    offsets = torch.arange(3, device=padded.device)
+    taps = padded[  # (M, 3, 3, C): rows - 1 .. rows + 1 of the map are rows .. rows + 2 of padded
+        batch_index[:, None, None], rows[:, None, None] + offsets[:, None], cols[:, None, None] + offsets
+    ]
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # taps in the same order
+    out = F.linear(taps.flatten(1), weight, conv.bias)
+    for module in rest:
+        out = module(out[:, :, None, None])[:, :, 0, 0]
+    return out
 
 
 def _check_sampling(sampling: str) -> None:

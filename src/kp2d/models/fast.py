@@ -345,9 +345,9 @@ def torch_backend(
             score, coord, features = net.forward_cells(prepared(to_network_channels(images, net.in_channels)))
         return CellOutput(score.float(), coord.float(), features)
 
-    def descriptors_at(features: torch.Tensor, *args) -> torch.Tensor:
+    def descriptors_at(features: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         with context():
-            return net.descriptors_at(features, *args).float()
+            return net.descriptors_at(features, *args, **kwargs).float()
 
     details = {"channels_last": channels_last, "autocast": str(autocast) if autocast else None}
     two_stage = hasattr(net, "forward_cells") and hasattr(net, "descriptors_at")

@@ -23,12 +23,13 @@ from kp2d.features.dense import (
     DESCRIPTOR_DIM,
     CellOutput,
     KeyPointNetOutput,
+    conv3x3_at,
     gather_patches,
     interior_mask,
     map_points,
     normalize_image,
+    padded_cells,
     sample_descriptors,
-    unpadded_conv,
     window_inside,
 )
 from kp2d.features.extraction import extract
@@ -297,30 +298,54 @@ class KeyPointNet(nn.Module):
         height: int,
         width: int,
         sampling: str | None = None,
+        dense: bool | None = None,
     ) -> torch.Tensor:
         """``(N, 256)`` float32 unit descriptors at ``points (N, 2)`` (pixels, x y) of images ``batch_index``.
 
         Equal, to float rounding, to :func:`sample_descriptors` on :meth:`descriptor_map` at those points of
-        the ``height x width`` input, but the head runs only on the 6×6 windows of ``features`` that the
-        points' four map cells need: a few hundred keypoints cost a small share of the dense map.
-        ``sampling``: how the map is read (:data:`~kp2d.config.DESCRIPTOR_SAMPLINGS`); ``None``: the
-        network's ``inference_settings.descriptor_sampling``.
+        the ``height x width`` input, but the head's two layers run only at the map cells the points read
+        (four each) and at the cells around those, each cell once however many points share it: a few
+        hundred keypoints cost a small share of the dense map. ``sampling``: how the map is read
+        (:data:`~kp2d.config.DESCRIPTOR_SAMPLINGS`); ``None``: the network's
+        ``inference_settings.descriptor_sampling``. ``dense``: ``True`` computes the whole map and reads it,
+        ``False`` the cells only; ``None`` picks the one with less work (``benchmarks/descriptor_head.py``).
         """
-        rows, cols = features.shape[-2:]
+        batch, _, rows, cols = features.shape
         if points.shape[0] == 0:
             return torch.zeros(0, self.convFbb.out_channels, device=features.device)
         sampling = sampling or self.inference_settings.descriptor_sampling
         at = map_points(points, height, width, rows, cols, sampling)
-        if points.shape[0] * 8 >= features.shape[0] * rows * cols:
-            # about 8 map cells' worth of convolutions per point: past that the dense map is cheaper
+        # a cell past the map reads 0 (grid_sample's padding), so it gets no weight and reads the last one
+        weights = at.weights * window_inside(at.top, at.left, 2, rows, cols)[:, None].to(at.weights.dtype)
+        offsets = torch.arange(2, device=points.device)
+        read_rows = (at.top[:, None, None] + offsets[:, None]).clamp(max=rows - 1)  # (N, 2, 1)
+        read_cols = (at.left[:, None, None] + offsets).clamp(max=cols - 1)  # (N, 1, 2)
+        flat = (batch_index[:, None, None] * rows + read_rows) * cols + read_cols  # (N, 2, 2)
+        read, reader = torch.unique(flat.flatten(), return_inverse=True)
+        read_batch, read_rows, read_cols = read // (rows * cols), read // cols % rows, read % cols
+        # the first layer's outputs the second reads: the 3x3 cells around each cell read, on the map
+        needed = torch.zeros(batch, rows + 2, cols + 2, dtype=torch.bool, device=features.device)
+        around = torch.arange(3, device=points.device)
+        around_rows = read_rows[:, None, None] + around[:, None]  # rows of the padded map, (U, 3, 1)
+        needed[read_batch[:, None, None], around_rows, read_cols[:, None, None] + around] = True
+        hidden_batch, hidden_rows, hidden_cols = needed[:, 1:-1, 1:-1].nonzero(as_tuple=True)
+        hidden_channels, out_channels = self.convFbb.in_channels, self.convFbb.out_channels
+        work = len(hidden_rows) * hidden_channels + len(read) * out_channels
+        if dense is None:  # a matrix product per cell does about half a dense convolution's work per second
+            dense = 2 * work >= batch * rows * cols * (hidden_channels + out_channels)
+        if dense:
             corners = gather_patches(self.descriptor_map(features), batch_index, at.top, at.left, 2)
+            desc = (corners.float() * weights).sum(dim=(2, 3))
         else:
-            windows = gather_patches(features, batch_index, at.top - 2, at.left - 2, 6)
-            hidden = self.relu(unpadded_conv(self.convFaa, windows))  # (N, C, 4, 4): map cells top-1..top+2
-            # the dense head's second layer reads zeros beyond the map, not the first layer's values there
-            inside = window_inside(at.top - 1, at.left - 1, 4, rows, cols)[:, None].to(hidden.dtype)
-            corners = unpadded_conv(self.convFbb, hidden * inside)  # (N, 256, 2, 2)
-        desc = (corners.float() * at.weights).sum(dim=(2, 3))
+            hidden = self.relu(conv3x3_at(
+                self.convFaa, padded_cells(features), hidden_batch, hidden_rows, hidden_cols
+            ))
+            # the cells left 0 are read only beyond the map, where the dense layer's padding reads 0 too
+            hidden_map = hidden.new_zeros(batch, rows + 2, cols + 2, hidden.shape[1])
+            hidden_map[hidden_batch, hidden_rows + 1, hidden_cols + 1] = hidden
+            values = conv3x3_at(self.convFbb, hidden_map, read_batch, read_rows, read_cols)  # (U, 256)
+            corners = values[reader].view(-1, 2, 2, values.shape[1]).float()  # (N, 2, 2, 256)
+            desc = (corners * weights[:, 0, :, :, None]).sum(dim=(1, 2))
         return desc / desc.norm(p=2, dim=1, keepdim=True)
 
     def describe(self, image: torch.Tensor, sampling: str | None = None) -> KeyPointNetOutput:
