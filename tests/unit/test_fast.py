@@ -18,7 +18,7 @@ from kp2d.deploy.fold import fold_batchnorm, fold_conv_bn
 from kp2d.deploy.int8 import _iter_images, load_calibration_images, quantize_int8
 from kp2d.errors import ConfigError, DataError
 from kp2d.eval.hpatches import KeyPointNetDetector
-from kp2d.features.dense import unpadded_conv
+from kp2d.features.dense import conv3x3_at, padded_cells
 from kp2d.features.extraction import extract
 from kp2d.models import KeyPointNet, fast
 from kp2d.models.fast import (
@@ -195,9 +195,11 @@ def test_conv_leaky_relu_equals_the_two_steps(dtype):
         assert out.dtype == dtype and out.shape == want.shape
         tolerance = 1e-5 if dtype == torch.float32 else 0.05
         torch.testing.assert_close(out.float(), want, atol=tolerance, rtol=tolerance)
-        # the layer's parts, as unpadded_conv reads them, give the same activated values
-        inner = unpadded_conv(fused, x)
-        torch.testing.assert_close(inner, F.leaky_relu(F.conv2d(x, conv.weight, conv.bias, 2), 0.01))
+        # the layer's parts, as conv3x3_at reads them at a few cells, give the same activated values
+        conv3 = nn.Conv2d(6, 5, 3, padding=1)
+        cells = torch.tensor([0, 1]), torch.tensor([0, 5]), torch.tensor([13, 7])
+        inner = conv3x3_at(ConvLeakyReLU(conv3, 0.01, dtype), padded_cells(x), *cells)
+        torch.testing.assert_close(inner, F.leaky_relu(conv3(x), 0.01)[cells[0], :, cells[1], cells[2]])
 
 
 def test_fast_layers_fall_back_without_the_fused_convolution(golden_forward, monkeypatch):

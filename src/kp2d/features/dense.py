@@ -30,7 +30,6 @@ __all__ = [
     "padded_cells",
     "read_map",
     "sample_descriptors",
-    "unpadded_conv",
     "window_inside",
 ]
 
@@ -140,23 +139,6 @@ def gather_patches(
     # (B, H, W, C) is a view of a channels-last map, so each window gathers whole channel vectors
     windows = maps.permute(0, 2, 3, 1)[batch_index[:, None, None], rows[:, :, None], cols[:, None, :]]
     return (windows * inside[..., None].to(windows.dtype)).permute(0, 3, 1, 2)
-
-
-def unpadded_conv(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A convolution layer (``Conv2d``, or ``Sequential(Conv2d, ...)``) on ``x`` without its padding.
-
-    ``(N, C, h, w)`` → ``(N, C', h - k + 1, w - k + 1)`` for a ``k x k`` kernel: the values the padded
-    layer gives at those positions of a larger map, computed on a window of it.
-    """
-    if isinstance(layer, nn.Sequential):
-        first, *rest = layer
-        x = unpadded_conv(first, x)
-        for module in rest:
-            x = module(x)
-        return x
-    if isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros":
-        return F.conv2d(x, layer.weight, layer.bias, layer.stride, 0, layer.dilation, layer.groups)
-    raise TypeError(f"not a convolution layer: {type(layer).__name__}")
 
 
 def padded_cells(maps: torch.Tensor) -> torch.Tensor:

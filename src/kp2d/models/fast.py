@@ -192,7 +192,7 @@ def conv3x3_by_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 class ConvLeakyReLU(nn.Sequential):
     """``LeakyReLU(conv(x))`` with the activation done inside oneDNN's convolution on a CPU.
 
-    A ``Sequential(conv, LeakyReLU)``, so code that reads a layer's parts (``unpadded_conv``) and any
+    A ``Sequential(conv, LeakyReLU)``, so code that reads a layer's parts (``conv3x3_at``) and any
     other device run the two steps; on a CPU one call writes the activated output, saving a pass over a
     full-size map. ``dtype``: the weights' type for that call (bf16 for the bf16 backend).
     """
