@@ -19,8 +19,8 @@ does; the default model's single runs (×2.8 or ×1.25, chosen so the two views'
 with a 32×32 patch each. ``train``: Huber loss on the disagreement of the moved keypoints (run px of the
 second view), plus ``--move-weight`` × the mean squared move and ``--gauge-weight`` × the squared mean move
 (a shift common to all keypoints would cost nothing in the loss and move every image's keypoints).
-``eval``: ``kp2d eval``'s protocol with each run's best ``--top-cells`` cells refined; the JSON has the same
-layout, so ``scripts/compare_evals.py`` reads it.
+``eval``: ``kp2d eval``'s protocol with each run's best ``--top-cells`` cells refined (``--max-scale``: only
+the runs at input scales up to it); the JSON has the same layout, so ``scripts/compare_evals.py`` reads it.
 """
 
 from __future__ import annotations
@@ -265,14 +265,21 @@ def train(args: argparse.Namespace) -> None:
 # ---- eval -------------------------------------------------------------------------------------------
 
 class RefinedDetector(KeyPointNetDetector):
-    """The protocol's detector with each run's ``top_cells`` best cells moved by a refiner."""
+    """The protocol's detector with each run's ``top_cells`` best cells moved by a refiner.
 
-    def __init__(self, refiner: Refiner, top_cells: int, *args, **kwargs) -> None:
+    ``max_scale``: only the runs at an input scale of at most this are refined (``None``: every run).
+    """
+
+    def __init__(
+        self, refiner: Refiner, top_cells: int, *args, max_scale: float | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.refiner, self.top_cells = refiner, top_cells
+        self.refiner, self.top_cells, self.max_scale = refiner, top_cells, max_scale
 
     def _cells(self, batch: torch.Tensor, scale_factor: float, rotation_deg: float = 0.0) -> DenseCells:
         cells = super()._cells(batch, scale_factor, rotation_deg)
+        if self.max_scale is not None and scale_factor > self.max_scale:
+            return cells
         gray = batch.float().mean(1)
         coords = cells.coords.flatten(2).clone()  # (B, 2, Hc*Wc)
         for image in range(len(coords)):
@@ -294,7 +301,7 @@ def evaluate(args: argparse.Namespace) -> None:
     refiner.eval()
     model = load_keypoint_net(args.model)
     ((width, height, top_k),) = parse_shapes([args.shape], [args.top_k] if args.top_k else None)
-    detector = RefinedDetector(refiner, args.top_cells, model, "cpu")
+    detector = RefinedDetector(refiner, args.top_cells, model, "cpu", max_scale=args.max_scale)
     result = evaluate_hpatches(detector, args.hpatches, size_wh=(width, height), top_k=top_k, progress=False)
     names = ("repeatability", "localization_error", "c1", "c3", "c5", "mscore")
     print(" ".join(f"{name} {result[name]:.3f}" for name in names))
@@ -328,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--shape", default="320x240")
     run.add_argument("--top-k", default=None, help="default 300 at 320x240, else 1000")
     run.add_argument("--top-cells", type=int, default=800, help="cells refined per run (default 800)")
+    run.add_argument("--max-scale", type=float, default=None,
+                     help="refine only the runs at input scales up to this, e.g. 1.25 (default: every run)")
     run.add_argument("--model", default=DEFAULT_MODEL)
     run.add_argument("--json")
     args = parser.parse_args(argv)

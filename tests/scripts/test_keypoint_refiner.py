@@ -107,3 +107,29 @@ def test_eval_refuses_a_file_that_is_not_a_refiner(refiner_script, capsys, tmp_p
     assert refiner_script.main(["eval", str(saved), "--hpatches", str(tmp_path), "--json", "x.json"]) == 2
     assert "not a refiner saved by" in single_error_line(capsys)
     assert [path.name for path in tmp_path.iterdir()] == ["r.pt"]
+
+
+def test_max_scale_leaves_the_finer_runs_alone(refiner_script):
+    """With ``max_scale`` 1.25 a run at x1.25 has its best cells moved right by 11.5 / 1.25 px (the refiner of
+    the test above) and a run at x2.8 keeps the network's keypoints."""
+    from kp2d.eval.hpatches import KeyPointNetDetector
+    from kp2d.models.keypoint_net import load_keypoint_net
+
+    refiner = refiner_script.Refiner()
+    for parameter in refiner.body.parameters():
+        torch.nn.init.zeros_(parameter)
+    refiner.log_sigma.data.fill_(10.0)
+    refiner.body.register_forward_hook(
+        lambda module, inputs, output: output + torch.where(torch.arange(24) == 23, 50.0, 0.0)
+    )
+    model = load_keypoint_net("litefast")
+    plain = KeyPointNetDetector(model, "cpu")
+    refined = refiner_script.RefinedDetector(refiner, 5, model, "cpu", max_scale=1.25)
+    batch = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    before, after = plain._cells(batch, 2.8), refined._cells(batch, 2.8)
+    assert torch.equal(after.coords, before.coords)
+    before, after = plain._cells(batch, 1.25), refined._cells(batch, 1.25)
+    moves = (after.coords - before.coords).flatten(2)[0]  # (2, cells): x, y
+    moved = moves.abs().sum(0) > 0
+    assert int(moved.sum()) == 5 and torch.all(moves[1] == 0)
+    torch.testing.assert_close(moves[0, moved], torch.full((5,), 11.5 / 1.25), atol=1e-3, rtol=0)
