@@ -40,17 +40,23 @@ def test_a_refiner_that_sees_nothing_leaves_the_keypoints(refiner_script):
     torch.testing.assert_close(moved, keypoints, atol=1e-5, rtol=0)
 
 
-def test_a_move_in_run_pixels_is_divided_by_the_run_scale(refiner_script):
-    """A refiner whose scores peak at the patch's last column moves every keypoint right by that column's
-    offset (11.5 patch px at 24 px) in patch px, so by 11.5 / s image px."""
+def _right_mover(refiner_script):
+    """A refiner whose scores are +50 on the patch's last column, 0 elsewhere, under a flat prior: nearly all
+    the soft-argmax's weight lies there, 11.5 patch px right of the centre."""
     refiner = refiner_script.Refiner()
     for parameter in refiner.body.parameters():
         torch.nn.init.zeros_(parameter)
-    refiner.log_sigma.data.fill_(10.0)  # a flat prior
-    # scores +50 on the last column, 0 elsewhere: nearly all the soft-argmax's weight lies there
+    refiner.log_sigma.data.fill_(10.0)
     refiner.body.register_forward_hook(
         lambda module, inputs, output: output + torch.where(torch.arange(24) == 23, 50.0, 0.0)
     )
+    return refiner
+
+
+def test_a_move_in_run_pixels_is_divided_by_the_run_scale(refiner_script):
+    """A refiner whose scores peak at the patch's last column moves every keypoint right by that column's
+    offset (11.5 patch px at 24 px) in patch px, so by 11.5 / s image px."""
+    refiner = _right_mover(refiner_script)
     keypoints = torch.tensor([[20.0, 20.0]])
     moved = refiner_script.refine(refiner, torch.rand(48, 64), keypoints, 2.5)
     torch.testing.assert_close(moved, torch.tensor([[20.0 + 11.5 / 2.5, 20.0]]), atol=1e-4, rtol=0)
@@ -115,13 +121,7 @@ def test_max_scale_leaves_the_finer_runs_alone(refiner_script):
     from kp2d.eval.hpatches import KeyPointNetDetector
     from kp2d.models.keypoint_net import load_keypoint_net
 
-    refiner = refiner_script.Refiner()
-    for parameter in refiner.body.parameters():
-        torch.nn.init.zeros_(parameter)
-    refiner.log_sigma.data.fill_(10.0)
-    refiner.body.register_forward_hook(
-        lambda module, inputs, output: output + torch.where(torch.arange(24) == 23, 50.0, 0.0)
-    )
+    refiner = _right_mover(refiner_script)
     model = load_keypoint_net("litefast")
     plain = KeyPointNetDetector(model, "cpu")
     refined = refiner_script.RefinedDetector(refiner, 5, model, "cpu", max_scale=1.25)
