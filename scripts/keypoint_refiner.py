@@ -18,7 +18,8 @@ does; the default model's single runs (×2.8 or ×1.25, chosen so the two views'
 1.25 of each other) detect on each, and the mutual nearest keypoints within 4 run px under the warp are kept
 with a 32×32 patch each. ``train``: Huber loss on the disagreement of the moved keypoints (run px of the
 second view), plus ``--move-weight`` × the mean squared move and ``--gauge-weight`` × the squared mean move
-(a shift common to all keypoints would cost nothing in the loss and move every image's keypoints).
+(a shift common to all keypoints would cost nothing in the loss and move every image's keypoints);
+``--max-scale`` holds the keypoints of runs at larger input scales where the network put them.
 ``eval``: ``kp2d eval``'s protocol with each run's best ``--top-cells`` cells refined (``--max-scale``: only
 the runs at input scales up to it); the JSON has the same layout, so ``scripts/compare_evals.py`` reads it.
 """
@@ -206,9 +207,15 @@ def _load(paths: str) -> dict[str, torch.Tensor]:
 
 
 def _disagreement(
-    refiner: Refiner | None, data: dict[str, torch.Tensor], index: torch.Tensor
+    refiner: Refiner | None,
+    data: dict[str, torch.Tensor],
+    index: torch.Tensor,
+    max_scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pair, the moved keypoints' disagreement ``(n, 2)`` (run px of view b); the moves ``(2n, 2)``."""
+    """Per pair, the moved keypoints' disagreement ``(n, 2)`` (run px of view b); the moves ``(2n, 2)``.
+
+    ``max_scale``: keypoints of runs at input scales above it stay where the network put them.
+    """
     margin = (STORED - PATCH) // 2
     scale_a, scale_b = data["sa"][index, None], data["sb"][index, None]
     if refiner is None:
@@ -217,17 +224,20 @@ def _disagreement(
         crop = slice(margin, margin + PATCH)
         moves_a = refiner(data["pa"][index][:, None, crop, crop].float())
         moves_b = refiner(data["pb"][index][:, None, crop, crop].float())
+        if max_scale is not None:
+            moves_a = moves_a * (scale_a <= max_scale).float()
+            moves_b = moves_b * (scale_b <= max_scale).float()
     moved_a = data["ka"][index] + moves_a / scale_a
     moved_b = data["kb"][index] + moves_b / scale_b
     warped = warp_points(moved_a[:, None], data["T"][index])[:, 0]  # each pair's own warp
     return (warped - moved_b) * scale_b, torch.cat([moves_a, moves_b])
 
 
-def _report(refiner: Refiner, data: dict[str, torch.Tensor], step: int) -> None:
+def _report(refiner: Refiner, data: dict[str, torch.Tensor], step: int, max_scale: float | None) -> None:
     index = torch.arange(len(data["sa"]))
     with torch.no_grad():
         before = _disagreement(None, data, index)[0].norm(dim=1)
-        after, moves = _disagreement(refiner, data, index)
+        after, moves = _disagreement(refiner, data, index, max_scale)
     after = after.norm(dim=1)
     parts = []
     for scale_a, scale_b in ((2.8, 2.8), (2.8, 1.25), (1.25, 1.25)):
@@ -243,12 +253,17 @@ def _report(refiner: Refiner, data: dict[str, torch.Tensor], step: int) -> None:
 def train(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     data, val = _load(args.data), _load(args.val)
+    if args.max_scale is not None:  # pairs of two runs that stay put have nothing to learn from
+        keep = (data["sa"] <= args.max_scale) | (data["sb"] <= args.max_scale)
+        if not keep.any():
+            raise Kp2dError(f"--max-scale {args.max_scale:g}: no pair in --data has a run at that scale")
+        data = {key: value[keep] for key, value in data.items()}
     refiner = Refiner(args.channels)
     optimizer = torch.optim.Adam(refiner.parameters(), args.learning_rate)
     start, step = time.time(), 0
     while time.time() - start < args.minutes * 60:
         index = torch.randint(len(data["sa"]), (args.batch,))
-        error, moves = _disagreement(refiner, data, index)
+        error, moves = _disagreement(refiner, data, index, args.max_scale)
         loss = F.huber_loss(error, torch.zeros_like(error), delta=1.0)
         loss = loss + args.move_weight * (moves**2).mean() + args.gauge_weight * (moves.mean(0) ** 2).sum()
         optimizer.zero_grad()
@@ -256,9 +271,9 @@ def train(args: argparse.Namespace) -> None:
         optimizer.step()
         step += 1
         if step % 1000 == 0:
-            _report(refiner, val, step)
+            _report(refiner, val, step, args.max_scale)
             torch.save({"channels": args.channels, "state_dict": refiner.state_dict()}, args.out)
-    _report(refiner, val, step)
+    _report(refiner, val, step, args.max_scale)
     torch.save({"channels": args.channels, "state_dict": refiner.state_dict()}, args.out)
 
 
@@ -329,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--learning-rate", type=float, default=2e-3)
     fit.add_argument("--move-weight", type=float, default=0.02)
     fit.add_argument("--gauge-weight", type=float, default=1.0)
+    fit.add_argument("--max-scale", type=float, default=None,
+                     help="move only the keypoints of runs at input scales up to this (default: every run)")
     run = commands.add_parser("eval", help="the HPatches protocol with the refiner")
     run.add_argument("refiner")
     run.add_argument("--hpatches", required=True)

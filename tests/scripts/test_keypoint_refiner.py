@@ -79,6 +79,10 @@ def test_the_disagreement_of_a_known_offset(refiner_script):
     error, moves = refiner_script._disagreement(None, data, torch.arange(2))
     torch.testing.assert_close(error, torch.tensor([[-0.625, 0.0], [-0.625, 0.0]]))
     assert moves.shape == (4, 2) and not moves.any()
+    # with max_scale 2 only the x1.25 keypoints move: 11.5 run px right, so the disagreement grows by 11.5
+    error, moves = refiner_script._disagreement(_right_mover(refiner_script), data, torch.arange(2), 2.0)
+    torch.testing.assert_close(moves, torch.tensor([[0.0, 0.0]] * 2 + [[11.5, 0.0]] * 2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(error, torch.tensor([[-12.125, 0.0]] * 2), atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -113,6 +117,22 @@ def test_eval_refuses_a_file_that_is_not_a_refiner(refiner_script, capsys, tmp_p
     assert refiner_script.main(["eval", str(saved), "--hpatches", str(tmp_path), "--json", "x.json"]) == 2
     assert "not a refiner saved by" in single_error_line(capsys)
     assert [path.name for path in tmp_path.iterdir()] == ["r.pt"]
+
+
+def test_train_refuses_a_max_scale_no_pair_reaches(refiner_script, capsys, tmp_path):
+    import numpy as np
+
+    pairs = tmp_path / "p.npz"
+    scales = np.full(3, 2.8, dtype=np.float32)
+    np.savez(pairs, sa=scales, sb=scales, ka=np.zeros((3, 2), np.float32), kb=np.zeros((3, 2), np.float32),
+             T=np.tile(np.eye(3, dtype=np.float32), (3, 1, 1)), pa=np.zeros((3, 32, 32), np.float32),
+             pb=np.zeros((3, 32, 32), np.float32))
+    args = ["train", str(tmp_path / "r.pt"), "--data", str(pairs), "--val", str(pairs), "--max-scale", "1.25"]
+    assert refiner_script.main(args) == 2
+    assert single_error_line(capsys) == (
+        "keypoint_refiner: error: --max-scale 1.25: no pair in --data has a run at that scale"
+    )
+    assert [path.name for path in tmp_path.iterdir()] == ["p.npz"]
 
 
 def test_max_scale_leaves_the_finer_runs_alone(refiner_script):
