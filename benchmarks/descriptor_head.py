@@ -83,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     photo = cv2.resize(skimage.data.astronaut(), (width, height), interpolation=cv2.INTER_AREA)
     image = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255.0
     image = rescale_images(image, settings.scale_factor, settings.interpolation)
-    rows, cols = (size // CELL * CELL for size in image.shape[-2:])
-    image = image[..., :rows, :cols]
+    net_height, net_width = (size // CELL * CELL for size in image.shape[-2:])  # whole cells only
+    image = image[..., :net_height, :net_width]
     with torch.inference_mode():
         score, coord, features = backend.cells(image)
     print(f"{backend.name}, {torch.get_num_threads()} threads, astronaut {width}x{height} at "
-          f"x{settings.scale_factor:g} ({cols}x{rows}, {score.numel()} cells), median of {args.repeats}")
+          f"x{settings.scale_factor:g} ({net_width}x{net_height}, {score.numel()} cells), "
+          f"median of {args.repeats}")
     print("| keypoints | by cell, ms | whole map, ms | as `descriptors_at` picks, ms |")
     print("|---|---|---|---|")
     order = score.flatten().argsort(descending=True)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def describe(dense: bool | None, points=points, batch_index=batch_index) -> None:
             with torch.inference_mode():
-                backend.descriptors_at(features, batch_index, points, rows, cols, dense=dense)
+                backend.descriptors_at(features, batch_index, points, net_height, net_width, dense=dense)
 
         ways = (False, True, None)
         times = [median_ms(lambda dense=dense: describe(dense), args.repeats) for dense in ways]
