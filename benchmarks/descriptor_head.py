@@ -18,7 +18,6 @@ import statistics
 import sys
 import time
 
-import cv2
 import skimage.data
 import torch
 
@@ -27,6 +26,7 @@ from kp2d.errors import ConfigError, Kp2dError, user_message
 from kp2d.eval.settings import parse_shapes
 from kp2d.features.dense import CELL
 from kp2d.features.extraction import rescale_images
+from kp2d.io.images import image_to_tensor, resize_image
 from kp2d.models import KeyPointNet
 
 
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     backend = model.default_backend()
     settings = model.inference_settings
-    photo = cv2.resize(skimage.data.astronaut(), (width, height), interpolation=cv2.INTER_AREA)
-    image = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255.0
+    photo = resize_image(skimage.data.astronaut(), (width, height), area_when_shrinking=True)
+    image, _ = image_to_tensor(photo, model.in_channels)
     image = rescale_images(image, settings.scale_factor, settings.interpolation)
     net_height, net_width = (size // CELL * CELL for size in image.shape[-2:])  # whole cells only
     image = image[..., :net_height, :net_width]
