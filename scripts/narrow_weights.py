@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        if config.model.stem != "full" or config.model.head_rank:
-            raise Kp2dError(f"{args.config} has a strided stem or factorised heads: narrow to its plain "
-                            "layout first, then use scripts/factorise_weights.py")
+        model = config.model
+        if model.stem != "full" or model.head_rank or model.block2 != "pooled" or model.backbone_rank:
+            raise Kp2dError(f"{args.config} has a strided stem or block, or factorised layers: narrow to "
+                            "its plain layout first, then use scripts/factorise_weights.py")
         wide = load_keypoint_net(args.wide)
         torch.manual_seed(0)
         narrow_net = build_keypoint_net(config.model).eval()

@@ -42,6 +42,8 @@ MAX_NETWORK_SIZE = 16384  # pixels, each side of the network's input (after scal
 NETWORK_PARTS = ("encoder", "score", "location", "descriptor")
 #: KeyPointNet's first blocks (``model.stem``): the paper's at full resolution, or strided.
 STEMS = ("full", "strided")
+#: KeyPointNet's second block (``model.block2``): a 2x2 max-pool after it (the paper's), or strided.
+SECOND_BLOCKS = ("pooled", "strided")
 
 
 def _check_range(
@@ -88,12 +90,23 @@ class ModelConfig:
     # 0: the heads' first layers are 3x3 convs (the paper's); r > 0: each is factorised through r channels
     # (1x1 in, 3x3 r -> r, 1x1 out), about r^2 / C^2 of their work
     head_rank: int = 0
+    # "pooled": block 2's two 3x3 convs, then a 2x2 max-pool (the paper's); "strided": conv2a a 4x4
+    # stride-2 conv and conv2b at the lower resolution, no pool, about a quarter of the block's work
+    block2: str = "pooled"
+    # 0: blocks 3 and 4 are plain 3x3 convs (the paper's); 0 < f <= 1: each of conv3a..conv4b is
+    # factorised through f of its input and output channels (1x1 in, 3x3, 1x1 out, then its BatchNorm)
+    backbone_rank: float = 0.0
 
     def __post_init__(self) -> None:
         _check_range("model.width", self.width, low=0.125, high=2.0)
         if self.stem not in STEMS:
             raise ConfigError(f"model.stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
         _check_range("model.head_rank", self.head_rank, low=0, high=512)
+        if self.block2 not in SECOND_BLOCKS:
+            raise ConfigError(
+                f"model.block2 must be one of {', '.join(SECOND_BLOCKS)}, got {self.block2!r}"
+            )
+        _check_range("model.backbone_rank", self.backbone_rank, low=0.0, high=1.0)
 
 
 #: How a keypoint's descriptor is read from the dense map (inference's ``descriptor_sampling``, training's

@@ -316,7 +316,7 @@ def _check_model_matches_config(model: ModelConfig, keypoint_net: torch.nn.Modul
     net_width = getattr(keypoint_net, "width", 1.0)
     if float(model.width) != float(net_width):
         problems.append(f"model.width={model.width:g} but the network has width={net_width:g}")
-    for name, default in (("stem", "full"), ("head_rank", 0)):
+    for name, default in (("stem", "full"), ("head_rank", 0), ("block2", "pooled"), ("backbone_rank", 0.0)):
         wanted, have = getattr(model, name), getattr(keypoint_net, name, default)
         if wanted != have:
             problems.append(f"model.{name}={wanted} but the network has {name}={have}")
@@ -341,7 +341,8 @@ def save_checkpoint(
 
     Raises:
         ConfigError: ``config.model``'s switches (``use_color``, ``do_upsample``, ``do_cross``, ``width``,
-            ``stem``, ``head_rank``) differ from ``keypoint_net``'s; nothing is written.
+            ``stem``, ``head_rank``, ``block2``, ``backbone_rank``) differ from ``keypoint_net``'s; nothing is
+            written.
     """
     _check_model_matches_config(config.model, keypoint_net)
     payload: dict[str, Any] = {

@@ -76,6 +76,9 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 def fold_batchnorm(model: _Net) -> _Net:
     """A copy of ``model`` in eval mode with every ``Sequential(Conv2d, BatchNorm2d)`` replaced by one conv.
 
+    A ``Sequential(Conv2d, ..., Conv2d, BatchNorm2d)`` (a factorised layer) keeps its convs, the last one
+    with the BatchNorm folded in.
+
     The copy computes the same function as ``model.eval()`` (to float rounding); ``model`` is unchanged.
     The copy's state-dict keys differ (``conv1a.weight``/``conv1a.bias`` instead of ``conv1a.0.*``/
     ``conv1a.1.*``): it is for inference, not for saving.
@@ -84,11 +87,12 @@ def fold_batchnorm(model: _Net) -> _Net:
     for name, child in list(folded.named_children()):
         if (
             isinstance(child, nn.Sequential)
-            and len(child) == 2
-            and isinstance(child[0], nn.Conv2d)
-            and isinstance(child[1], nn.BatchNorm2d)
+            and len(child) >= 2
+            and all(isinstance(layer, nn.Conv2d) for layer in child[:-1])
+            and isinstance(child[-1], nn.BatchNorm2d)
         ):
-            setattr(folded, name, fold_conv_bn(child[0], child[1]).requires_grad_(False))
+            last = fold_conv_bn(child[-2], child[-1]).requires_grad_(False)
+            setattr(folded, name, last if len(child) == 2 else nn.Sequential(*child[:-2], last))
     return folded
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kp2d.config import NETWORK_PARTS, STEMS, ModelConfig, load_config
+from kp2d.config import NETWORK_PARTS, SECOND_BLOCKS, STEMS, ModelConfig, load_config
 from kp2d.features.dense import (
     CELL,
     DEFAULT_SCORE_THRESHOLD,
@@ -74,6 +74,17 @@ def _factorised_conv(channels: int, rank: int) -> nn.Sequential:
     )
 
 
+def _factorised_conv_bn(in_channels: int, out_channels: int, rank: float) -> nn.Sequential:
+    """A 3x3 conv through ``rank`` of its channels (1x1 in, 3x3, 1x1 out, no biases), then BatchNorm."""
+    rank_in, rank_out = (max(8, 8 * round(c * rank / 8)) for c in (in_channels, out_channels))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, rank_in, kernel_size=1, bias=False),
+        nn.Conv2d(rank_in, rank_out, kernel_size=3, padding=1, bias=False),
+        nn.Conv2d(rank_out, out_channels, kernel_size=1, bias=False),
+        nn.BatchNorm2d(out_channels, momentum=0.1),
+    )
+
+
 class KeyPointNet(nn.Module):
     """Keypoint detector and descriptor (Tang et al., ICLR 2020).
 
@@ -89,6 +100,10 @@ class KeyPointNet(nn.Module):
             pool): the same 1/2-resolution output for about a quarter of the work.
         head_rank: 0 (the paper's), or each head's first layer (``convDa``, ``convPa``, ``convFa``) factorised
             through this many channels (1x1, 3x3, 1x1 with a bias; no BatchNorm).
+        block2: ``"pooled"`` (the paper's second block: two 3x3 convs, then a 2x2 max-pool) or
+            ``"strided"`` (``conv2a`` a 4x4 stride-2 conv, ``conv2b`` at the lower resolution, no pool).
+        backbone_rank: 0 (the paper's), or each of ``conv3a`` … ``conv4b`` factorised through this fraction
+            of its input and output channels (1x1, 3x3, 1x1, then its BatchNorm).
 
     Input: ``(B, in_channels, H, W)`` images in [0, 1], ``H`` and ``W`` multiples of 8.
     Output: :class:`KeyPointNetOutput` (dense maps, the same in training and eval mode).
@@ -107,12 +122,18 @@ class KeyPointNet(nn.Module):
         width: float = 1.0,
         stem: str = "full",
         head_rank: int = 0,
+        block2: str = "pooled",
+        backbone_rank: float = 0.0,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+        if block2 not in SECOND_BLOCKS:
+            raise ValueError(f"block2 must be one of {', '.join(SECOND_BLOCKS)}, got {block2!r}")
+        if not 0.0 <= backbone_rank <= 1.0:
+            raise ValueError(f"backbone_rank must be in [0, 1], got {backbone_rank}")
         self.in_channels = in_channels
         self.do_upsample = do_upsample
         self.do_cross = do_cross
@@ -120,6 +141,8 @@ class KeyPointNet(nn.Module):
         self.width = width
         self.stem = stem
         self.head_rank = head_rank
+        self.block2 = block2
+        self.backbone_rank = backbone_rank
         self.cross_ratio = 2.0 if do_cross else 1.0
         # a plain attribute, not a buffer: the state dict keeps the original's keys
         self.inference_settings = InferenceSettings()
@@ -132,9 +155,14 @@ class KeyPointNet(nn.Module):
         else:
             self.conv1a = _conv_bn(in_channels, c1)
         self.conv1b = _conv_bn(c1, c1)
-        self.conv2a, self.conv2b = _conv_bn(c1, c2), _conv_bn(c2, c2)
-        self.conv3a, self.conv3b = _conv_bn(c2, c3), _conv_bn(c3, c3)
-        self.conv4a, self.conv4b = _conv_bn(c3, c4), _conv_bn(c4, c4)
+        if block2 == "strided":
+            self.conv2a = _conv_bn(c1, c2, kernel_size=4, stride=2)
+        else:
+            self.conv2a = _conv_bn(c1, c2)
+        self.conv2b = _conv_bn(c2, c2)
+        deep = (lambda i, o: _factorised_conv_bn(i, o, backbone_rank)) if backbone_rank else _conv_bn
+        self.conv3a, self.conv3b = deep(c2, c3), deep(c3, c3)
+        self.conv4a, self.conv4b = deep(c3, c4), deep(c4, c4)
         head = (lambda: _factorised_conv(c4, head_rank)) if head_rank else (lambda: _conv_bn(c4, c4))
         # score head
         self.convDa = head()
@@ -263,7 +291,9 @@ class KeyPointNet(nn.Module):
         x = self._block(x, self.conv1a, self.conv1b)
         if self.stem == "full":
             x = self.pool(x)
-        x = self.pool(self._block(x, self.conv2a, self.conv2b))
+        x = self._block(x, self.conv2a, self.conv2b)
+        if self.block2 == "pooled":
+            x = self.pool(x)
         skip = self._block(x, self.conv3a, self.conv3b)
         x = self._block(self.pool(skip), self.conv4a, self.conv4b)
 
@@ -384,6 +414,8 @@ def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
         width=model.width,
         stem=model.stem,
         head_rank=model.head_rank,
+        block2=model.block2,
+        backbone_rank=model.backbone_rank,
     )
 
 
