@@ -10,7 +10,7 @@ from kp2d.errors import ConfigError
 
 
 def test_presets_are_the_ablations_and_lite():
-    assert list_presets() == ["lite", "litefast", "v0", "v1", "v2", "v3", "v4"]
+    assert list_presets() == ["lite", "litefast", "liteslim", "v0", "v1", "v2", "v3", "v4"]
     flags = {
         name: (c.model.do_cross, c.model.do_upsample, c.model.with_io, c.loss.descriptor_loss)
         for name in list_presets()
@@ -29,6 +29,10 @@ def test_presets_are_the_ablations_and_lite():
     fast = load_config("litefast")
     assert (fast.model.width, fast.model.stem, fast.model.head_rank) == (0.5, "strided", 48)
     assert fast.train.teacher == "lite"
+    slim = load_config("liteslim")
+    assert (slim.model.stem, slim.model.head_rank, slim.model.block2, slim.model.backbone_rank) == (
+        "strided", 48, "strided", 0.5)
+    assert slim.train.teacher == "litefast" and slim.train.keep_batchnorm_statistics
 
 
 def test_original_defaults():
@@ -181,7 +185,7 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
 
 def test_recipes_load_as_presets_and_extend_each_other():
     assert list_recipes() == [
-        "recipes/lite_shipped", "recipes/litefast_shipped",
+        "recipes/lite_shipped", "recipes/litefast_shipped", "recipes/liteslim_shipped",
         "recipes/v0_shipped", "recipes/v1_shipped", "recipes/v2_shipped", "recipes/v3_shipped",
         "recipes/v4_shipped_s1", "recipes/v4_shipped_s2", "recipes/v4_shipped_s7", "recipes/v4_shipped_s8",
     ]
@@ -202,7 +206,7 @@ def test_unknown_or_escaping_preset_names_are_refused(name):
 @pytest.mark.parametrize(
     ("weights", "recipe"),
     [*((f"v{v}", f"v{v}_shipped") for v in range(4)), ("v4", "v4_shipped_s8"),
-     ("lite", "lite_shipped"), ("litefast", "litefast_shipped")],
+     ("lite", "lite_shipped"), ("litefast", "litefast_shipped"), ("liteslim", "liteslim_shipped")],
 )
 def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe):
     import torch
@@ -218,6 +222,7 @@ def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe)
              ("loss", "distill_score_weight"): 1.0, ("loss", "distill_location_weight"): 1.0,
              ("loss", "distill_descriptor_weight"): 1.0, ("train", "keep_batchnorm_statistics"): False,
              ("model", "stem"): "full", ("model", "head_rank"): 0,
+             ("model", "block2"): "pooled", ("model", "backbone_rank"): 0.0,
              ("loss", "distill_warped_location_weight"): 0.0, ("loss", "descriptor_sampling"): "original"}
     for (section, key), default in added.items():
         if key not in shipped[section]:

@@ -10,7 +10,7 @@ from kp2d.errors import CheckpointError
 __all__ = ["DEFAULT_MODEL", "list_pretrained", "resolve_model_path"]
 
 #: The model used when none is named: ``KeyPointNet.from_pretrained()``, the CLIs' ``--model``.
-DEFAULT_MODEL = "litefast"
+DEFAULT_MODEL = "liteslim"
 
 
 def list_pretrained() -> list[str]:
