@@ -22,7 +22,7 @@ import sys
 import torch
 from torch import nn
 
-from kp2d.config import load_config
+from kp2d.config import PAPER_LAYOUT, load_config
 from kp2d.errors import Kp2dError, user_message
 from kp2d.io.checkpoint import save_checkpoint
 from kp2d.models.fast import fold_conv_bn
@@ -53,8 +53,16 @@ def tucker_factors(
 
 
 def _layout(net: nn.Module) -> dict:
-    return {name: getattr(net, name, default) for name, default in
-            (("stem", "full"), ("head_rank", 0), ("block2", "pooled"), ("backbone_rank", 0.0))}
+    return {name: getattr(net, name, plain) for name, plain in PAPER_LAYOUT.items()}
+
+
+def _set_factors(layers: nn.Sequential, weight: torch.Tensor) -> None:
+    """``layers``' 1x1, 3x3 and 1x1 convs (its first three) set to the Tucker factors of ``weight``."""
+    first, middle, last = layers[:3]
+    out_basis, core, in_basis = tucker_factors(weight, middle.out_channels, middle.in_channels)
+    first.weight.copy_(in_basis[:, :, None, None].float())
+    middle.weight.copy_(core.float())
+    last.weight.copy_(out_basis[:, :, None, None].float())
 
 
 def factorise(source: nn.Module, target: nn.Module) -> list[str]:
@@ -65,8 +73,8 @@ def factorise(source: nn.Module, target: nn.Module) -> list[str]:
             layers of another rank), which cannot be undone.
     """
     have, want = _layout(source), _layout(target)
-    for name, plain in (("head_rank", 0), ("block2", "pooled"), ("backbone_rank", 0.0)):
-        if have[name] != plain and have[name] != want[name]:
+    for name, plain in PAPER_LAYOUT.items():
+        if name != "stem" and have[name] != plain and have[name] != want[name]:
             raise Kp2dError(f"the source has {name} {have[name]} and the target {want[name]}: start from a "
                             f"network with {name} {plain} or {want[name]}")
     rank = target.head_rank if have["head_rank"] != want["head_rank"] else 0
@@ -92,23 +100,13 @@ def factorise(source: nn.Module, target: nn.Module) -> list[str]:
             target.conv2a[0].weight[:, :, :3, :3] = source.conv2a[0].weight
             target.conv2a[1].load_state_dict(source.conv2a[1].state_dict())
         for name in DEEP if deep else ():
-            first, middle, last, norm = getattr(target, name)
-            conv, source_norm = getattr(source, name)
-            out_basis, core, in_basis = tucker_factors(conv.weight, middle.out_channels, middle.in_channels)
-            first.weight.copy_(in_basis[:, :, None, None].float())
-            middle.weight.copy_(core.float())
-            last.weight.copy_(out_basis[:, :, None, None].float())
-            norm.load_state_dict(source_norm.state_dict())
-    if rank:
-        with torch.no_grad():
-            for name in HEADS:
-                conv = fold_conv_bn(*getattr(source, name))
-                out_basis, core, in_basis = tucker_factors(conv.weight, rank)
-                first, middle, last = getattr(target, name)
-                first.weight.copy_(in_basis[:, :, None, None].float())
-                middle.weight.copy_(core.float())
-                last.weight.copy_(out_basis[:, :, None, None].float())
-                last.bias.copy_(conv.bias)
+            conv, norm = getattr(source, name)
+            _set_factors(getattr(target, name), conv.weight)
+            getattr(target, name)[3].load_state_dict(norm.state_dict())
+        for name in HEADS if rank else ():
+            conv = fold_conv_bn(*getattr(source, name))
+            _set_factors(getattr(target, name), conv.weight)
+            getattr(target, name)[2].bias.copy_(conv.bias)
     return random
 
 

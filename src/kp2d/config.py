@@ -109,6 +109,12 @@ class ModelConfig:
         _check_range("model.backbone_rank", self.backbone_rank, low=0.0, high=1.0)
 
 
+#: The switches of :class:`ModelConfig` that make KeyPointNet cheaper, at the paper's values (their defaults).
+PAPER_LAYOUT: dict[str, str | int | float] = {
+    name: getattr(ModelConfig(), name) for name in ("stem", "head_rank", "block2", "backbone_rank")
+}
+
+
 #: How a keypoint's descriptor is read from the dense map (inference's ``descriptor_sampling``, training's
 #: ``loss.descriptor_sampling``). ``"original"``: the original code's ``grid_sample(align_corners=True)``
 #: over the input's pixel range, which reads the map's first and last cells at the image's first and last

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from kp2d.config import Config, ModelConfig, config_from_dict
+from kp2d.config import PAPER_LAYOUT, Config, ModelConfig, config_from_dict
 from kp2d.errors import CheckpointError, ConfigError
 from kp2d.io.checksum import CHECKSUM_KEY, payload_checksum
 from kp2d.io.files import atomic_torch_save
@@ -316,7 +316,7 @@ def _check_model_matches_config(model: ModelConfig, keypoint_net: torch.nn.Modul
     net_width = getattr(keypoint_net, "width", 1.0)
     if float(model.width) != float(net_width):
         problems.append(f"model.width={model.width:g} but the network has width={net_width:g}")
-    for name, default in (("stem", "full"), ("head_rank", 0), ("block2", "pooled"), ("backbone_rank", 0.0)):
+    for name, default in PAPER_LAYOUT.items():
         wanted, have = getattr(model, name), getattr(keypoint_net, name, default)
         if wanted != have:
             problems.append(f"model.{name}={wanted} but the network has {name}={have}")
