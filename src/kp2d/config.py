@@ -152,6 +152,9 @@ class LossConfig:
     distill_score_weight: float = 1.0
     distill_location_weight: float = 1.0
     distill_descriptor_weight: float = 1.0
+    # weight of losses.shift_consistency_loss: the network's keypoints on a copy of the image cut a random
+    # part of a cell in must keep their place, i.e. keypoints that do not move with the cell grid's phase
+    shift_consistency_weight: float = 0.0
     # how the descriptor and IO terms read the dense descriptor map at a keypoint: "original" (the original
     # code's align_corners=True reading) or "centred" (each cell at its own pixels), as inference's
     # descriptor_sampling; a model meant to read centred can learn its descriptors that way
@@ -168,8 +171,7 @@ class LossConfig:
         for name in ("keypoint_loss_weight", "descriptor_loss_weight", "score_loss_weight", "relax_field",
                      "triplet_margin", "min_valid_cells", "io_min_inliers", "distill_weight",
                      "distill_warped_weight", "distill_warped_location_weight", "distill_score_weight",
-                     "distill_location_weight",
-                     "distill_descriptor_weight"):
+                     "distill_location_weight", "distill_descriptor_weight", "shift_consistency_weight"):
             _check_range(f"loss.{name}", getattr(self, name), low=0)
         _check_range("loss.location_threshold", self.location_threshold, low=0, low_open=True)
         _check_range("loss.io_inlier_threshold", self.io_inlier_threshold, low=0, low_open=True)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from kp2d.config import LossConfig
 from kp2d.features.dense import (
     CELL,
+    CellOutput,
     KeyPointNetOutput,
     descriptor_grid,
     interior_mask,
@@ -37,6 +38,7 @@ __all__ = [
     "descriptor_loss",
     "distillation_loss",
     "warped_distillation_loss",
+    "shift_consistency_loss",
     "warped_location_loss",
     "io_loss",
     "keypoint_net_losses",
@@ -95,6 +97,7 @@ class LossTerms(NamedTuple):
     recall: torch.Tensor
     io_inliers: torch.Tensor
     distill: torch.Tensor  # the weighted distillation terms (0 without a teacher); included in ``total``
+    shift_consistency: torch.Tensor  # the weighted shift-consistency term (0 unless set); in ``total``
 
 
 def _flatten_cells(tensor: torch.Tensor) -> torch.Tensor:
@@ -375,7 +378,7 @@ def keypoint_net_losses(
         + config.descriptor_loss_weight * TRIPLET_FACTOR * triplet
         + config.score_loss_weight * (usp + SCORE_MSE_FACTOR * mse)
     )
-    return LossTerms(total, location, triplet, usp, mse, io, recall, inliers, zero)
+    return LossTerms(total, location, triplet, usp, mse, io, recall, inliers, zero, zero)
 
 
 def distillation_loss(
@@ -461,3 +464,37 @@ def warped_location_loss(
     nearest = nearest_target(warped, student_target.coord.float(), threshold)
     weight = teacher_source.score.float().flatten(1) * nearest.close  # (B, N)
     return (weight * nearest.distance).sum() / weight.sum().clamp_min(1e-6)
+
+
+def shift_consistency_loss(
+    base: KeyPointNetOutput | CellOutput,
+    shifted: KeyPointNetOutput | CellOutput,
+    shift: tuple[int, int],
+    threshold: float,
+) -> torch.Tensor:
+    """How far the keypoints of a copy of the image cut ``shift`` = ``(dx, dy)`` pixels in move from its own.
+
+    ``base`` is the network on ``(B, 3, H, W)`` images, ``shifted`` on ``images[..., dy:, dx:]`` cut to
+    multiples of :data:`CELL` (keypoints ``(B, 2, Hc', Wc')`` in the copy's pixels). A shift that is not a
+    multiple of the cell moves the content against the cell grid; an exact detector's keypoints move with
+    the content. Each keypoint of an interior base cell that lies a cell inside the copy is paired with the
+    copy's nearest keypoint moved back by the shift; the pixel distance, where under ``threshold``, is
+    averaged with the base score (a constant) as weight; 0 when no pair is close.
+    """
+    dx, dy = shift
+    rows, cols = base.coord.shape[-2:]
+    points = _flatten_cells(base.coord.float())  # (B, N, 2)
+    moved = _flatten_cells(shifted.coord.float()) + points.new_tensor([dx, dy])
+    cut_height, cut_width = (CELL * size for size in shifted.coord.shape[-2:])
+    x, y = points.unbind(dim=-1)
+    inside = (x >= dx + CELL) & (x <= dx + cut_width - 1 - CELL) & (y >= dy + CELL)
+    inside = inside & (y <= dy + cut_height - 1 - CELL)
+    valid = inside & interior_mask(rows, cols, device=points.device).flatten()
+    with torch.no_grad():
+        mode = "donot_use_mm_for_euclid_dist" if points.device.type == "cpu" else "use_mm_for_euclid_dist"
+        index = torch.cdist(points, moved, compute_mode=mode).argmin(dim=2)
+    matched = torch.gather(moved, 1, index.unsqueeze(-1).expand(-1, -1, 2))
+    # the small constant keeps the gradient finite where both keypoints coincide
+    distance = ((points - matched).square().sum(dim=-1) + 1e-12).sqrt()
+    weight = base.score.detach().float().flatten(1) * (valid & (distance < threshold))
+    return (weight * distance).sum() / weight.sum().clamp_min(1e-6)

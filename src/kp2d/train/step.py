@@ -9,11 +9,13 @@ from torch import nn
 
 from kp2d.config import Config, OptimConfig
 from kp2d.errors import Kp2dError
+from kp2d.features.dense import CELL
 from kp2d.io.images import to_network_channels
 from kp2d.losses import (
     LossTerms,
     distillation_loss,
     keypoint_net_losses,
+    shift_consistency_loss,
     warped_distillation_loss,
     warped_location_loss,
 )
@@ -70,17 +72,28 @@ class SiameseLoss(nn.Module):
             if self._teacher:
                 with torch.no_grad():
                     teacher_out = self._teacher[0](source)
+            shift = self._draw_shift() if self.loss_config.shift_consistency_weight > 0 else None
+            if shift is not None:
+                dx, dy = shift
+                height, width = source.shape[-2:]
+                cut = source[..., dy : dy + height - CELL, dx : dx + width - CELL]
+                shifted_out = self.keypoint_net.forward_cells(cut)
         if self._self_supervised():
             terms = keypoint_net_losses(
                 source_out, target_out, homography, tuple(source.shape[-2:]), self.loss_config, self.io_net
             )
         else:  # distillation alone: the target image is not needed
             zero = source_out.score.new_zeros((), dtype=torch.float32)
-            terms = LossTerms(zero, zero, zero, zero, zero, zero, zero, zero.long(), zero)
+            terms = LossTerms(zero, zero, zero, zero, zero, zero, zero, zero.long(), zero, zero)
+        config = self.loss_config
+        if shift is not None:
+            consistency = config.shift_consistency_weight * shift_consistency_loss(
+                source_out, shifted_out, shift, config.location_threshold
+            )
+            terms = terms._replace(total=terms.total + consistency, shift_consistency=consistency)
         if not self._teacher:
             return terms
         height, width = source.shape[-2:]
-        config = self.loss_config
         term_weights = (
             config.distill_score_weight, config.distill_location_weight, config.distill_descriptor_weight
         )
@@ -96,6 +109,12 @@ class SiameseLoss(nn.Module):
                 target_out, teacher_out, homography, height, width, config.location_threshold
             )
         return terms._replace(total=terms.total + distill, distill=distill)
+
+    @staticmethod
+    def _draw_shift() -> tuple[int, int]:
+        """A random ``(dx, dy)`` in pixels, each in ``[0, CELL)``, not both 0 (torch's global generator)."""
+        phase = int(torch.randint(1, CELL * CELL, ()).item())
+        return phase % CELL, phase // CELL
 
     def _warped_distillation(self) -> bool:
         """Whether the network also learns the teacher's outputs on the target image at warped points."""
