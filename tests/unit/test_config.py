@@ -186,6 +186,7 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
 def test_recipes_load_as_presets_and_extend_each_other():
     assert list_recipes() == [
         "recipes/lite_shipped", "recipes/litefast_shipped", "recipes/liteslim_shipped",
+        "recipes/liteslim_shipped_s2",
         "recipes/v0_shipped", "recipes/v1_shipped", "recipes/v2_shipped", "recipes/v3_shipped",
         "recipes/v4_shipped_s1", "recipes/v4_shipped_s2", "recipes/v4_shipped_s7", "recipes/v4_shipped_s8",
     ]
@@ -206,7 +207,7 @@ def test_unknown_or_escaping_preset_names_are_refused(name):
 @pytest.mark.parametrize(
     ("weights", "recipe"),
     [*((f"v{v}", f"v{v}_shipped") for v in range(4)), ("v4", "v4_shipped_s8"),
-     ("lite", "lite_shipped"), ("litefast", "litefast_shipped"), ("liteslim", "liteslim_shipped")],
+     ("lite", "lite_shipped"), ("litefast", "litefast_shipped"), ("liteslim", "liteslim_shipped_s2")],
 )
 def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe):
     import torch
@@ -223,7 +224,8 @@ def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe)
              ("loss", "distill_descriptor_weight"): 1.0, ("train", "keep_batchnorm_statistics"): False,
              ("model", "stem"): "full", ("model", "head_rank"): 0,
              ("model", "block2"): "pooled", ("model", "backbone_rank"): 0.0,
-             ("loss", "distill_warped_location_weight"): 0.0, ("loss", "descriptor_sampling"): "original"}
+             ("loss", "distill_warped_location_weight"): 0.0, ("loss", "descriptor_sampling"): "original",
+             ("loss", "shift_consistency_weight"): 0.0}
     for (section, key), default in added.items():
         if key not in shipped[section]:
             assert mine[section].pop(key) == default
