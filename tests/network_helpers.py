@@ -32,3 +32,19 @@ def randomised_batchnorm(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module
                 module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
     return net.eval()
+
+
+def lite_distillation(**loss_fields: float) -> tuple:
+    """``(SiameseLoss, student, teacher)``: ``lite``'s config with these ``loss`` fields, its network as
+    the student and a random half-width teacher, both in eval mode (repeated forwards agree), seed 0."""
+    from kp2d.config import load_config
+    from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net
+    from kp2d.train.step import SiameseLoss
+
+    torch.manual_seed(0)
+    config = load_config("lite")
+    for name, value in loss_fields.items():
+        setattr(config.loss, name, value)
+    student = build_keypoint_net(config.model).eval()
+    teacher = KeyPointNet(width=0.5, do_upsample=False).eval()
+    return SiameseLoss(student, None, config, teacher=teacher), student, teacher

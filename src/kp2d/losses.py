@@ -136,16 +136,23 @@ def _within_chebyshev_broadcast(points: torch.Tensor, radius: float) -> torch.Te
     return near_x & ((y[:, :, None] - y[:, None, :]).abs_() <= radius)
 
 
-def nearest_target(warped: WarpedKeypoints, target_coord: torch.Tensor, threshold: float) -> NearestTarget:
-    """Nearest target keypoint of each warped source keypoint (argmin without gradient, distance with)."""
-    target = _flatten_cells(target_coord)  # (B, N, 2)
+def _nearest(points: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, N)`` distance from each ``(B, N, 2)`` point to the nearest ``(B, M, 2)`` target, and its index.
+
+    The argmin has no gradient, the distance has (0 where the two coincide).
+    """
     with torch.no_grad():
         # On a CPU from the coordinates' differences, as the original, because the matrix-product form
         # rounds and picks another cell now and then; on GPUs the product form is the fast one.
-        mode = "donot_use_mm_for_euclid_dist" if target.device.type == "cpu" else "use_mm_for_euclid_dist"
-        index = torch.cdist(warped.warped, target, compute_mode=mode).argmin(dim=2)
-    matched = torch.gather(target, 1, index.unsqueeze(-1).expand(-1, -1, 2))
-    distance = (warped.warped - matched).norm(dim=-1)
+        mode = "donot_use_mm_for_euclid_dist" if targets.device.type == "cpu" else "use_mm_for_euclid_dist"
+        index = torch.cdist(points, targets, compute_mode=mode).argmin(dim=2)
+    matched = torch.gather(targets, 1, index.unsqueeze(-1).expand(-1, -1, 2))
+    return (points - matched).norm(dim=-1), index
+
+
+def nearest_target(warped: WarpedKeypoints, target_coord: torch.Tensor, threshold: float) -> NearestTarget:
+    """Nearest target keypoint of each warped source keypoint (argmin without gradient, distance with)."""
+    distance, index = _nearest(warped.warped, _flatten_cells(target_coord))
     return NearestTarget(distance, index, warped.valid & (distance < threshold))
 
 
@@ -490,11 +497,6 @@ def shift_consistency_loss(
     inside = (x >= dx + CELL) & (x <= dx + cut_width - 1 - CELL) & (y >= dy + CELL)
     inside = inside & (y <= dy + cut_height - 1 - CELL)
     valid = inside & interior_mask(rows, cols, device=points.device).flatten()
-    with torch.no_grad():
-        mode = "donot_use_mm_for_euclid_dist" if points.device.type == "cpu" else "use_mm_for_euclid_dist"
-        index = torch.cdist(points, moved, compute_mode=mode).argmin(dim=2)
-    matched = torch.gather(moved, 1, index.unsqueeze(-1).expand(-1, -1, 2))
-    # the small constant keeps the gradient finite where both keypoints coincide
-    distance = ((points - matched).square().sum(dim=-1) + 1e-12).sqrt()
+    distance, _ = _nearest(points, moved)
     weight = base.score.detach().float().flatten(1) * (valid & (distance < threshold))
     return (weight * distance).sum() / weight.sum().clamp_min(1e-6)

@@ -27,7 +27,7 @@ class _CellCentres:
 
 
 class _BrightestPixel:
-    """A detector whose keypoint in each cell is its brightest pixel: on isolated dots, the dots themselves."""
+    """A detector whose keypoint in each cell is its brightest pixel: on isolated dots, the dots."""
 
     def forward_cells(self, window):
         gray = window[0].mean(dim=0)

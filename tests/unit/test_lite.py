@@ -12,7 +12,7 @@ from kp2d.io.checkpoint import load_checkpoint, save_checkpoint
 from kp2d.losses import distillation_loss, warped_distillation_loss, warped_location_loss
 from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net, keypoint_net_from
 from kp2d.train.step import SiameseLoss
-from network_helpers import randomised_batchnorm, script_module
+from network_helpers import lite_distillation, randomised_batchnorm, script_module
 
 
 def test_width_scales_every_layer_but_the_descriptor_output():
@@ -159,12 +159,7 @@ def test_warped_distillation_loss_ignores_keypoints_warped_outside():
 
 
 def test_warped_distillation_runs_the_network_on_the_target_too():
-    torch.manual_seed(0)
-    config = load_config("lite")
-    config.loss.distill_warped_weight = 0.5
-    student = build_keypoint_net(config.model).eval()  # eval: no dropout, the forwards below repeat
-    teacher = KeyPointNet(width=0.5, do_upsample=False).eval()
-    loss = SiameseLoss(student, None, config, teacher=teacher)
+    loss, student, teacher = lite_distillation(distill_warped_weight=0.5)
     calls = []
     student.register_forward_hook(lambda *_: calls.append(1))
     source = torch.rand(2, 3, 64, 64)
@@ -177,14 +172,11 @@ def test_warped_distillation_runs_the_network_on_the_target_too():
 
 
 def test_the_config_weights_each_distillation_term():
-    torch.manual_seed(0)
-    config = load_config("lite")
-    config.loss.distill_weight = 2.0
-    config.loss.distill_score_weight, config.loss.distill_descriptor_weight = 3.0, 0.0
-    student = build_keypoint_net(config.model).eval()
-    teacher = KeyPointNet(width=0.5, do_upsample=False).eval()
+    loss, student, teacher = lite_distillation(
+        distill_weight=2.0, distill_score_weight=3.0, distill_descriptor_weight=0.0
+    )
     source = torch.rand(2, 3, 64, 64)
-    terms = SiameseLoss(student, None, config, teacher=teacher)(source, source, torch.eye(3).expand(2, 3, 3))
+    terms = loss(source, source, torch.eye(3).expand(2, 3, 3))
     expected = 2.0 * distillation_loss(student(source), teacher(source), 64, 64, (3.0, 1.0, 0.0))
     assert terms.distill.item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -209,12 +201,7 @@ def test_warped_location_loss_by_hand():
 
 
 def test_the_warped_location_term_runs_the_network_on_the_target_too():
-    torch.manual_seed(0)
-    config = load_config("lite")
-    config.loss.distill_warped_location_weight = 0.5
-    student = build_keypoint_net(config.model).eval()
-    teacher = KeyPointNet(width=0.5, do_upsample=False).eval()
-    loss = SiameseLoss(student, None, config, teacher=teacher)
+    loss, student, teacher = lite_distillation(distill_warped_location_weight=0.5)
     source = torch.rand(2, 3, 64, 64)
     identity = torch.eye(3).expand(2, 3, 3)
     terms = loss(source, source.flip(-1), identity)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kp2d.config import LossConfig, load_config
+from kp2d.config import LossConfig
 from kp2d.errors import ConfigError
 from kp2d.features.dense import CELL, CellOutput
 from kp2d.losses import shift_consistency_loss
-from kp2d.models.keypoint_net import KeyPointNet, build_keypoint_net
 from kp2d.train.step import SiameseLoss
+from network_helpers import lite_distillation
 
 
 def _cells(rows: int, cols: int) -> torch.Tensor:
@@ -53,12 +53,7 @@ def test_the_loss_by_hand():
 
 
 def test_siamese_loss_adds_the_weighted_term():
-    torch.manual_seed(0)
-    config = load_config("lite")
-    config.loss.shift_consistency_weight = 0.5
-    student = build_keypoint_net(config.model).eval()
-    teacher = KeyPointNet(width=0.5, do_upsample=False).eval()
-    loss = SiameseLoss(student, None, config, teacher=teacher)
+    loss, student, _ = lite_distillation(shift_consistency_weight=0.5)
     source = torch.rand(2, 3, 64, 64)
     torch.manual_seed(1)
     terms = loss(source, source, torch.eye(3).expand(2, 3, 3))
@@ -72,8 +67,8 @@ def test_siamese_loss_adds_the_weighted_term():
     assert terms.shift_consistency.item() == pytest.approx(0.5 * expected.item(), rel=1e-5)
     total = terms.distill.item() + terms.shift_consistency.item()
     assert terms.total.item() == pytest.approx(total, rel=1e-5)
-    config.loss.shift_consistency_weight = 0.0
-    plain = SiameseLoss(student, None, config, teacher=teacher)(source, source, torch.eye(3)[None])
+    loss.loss_config.shift_consistency_weight = 0.0
+    plain = loss(source, source, torch.eye(3)[None])
     assert plain.shift_consistency == 0
 
 
