@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kp2d.data.hpatches import HPatchesDataset
+from kp2d.data.hpatches import find_sequences
 from kp2d.errors import Kp2dError
 from kp2d.eval.settings import parse_shapes
 from kp2d.features.dense import CELL
 from kp2d.features.extraction import rescale_images
-from kp2d.io.images import image_to_tensor
-from kp2d.io.inference import model_scale_factor
+from kp2d.io.imageio import read_image_rgb
+from kp2d.io.images import image_to_tensor, resize_image
 from kp2d.io.weights import DEFAULT_MODEL
 from kp2d.models.keypoint_net import KeyPointNet, load_keypoint_net
 
@@ -54,10 +54,10 @@ def paired_distances(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
 def phase_errors(
     net: KeyPointNet, images: list[np.ndarray], scale_factor: float, interpolation: str, top_k: int
 ) -> dict[tuple[int, int], tuple[np.ndarray, int]]:
-    """Per shift: the paired distances over all images and the number of images."""
+    """Per shift: the paired distances over all ``(H, W, 3)`` RGB ``images`` and the number of images."""
     found: dict[tuple[int, int], list[np.ndarray]] = {shift: [] for shift in SHIFTS}
     for image in images:
-        tensor, _ = image_to_tensor(image[..., ::-1].copy())  # BGR as read → RGB
+        tensor, _ = image_to_tensor(image)
         enlarged = rescale_images(tensor, scale_factor, interpolation)
         height, width = enlarged.shape[-2:]
         cut_h, cut_w = (height - 2 * CELL) // CELL * CELL, (width - 2 * CELL) // CELL * CELL
@@ -87,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         net = load_keypoint_net(args.model)
         settings = net.inference_settings
-        scale = model_scale_factor(net, None)
-        dataset = HPatchesDataset(args.hpatches, size_wh)
-        images = [dataset[i].images[0] for i in range(min(args.limit, len(dataset)))]
+        scale = settings.scale_factor
+        # only each sequence's first view, resized as the evaluation resizes it
+        firsts = [seq.pairs[0].image1 for seq in find_sequences(args.hpatches)[: args.limit] if seq.pairs]
+        images = [resize_image(read_image_rgb(path), size_wh) for path in firsts if path is not None]
         if not images:
-            raise Kp2dError(f"{args.hpatches}: no sequences")
+            raise Kp2dError(f"{args.hpatches}: no sequence has a first view")
         results = phase_errors(net, images, scale, settings.interpolation, args.top_k)
     except (Kp2dError, OSError) as err:
         print(f"phase_error: error: {err}", file=sys.stderr)

@@ -59,6 +59,7 @@ class SiameseLoss(nn.Module):
         """
         channels = self.keypoint_net.in_channels
         source, target = to_network_channels(source, channels), to_network_channels(target, channels)
+        height, width = source.shape[-2:]
         device_type = source.device.type
         autocast = (
             torch.autocast(device_type, dtype=self.autocast_dtype)
@@ -75,12 +76,11 @@ class SiameseLoss(nn.Module):
             shift = self._draw_shift() if self.loss_config.shift_consistency_weight > 0 else None
             if shift is not None:
                 dx, dy = shift
-                height, width = source.shape[-2:]
                 cut = source[..., dy : dy + height - CELL, dx : dx + width - CELL]
                 shifted_out = self.keypoint_net.forward_cells(cut)
         if self._self_supervised():
             terms = keypoint_net_losses(
-                source_out, target_out, homography, tuple(source.shape[-2:]), self.loss_config, self.io_net
+                source_out, target_out, homography, (height, width), self.loss_config, self.io_net
             )
         else:  # distillation alone: the target image is not needed
             zero = source_out.score.new_zeros((), dtype=torch.float32)
@@ -93,7 +93,6 @@ class SiameseLoss(nn.Module):
             terms = terms._replace(total=terms.total + consistency, shift_consistency=consistency)
         if not self._teacher:
             return terms
-        height, width = source.shape[-2:]
         term_weights = (
             config.distill_score_weight, config.distill_location_weight, config.distill_descriptor_weight
         )
