@@ -44,6 +44,9 @@ NETWORK_PARTS = ("encoder", "score", "location", "descriptor")
 STEMS = ("full", "strided")
 #: KeyPointNet's second block (``model.block2``): a 2x2 max-pool after it (the paper's), or strided.
 SECOND_BLOCKS = ("pooled", "strided")
+#: KeyPointNet's 2x2 poolings (``model.pooling``): a max-pool (the paper's), or a max at stride 1, then a
+#: fixed 3x3 binomial blur at stride 2, whose output moves less when the image moves against the cell grid.
+POOLINGS = ("max", "maxblur")
 
 
 def _check_range(
@@ -96,6 +99,9 @@ class ModelConfig:
     # 0: blocks 3 and 4 are plain 3x3 convs (the paper's); 0 < f <= 1: each of conv3a..conv4b is
     # factorised through f of its input and output channels (1x1 in, 3x3, 1x1 out, then its BatchNorm)
     backbone_rank: float = 0.0
+    # "max": the 2x2 poolings are max-pools (the paper's); "maxblur": each takes the max over 2x2 windows at
+    # stride 1, then blurs by [1 2 1]^2 / 16 at stride 2 (no weights: any checkpoint loads either way)
+    pooling: str = "max"
 
     def __post_init__(self) -> None:
         _check_range("model.width", self.width, low=0.125, high=2.0)
@@ -107,11 +113,13 @@ class ModelConfig:
                 f"model.block2 must be one of {', '.join(SECOND_BLOCKS)}, got {self.block2!r}"
             )
         _check_range("model.backbone_rank", self.backbone_rank, low=0.0, high=1.0)
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
 
 
 #: The switches of :class:`ModelConfig` that make KeyPointNet cheaper, at the paper's values (their defaults).
 PAPER_LAYOUT: dict[str, str | int | float] = {
-    name: getattr(ModelConfig(), name) for name in ("stem", "head_rank", "block2", "backbone_rank")
+    name: getattr(ModelConfig(), name) for name in ("stem", "head_rank", "block2", "backbone_rank", "pooling")
 }
 
 

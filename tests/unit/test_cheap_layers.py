@@ -1,5 +1,5 @@
-"""The cheaper layouts (``model.stem``, ``head_rank``, ``block2``, ``backbone_rank``) and their start from
-other weights."""
+"""The cheaper layouts (``model.stem``, ``head_rank``, ``block2``, ``backbone_rank``), the blurred pooling
+(``model.pooling``), and their start from other weights."""
 
 from __future__ import annotations
 
@@ -91,6 +91,7 @@ def test_a_factorised_backbone_runs_each_deep_conv_through_its_share_of_the_chan
         ({"head_rank": 2.5}, "model.head_rank: expected an integer"),
         ({"block2": "full"}, "model.block2 must be one of pooled, strided"),
         ({"backbone_rank": 1.5}, r"model.backbone_rank must be in \[0.0, 1.0\]"),
+        ({"pooling": "blur"}, "model.pooling must be one of max, maxblur"),
     ],
 )
 def test_bad_layouts_are_config_errors(model, message):
@@ -112,7 +113,8 @@ def test_the_layout_round_trips_through_a_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("stem", "strided"), ("head_rank", 16), ("block2", "strided"), ("backbone_rank", 0.5)],
+    [("stem", "strided"), ("head_rank", 16), ("block2", "strided"), ("backbone_rank", 0.5),
+     ("pooling", "maxblur")],
 )
 def test_a_config_that_names_another_layout_is_not_saved(tmp_path, field, value):
     config = load_config("lite")
@@ -219,7 +221,9 @@ def test_factorise_script_refuses_another_width(factorise, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["torch-fused", "torch-bf16"])
-@pytest.mark.parametrize("layout", [{}, {"block2": "strided", "backbone_rank": 0.5}])
+@pytest.mark.parametrize(
+    "layout", [{}, {"block2": "strided", "backbone_rank": 0.5}, {"block2": "strided", "pooling": "maxblur"}]
+)
 def test_fast_backends_run_the_cheaper_layout(name, layout):
     torch.manual_seed(0)
     net = randomised_batchnorm(

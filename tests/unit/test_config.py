@@ -223,7 +223,7 @@ def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe)
              ("loss", "distill_score_weight"): 1.0, ("loss", "distill_location_weight"): 1.0,
              ("loss", "distill_descriptor_weight"): 1.0, ("train", "keep_batchnorm_statistics"): False,
              ("model", "stem"): "full", ("model", "head_rank"): 0,
-             ("model", "block2"): "pooled", ("model", "backbone_rank"): 0.0,
+             ("model", "block2"): "pooled", ("model", "backbone_rank"): 0.0, ("model", "pooling"): "max",
              ("loss", "distill_warped_location_weight"): 0.0, ("loss", "descriptor_sampling"): "original",
              ("loss", "shift_consistency_weight"): 0.0}
     for (section, key), default in added.items():

@@ -247,12 +247,13 @@ def test_export_notes_a_recorded_scale_factor(tmp_path, capsys):
         assert (inside in out) == (name == "x2"), out
 
 
-def test_the_cheaper_layout_exports_from_a_channels_last_network(tmp_path):
+@pytest.mark.parametrize("pooling", ["max", "maxblur"])
+def test_the_cheaper_layout_exports_from_a_channels_last_network(tmp_path, pooling):
     """A channels-last strided stem was refused by torch.export (a guard on the batch size)."""
     from kp2d.deploy.onnx import export_onnx
 
     torch.manual_seed(0)
-    net = KeyPointNet(width=0.5, do_upsample=False, stem="strided", head_rank=16).eval()
+    net = KeyPointNet(width=0.5, do_upsample=False, stem="strided", head_rank=16, pooling=pooling).eval()
     net = net.to(memory_format=torch.channels_last)
     path = export_onnx(net, tmp_path / "fast.onnx")
     image = torch.rand(2, 3, 64, 96)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kp2d.config import NETWORK_PARTS, SECOND_BLOCKS, STEMS, ModelConfig, load_config
+from kp2d.config import NETWORK_PARTS, POOLINGS, SECOND_BLOCKS, STEMS, ModelConfig, load_config
 from kp2d.features.dense import (
     CELL,
     DEFAULT_SCORE_THRESHOLD,
@@ -85,6 +85,28 @@ def _factorised_conv_bn(in_channels: int, out_channels: int, rank: float) -> nn.
     )
 
 
+class MaxBlurPool(nn.Module):
+    """A 2x2 pooling that moves less with the grid: max over 2x2 windows at stride 1, then a blur at stride 2.
+
+    The max of ``MaxPool2d(2, 2)`` jumps as the image moves against its grid; blurring the stride-1 max by
+    ``[1 2 1]^2 / 16`` before keeping every other pixel low-passes it first (Zhang, "Making convolutional
+    networks shift-invariant again", ICML 2019). ``(B, C, H, W) -> (B, C, H/2, W/2)`` for even ``H``, ``W``,
+    each output centred where ``MaxPool2d(2, 2)``'s is. It has no weights.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (torch.outer(taps, taps) / 16).view(1, 1, 3, 3), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        x = nn.functional.max_pool2d(nn.functional.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+        kernel = self.kernel.to(x.dtype).expand(channels, 1, 3, 3)
+        return nn.functional.conv2d(x, kernel, stride=2, groups=channels)
+
+
 class KeyPointNet(nn.Module):
     """Keypoint detector and descriptor (Tang et al., ICLR 2020).
 
@@ -104,6 +126,7 @@ class KeyPointNet(nn.Module):
             ``"strided"`` (``conv2a`` a 4x4 stride-2 conv, ``conv2b`` at the lower resolution, no pool).
         backbone_rank: 0 (the paper's), or each of ``conv3a`` … ``conv4b`` factorised through this fraction
             of its input and output channels (1x1, 3x3, 1x1, then its BatchNorm).
+        pooling: ``"max"`` (the paper's 2x2 max-pools) or ``"maxblur"`` (:class:`MaxBlurPool`, no weights).
 
     Input: ``(B, in_channels, H, W)`` images in [0, 1], ``H`` and ``W`` multiples of 8.
     Output: :class:`KeyPointNetOutput` (dense maps, the same in training and eval mode).
@@ -124,6 +147,7 @@ class KeyPointNet(nn.Module):
         head_rank: int = 0,
         block2: str = "pooled",
         backbone_rank: float = 0.0,
+        pooling: str = "max",
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
@@ -134,6 +158,8 @@ class KeyPointNet(nn.Module):
             raise ValueError(f"block2 must be one of {', '.join(SECOND_BLOCKS)}, got {block2!r}")
         if not 0.0 <= backbone_rank <= 1.0:
             raise ValueError(f"backbone_rank must be in [0, 1], got {backbone_rank}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.in_channels = in_channels
         self.do_upsample = do_upsample
         self.do_cross = do_cross
@@ -143,6 +169,7 @@ class KeyPointNet(nn.Module):
         self.head_rank = head_rank
         self.block2 = block2
         self.backbone_rank = backbone_rank
+        self.pooling = pooling
         self.cross_ratio = 2.0 if do_cross else 1.0
         # a plain attribute, not a buffer: the state dict keeps the original's keys
         self.inference_settings = InferenceSettings()
@@ -178,7 +205,7 @@ class KeyPointNet(nn.Module):
 
         self.relu = nn.LeakyReLU(0.01)
         self.dropout = nn.Dropout2d(0.2) if with_dropout else nn.Identity()
-        self.pool = nn.MaxPool2d(2, 2)
+        self.pool = MaxBlurPool() if pooling == "maxblur" else nn.MaxPool2d(2, 2)
         self.upsample = nn.PixelShuffle(upscale_factor=2)
 
     @classmethod
@@ -416,6 +443,7 @@ def build_keypoint_net(model: ModelConfig) -> KeyPointNet:
         head_rank=model.head_rank,
         block2=model.block2,
         backbone_rank=model.backbone_rank,
+        pooling=model.pooling,
     )
 
 
