@@ -74,7 +74,8 @@ def factorise(source: nn.Module, target: nn.Module) -> list[str]:
     """
     have, want = _layout(source), _layout(target)
     for name, plain in PAPER_LAYOUT.items():
-        if name != "stem" and have[name] != plain and have[name] != want[name]:
+        # a strided stem is learned afresh, and the pooling has no weights: either may differ
+        if name not in ("stem", "pooling") and have[name] != plain and have[name] != want[name]:
             raise Kp2dError(f"the source has {name} {have[name]} and the target {want[name]}: start from a "
                             f"network with {name} {plain} or {want[name]}")
     rank = target.head_rank if have["head_rank"] != want["head_rank"] else 0

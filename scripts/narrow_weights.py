@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        if any(getattr(config.model, name) != plain for name, plain in PAPER_LAYOUT.items()):
+        # the pooling has no weights, so it narrows as it is
+        layout = {name: plain for name, plain in PAPER_LAYOUT.items() if name != "pooling"}
+        if any(getattr(config.model, name) != plain for name, plain in layout.items()):
             raise Kp2dError(f"{args.config} has a strided stem or block, or factorised layers: narrow to "
                             "its plain layout first, then use scripts/factorise_weights.py")
         wide = load_keypoint_net(args.wide)

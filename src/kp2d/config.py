@@ -117,7 +117,8 @@ class ModelConfig:
             raise ConfigError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
 
 
-#: The switches of :class:`ModelConfig` that make KeyPointNet cheaper, at the paper's values (their defaults).
+#: The layout switches of :class:`ModelConfig` beyond the paper's (cheaper layers, the blurred pooling), at
+#: the paper's values (their defaults).
 PAPER_LAYOUT: dict[str, str | int | float] = {
     name: getattr(ModelConfig(), name) for name in ("stem", "head_rank", "block2", "backbone_rank", "pooling")
 }

@@ -10,7 +10,7 @@ from torch import nn
 from kp2d.io.checkpoint import load_checkpoint
 from kp2d.io.weights import resolve_model_path
 from kp2d.models.keypoint_net import KeyPointNet, MaxBlurPool, build_keypoint_net
-from network_helpers import randomised_batchnorm
+from network_helpers import randomised_batchnorm, script_module
 
 
 def test_a_ramp_by_hand():
@@ -56,3 +56,15 @@ def test_the_paper_layout_with_it_runs_every_pool_blurred():
     out = net(torch.rand(1, 3, 32, 48))
     assert out.score.shape == (1, 1, 4, 6) and out.desc.shape == (1, 256, 8, 12)
     assert net.pooling == "maxblur"
+
+
+def test_the_weight_scripts_carry_weights_into_it(tmp_path):
+    """It has no weights, so narrowing and factorising start it as they start the max-pool's layout."""
+    narrow, factorise = script_module("narrow_weights"), script_module("factorise_weights")
+    (tmp_path / "liteblur.yaml").write_text("extends: lite\nname: liteblur\nmodel:\n  pooling: maxblur\n")
+    assert narrow.main(["v4", str(tmp_path / "liteblur.yaml"), "--out", str(tmp_path / "narrow.pt")]) == 0
+    assert load_checkpoint(tmp_path / "narrow.pt").model.pooling == "maxblur"
+    model = load_checkpoint(resolve_model_path("liteslim")).model
+    source = build_keypoint_net(model)
+    target = build_keypoint_net(dataclasses.replace(model, pooling="maxblur"))
+    assert factorise.factorise(source, target) == []  # every layer copied, none left random
