@@ -22,7 +22,7 @@ import sys
 import torch
 from torch import nn
 
-from kp2d.config import PAPER_LAYOUT, load_config
+from kp2d.config import PAPER_LAYOUT, WEIGHT_LAYOUT, load_config
 from kp2d.errors import Kp2dError, user_message
 from kp2d.io.checkpoint import save_checkpoint
 from kp2d.models.fast import fold_conv_bn
@@ -73,9 +73,9 @@ def factorise(source: nn.Module, target: nn.Module) -> list[str]:
             layers of another rank), which cannot be undone.
     """
     have, want = _layout(source), _layout(target)
-    for name, plain in PAPER_LAYOUT.items():
-        # a strided stem is learned afresh, and the pooling has no weights: either may differ
-        if name not in ("stem", "pooling") and have[name] != plain and have[name] != want[name]:
+    for name, plain in WEIGHT_LAYOUT.items():
+        # a strided stem is learned afresh, so it may differ
+        if name != "stem" and have[name] != plain and have[name] != want[name]:
             raise Kp2dError(f"the source has {name} {have[name]} and the target {want[name]}: start from a "
                             f"network with {name} {plain} or {want[name]}")
     rank = target.head_rank if have["head_rank"] != want["head_rank"] else 0

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from kp2d.config import PAPER_LAYOUT, load_config
+from kp2d.config import WEIGHT_LAYOUT, load_config
 from kp2d.errors import Kp2dError, user_message
 from kp2d.io.checkpoint import save_checkpoint
 from kp2d.models.keypoint_net import build_keypoint_net, load_keypoint_net
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        # the pooling has no weights, so it narrows as it is
-        layout = {name: plain for name, plain in PAPER_LAYOUT.items() if name != "pooling"}
-        if any(getattr(config.model, name) != plain for name, plain in layout.items()):
+        if any(getattr(config.model, name) != plain for name, plain in WEIGHT_LAYOUT.items()):
             raise Kp2dError(f"{args.config} has a strided stem or block, or factorised layers: narrow to "
                             "its plain layout first, then use scripts/factorise_weights.py")
         wide = load_keypoint_net(args.wide)

@@ -122,6 +122,10 @@ class ModelConfig:
 PAPER_LAYOUT: dict[str, str | int | float] = {
     name: getattr(ModelConfig(), name) for name in ("stem", "head_rank", "block2", "backbone_rank", "pooling")
 }
+#: The switches of :data:`PAPER_LAYOUT` that change the network's weights (the pooling has none).
+WEIGHT_LAYOUT: dict[str, str | int | float] = {
+    name: plain for name, plain in PAPER_LAYOUT.items() if name != "pooling"
+}
 
 
 #: How a keypoint's descriptor is read from the dense map (inference's ``descriptor_sampling``, training's
