@@ -168,6 +168,11 @@ class LossConfig:
     # weight of losses.shift_consistency_loss: the network's keypoints on a copy of the image cut a random
     # part of a cell in must keep their place, i.e. keypoints that do not move with the cell grid's phase
     shift_consistency_weight: float = 0.0
+    # weight of losses.scale_consistency_loss: the network's keypoints on a copy of the image reduced by a
+    # random factor in scale_consistency_factors must land on the image's own, i.e. keypoints that keep
+    # their place when the input's scale changes, as the runs a zoom pairs do
+    scale_consistency_weight: float = 0.0
+    scale_consistency_factors: tuple[float, float] = (0.5, 0.9)
     # how the descriptor and IO terms read the dense descriptor map at a keypoint: "original" (the original
     # code's align_corners=True reading) or "centred" (each cell at its own pixels), as inference's
     # descriptor_sampling; a model meant to read centred can learn its descriptors that way
@@ -184,9 +189,16 @@ class LossConfig:
         for name in ("keypoint_loss_weight", "descriptor_loss_weight", "score_loss_weight", "relax_field",
                      "triplet_margin", "min_valid_cells", "io_min_inliers", "distill_weight",
                      "distill_warped_weight", "distill_warped_location_weight", "distill_score_weight",
-                     "distill_location_weight", "distill_descriptor_weight", "shift_consistency_weight"):
+                     "distill_location_weight", "distill_descriptor_weight", "shift_consistency_weight",
+                     "scale_consistency_weight"):
             _check_range(f"loss.{name}", getattr(self, name), low=0)
         _check_range("loss.location_threshold", self.location_threshold, low=0, low_open=True)
+        low, high = self.scale_consistency_factors
+        if not 0 < low <= high < 1:
+            raise ConfigError(
+                "loss.scale_consistency_factors must be [low, high] with 0 < low <= high < 1, "
+                f"got {list(self.scale_consistency_factors)}"
+            )
         _check_range("loss.io_inlier_threshold", self.io_inlier_threshold, low=0, low_open=True)
         _check_range("loss.io_top_k", self.io_top_k, low=1)
 

@@ -38,6 +38,7 @@ __all__ = [
     "descriptor_loss",
     "distillation_loss",
     "warped_distillation_loss",
+    "scale_consistency_loss",
     "shift_consistency_loss",
     "warped_location_loss",
     "io_loss",
@@ -98,6 +99,7 @@ class LossTerms(NamedTuple):
     io_inliers: torch.Tensor
     distill: torch.Tensor  # the weighted distillation terms (0 without a teacher); included in ``total``
     shift_consistency: torch.Tensor  # the weighted shift-consistency term (0 unless set); in ``total``
+    scale_consistency: torch.Tensor  # the weighted scale-consistency term (0 unless set); in ``total``
 
 
 def _flatten_cells(tensor: torch.Tensor) -> torch.Tensor:
@@ -385,7 +387,7 @@ def keypoint_net_losses(
         + config.descriptor_loss_weight * TRIPLET_FACTOR * triplet
         + config.score_loss_weight * (usp + SCORE_MSE_FACTOR * mse)
     )
-    return LossTerms(total, location, triplet, usp, mse, io, recall, inliers, zero, zero)
+    return LossTerms(total, location, triplet, usp, mse, io, recall, inliers, zero, zero, zero)
 
 
 def distillation_loss(
@@ -499,4 +501,31 @@ def shift_consistency_loss(
     valid = inside & interior_mask(rows, cols, device=points.device).flatten()
     distance, _ = _nearest(points, moved)
     weight = base.score.detach().float().flatten(1) * (valid & (distance < threshold))
+    return (weight * distance).sum() / weight.sum().clamp_min(1e-6)
+
+
+def scale_consistency_loss(
+    base: KeyPointNetOutput | CellOutput,
+    coarse: KeyPointNetOutput | CellOutput,
+    ratio_xy: tuple[float, float],
+    threshold: float,
+) -> torch.Tensor:
+    """How far the keypoints of a reduced copy of the image lie from the image's own, in the copy's pixels.
+
+    ``base`` is the network on ``(B, 3, H, W)`` images, ``coarse`` on the same images resized by
+    ``ratio_xy`` = ``(W'/W, H'/H)`` (each below 1; keypoints ``(B, 2, H'/8, W'/8)`` in the copy's pixels,
+    pixel centres at integers in both). An exact detector's keypoints move with the content whatever the
+    input's scale, as a zoom between two views needs. Each keypoint of an interior copy cell, mapped to the
+    image (``x = (x' + 0.5) / r - 0.5``), is paired with the image's nearest keypoint; the distance, in the
+    copy's pixels and where under ``threshold``, is averaged with the copy's score (a constant) as weight;
+    0 when no pair is close.
+    """
+    ratio = base.coord.new_tensor(ratio_xy, dtype=torch.float32)
+    rows, cols = coarse.coord.shape[-2:]
+    points = (_flatten_cells(coarse.coord.float()) + 0.5) / ratio - 0.5  # (B, N, 2) in the image's pixels
+    targets = _flatten_cells(base.coord.float())
+    fine_distance, _ = _nearest(points, targets)
+    distance = fine_distance * ratio.mean()
+    valid = interior_mask(rows, cols, device=points.device).flatten()
+    weight = coarse.score.detach().float().flatten(1) * (valid & (distance < threshold))
     return (weight * distance).sum() / weight.sum().clamp_min(1e-6)

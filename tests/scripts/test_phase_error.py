@@ -44,6 +44,14 @@ def _images():
     return [rng.integers(0, 256, (80, 96, 3), dtype=np.uint8) for _ in range(2)]
 
 
+def _dots():
+    """Six bright single-pixel dots 16 px apart in an 80x96 image, away from the edges."""
+    dots = np.zeros((80, 96, 3), np.uint8)
+    for x, y in [(28, 28), (45, 29), (62, 30), (29, 46), (47, 45), (61, 47)]:
+        dots[y, x] = 255
+    return dots
+
+
 def test_paired_distances_by_hand(phase):
     found = phase.paired_distances(np.array([[0.0, 0.0], [10.0, 10.0]]), np.array([[0.3, 0.4], [20.0, 20.0]]))
     np.testing.assert_allclose(found, [0.5])  # the second keypoint has no partner within 4 px
@@ -60,11 +68,20 @@ def test_a_grid_locked_detector_moves_by_the_shift_and_a_content_one_not_at_all(
         else:  # (3, 5): 4.24 px, nothing pairs
             assert len(distances) == 0
     # six bright dots 16 px apart, inside every cut and away from its edges: the top 6 cells are theirs
-    dots = np.zeros((80, 96, 3), np.uint8)
-    for x, y in [(28, 28), (45, 29), (62, 30), (29, 46), (47, 45), (61, 47)]:
-        dots[y, x] = 255
-    exact = phase.phase_errors(_BrightestPixel(), [dots], 1.0, "bilinear", 6)
+    exact = phase.phase_errors(_BrightestPixel(), [_dots()], 1.0, "bilinear", 6)
     assert all(len(distances) == 6 and np.all(distances == 0) for distances, _ in exact.values())
+
+
+def test_the_scale_error_of_a_content_detector_is_0_and_of_a_grid_locked_one_is_not(phase):
+    # x3 puts each dot's pixel centre on a pixel centre of the enlarged image (28 -> 85), where bilinear peaks
+    exact = phase.scale_errors(_BrightestPixel(), [_dots()], 1.0, "bilinear", 6, (3.0,))
+    distances, images = exact[3.0]
+    assert images == 1 and len(distances) == 6
+    np.testing.assert_allclose(distances, 0, atol=1e-5)
+    # the x2 input's cell centres (3.5 + 8 j) map back to 1.5 + 4 j: 2 px off the x1 centres on each axis
+    locked = phase.scale_errors(_CellCentres(), [_dots()], 1.0, "bilinear", 1000, (2.0,))[2.0][0]
+    assert len(locked) > 0
+    np.testing.assert_allclose(locked, 2 * math.sqrt(2), atol=1e-5)
 
 
 def test_main_prints_the_table_and_one_error_line(phase, tiny_root, tmp_path, capsys):
@@ -78,6 +95,13 @@ def test_main_prints_the_table_and_one_error_line(phase, tiny_root, tmp_path, ca
     assert phase.main([*argv, "--limit", "1"]) == 0
     out = capsys.readouterr().out
     assert "1 images of 96x80" in out and "| (8, 8) | " in out and "| all within a cell | " in out
+    assert "scale (x the main)" not in out
+    assert phase.main([*argv, "--limit", "1", "--scales", "0.5,1.5"]) == 0
+    out = capsys.readouterr().out
+    assert "| x0.5 | " in out and "| x1.5 | " in out
+    for bad in ("0.5,x", "1", "-2"):
+        assert phase.main([*argv, "--scales", bad]) == 2
+        assert "--scales must" in single_error_line(capsys)
     assert phase.main([*argv, "--limit", "0"]) == 2
     assert "--limit and --top-k must be at least 1" in single_error_line(capsys)
     assert phase.main([*argv[:3], str(tmp_path / "nowhere")]) == 2

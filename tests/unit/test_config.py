@@ -225,7 +225,8 @@ def test_each_recipe_is_the_config_its_shipped_weights_recorded(weights, recipe)
              ("model", "stem"): "full", ("model", "head_rank"): 0,
              ("model", "block2"): "pooled", ("model", "backbone_rank"): 0.0, ("model", "pooling"): "max",
              ("loss", "distill_warped_location_weight"): 0.0, ("loss", "descriptor_sampling"): "original",
-             ("loss", "shift_consistency_weight"): 0.0}
+             ("loss", "shift_consistency_weight"): 0.0, ("loss", "scale_consistency_weight"): 0.0,
+             ("loss", "scale_consistency_factors"): [0.5, 0.9]}
     for (section, key), default in added.items():
         if key not in shipped[section]:
             assert mine[section].pop(key) == default

@@ -6,6 +6,7 @@ from contextlib import nullcontext
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from kp2d.config import Config, OptimConfig
 from kp2d.errors import Kp2dError
@@ -15,6 +16,7 @@ from kp2d.losses import (
     LossTerms,
     distillation_loss,
     keypoint_net_losses,
+    scale_consistency_loss,
     shift_consistency_loss,
     warped_distillation_loss,
     warped_location_loss,
@@ -78,19 +80,27 @@ class SiameseLoss(nn.Module):
                 dx, dy = shift
                 cut = source[..., dy : dy + height - CELL, dx : dx + width - CELL]
                 shifted_out = self.keypoint_net.forward_cells(cut)
+            reduced = self._reduce(source) if self.loss_config.scale_consistency_weight > 0 else None
+            if reduced is not None:
+                coarse_out = self.keypoint_net.forward_cells(reduced[0])
         if self._self_supervised():
             terms = keypoint_net_losses(
                 source_out, target_out, homography, (height, width), self.loss_config, self.io_net
             )
         else:  # distillation alone: the target image is not needed
             zero = source_out.score.new_zeros((), dtype=torch.float32)
-            terms = LossTerms(zero, zero, zero, zero, zero, zero, zero, zero.long(), zero, zero)
+            terms = LossTerms(zero, zero, zero, zero, zero, zero, zero, zero.long(), zero, zero, zero)
         config = self.loss_config
         if shift is not None:
             consistency = config.shift_consistency_weight * shift_consistency_loss(
                 source_out, shifted_out, shift, config.location_threshold
             )
             terms = terms._replace(total=terms.total + consistency, shift_consistency=consistency)
+        if reduced is not None:
+            consistency = config.scale_consistency_weight * scale_consistency_loss(
+                source_out, coarse_out, reduced[1], config.location_threshold
+            )
+            terms = terms._replace(total=terms.total + consistency, scale_consistency=consistency)
         if not self._teacher:
             return terms
         term_weights = (
@@ -114,6 +124,19 @@ class SiameseLoss(nn.Module):
         """A random ``(dx, dy)`` in pixels, each in ``[0, CELL)``, not both 0 (torch's global generator)."""
         phase = int(torch.randint(1, CELL * CELL, ()).item())
         return phase % CELL, phase // CELL
+
+    def _reduce(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float]]:
+        """``(B, C, H, W)`` images resized by a random factor of ``loss.scale_consistency_factors``.
+
+        Each side is rounded to a multiple of :data:`CELL` (at least one cell); returns the copy and its exact
+        ``(W'/W, H'/H)``. Antialiased, as a coarse run's input holds no finer detail than its pixels.
+        """
+        low, high = self.loss_config.scale_consistency_factors
+        factor = low + (high - low) * float(torch.rand(()).item())
+        height, width = images.shape[-2:]
+        size = tuple(max(CELL, CELL * round(side * factor / CELL)) for side in (height, width))
+        reduced = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return reduced, (size[1] / width, size[0] / height)
 
     def _warped_distillation(self) -> bool:
         """Whether the network also learns the teacher's outputs on the target image at warped points."""
