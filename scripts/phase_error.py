@@ -120,7 +120,7 @@ def _table_rows(rows: list[tuple[str, np.ndarray, int]]) -> None:
 
 
 def _factors(text: str) -> tuple[float, ...]:
-    """``"0.5,1.12"`` → ``(0.5, 1.12)``; each in (0, 4]."""
+    """``"0.5,1.12"`` → ``(0.5, 1.12)``; each in (0, 4] and not 1 (``""``: none)."""
     try:
         factors = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:

@@ -35,6 +35,19 @@ def test_keypoints_that_move_with_the_content_cost_nothing():
     assert scale_consistency_loss(base, coarse, (0.5, 0.5), threshold=4.0).item() == approx_zero()
 
 
+def test_each_axis_maps_back_by_its_own_ratio():
+    base, _ = _case()
+    # a 32-wide, 48-high copy of the 64x64 image: x = 2 x' + 0.5, y = (y' + 0.5) / 0.75 - 0.5; the image's
+    # centres 3.5 + 8 i come from x' = 1.5 + 4 i and y' = 2.5 + 6 i, one of each in every copy cell below
+    ys = torch.tensor([2.5, 8.5, 20.5, 26.5, 32.5, 44.5])  # i = 0, 1, 3, 4, 5, 7: copy rows 0-5
+    xs = torch.tensor([1.5, 9.5, 17.5, 25.5])  # i = 0, 2, 4, 6: copy columns 0-3
+    coord = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))[None]  # (1, 2, 6, 4)
+    coarse = CellOutput(torch.ones(1, 1, 6, 4), coord, None)
+    assert scale_consistency_loss(base, coarse, (0.5, 0.75), threshold=4.0).item() == approx_zero()
+    # read with the same ratio on both axes, the rows land off the image's keypoints
+    assert scale_consistency_loss(base, coarse, (0.5, 0.5), threshold=4.0).item() > 0.1
+
+
 def test_the_loss_by_hand():
     base, coarse = _case()
     coord = coarse.coord.clone()
