@@ -32,7 +32,7 @@ from kp2d.data.hpatches import find_sequences
 from kp2d.errors import Kp2dError
 from kp2d.eval.settings import parse_shapes
 from kp2d.features.dense import CELL
-from kp2d.features.extraction import rescale_images
+from kp2d.features.extraction import rescale_images, to_image_pixels
 from kp2d.io.imageio import read_image_rgb
 from kp2d.io.images import image_to_tensor, resize_image
 from kp2d.io.weights import DEFAULT_MODEL
@@ -43,10 +43,21 @@ PAIRING_RADIUS = 4.0  # px of the network's input
 EDGE = 2 * CELL  # px: keypoints this close to the cut's edge are left out
 
 
-def keypoints(net: KeyPointNet, window: torch.Tensor, top_k: int) -> np.ndarray:
-    """``(K, 2)`` keypoints (x, y) of the ``top_k`` best cells of ``(1, 3, H, W)`` ``window``."""
+def keypoints(
+    net: KeyPointNet,
+    window: torch.Tensor,
+    top_k: int,
+    sizes: tuple[tuple[int, int], tuple[int, int]] | None = None,
+) -> np.ndarray:
+    """``(K, 2)`` keypoints (x, y) of the ``top_k`` best cells of ``(1, 3, H, W)`` ``window``.
+
+    ``sizes`` = ``((W', H'), (W, H))`` maps them from an input of the first size to one of the second, about
+    pixel centres (:func:`~kp2d.features.extraction.to_image_pixels`).
+    """
     with torch.no_grad():
         score, coord, _ = net.forward_cells(window.contiguous(memory_format=torch.channels_last))
+    if sizes is not None:
+        coord = to_image_pixels(coord, *sizes)
     order = score.flatten().argsort(descending=True)[:top_k]
     return coord[0].flatten(1).T[order].numpy()
 
@@ -101,9 +112,9 @@ def scale_errors(
         for factor in factors:
             other = rescale_images(tensor, scale_factor * factor, interpolation)
             other_h, other_w = (side // CELL * CELL for side in other.shape[-2:])
-            ratio = np.array([main.shape[-1] / other.shape[-1], main.shape[-2] / other.shape[-2]])
+            sizes = (other.shape[-1], other.shape[-2]), (main.shape[-1], main.shape[-2])
             count = max(1, round(top_k * factor**2))
-            moved = (keypoints(net, other[..., :other_h, :other_w], count) + 0.5) * ratio - 0.5
+            moved = keypoints(net, other[..., :other_h, :other_w], count, sizes)
             sparse, dense = (moved, base) if factor < 1 else (base, moved)
             found[factor].append(paired_distances(_away_from_edges(sparse, width, height), dense))
     return {factor: (np.concatenate(parts), len(parts)) for factor, parts in found.items()}

@@ -22,6 +22,7 @@ from kp2d.features.dense import (
     read_map,
     sample_descriptors,
 )
+from kp2d.features.extraction import to_image_pixels
 from kp2d.geometry import denormalize_points, normalize_points, warp_points
 from kp2d.models.io_net import IONet
 
@@ -471,8 +472,7 @@ def warped_location_loss(
     """
     warped = warp_source_keypoints(teacher_source.coord.float(), homography.float(), height, width)
     nearest = nearest_target(warped, student_target.coord.float(), threshold)
-    weight = teacher_source.score.float().flatten(1) * nearest.close  # (B, N)
-    return (weight * nearest.distance).sum() / weight.sum().clamp_min(1e-6)
+    return _weighted_distance(nearest.distance, teacher_source.score, nearest.close)
 
 
 def shift_consistency_loss(
@@ -500,32 +500,38 @@ def shift_consistency_loss(
     inside = inside & (y <= dy + cut_height - 1 - CELL)
     valid = inside & interior_mask(rows, cols, device=points.device).flatten()
     distance, _ = _nearest(points, moved)
-    weight = base.score.detach().float().flatten(1) * (valid & (distance < threshold))
-    return (weight * distance).sum() / weight.sum().clamp_min(1e-6)
+    return _weighted_distance(distance, base.score.detach(), valid & (distance < threshold))
 
 
 def scale_consistency_loss(
     base: KeyPointNetOutput | CellOutput,
     coarse: KeyPointNetOutput | CellOutput,
-    ratio_xy: tuple[float, float],
     threshold: float,
 ) -> torch.Tensor:
     """How far the keypoints of a reduced copy of the image lie from the image's own, in the copy's pixels.
 
-    ``base`` is the network on ``(B, 3, H, W)`` images, ``coarse`` on the same images resized by
-    ``ratio_xy`` = ``(W'/W, H'/H)`` (each below 1; keypoints ``(B, 2, H'/8, W'/8)`` in the copy's pixels,
-    pixel centres at integers in both). An exact detector's keypoints move with the content whatever the
-    input's scale, as a zoom between two views needs. Each keypoint of an interior copy cell, mapped to the
-    image (``x = (x' + 0.5) / r - 0.5``), is paired with the image's nearest keypoint; the distance, in the
-    copy's pixels and where under ``threshold``, is averaged with the copy's score (a constant) as weight;
-    0 when no pair is close.
+    ``base`` is the network on ``(B, 3, H, W)`` images, ``coarse`` on the same images resized to ``(H', W')``
+    (each side smaller; keypoints ``(B, 2, H'/8, W'/8)`` in the copy's pixels): both sizes are their cell
+    grids'. An exact detector's keypoints move with the content whatever the input's scale, as a zoom between
+    two views needs. Each keypoint of an interior copy cell, mapped to the image about pixel centres
+    (:func:`~kp2d.features.extraction.to_image_pixels`), is paired with the image's nearest keypoint; the
+    distance, in the copy's pixels and where under ``threshold``, is averaged with the copy's score (a
+    constant) as weight; 0 when no pair is close.
     """
-    ratio = base.coord.new_tensor(ratio_xy, dtype=torch.float32)
     rows, cols = coarse.coord.shape[-2:]
-    points = (_flatten_cells(coarse.coord.float()) + 0.5) / ratio - 0.5  # (B, N, 2) in the image's pixels
-    targets = _flatten_cells(base.coord.float())
-    fine_distance, _ = _nearest(points, targets)
-    distance = fine_distance * ratio.mean()
+    base_rows, base_cols = base.coord.shape[-2:]
+    copy_size, image_size = (CELL * cols, CELL * rows), (CELL * base_cols, CELL * base_rows)
+    points = _flatten_cells(to_image_pixels(coarse.coord.float(), copy_size, image_size))  # (B, N, 2)
+    fine_distance, _ = _nearest(points, _flatten_cells(base.coord.float()))
+    distance = fine_distance * (cols / base_cols + rows / base_rows) / 2
     valid = interior_mask(rows, cols, device=points.device).flatten()
-    weight = coarse.score.detach().float().flatten(1) * (valid & (distance < threshold))
+    return _weighted_distance(distance, coarse.score.detach(), valid & (distance < threshold))
+
+
+def _weighted_distance(distance: torch.Tensor, score: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The score-weighted mean of ``(B, N)`` pixel distances where ``(B, N)`` ``keep``; 0 if none is kept.
+
+    ``score`` ``(B, 1, Hc, Wc)`` gives each of the N = Hc·Wc cells its weight.
+    """
+    weight = score.float().flatten(1) * keep
     return (weight * distance).sum() / weight.sum().clamp_min(1e-6)

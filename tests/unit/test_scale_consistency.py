@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kp2d.config import LossConfig
 from kp2d.errors import ConfigError
@@ -32,7 +33,7 @@ def _case():
 
 def test_keypoints_that_move_with_the_content_cost_nothing():
     base, coarse = _case()
-    assert scale_consistency_loss(base, coarse, (0.5, 0.5), threshold=4.0).item() == approx_zero()
+    assert scale_consistency_loss(base, coarse, threshold=4.0).item() == approx_zero()
 
 
 def test_each_axis_maps_back_by_its_own_ratio():
@@ -43,9 +44,10 @@ def test_each_axis_maps_back_by_its_own_ratio():
     xs = torch.tensor([1.5, 9.5, 17.5, 25.5])  # i = 0, 2, 4, 6: copy columns 0-3
     coord = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))[None]  # (1, 2, 6, 4)
     coarse = CellOutput(torch.ones(1, 1, 6, 4), coord, None)
-    assert scale_consistency_loss(base, coarse, (0.5, 0.75), threshold=4.0).item() == approx_zero()
-    # read with the same ratio on both axes, the rows land off the image's keypoints
-    assert scale_consistency_loss(base, coarse, (0.5, 0.5), threshold=4.0).item() > 0.1
+    assert scale_consistency_loss(base, coarse, threshold=4.0).item() == approx_zero()
+    # the same first four rows in a 32x32 copy map back by 0.5 on both axes: they land off the image's
+    square = CellOutput(torch.ones(1, 1, 4, 4), coord[..., :4, :], None)
+    assert scale_consistency_loss(base, square, threshold=4.0).item() > 0.1
 
 
 def test_the_loss_by_hand():
@@ -55,17 +57,17 @@ def test_the_loss_by_hand():
     # (0.6, 0.8) = 1 px of the image off its partner, 0.5 px of the copy
     coord[0, :, 1, 2] += torch.tensor([0.3, 0.4])
     coarse = coarse._replace(coord=coord.requires_grad_())
-    loss = scale_consistency_loss(base, coarse, (0.5, 0.5), threshold=4.0)
+    loss = scale_consistency_loss(base, coarse, threshold=4.0)
     assert loss.item() == pytest.approx(0.5 / 4, abs=1e-6)
     loss.backward()
     assert coarse.coord.grad.abs().sum() > 0
     # the copy's scores weigh each pair: the moved keypoint at 3 against 3 others at 1
     score = torch.ones(1, 1, 4, 4)
     score[0, 0, 1, 2] = 3.0
-    weighted = scale_consistency_loss(base, coarse._replace(score=score), (0.5, 0.5), threshold=4.0)
+    weighted = scale_consistency_loss(base, coarse._replace(score=score), threshold=4.0)
     assert weighted.item() == pytest.approx(3 * 0.5 / 6, abs=1e-6)
     # beyond the threshold (in the copy's pixels) a pair does not count
-    assert scale_consistency_loss(base, coarse, (0.5, 0.5), threshold=0.4).item() == approx_zero()
+    assert scale_consistency_loss(base, coarse, threshold=0.4).item() == approx_zero()
 
 
 def test_siamese_loss_adds_the_weighted_term_on_a_copy_cut_to_whole_cells():
@@ -74,11 +76,12 @@ def test_siamese_loss_adds_the_weighted_term_on_a_copy_cut_to_whole_cells():
     torch.manual_seed(1)
     terms = loss(source, source, torch.eye(3).expand(2, 3, 3))
     torch.manual_seed(1)
-    reduced, ratio_xy = loss._reduce(source)
+    reduced = loss._reduce(source)
     height, width = reduced.shape[-2:]
     assert height % CELL == 0 and width % CELL == 0 and 32 <= height <= 56
-    assert ratio_xy == (width / 64, height / 64)
-    expected = scale_consistency_loss(student(source), student.forward_cells(reduced), ratio_xy, 4.0)
+    resized = F.interpolate(source, size=(height, width), mode="bilinear", antialias=True)
+    torch.testing.assert_close(reduced, resized)
+    expected = scale_consistency_loss(student(source), student.forward_cells(reduced), 4.0)
     assert expected.item() > 0
     assert terms.scale_consistency.item() == pytest.approx(0.5 * expected.item(), rel=1e-5)
     total = terms.distill.item() + terms.scale_consistency.item()

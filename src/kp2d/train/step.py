@@ -82,7 +82,7 @@ class SiameseLoss(nn.Module):
                 shifted_out = self.keypoint_net.forward_cells(cut)
             reduced = self._reduce(source) if self.loss_config.scale_consistency_weight > 0 else None
             if reduced is not None:
-                coarse_out = self.keypoint_net.forward_cells(reduced[0])
+                coarse_out = self.keypoint_net.forward_cells(reduced)
         if self._self_supervised():
             terms = keypoint_net_losses(
                 source_out, target_out, homography, (height, width), self.loss_config, self.io_net
@@ -98,7 +98,7 @@ class SiameseLoss(nn.Module):
             terms = terms._replace(total=terms.total + consistency, shift_consistency=consistency)
         if reduced is not None:
             consistency = config.scale_consistency_weight * scale_consistency_loss(
-                source_out, coarse_out, reduced[1], config.location_threshold
+                source_out, coarse_out, config.location_threshold
             )
             terms = terms._replace(total=terms.total + consistency, scale_consistency=consistency)
         if not self._teacher:
@@ -125,18 +125,17 @@ class SiameseLoss(nn.Module):
         phase = int(torch.randint(1, CELL * CELL, ()).item())
         return phase % CELL, phase // CELL
 
-    def _reduce(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float]]:
+    def _reduce(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images resized by a random factor of ``loss.scale_consistency_factors``.
 
-        Each side is rounded to a multiple of :data:`CELL` (at least one cell); returns the copy and its exact
-        ``(W'/W, H'/H)``. Antialiased, as a coarse run's input holds no finer detail than its pixels.
+        Each side is rounded to a multiple of :data:`CELL` (at least one cell), so the two sides' factors
+        differ a little. Antialiased, as a coarse run's input holds no finer detail than its pixels.
         """
         low, high = self.loss_config.scale_consistency_factors
         factor = low + (high - low) * float(torch.rand(()).item())
         height, width = images.shape[-2:]
         size = tuple(max(CELL, CELL * round(side * factor / CELL)) for side in (height, width))
-        reduced = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return reduced, (size[1] / width, size[0] / height)
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
     def _warped_distillation(self) -> bool:
         """Whether the network also learns the teacher's outputs on the target image at warped points."""
